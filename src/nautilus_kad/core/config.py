@@ -1,0 +1,86 @@
+"""Every protocol constant in one frozen place.
+
+A node, the simulator and the tests all take a :class:`KadConfig`; nothing else in the code
+base hard-codes a protocol number. The defaults follow the Kademlia paper, BEP 5 and
+go-libp2p-kad-dht, adjusted where DESIGN.md says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MAX_DATAGRAM = 1200
+"""Largest datagram we send or accept: fits every IPv4/IPv6 path without fragmentation."""
+
+MAX_VALUE_SIZE = 1000
+"""Largest inline value of an open record; the codec's tests prove a STORE of this size fits."""
+
+
+@dataclass(frozen=True, slots=True)
+class KadConfig:
+    """Tunable protocol parameters (seconds for every duration)."""
+
+    k: int = 20
+    """Bucket size and replication factor."""
+    alpha: int = 3
+    """Requests a lookup keeps in flight."""
+    replacement_cache_size: int = 20
+    """Verified spares kept per bucket to replace failed entries."""
+    max_failures: int = 5
+    """Consecutive failures after which an entry with no replacement is removed."""
+
+    request_timeout: float = 2.0
+    """Hard deadline of a request: after it the request counts as failed for the peer."""
+    min_soft_timeout: float = 0.05
+    """Floor of the adaptive timeout after which a lookup stops waiting for a peer."""
+    max_soft_timeout: float = 2.0
+    """Ceiling of the adaptive timeout (also used before anything was measured)."""
+    initial_rtt: float = 0.5
+    """Round-trip guess for a network we know nothing about yet."""
+
+    refresh_interval: float = 3600.0
+    """A bucket untouched this long gets a lookup for a random id in its range."""
+    refresh_check_interval: float = 60.0
+    """How often the engine looks for idle buckets."""
+    ping_after_idle: float = 600.0
+    """A full bucket pings its least recently seen entry before refusing a newcomer, if idle
+    this long (old nodes that still answer are kept: they are the likeliest to stay)."""
+
+    token_rotation: float = 300.0
+    """Write-token secret lifetime; the previous secret stays valid for one more period."""
+
+    record_ttl: float = 86400.0
+    """Default lifetime of a stored record."""
+    max_record_ttl: float = 86400.0
+    """Longest lifetime a storer accepts; longer requests are cut to this."""
+    max_value_size: int = MAX_VALUE_SIZE
+    expire_interval: float = 60.0
+    """How often expired records are swept."""
+    max_records: int = 100_000
+    """Records one node stores at most (a storage flood cannot exhaust memory)."""
+
+    store_quorum: int = 1
+    """Acknowledged STOREs for a put to count as successful."""
+    verify_cache_size: int = 4096
+    """Peer public keys kept decoded, so a known peer's signature check skips key parsing."""
+    max_pending_requests: int = 4096
+    """Outstanding requests per node; new ones beyond this fail at once."""
+    max_pending_verifications: int = 256
+    """Strangers we ping at once before they may enter the routing table."""
+    allow_private_addresses: bool = True
+    """Accept loopback/private addresses in contacts (test networks and LANs)."""
+
+    def with_changes(self, **changes: object) -> KadConfig:
+        """A copy with some fields changed (validated like the original)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.alpha < 1:
+            raise ValueError("k and alpha must be positive")
+        if self.max_value_size > MAX_VALUE_SIZE:
+            raise ValueError(f"inline values cannot exceed {MAX_VALUE_SIZE} bytes")
+        if not 0 < self.min_soft_timeout <= self.max_soft_timeout <= self.request_timeout:
+            raise ValueError("need 0 < min_soft_timeout <= max_soft_timeout <= request_timeout")
+        if self.store_quorum < 1 or self.store_quorum > self.k:
+            raise ValueError("store_quorum must lie in 1..k")

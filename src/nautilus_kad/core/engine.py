@@ -1,0 +1,748 @@
+"""KadEngine: the whole Kademlia protocol as a sans-I/O state machine.
+
+The engine never touches a socket, a clock or global randomness (the h11 / aioquic pattern):
+
+* inputs: :meth:`KadEngine.receive_datagram`, :meth:`KadEngine.handle_timer` and the commands
+  (:meth:`~KadEngine.bootstrap`, :meth:`~KadEngine.find_node`, :meth:`~KadEngine.get`,
+  :meth:`~KadEngine.put`, :meth:`~KadEngine.ping`), each taking the current time ``now``; the
+  commands return a query id;
+* outputs: :meth:`KadEngine.datagrams_to_send`, :meth:`KadEngine.get_timer` (the next deadline)
+  and :meth:`KadEngine.next_event`.
+
+The asyncio node and the simulator both drive this one class, so the simulator measures the
+code the daemon runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import logging
+import random
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .auth import Authenticator
+from .codec import decode_datagram, encode_message, pack_ip
+from .config import KadConfig
+from .errors import DecodeError, ValidationError
+from .events import (
+    BootstrapDone,
+    Event,
+    GetDone,
+    LookupDone,
+    PeerAdded,
+    PeerRemoved,
+    PingDone,
+    PutDone,
+    QueryFailed,
+)
+from .identity import Identity
+from .ids import NodeId, random_id_in_bucket
+from .lookup import Candidate, Lookup
+from .messages import (
+    Address,
+    Contact,
+    Envelope,
+    Error,
+    ErrorCode,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Request,
+    Store,
+    Stored,
+    Value,
+)
+from .records import Record, validate_record
+from .routing import RoutingTable
+from .storage import MemoryStore, RecordStore
+
+_log = logging.getLogger("nautilus_kad.engine")
+
+TOKEN_BYTES = 8
+FLAG_CLIENT = 0x01
+"""Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
+
+
+# --- bookkeeping for what we are waiting on ---------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A request we sent and whose answer we may still accept."""
+
+    txid: bytes
+    address: Address
+    node_id: NodeId | None
+    request: Request
+    sent_at: float
+    query_id: int | None
+    slow: bool = False
+
+
+@dataclass(slots=True)
+class _PingQuery:
+    query_id: int
+    internal: bool = False
+
+
+@dataclass(slots=True)
+class _LookupQuery:
+    query_id: int
+    lookup: Lookup
+    want_value: bool
+    internal: bool = False
+    found: Record | None = None
+    put_record: Record | None = None
+    bootstrap: _BootstrapQuery | None = None
+
+
+@dataclass(slots=True)
+class _PutQuery:
+    query_id: int
+    record: Record
+    queries: int
+    waiting: set[bytes] = field(default_factory=set)
+    acks: list[Contact] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _BootstrapQuery:
+    query_id: int
+    seeds_waiting: int
+    lookups_waiting: int = 0
+    phase: str = "seeds"
+    """seeds (pinging known addresses) → self (own-id lookup) → refresh (farther buckets)."""
+
+
+_Query = _PingQuery | _LookupQuery | _PutQuery | _BootstrapQuery
+
+
+class KadEngine:
+    """One Kademlia node's protocol state."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        config: KadConfig | None = None,
+        rng: random.Random,
+        now: float,
+        store: RecordStore | None = None,
+        client_mode: bool = False,
+    ) -> None:
+        self.config = config or KadConfig()
+        self.identity = identity
+        self.node_id: NodeId = identity.node_id
+        self.auth = Authenticator(identity, self.config.verify_cache_size)
+        self.table = RoutingTable(self.node_id, self.config, now)
+        self.store: RecordStore = store if store is not None else MemoryStore()
+        self.stats: Counter[str] = Counter()
+        self.rng = rng
+        self.flags = FLAG_CLIENT if client_mode else 0
+        self.observed_address: Address | None = None
+        """Our address as the last peer to answer us saw it."""
+        self.address: Address | None = None
+        """Our bound address, set by the driver once known."""
+
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._events: deque[Event] = deque()
+        self._pending: dict[bytes, _Pending] = {}
+        self._timers: list[tuple[float, int, bytes, bool]] = []
+        self._timer_seq = 0
+        self._queries: dict[int, _Query] = {}
+        self._next_query_id = 1
+        self._verifying: set[NodeId] = set()
+
+        self._token_secret = rng.randbytes(16)
+        self._previous_secret = self._token_secret
+        self._next_rotation = now + self.config.token_rotation
+        self._next_refresh_check = now + self.config.refresh_check_interval
+        self._next_expiry = now + self.config.expire_interval
+
+    # ======================================================================================
+    # Outputs
+    # ======================================================================================
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """Everything queued for the network since the last call."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float:
+        """The next time :meth:`handle_timer` must run."""
+        deadline = min(self._next_rotation, self._next_refresh_check, self._next_expiry)
+        if self._timers:
+            deadline = min(deadline, self._timers[0][0])
+        return deadline
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._pending)
+
+    # ======================================================================================
+    # Commands
+    # ======================================================================================
+
+    def ping(self, address: Address, now: float) -> int:
+        """PING an address (its node id need not be known)."""
+        qid = self._new_query_id()
+        self._queries[qid] = _PingQuery(qid)
+        if not self._send_request(address, None, Ping(), now, qid):
+            self._fail(qid, "too many requests in flight")
+        return qid
+
+    def find_node(self, target: NodeId, now: float) -> int:
+        """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered)."""
+        return self._start_lookup(target, now, want_value=False)
+
+    def get(self, key: NodeId, now: float) -> int:
+        """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found)."""
+        local = self.store.get(key, now)
+        qid = self._new_query_id()
+        if local is not None:
+            self._events.append(GetDone(qid, key, local.record, 0, 0))
+            return qid
+        return self._start_lookup(target=key, now=now, want_value=True, qid=qid)
+
+    def put(self, record: Record, now: float) -> int:
+        """Find the k closest to ``record.key`` and STORE on them: ends with :class:`PutDone`.
+
+        Raises :class:`ValidationError` at once for a record no peer would accept.
+        """
+        validate_record(record, self.config)
+        qid = self._start_lookup(record.key, now, want_value=False, put_record=record)
+        return qid
+
+    def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
+        """Join through known addresses: ping them, look up our own id, refresh farther
+        buckets. Ends with :class:`BootstrapDone` or :class:`QueryFailed`."""
+        qid = self._new_query_id()
+        seed_list = list(dict.fromkeys(seeds))
+        query = _BootstrapQuery(qid, seeds_waiting=0)
+        self._queries[qid] = query
+        for address in seed_list:
+            if self._send_request(address, None, Ping(), now, qid):
+                query.seeds_waiting += 1
+        if query.seeds_waiting == 0:
+            if len(self.table):
+                self._bootstrap_lookups(query, now)
+            else:
+                self._fail(qid, "no bootstrap address to contact")
+        return qid
+
+    def refresh(self, now: float) -> None:
+        """Look up a random id in every bucket idle for ``refresh_interval``."""
+        for index in self.table.buckets_to_refresh(now):
+            target = random_id_in_bucket(self.node_id, index, self.rng)
+            self._start_lookup(target, now, want_value=False, internal=True)
+
+    # ======================================================================================
+    # Inputs
+    # ======================================================================================
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        """Handle one datagram from ``address``. Invalid input is counted and dropped."""
+        self.stats["rx.datagrams"] += 1
+        self.stats["rx.bytes"] += len(data)
+        try:
+            envelope = decode_datagram(data, self.auth)
+        except DecodeError as exc:
+            self.stats["rx.dropped"] += 1
+            self.stats[f"rx.dropped.{exc.reason}"] += 1
+            return
+        if envelope.sender_id == self.node_id:
+            self.stats["rx.dropped"] += 1
+            self.stats["rx.dropped.self"] += 1
+            return
+        message = envelope.message
+        if message.TYPE.is_request:
+            self._handle_request(envelope, message, address, now)  # type: ignore[arg-type]
+        else:
+            self._handle_response(envelope, message, address, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, txid, soft = heapq.heappop(timers)
+            pending = self._pending.get(txid)
+            if pending is None:
+                continue
+            if soft:
+                self._on_soft_timeout(pending, now)
+            else:
+                self._on_hard_timeout(pending, now)
+        if now >= self._next_rotation:
+            self._previous_secret = self._token_secret
+            self._token_secret = self.rng.randbytes(16)
+            self._next_rotation = now + self.config.token_rotation
+        if now >= self._next_expiry:
+            expired = self.store.expire(now)
+            self.stats["store.expired"] += expired
+            self._next_expiry = now + self.config.expire_interval
+        if now >= self._next_refresh_check:
+            self._next_refresh_check = now + self.config.refresh_check_interval
+            self.refresh(now)
+
+    # ======================================================================================
+    # Serving requests
+    # ======================================================================================
+
+    def _handle_request(
+        self, envelope: Envelope, request: Request, address: Address, now: float
+    ) -> None:
+        self.stats[f"rx.request.{request.TYPE.name}"] += 1
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
+            )
+        sender = envelope.sender_id
+        entry = self.table.get(sender)
+        if entry is not None and entry.contact.address == address:
+            entry.last_seen = now
+        elif entry is None and not envelope.flags & FLAG_CLIENT:
+            self._maybe_verify(Contact(sender, address[0], address[1]), now)
+
+        response: Message
+        match request:
+            case Ping():
+                response = Pong(address)
+            case FindNode(target=target):
+                token = self._token_for(address)
+                response = Nodes(address, token, self._closest_for(target, sender))
+            case FindValue(key=key):
+                token = self._token_for(address)
+                stored = self.store.get(key, now)
+                if stored is not None:
+                    response = Value(address, token, stored.record)
+                else:
+                    response = Nodes(address, token, self._closest_for(key, sender))
+            case Store(record=record, token=token):
+                response = self._handle_store(record, token, address, now)
+        self._send(response, envelope.txid, address)
+
+    def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
+        contacts = self.table.closest(target, self.config.k + 1, include_stale=False)
+        return tuple([c for c in contacts if c.node_id != requester][: self.config.k])
+
+    def _handle_store(self, record: Record, token: bytes, address: Address, now: float) -> Message:
+        if not self._token_valid(token, address):
+            self.stats["store.rejected.token"] += 1
+            return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
+        try:
+            validate_record(record, self.config)
+        except ValidationError as exc:
+            self.stats["store.rejected.invalid"] += 1
+            return Error(address, ErrorCode.INVALID_RECORD, str(exc))
+        existing = self.store.get(record.key, now)
+        if existing is not None:
+            if existing.record == record:
+                existing.stored_at = now
+                return Stored(address)
+            if not record.supersedes(existing.record):
+                self.stats["store.rejected.stale"] += 1
+                return Error(address, ErrorCode.STALE_RECORD, "a newer record is stored")
+        elif len(self.store) >= self.config.max_records:
+            self.stats["store.rejected.full"] += 1
+            return Error(address, ErrorCode.STORE_FULL, "store is full")
+        ttl = min(float(record.ttl), self.config.max_record_ttl)
+        self.store.put(record, now, now + ttl)
+        self.stats["store.accepted"] += 1
+        return Stored(address)
+
+    # --- write tokens (BEP 5) ------------------------------------------------------------
+
+    def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
+        key = self._token_secret if secret is None else secret
+        return hmac.new(key, pack_ip(address[0]), hashlib.sha256).digest()[:TOKEN_BYTES]
+
+    def _token_valid(self, token: bytes, address: Address) -> bool:
+        if len(token) != TOKEN_BYTES:
+            return False
+        return hmac.compare_digest(token, self._token_for(address)) or hmac.compare_digest(
+            token, self._token_for(address, self._previous_secret)
+        )
+
+    # ======================================================================================
+    # Handling responses
+    # ======================================================================================
+
+    def _handle_response(
+        self, envelope: Envelope, message: Message, address: Address, now: float
+    ) -> None:
+        pending = self._pending.get(envelope.txid)
+        if (
+            pending is None
+            or pending.address != address
+            or (pending.node_id is not None and pending.node_id != envelope.sender_id)
+        ):
+            self.stats["rx.dropped"] += 1
+            self.stats["rx.dropped.unsolicited"] += 1
+            return
+        if not _answers(pending.request, message):
+            self.stats["rx.dropped"] += 1
+            self.stats["rx.dropped.mismatch"] += 1
+            return
+        del self._pending[envelope.txid]
+        self.stats[f"rx.response.{message.TYPE.name}"] += 1
+        contact = Contact(envelope.sender_id, address[0], address[1])
+        rtt = max(0.0, now - pending.sent_at)
+        if not envelope.flags & FLAG_CLIENT:
+            added, to_ping = self.table.observe(contact, now)
+            if added:
+                self._peer_added(contact)
+            if to_ping is not None:
+                self._check_liveness(to_ping, now)
+        self.table.record_rtt(contact.node_id, rtt)
+        self._verifying.discard(contact.node_id)
+        observed = getattr(message, "observed", None)
+        if observed is not None:
+            self.observed_address = observed
+
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if query is None:
+            return
+        match query:
+            case _PingQuery():
+                del self._queries[query.query_id]
+                if not query.internal:
+                    self._events.append(PingDone(query.query_id, contact, rtt))
+            case _BootstrapQuery():
+                query.seeds_waiting -= 1
+                self._bootstrap_progress(query, now)
+            case _LookupQuery():
+                self._lookup_response(query, contact, message, now)
+            case _PutQuery():
+                query.waiting.discard(envelope.txid)
+                if isinstance(message, Stored):
+                    query.acks.append(contact)
+                else:
+                    self.stats["put.store_refused"] += 1
+                self._put_progress(query)
+
+    def _on_soft_timeout(self, pending: _Pending, now: float) -> None:
+        pending.slow = True
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if isinstance(query, _LookupQuery) and pending.node_id is not None:
+            query.lookup.on_soft_timeout(pending.node_id)
+            self._advance(query, now)
+
+    def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
+        del self._pending[pending.txid]
+        self.stats["tx.timeouts"] += 1
+        if pending.node_id is not None:
+            self._verifying.discard(pending.node_id)
+            removed = self.table.record_failure(pending.node_id)
+            if removed is not None:
+                self._events.append(PeerRemoved(removed))
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if query is None:
+            return
+        match query:
+            case _PingQuery():
+                del self._queries[query.query_id]
+                if not query.internal:
+                    host, port = pending.address
+                    self._fail(query.query_id, f"no answer from {host}:{port}")
+            case _BootstrapQuery():
+                query.seeds_waiting -= 1
+                self._bootstrap_progress(query, now)
+            case _LookupQuery():
+                if pending.node_id is not None:
+                    query.lookup.on_failure(pending.node_id)
+                self._advance(query, now)
+            case _PutQuery():
+                query.waiting.discard(pending.txid)
+                self._put_progress(query)
+
+    # ======================================================================================
+    # Lookups
+    # ======================================================================================
+
+    def _start_lookup(
+        self,
+        target: NodeId,
+        now: float,
+        *,
+        want_value: bool,
+        internal: bool = False,
+        put_record: Record | None = None,
+        qid: int | None = None,
+        bootstrap: _BootstrapQuery | None = None,
+    ) -> int:
+        if qid is None:
+            qid = self._new_query_id()
+        seeds = self.table.closest(target, self.config.k)
+        self.table.touch(target, now)
+        lookup = Lookup(target, self.node_id, self.config.k, self.config.alpha, seeds)
+        query = _LookupQuery(
+            qid, lookup, want_value, internal, put_record=put_record, bootstrap=bootstrap
+        )
+        self._queries[qid] = query
+        self.stats["lookups.started"] += 1
+        self._advance(query, now)
+        return qid
+
+    def _lookup_response(
+        self, query: _LookupQuery, contact: Contact, message: Message, now: float
+    ) -> None:
+        lookup = query.lookup
+        if isinstance(message, Nodes):
+            lookup.on_response(contact.node_id, message.contacts, message.token)
+        elif isinstance(message, Value):
+            record = message.record
+            valid = record.key == lookup.target
+            if valid:
+                try:
+                    validate_record(record, self.config)
+                except ValidationError:
+                    valid = False
+            if not valid:
+                self.stats["get.invalid_value"] += 1
+                lookup.on_response(contact.node_id, (), message.token)
+            else:
+                lookup.on_response(contact.node_id, (), message.token)
+                query.found = record
+                lookup.finish()
+        else:  # an ERROR answer: the peer is alive but useless for this lookup
+            lookup.on_failure(contact.node_id)
+        self._advance(query, now)
+
+    def _advance(self, query: _LookupQuery, now: float) -> None:
+        lookup = query.lookup
+        if not lookup.finished:
+            for contact in lookup.next_queries():
+                request: Request = (
+                    FindValue(lookup.target) if query.want_value else FindNode(lookup.target)
+                )
+                if not self._send_request(
+                    contact.address, contact.node_id, request, now, query.query_id
+                ):
+                    lookup.on_failure(contact.node_id)
+        if lookup.finished or lookup.is_done:
+            # Answers still in flight come from outside the final k and cannot change it.
+            self._finish_lookup(query, now)
+
+    def _finish_lookup(self, query: _LookupQuery, now: float) -> None:
+        qid = query.query_id
+        if self._queries.get(qid) is not query:
+            return
+        del self._queries[qid]
+        lookup = query.lookup
+        lookup.finish()
+        closest = lookup.closest_responded()
+        if query.bootstrap is not None:
+            self._bootstrap_lookup_done(query.bootstrap, now)
+            return
+        if query.internal:
+            return
+        if query.want_value:
+            if query.found is not None:
+                self._cache_value(query, query.found, now)
+            self._events.append(
+                GetDone(qid, lookup.target, query.found, lookup.hops, lookup.queries_sent)
+            )
+            return
+        if query.put_record is not None:
+            self._start_stores(query, closest, now)
+            return
+        self._events.append(
+            LookupDone(
+                qid,
+                lookup.target,
+                tuple(c.contact for c in closest),
+                lookup.hops,
+                lookup.queries_sent,
+            )
+        )
+
+    def _cache_value(self, query: _LookupQuery, record: Record, now: float) -> None:
+        """Store a found value at the closest node that answered without it (paper §2.3)."""
+        for cand in query.lookup.closest_responded():
+            if cand.token:
+                self._send_request(
+                    cand.contact.address, cand.contact.node_id, Store(record, cand.token), now, None
+                )
+                self.stats["get.cached"] += 1
+                return
+
+    # ======================================================================================
+    # Puts
+    # ======================================================================================
+
+    def _start_stores(self, query: _LookupQuery, closest: list[Candidate], now: float) -> None:
+        record = query.put_record
+        assert record is not None
+        put = _PutQuery(query.query_id, record, query.lookup.queries_sent)
+        self._queries[put.query_id] = put
+        targets = [cand for cand in closest if cand.token]
+        # We store too when we are among the k closest: in a small network we may be one of
+        # the nodes that should hold the record.
+        own_distance = self.node_id ^ record.key
+        if len(targets) < self.config.k or own_distance < targets[-1].distance:
+            own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
+            self.store.put(record, now, now + min(float(record.ttl), self.config.max_record_ttl))
+            put.acks.append(own)
+            if len(targets) >= self.config.k:
+                targets = targets[:-1]
+        for cand in targets:
+            txid = self._send_request(
+                cand.contact.address,
+                cand.contact.node_id,
+                Store(record, cand.token),
+                now,
+                put.query_id,
+            )
+            if txid:
+                put.waiting.add(txid)
+        self._put_progress(put)
+
+    def _put_progress(self, put: _PutQuery) -> None:
+        if put.waiting or self._queries.get(put.query_id) is not put:
+            return
+        del self._queries[put.query_id]
+        self._events.append(
+            PutDone(put.query_id, put.record.key, len(put.acks), tuple(put.acks), put.queries)
+        )
+
+    # ======================================================================================
+    # Bootstrap
+    # ======================================================================================
+
+    def _bootstrap_progress(self, query: _BootstrapQuery, now: float) -> None:
+        """A seed answered or timed out. The first answer is enough to start the lookups;
+        later answers still enter the table."""
+        if query.phase != "seeds" or self._queries.get(query.query_id) is not query:
+            return
+        if len(self.table):
+            self._bootstrap_lookups(query, now)
+        elif query.seeds_waiting == 0:
+            self._fail(query.query_id, "no bootstrap peer answered")
+
+    def _bootstrap_lookups(self, query: _BootstrapQuery, now: float) -> None:
+        query.phase = "self"
+        query.lookups_waiting = 1
+        self._start_lookup(self.node_id, now, want_value=False, internal=True, bootstrap=query)
+
+    def _bootstrap_lookup_done(self, query: _BootstrapQuery, now: float) -> None:
+        query.lookups_waiting -= 1
+        if query.lookups_waiting > 0:
+            return
+        if query.phase == "self":
+            # Our own neighbourhood is known; now refresh every bucket farther than our
+            # nearest neighbour, so the table covers the whole id space.
+            query.phase = "refresh"
+            sizes = self.table.bucket_sizes()
+            nearest = max(sizes) if sizes else 0
+            targets = [random_id_in_bucket(self.node_id, i, self.rng) for i in range(nearest)]
+            query.lookups_waiting = len(targets)
+            for target in targets:
+                self._start_lookup(target, now, want_value=False, internal=True, bootstrap=query)
+            if targets:
+                return
+        if query.lookups_waiting <= 0 and self._queries.get(query.query_id) is query:
+            del self._queries[query.query_id]
+            self._events.append(BootstrapDone(query.query_id, len(self.table)))
+
+    # ======================================================================================
+    # Routing-table upkeep
+    # ======================================================================================
+
+    def _maybe_verify(self, contact: Contact, now: float) -> None:
+        """A stranger sent us a request: PING it before it may enter the table (its source
+        address could be forged), but only when its bucket has room for it."""
+        if contact.node_id in self._verifying:
+            return
+        if len(self._verifying) >= self.config.max_pending_verifications:
+            return
+        index = self.table.bucket_of(contact.node_id)
+        if self.table.bucket_sizes().get(index, 0) >= self.config.k:
+            return
+        self._verifying.add(contact.node_id)
+        self._send_request(contact.address, contact.node_id, Ping(), now, None)
+
+    def _check_liveness(self, contact: Contact, now: float) -> None:
+        if contact.node_id in self._verifying:
+            return
+        self._verifying.add(contact.node_id)
+        self._send_request(contact.address, contact.node_id, Ping(), now, None)
+
+    def _peer_added(self, contact: Contact) -> None:
+        self._events.append(PeerAdded(contact))
+        if _log.isEnabledFor(logging.INFO):
+            _log.info("peer %s joined the routing table", contact)
+
+    # ======================================================================================
+    # Sending
+    # ======================================================================================
+
+    def _send(self, message: Message, txid: bytes, address: Address) -> None:
+        data = encode_message(message, txid, self.auth, self.flags)
+        self._outbox.append((data, address))
+        self.stats["tx.datagrams"] += 1
+        self.stats["tx.bytes"] += len(data)
+
+    def _send_request(
+        self,
+        address: Address,
+        node_id: NodeId | None,
+        request: Request,
+        now: float,
+        query_id: int | None,
+    ) -> bytes:
+        """Send a request and arm its timers; returns its txid, or b"" if over the limit."""
+        if len(self._pending) >= self.config.max_pending_requests:
+            self.stats["tx.refused.pending_limit"] += 1
+            return b""
+        txid = self.rng.randbytes(8)
+        while txid in self._pending:
+            txid = self.rng.randbytes(8)
+        self._pending[txid] = _Pending(txid, address, node_id, request, now, query_id)
+        self.stats[f"tx.request.{request.TYPE.name}"] += 1
+        self._send(request, txid, address)
+        if node_id is not None:
+            soft = self.table.soft_timeout(node_id)
+        else:
+            soft = self.config.max_soft_timeout
+        self._push_timer(now + soft, txid, True)
+        self._push_timer(now + self.config.request_timeout, txid, False)
+        return txid
+
+    def _push_timer(self, deadline: float, txid: bytes, soft: bool) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, txid, soft))
+
+    def _new_query_id(self) -> int:
+        qid = self._next_query_id
+        self._next_query_id += 1
+        return qid
+
+    def _fail(self, qid: int, reason: str) -> None:
+        self._queries.pop(qid, None)
+        self._events.append(QueryFailed(qid, reason))
+
+
+def _answers(request: Request, response: Message) -> bool:
+    """Whether ``response`` is a legal answer to ``request`` (ERROR always is)."""
+    if isinstance(response, Error):
+        return True
+    match request:
+        case Ping():
+            return isinstance(response, Pong)
+        case FindNode():
+            return isinstance(response, Nodes)
+        case FindValue():
+            return isinstance(response, Nodes | Value)
+        case Store():
+            return isinstance(response, Stored)
+    return False

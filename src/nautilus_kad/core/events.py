@@ -1,0 +1,80 @@
+"""What the engine reports to its driver, in the order things happened.
+
+Events that finish a command carry the ``query_id`` the command returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ids import NodeId
+from .messages import Contact
+from .records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class PingDone:
+    query_id: int
+    contact: Contact
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class LookupDone:
+    query_id: int
+    target: NodeId
+    contacts: tuple[Contact, ...]
+    hops: int
+    queries: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetDone:
+    query_id: int
+    key: NodeId
+    record: Record | None
+    hops: int
+    queries: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutDone:
+    query_id: int
+    key: NodeId
+    acks: int
+    stored_on: tuple[Contact, ...]
+    queries: int
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapDone:
+    query_id: int
+    table_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailed:
+    query_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAdded:
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRemoved:
+    contact: Contact
+
+
+Event = (
+    PingDone
+    | LookupDone
+    | GetDone
+    | PutDone
+    | BootstrapDone
+    | QueryFailed
+    | PeerAdded
+    | PeerRemoved
+)

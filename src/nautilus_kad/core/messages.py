@@ -1,0 +1,137 @@
+"""Protocol messages as frozen dataclasses: pure data, no encoding.
+
+The wire layout of each lives in :mod:`nautilus_kad.core.codec`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .ids import NodeId
+from .records import Record
+
+Address = tuple[str, int]
+"""A UDP endpoint as (textual IP, port)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A peer as other nodes learn of it: its id and UDP address."""
+
+    node_id: NodeId
+    host: str
+    port: int
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.node_id.short()}@{self.host}:{self.port}"
+
+
+class MessageType(enum.IntEnum):
+    PING = 0x01
+    FIND_NODE = 0x02
+    FIND_VALUE = 0x03
+    STORE = 0x04
+    PONG = 0x81
+    NODES = 0x82
+    VALUE = 0x83
+    STORED = 0x84
+    ERROR = 0x85
+
+    @property
+    def is_request(self) -> bool:
+        return self < 0x80
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_TOKEN = 1
+    INVALID_RECORD = 2
+    STALE_RECORD = 3
+    STORE_FULL = 4
+    SERVER_ERROR = 5
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    TYPE = MessageType.PING
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode:
+    target: NodeId
+    TYPE = MessageType.FIND_NODE
+
+
+@dataclass(frozen=True, slots=True)
+class FindValue:
+    key: NodeId
+    TYPE = MessageType.FIND_VALUE
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    record: Record
+    token: bytes
+    TYPE = MessageType.STORE
+
+
+# --- responses: each carries the requester's address as the responder saw it ------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    observed: Address
+    TYPE = MessageType.PONG
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    observed: Address
+    token: bytes
+    contacts: tuple[Contact, ...]
+    TYPE = MessageType.NODES
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    observed: Address
+    token: bytes
+    record: Record
+    TYPE = MessageType.VALUE
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    observed: Address
+    TYPE = MessageType.STORED
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    observed: Address
+    code: ErrorCode
+    message: str
+    TYPE = MessageType.ERROR
+
+
+Request = Ping | FindNode | FindValue | Store
+Response = Pong | Nodes | Value | Stored | Error
+Message = Request | Response
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded, authenticated datagram."""
+
+    txid: bytes
+    sender_id: NodeId
+    sender_key: bytes
+    flags: int
+    message: Message

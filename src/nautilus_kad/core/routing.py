@@ -1,0 +1,283 @@
+"""The k-bucket routing table.
+
+Pure bookkeeping: it never sends anything. When it wants a peer checked it *returns* that peer
+and the engine decides whether to ping it. Rules (DESIGN §5):
+
+* only contacts that answered one of our requests are added (:meth:`RoutingTable.observe`);
+* a full bucket keeps its live entries; newcomers wait in a bounded replacement cache, and the
+  least recently seen entry is offered for a ping when it has been idle a while;
+* a failed entry is replaced at once by the freshest verified replacement, or removed after
+  ``max_failures`` consecutive failures when no replacement exists;
+* every entry carries an SRTT/RTTVAR estimate (RFC 6298) that sets its request timeout.
+
+Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, and most of the
+256 possible buckets of each stay empty forever.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from .config import KadConfig
+from .ids import ID_BITS, NodeId
+from .messages import Contact
+
+
+class RttEstimator:
+    """Smoothed round-trip time and its variation, as TCP keeps them (RFC 6298)."""
+
+    __slots__ = ("rttvar", "srtt")
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def timeout(self, floor: float, ceiling: float) -> float | None:
+        if self.srtt is None:
+            return None
+        return min(ceiling, max(floor, self.srtt + 4 * self.rttvar))
+
+
+class Entry:
+    """One routing-table entry."""
+
+    __slots__ = ("contact", "failures", "last_seen", "rtt")
+
+    def __init__(self, contact: Contact, now: float) -> None:
+        self.contact = contact
+        self.last_seen = now
+        self.failures = 0
+        self.rtt = RttEstimator()
+
+    @property
+    def is_stale(self) -> bool:
+        return self.failures > 0
+
+
+class KBucket:
+    """Up to k entries ordered least- to most-recently seen, plus a replacement cache."""
+
+    __slots__ = ("entries", "last_touched", "replacements")
+
+    def __init__(self, now: float) -> None:
+        self.entries: OrderedDict[NodeId, Entry] = OrderedDict()
+        self.replacements: OrderedDict[NodeId, Contact] = OrderedDict()
+        self.last_touched = now
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class RoutingTable:
+    """Kademlia routing table of one node."""
+
+    def __init__(self, own_id: NodeId, config: KadConfig, now: float = 0.0) -> None:
+        self.own_id = own_id
+        self.config = config
+        self._created = now
+        self._buckets: dict[int, KBucket] = {}
+        self._index: dict[NodeId, int] = {}
+        self._global_rtt = RttEstimator()
+
+    # --- inspection ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._index
+
+    def __iter__(self) -> Iterator[Contact]:
+        for index in sorted(self._buckets):
+            for entry in self._buckets[index].entries.values():
+                yield entry.contact
+
+    def get(self, node_id: NodeId) -> Entry | None:
+        index = self._index.get(node_id)
+        if index is None:
+            return None
+        return self._buckets[index].entries.get(node_id)
+
+    def bucket_sizes(self) -> dict[int, int]:
+        """Non-empty buckets by index: how full the table is, for displays and tests."""
+        return {i: len(b) for i, b in sorted(self._buckets.items()) if b.entries}
+
+    def bucket_of(self, node_id: int) -> int:
+        return ID_BITS - (self.own_id ^ node_id).bit_length()
+
+    def _bucket(self, index: int, now: float) -> KBucket:
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = KBucket(now)
+        return bucket
+
+    # --- updates -----------------------------------------------------------------------
+
+    def observe(self, contact: Contact, now: float) -> tuple[bool, Contact | None]:
+        """Record that ``contact`` answered one of our requests.
+
+        Returns ``(added, to_ping)``: whether it entered the table, and an entry of a full
+        bucket whose liveness should be checked with a PING (its failure would make room).
+        """
+        node_id = contact.node_id
+        if node_id == self.own_id:
+            return False, None
+        index = self.bucket_of(node_id)
+        bucket = self._bucket(index, now)
+        bucket.last_touched = now
+        entry = bucket.entries.get(node_id)
+        if entry is not None:
+            # A signed answer proves the key holder is at this address: follow it if it moved.
+            entry.contact = contact
+            entry.last_seen = now
+            entry.failures = 0
+            bucket.entries.move_to_end(node_id)
+            return False, None
+        if len(bucket.entries) < self.config.k:
+            self._insert(bucket, index, contact, now)
+            return True, None
+        # Full bucket: a stale entry gives way to a verified newcomer at once.
+        for stale_id, stale in bucket.entries.items():
+            if stale.is_stale:
+                self._evict(bucket, stale_id)
+                self._insert(bucket, index, contact, now)
+                return True, None
+        bucket.replacements[node_id] = contact
+        bucket.replacements.move_to_end(node_id)
+        if len(bucket.replacements) > self.config.replacement_cache_size:
+            bucket.replacements.popitem(last=False)
+        oldest = next(iter(bucket.entries.values()))
+        if now - oldest.last_seen >= self.config.ping_after_idle:
+            return False, oldest.contact
+        return False, None
+
+    def _insert(self, bucket: KBucket, index: int, contact: Contact, now: float) -> None:
+        bucket.entries[contact.node_id] = Entry(contact, now)
+        bucket.replacements.pop(contact.node_id, None)
+        self._index[contact.node_id] = index
+
+    def _evict(self, bucket: KBucket, node_id: NodeId) -> None:
+        del bucket.entries[node_id]
+        del self._index[node_id]
+
+    def record_failure(self, node_id: NodeId) -> Contact | None:
+        """A request to ``node_id`` went unanswered.
+
+        Returns the contact removed from the table, if the failure removed it: replaced by the
+        freshest verified spare at once, or dropped after ``max_failures`` in a row.
+        """
+        index = self._index.get(node_id)
+        if index is None:
+            return None
+        bucket = self._buckets[index]
+        entry = bucket.entries[node_id]
+        entry.failures += 1
+        if bucket.replacements:
+            _, spare = bucket.replacements.popitem(last=True)
+            self._evict(bucket, node_id)
+            # Inserted with last_seen = the stale entry's: the spare's own proof is older.
+            self._insert(bucket, index, spare, entry.last_seen)
+            return entry.contact
+        if entry.failures >= self.config.max_failures:
+            self._evict(bucket, node_id)
+            return entry.contact
+        return None
+
+    def remove(self, node_id: NodeId) -> bool:
+        index = self._index.get(node_id)
+        if index is None:
+            return False
+        self._evict(self._buckets[index], node_id)
+        return True
+
+    # --- round-trip times ----------------------------------------------------------------
+
+    def record_rtt(self, node_id: NodeId, rtt: float) -> None:
+        self._global_rtt.sample(rtt)
+        entry = self.get(node_id)
+        if entry is not None:
+            entry.rtt.sample(rtt)
+
+    def soft_timeout(self, node_id: NodeId) -> float:
+        """How long a lookup waits for this peer before giving its slot to another."""
+        cfg = self.config
+        entry = self.get(node_id)
+        if entry is not None:
+            own = entry.rtt.timeout(cfg.min_soft_timeout, cfg.max_soft_timeout)
+            if own is not None:
+                return own
+        general = self._global_rtt.timeout(cfg.min_soft_timeout, cfg.max_soft_timeout)
+        if general is not None:
+            # A stranger is judged by the network at large, with room for a slower path.
+            return min(cfg.max_soft_timeout, 2 * general)
+        return min(cfg.max_soft_timeout, max(cfg.min_soft_timeout, 2 * cfg.initial_rtt))
+
+    # --- queries -----------------------------------------------------------------------
+
+    def closest(self, target: int, count: int, *, include_stale: bool = True) -> list[Contact]:
+        """The ``count`` known contacts closest to ``target`` by XOR distance.
+
+        Walks buckets in distance order instead of sorting the whole table: with ``i`` the
+        target's bucket, bucket ``i`` holds the nearest contacts, then all deeper buckets
+        together, then buckets ``i-1, i-2, … 0`` in turn.
+        """
+        if not self._index:
+            return []
+        i = ID_BITS - (self.own_id ^ target).bit_length()
+        groups: list[list[Entry]] = []
+        nearest = self._buckets.get(i)
+        if nearest is not None:
+            groups.append(list(nearest.entries.values()))
+        groups.append(
+            list(
+                itertools.chain.from_iterable(
+                    b.entries.values() for j, b in self._buckets.items() if j > i
+                )
+            )
+        )
+        for j in sorted((j for j in self._buckets if j < i), reverse=True):
+            groups.append(list(self._buckets[j].entries.values()))
+        result: list[Contact] = []
+        for group in groups:
+            if not group:
+                continue
+            if len(group) > 1:
+                group.sort(key=lambda e: e.contact.node_id ^ target)
+            for entry in group:
+                if include_stale or not entry.is_stale:
+                    result.append(entry.contact)
+                    if len(result) == count:
+                        return result
+        return result
+
+    # --- refresh -----------------------------------------------------------------------
+
+    def touch(self, target: int, now: float) -> None:
+        """A lookup for ``target`` ran: its bucket counts as refreshed."""
+        if target == self.own_id:
+            return
+        self._bucket(self.bucket_of(target), now).last_touched = now
+
+    def buckets_to_refresh(self, now: float) -> list[int]:
+        """Bucket indices idle for ``refresh_interval``, from 0 up to the deepest populated
+        one (deeper buckets can only fill through our own-id lookup)."""
+        if not self._index:
+            return []
+        deepest = max(i for i, b in self._buckets.items() if b.entries)
+        due = []
+        for index in range(deepest + 1):
+            bucket = self._buckets.get(index)
+            touched = bucket.last_touched if bucket is not None else self._created
+            if now - touched >= self.config.refresh_interval:
+                due.append(index)
+        return due
