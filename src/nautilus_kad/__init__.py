@@ -1,0 +1,51 @@
+"""nautilus-kad: an authenticated Kademlia DHT.
+
+The public API::
+
+    import nautilus_kad
+
+    async with await nautilus_kad.Node.start(port=0, bootstrap=["127.0.0.1:7400"]) as node:
+        await node.put(b"my-key", b"value")
+        assert await node.get(b"my-key") == b"value"
+"""
+
+from .aio.node import GetResult, Node, PingResult, PutResult
+from .core.config import KadConfig
+from .core.engine import KadEngine
+from .core.errors import (
+    DecodeError,
+    KadError,
+    NoPeersError,
+    QueryError,
+    QueryTimeoutError,
+    ValidationError,
+    ValueTooLargeError,
+)
+from .core.identity import Identity
+from .core.ids import NodeId, key_id
+from .core.messages import Contact
+from .core.records import Record
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Contact",
+    "DecodeError",
+    "GetResult",
+    "Identity",
+    "KadConfig",
+    "KadEngine",
+    "KadError",
+    "NoPeersError",
+    "Node",
+    "NodeId",
+    "PingResult",
+    "PutResult",
+    "QueryError",
+    "QueryTimeoutError",
+    "Record",
+    "ValidationError",
+    "ValueTooLargeError",
+    "__version__",
+    "key_id",
+]

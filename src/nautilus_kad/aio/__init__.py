@@ -1,0 +1,1 @@
+"""The asyncio driver: real UDP sockets feeding the sans-I/O engine."""

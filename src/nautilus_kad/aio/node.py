@@ -1,0 +1,278 @@
+"""The public asyncio API: :class:`Node`.
+
+A ``Node`` owns one UDP socket and one :class:`~nautilus_kad.core.engine.KadEngine`. Every
+operation is an engine command whose query id maps to a future; the matching engine event
+resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from ..core.addresses import parse_address
+from ..core.config import KadConfig
+from ..core.engine import KadEngine
+from ..core.errors import KadError, NoPeersError, QueryError
+from ..core.events import (
+    BootstrapDone,
+    Event,
+    GetDone,
+    LookupDone,
+    PingDone,
+    PutDone,
+    QueryFailed,
+)
+from ..core.identity import Identity
+from ..core.ids import NodeId, key_id
+from ..core.messages import Address, Contact
+from ..core.records import Record
+from ..core.routing import RoutingTable
+from ..core.storage import RecordStore
+from .transport import EngineProtocol, LoopClock, open_endpoint
+
+AddressLike = str | tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """How a put went: the key it was stored under and who acknowledged it."""
+
+    key: NodeId
+    acks: int
+    stored_on: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    contact: Contact
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    record: Record | None
+    hops: int
+    queries: int
+
+
+class Node:
+    """A Kademlia node on a real UDP socket.
+
+    Create it with :meth:`start`; use it as an async context manager so it stops cleanly::
+
+        async with await Node.start(port=0, bootstrap=["127.0.0.1:7400"]) as node:
+            await node.put(b"key", b"value")
+            assert await node.get(b"key") == b"value"
+    """
+
+    def __init__(self, engine: KadEngine) -> None:
+        self._engine = engine
+        self._protocol: EngineProtocol | None = None
+        self._address: Address = ("0.0.0.0", 0)
+        self._futures: dict[int, asyncio.Future[Event]] = {}
+        self._stopped = False
+
+    # --- life cycle ------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        bootstrap: Iterable[AddressLike] = (),
+        *,
+        config: KadConfig | None = None,
+        identity: Identity | None = None,
+        store: RecordStore | None = None,
+    ) -> Node:
+        """Bind ``host:port`` (port 0 picks a free one) and join through ``bootstrap``.
+
+        Raises :class:`NoPeersError` when bootstrap addresses were given and none answered.
+        """
+        clock = LoopClock(asyncio.get_running_loop())
+        engine = KadEngine(
+            identity or Identity.generate(),
+            config=config,
+            rng=random.SystemRandom(),  # txids and token secrets must be unguessable
+            now=clock.now(),
+            store=store,
+        )
+        node = cls(engine)
+        protocol, address = await open_endpoint(engine, clock, host, port, node._on_event)
+        node._protocol = protocol
+        node._address = address
+        engine.address = address
+        protocol.flush()
+        seeds = list(bootstrap)
+        if seeds:
+            try:
+                await node.bootstrap(seeds)
+            except BaseException:
+                await node.stop()
+                raise
+        return node
+
+    async def bootstrap(self, seeds: Iterable[AddressLike]) -> int:
+        """Join through the given addresses; returns the routing-table size after joining."""
+        addresses = [await _resolve(s, self._family) for s in seeds]
+        event = await self._run(lambda now: self._engine.bootstrap(addresses, now))
+        if isinstance(event, QueryFailed):
+            raise NoPeersError(f"could not join: {event.reason}")
+        assert isinstance(event, BootstrapDone)
+        return event.table_size
+
+    async def stop(self) -> None:
+        """Close the socket and fail every operation still waiting."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._protocol is not None:
+            self._protocol.close()
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(QueryError("node stopped"))
+        self._futures.clear()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- operations ----------------------------------------------------------------------
+
+    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None) -> PutResult:
+        """Store ``value`` under ``key`` on the k closest nodes (last writer wins).
+
+        Raises :class:`~nautilus_kad.core.errors.ValueTooLargeError` for values over the
+        inline limit and :class:`QueryError` when fewer than ``store_quorum`` nodes stored it.
+        """
+        cfg = self._engine.config
+        lifetime = int(ttl if ttl is not None else cfg.record_ttl)
+        now = self._now()
+        record = Record(key_id(key), bytes(value), int(now * 1000), lifetime)
+        event = await self._run(lambda now: self._engine.put(record, now))
+        if isinstance(event, QueryFailed):
+            raise QueryError(f"put failed: {event.reason}")
+        assert isinstance(event, PutDone)
+        if event.acks < cfg.store_quorum:
+            raise QueryError(f"put reached {event.acks} of the {cfg.store_quorum} nodes it needs")
+        return PutResult(event.key, event.acks, event.stored_on)
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or ``None`` when the network has none."""
+        result = await self.get_record(key)
+        return None if result.record is None else result.record.value
+
+    async def get_record(self, key: bytes) -> GetResult:
+        """Like :meth:`get`, with the whole record and the lookup's cost."""
+        event = await self._run(lambda now: self._engine.get(key_id(key), now))
+        if isinstance(event, QueryFailed):
+            raise QueryError(f"get failed: {event.reason}")
+        assert isinstance(event, GetDone)
+        return GetResult(event.record, event.hops, event.queries)
+
+    async def find_node(self, node_id: NodeId | int) -> list[Contact]:
+        """The k closest live nodes to ``node_id``, nearest first."""
+        target = NodeId(int(node_id))
+        event = await self._run(lambda now: self._engine.find_node(target, now))
+        if isinstance(event, QueryFailed):
+            raise QueryError(f"lookup failed: {event.reason}")
+        assert isinstance(event, LookupDone)
+        return list(event.contacts)
+
+    async def ping(self, address: AddressLike) -> PingResult:
+        """PING an address; raises :class:`QueryError` when nothing answers in time."""
+        target = await _resolve(address, self._family)
+        event = await self._run(lambda now: self._engine.ping(target, now))
+        if isinstance(event, QueryFailed):
+            raise QueryError(event.reason)
+        assert isinstance(event, PingDone)
+        return PingResult(event.contact, event.rtt)
+
+    # --- inspection ------------------------------------------------------------------
+
+    @property
+    def _family(self) -> int:
+        return socket.AF_INET6 if ":" in self._address[0] else socket.AF_INET
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._engine.node_id
+
+    @property
+    def address(self) -> Address:
+        return self._address
+
+    @property
+    def routing_table(self) -> RoutingTable:
+        return self._engine.table
+
+    @property
+    def engine(self) -> KadEngine:
+        """The protocol engine (for inspection and metrics; drive it only through Node)."""
+        return self._engine
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._engine.stats)
+
+    def __repr__(self) -> str:
+        host, port = self._address
+        return f"Node({self.node_id.short()}… at {host}:{port})"
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._protocol is not None
+        return self._protocol.now()
+
+    async def _run(self, command: Any) -> Event:
+        """Start an engine command and wait for the event that finishes it."""
+        if self._stopped or self._protocol is None:
+            raise QueryError("node is stopped")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Event] = loop.create_future()
+        qid: int = command(self._now())
+        self._futures[qid] = future
+        self._protocol.flush()
+        return await future
+
+    def _on_event(self, event: Event) -> None:
+        qid = getattr(event, "query_id", None)
+        if qid is None:
+            return
+        future = self._futures.pop(qid, None)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+
+async def _resolve(address: AddressLike, family: int) -> Address:
+    """Turn ``"host:port"`` or ``(host, port)`` into a numeric address of the socket's family
+    (resolving names)."""
+    if isinstance(address, str):
+        host, port = parse_address(address)
+    else:
+        host, port = address
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, family=family, type=socket.SOCK_DGRAM
+        )
+    except OSError as exc:
+        raise KadError(f"cannot resolve {host!r}: {exc}") from exc
+    if not infos:
+        raise KadError(f"no address found for {host!r}")
+    sockaddr = infos[0][4]
+    return (str(sockaddr[0]), int(sockaddr[1]))

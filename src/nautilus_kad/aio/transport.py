@@ -1,0 +1,152 @@
+"""Drive a :class:`~nautilus_kad.core.engine.KadEngine` from an asyncio UDP socket.
+
+The protocol object is the engine's only contact with the world: datagrams in, datagrams out,
+one timer handle armed at the engine's next deadline, and events handed to a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from ..core.engine import KadEngine
+from ..core.events import Event
+from ..core.messages import Address
+
+_log = logging.getLogger("nautilus_kad.transport")
+
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+"""Large enough to absorb a burst (a flood, or 200 peers answering at once) without loss."""
+
+
+class LoopClock:
+    """The engine's clock: wall-clock aligned (record timestamps are compared between nodes)
+    but advancing with the loop's monotonic clock (timers must never jump)."""
+
+    __slots__ = ("loop", "offset")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.offset = time.time() - loop.time()
+
+    def now(self) -> float:
+        return self.loop.time() + self.offset
+
+
+class EngineProtocol(asyncio.DatagramProtocol):
+    """Feeds an engine from a datagram endpoint and flushes what it produces."""
+
+    def __init__(
+        self,
+        engine: KadEngine,
+        clock: LoopClock,
+        on_event: Callable[[Event], None],
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.loop = clock.loop
+        self.on_event = on_event
+        self.transport: asyncio.DatagramTransport | None = None
+        self._offset = clock.offset
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self.send_errors = 0
+
+    # --- clock -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.loop.time() + self._offset
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not every loop's datagram transport subclasses DatagramTransport (the selector one
+        # does not), so this is a cast, not a check.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.engine.receive_datagram(data, (addr[0], addr[1]), self.now())
+        self.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable after a peer died) surface here; the request's own
+        # timeout already handles the peer, so this is only counted.
+        self.engine.stats["transport.icmp_errors"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_timer()
+
+    # --- engine plumbing -----------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the engine queued, hand out its events, re-arm its timer."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            for data, address in self.engine.datagrams_to_send():
+                try:
+                    transport.sendto(data, address)
+                except (OSError, ValueError) as exc:
+                    self.send_errors += 1
+                    _log.debug("send to %s failed: %s", address, exc)
+        else:
+            self.engine.datagrams_to_send()
+        event = self.engine.next_event()
+        while event is not None:
+            self.on_event(event)
+            event = self.engine.next_event()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.engine.get_timer()
+        if deadline >= self._timer_at and self._timer is not None:
+            return
+        self.cancel_timer()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline - self._offset, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # asyncio may fire a hair early (within its clock resolution): the deadline has come.
+        now = max(self.now(), self._timer_at)
+        self._timer = None
+        self._timer_at = float("inf")
+        self.engine.handle_timer(now)
+        self.flush()
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = float("inf")
+
+    def close(self) -> None:
+        self.cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_endpoint(
+    engine: KadEngine,
+    clock: LoopClock,
+    host: str,
+    port: int,
+    on_event: Callable[[Event], None],
+) -> tuple[EngineProtocol, Address]:
+    """Bind a UDP socket at ``host:port`` (0 = any free port) and attach the engine."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    _transport, protocol = await clock.loop.create_datagram_endpoint(
+        lambda: EngineProtocol(engine, clock, on_event),
+        local_addr=(host, port),
+        family=family,
+    )
+    sockname = _transport.get_extra_info("sockname")
+    address: Address = (sockname[0], sockname[1])
+    return protocol, address
