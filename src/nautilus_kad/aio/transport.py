@@ -74,7 +74,15 @@ class EngineProtocol(asyncio.DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.engine.receive_datagram(data, (addr[0], addr[1]), self.now())
+        try:
+            self.engine.receive_datagram(data, (addr[0], addr[1]), self.now())
+        except Exception:
+            # The decoder rejects bad input with its own error, so reaching this is a bug in
+            # the engine. One datagram must not stop the node: count it, log the first one in
+            # full, and keep serving.
+            self.engine.stats["engine.errors"] += 1
+            if self.engine.stats["engine.errors"] == 1:
+                _log.exception("engine failed on a datagram from %s; continuing", addr[0])
         self.flush()
 
     def error_received(self, exc: Exception) -> None:

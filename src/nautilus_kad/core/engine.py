@@ -99,6 +99,8 @@ class _LookupQuery:
     want_value: bool
     internal: bool = False
     found: Record | None = None
+    holders: set[NodeId] = field(default_factory=set)
+    """Peers that answered with the value (no point caching it back at them)."""
     put_record: Record | None = None
     bootstrap: _BootstrapQuery | None = None
 
@@ -436,6 +438,11 @@ class KadEngine:
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_soft_timeout(pending.node_id)
             self._advance(query, now)
+        elif isinstance(query, _PutQuery):
+            # A put does not wait on a slow replica; a late STORED still counts if it comes
+            # before the put is reported.
+            query.waiting.discard(pending.txid)
+            self._put_progress(query)
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
         del self._pending[pending.txid]
@@ -512,6 +519,7 @@ class KadEngine:
                 lookup.on_response(contact.node_id, (), message.token)
             else:
                 lookup.on_response(contact.node_id, (), message.token)
+                query.holders.add(contact.node_id)
                 query.found = record
                 lookup.finish()
         else:  # an ERROR answer: the peer is alive but useless for this lookup
@@ -569,7 +577,7 @@ class KadEngine:
     def _cache_value(self, query: _LookupQuery, record: Record, now: float) -> None:
         """Store a found value at the closest node that answered without it (paper §2.3)."""
         for cand in query.lookup.closest_responded():
-            if cand.token:
+            if cand.token and cand.contact.node_id not in query.holders:
                 self._send_request(
                     cand.contact.address, cand.contact.node_id, Store(record, cand.token), now, None
                 )
@@ -665,17 +673,17 @@ class KadEngine:
             return
         if len(self._verifying) >= self.config.max_pending_verifications:
             return
-        index = self.table.bucket_of(contact.node_id)
-        if self.table.bucket_sizes().get(index, 0) >= self.config.k:
+        if not self.table.has_room_for(contact.node_id):
             return
-        self._verifying.add(contact.node_id)
-        self._send_request(contact.address, contact.node_id, Ping(), now, None)
+        self._check_liveness(contact, now)
 
     def _check_liveness(self, contact: Contact, now: float) -> None:
+        """PING ``contact`` unless a check is already under way; the answer (or its
+        absence) updates the routing table."""
         if contact.node_id in self._verifying:
             return
-        self._verifying.add(contact.node_id)
-        self._send_request(contact.address, contact.node_id, Ping(), now, None)
+        if self._send_request(contact.address, contact.node_id, Ping(), now, None):
+            self._verifying.add(contact.node_id)
 
     def _peer_added(self, contact: Contact) -> None:
         self._events.append(PeerAdded(contact))

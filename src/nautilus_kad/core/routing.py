@@ -112,6 +112,14 @@ class RoutingTable:
         """Non-empty buckets by index: how full the table is, for displays and tests."""
         return {i: len(b) for i, b in sorted(self._buckets.items()) if b.entries}
 
+    def has_room_for(self, node_id: NodeId) -> bool:
+        """Whether ``node_id`` could enter the table now (its bucket has a free or stale
+        slot), so verifying it is worth a PING."""
+        bucket = self._buckets.get(self.bucket_of(node_id))
+        if bucket is None or len(bucket.entries) < self.config.k:
+            return True
+        return any(entry.is_stale for entry in bucket.entries.values())
+
     def bucket_of(self, node_id: int) -> int:
         return ID_BITS - (self.own_id ^ node_id).bit_length()
 
