@@ -15,7 +15,6 @@ code the daemon runs.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import hmac
 import logging
@@ -51,6 +50,7 @@ from .messages import (
     FindNode,
     FindValue,
     Message,
+    MessageType,
     Nodes,
     Ping,
     Pong,
@@ -68,6 +68,11 @@ _log = logging.getLogger("nautilus_kad.engine")
 TOKEN_BYTES = 8
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
+
+# Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
+_RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
+_RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
+_TX_REQUEST_KEY = {t: f"tx.request.{t.name}" for t in MessageType}
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -103,6 +108,8 @@ class _LookupQuery:
     """Peers that answered with the value (no point caching it back at them)."""
     put_record: Record | None = None
     bootstrap: _BootstrapQuery | None = None
+    overloaded: bool = False
+    """A request was refused by ``max_pending_requests``: the result may be incomplete."""
 
 
 @dataclass(slots=True)
@@ -183,8 +190,14 @@ class KadEngine:
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
         deadline = min(self._next_rotation, self._next_refresh_check, self._next_expiry)
-        if self._timers:
-            deadline = min(deadline, self._timers[0][0])
+        timers = self._timers
+        pending = self._pending
+        # Timers of requests already answered would only wake the driver for nothing
+        # (handle_timer skips them): drop them from the top of the heap first.
+        while timers and timers[0][2] not in pending:
+            heapq.heappop(timers)
+        if timers:
+            deadline = min(deadline, timers[0][0])
         return deadline
 
     @property
@@ -303,7 +316,7 @@ class KadEngine:
     def _handle_request(
         self, envelope: Envelope, request: Request, address: Address, now: float
     ) -> None:
-        self.stats[f"rx.request.{request.TYPE.name}"] += 1
+        self.stats[_RX_REQUEST_KEY[request.TYPE]] += 1
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
@@ -366,7 +379,7 @@ class KadEngine:
 
     def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
         key = self._token_secret if secret is None else secret
-        return hmac.new(key, pack_ip(address[0]), hashlib.sha256).digest()[:TOKEN_BYTES]
+        return hmac.digest(key, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
 
     def _token_valid(self, token: bytes, address: Address) -> bool:
         if len(token) != TOKEN_BYTES:
@@ -396,7 +409,7 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         del self._pending[envelope.txid]
-        self.stats[f"rx.response.{message.TYPE.name}"] += 1
+        self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         if not envelope.flags & FLAG_CLIENT:
@@ -505,7 +518,8 @@ class KadEngine:
     ) -> None:
         lookup = query.lookup
         if isinstance(message, Nodes):
-            lookup.on_response(contact.node_id, message.contacts, message.token)
+            # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
+            lookup.on_response(contact.node_id, message.contacts[: self.config.k], message.token)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -537,6 +551,7 @@ class KadEngine:
                     contact.address, contact.node_id, request, now, query.query_id
                 ):
                     lookup.on_failure(contact.node_id)
+                    query.overloaded = True
         if lookup.finished or lookup.is_done:
             # Answers still in flight come from outside the final k and cannot change it.
             self._finish_lookup(query, now)
@@ -553,6 +568,19 @@ class KadEngine:
             self._bootstrap_lookup_done(query.bootstrap, now)
             return
         if query.internal:
+            return
+        if query.found is None and (
+            query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0)
+        ):
+            # A search that asked peers and heard from none (or was cut short) proves nothing:
+            # "not found" or "stored" would be a lie, so the caller gets a failure to retry.
+            # A node that knows no peer at all is a network of one and answers from itself.
+            reason = (
+                "too many requests in flight; retry later"
+                if query.overloaded
+                else "no peer answered"
+            )
+            self._events.append(QueryFailed(qid, reason))
             return
         if query.want_value:
             if query.found is not None:
@@ -594,10 +622,12 @@ class KadEngine:
         put = _PutQuery(query.query_id, record, query.lookup.queries_sent)
         self._queries[put.query_id] = put
         targets = [cand for cand in closest if cand.token]
-        # We store too when we are among the k closest: in a small network we may be one of
-        # the nodes that should hold the record.
+        # We store too when we are among the k closest (in a small network we may be one of
+        # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = self.node_id ^ record.key
-        if len(targets) < self.config.k or own_distance < targets[-1].distance:
+        if not self.flags & FLAG_CLIENT and (
+            len(targets) < self.config.k or own_distance < targets[-1].distance
+        ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
             self.store.put(record, now, now + min(float(record.ttl), self.config.max_record_ttl))
             put.acks.append(own)
@@ -716,7 +746,7 @@ class KadEngine:
         while txid in self._pending:
             txid = self.rng.randbytes(8)
         self._pending[txid] = _Pending(txid, address, node_id, request, now, query_id)
-        self.stats[f"tx.request.{request.TYPE.name}"] += 1
+        self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
         self._send(request, txid, address)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)
