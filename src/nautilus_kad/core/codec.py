@@ -344,9 +344,17 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
     msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
     if msg_type is None:
         raise DecodeError("type")
-    _bytes(txid, TXID_BYTES, "txid")
-    _bytes(sender_key, PUBLIC_KEY_BYTES, "sender key")
-    _int(flags, 0, 255, "flags")
+    if not (
+        type(txid) is bytes
+        and len(txid) == TXID_BYTES
+        and type(sender_key) is bytes
+        and len(sender_key) == PUBLIC_KEY_BYTES
+        and type(flags) is int
+        and 0 <= flags <= 255
+    ):  # the common case passes in one test; otherwise raise exactly as the checks do
+        _bytes(txid, TXID_BYTES, "txid")
+        _bytes(sender_key, PUBLIC_KEY_BYTES, "sender key")
+        _int(flags, 0, 255, "flags")
     message = _decode_body(msg_type, body)
     sender_id = auth.verify(sender_key, payload, signature)
     if sender_id is None:

@@ -73,6 +73,8 @@ FLAG_CLIENT = 0x01
 _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
 _RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
 _TX_REQUEST_KEY = {t: f"tx.request.{t.name}" for t in MessageType}
+_REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
+"""The request message classes (``message.TYPE.is_request``, without an enum property)."""
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -280,7 +282,7 @@ class KadEngine:
             self.stats["rx.dropped.self"] += 1
             return
         message = envelope.message
-        if message.TYPE.is_request:
+        if type(message) in _REQUEST_CLASSES:
             self._handle_request(envelope, message, address, now)  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
@@ -347,8 +349,11 @@ class KadEngine:
         self._send(response, envelope.txid, address)
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
-        contacts = self.table.closest(target, self.config.k + 1, include_stale=False)
-        return tuple([c for c in contacts if c.node_id != requester][: self.config.k])
+        k = self.config.k
+        contacts = self.table.closest(target, k + 1, include_stale=False)
+        if contacts and requester ^ target > contacts[-1].node_id ^ target:
+            return tuple(contacts[:k])  # the requester is farther than all of them
+        return tuple([c for c in contacts if c.node_id != requester][:k])
 
     def _handle_store(self, record: Record, token: bytes, address: Address, now: float) -> Message:
         if not self._token_valid(token, address):
@@ -676,7 +681,7 @@ class KadEngine:
         query.lookups_waiting -= 1
         if query.lookups_waiting > 0:
             return
-        if query.phase == "self":
+        if query.phase == "self" and self.config.join_refresh:
             # Our own neighbourhood is known; now refresh every bucket farther than our
             # nearest neighbour, so the table covers the whole id space.
             query.phase = "refresh"

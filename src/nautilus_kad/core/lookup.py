@@ -77,18 +77,22 @@ class Lookup:
     def add_contacts(self, contacts: Iterable[Contact], hop: int) -> None:
         """Learn new candidates (from a NODES answer at ``hop - 1`` or from the table)."""
         target = self.target
+        own_id = self.own_id
+        known = self._by_distance
+        distances = self._distances
+        limit = self.max_candidates
         for contact in contacts:
             node_id = contact.node_id
-            if node_id == self.own_id:
+            if node_id == own_id:
                 continue
             d = node_id ^ target
-            if d in self._by_distance:
+            if d in known:
                 continue
-            if len(self._distances) >= self.max_candidates and d > self._distances[-1]:
+            if len(distances) >= limit and d > distances[-1]:
                 continue
-            bisect.insort(self._distances, d)
-            self._by_distance[d] = Candidate(contact, d, hop)
-            if len(self._distances) > self.max_candidates:
+            bisect.insort(distances, d)
+            known[d] = Candidate(contact, d, hop)
+            if len(distances) > limit:
                 self._drop_farthest_idle()
 
     def _drop_farthest_idle(self) -> None:

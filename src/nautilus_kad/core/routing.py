@@ -16,6 +16,7 @@ Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, 
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -85,6 +86,8 @@ class RoutingTable:
         self.config = config
         self._created = now
         self._buckets: dict[int, KBucket] = {}
+        self._indices: list[int] = []
+        """The keys of ``_buckets``, sorted (buckets are only ever added)."""
         self._index: dict[NodeId, int] = {}
         self._global_rtt = RttEstimator()
 
@@ -117,7 +120,7 @@ class RoutingTable:
         bucket = self._buckets.get(self.bucket_of(node_id))
         if bucket is None or len(bucket.entries) < self.config.k:
             return True
-        return any(entry.is_stale for entry in bucket.entries.values())
+        return any(entry.failures for entry in bucket.entries.values())  # any stale entry
 
     def bucket_of(self, node_id: int) -> int:
         return ID_BITS - (self.own_id ^ node_id).bit_length()
@@ -126,6 +129,7 @@ class RoutingTable:
         bucket = self._buckets.get(index)
         if bucket is None:
             bucket = self._buckets[index] = KBucket(now)
+            bisect.insort(self._indices, index)
         return bucket
 
     # --- updates -----------------------------------------------------------------------
@@ -155,7 +159,7 @@ class RoutingTable:
             return True, None
         # Full bucket: a stale entry gives way to a verified newcomer at once.
         for stale_id, stale in bucket.entries.items():
-            if stale.is_stale:
+            if stale.failures:  # is_stale, without a property call per entry
                 self._evict(bucket, stale_id)
                 self._insert(bucket, index, contact, now)
                 return True, None
@@ -246,36 +250,49 @@ class RoutingTable:
             return []
         buckets = self._buckets
         t = self.own_id ^ target
-        i = ID_BITS - t.bit_length()
-        top = ID_BITS - 1
-        deeper: list[int] = []
-        shallower: list[int] = []
-        for j in buckets:
-            if j > i:
-                deeper.append(j)
-            elif j < i:
-                shallower.append(j)
-        deeper.sort()
-        shallower.sort(reverse=True)
-        order = [i]
-        order += [j for j in deeper if (t >> (top - j)) & 1]
-        order += [j for j in reversed(deeper) if not (t >> (top - j)) & 1]
-        order += shallower
         key = target.__xor__  # C-level sort key: no Python lambda per element
         result: list[Contact] = []
-        for j in order:
-            bucket = buckets.get(j)
-            if bucket is None or not bucket.entries:
+        for j in self._bucket_order(ID_BITS - t.bit_length(), t):
+            entries = buckets[j].entries
+            if not entries:
                 continue
-            entries = bucket.entries
+            if count - len(result) == 1 and len(entries) > 1:
+                # One more is all we need (a typical answer: k from one bucket plus one):
+                # the nearest of this bucket, if usable, without sorting the rest.
+                best = min(entries, key=key)
+                entry = entries[best]
+                if include_stale or not entry.failures:
+                    result.append(entry.contact)
+                    return result
             ids = sorted(entries, key=key) if len(entries) > 1 else list(entries)
             if include_stale:
                 result += [entries[node_id].contact for node_id in ids]
             else:
                 result += [e.contact for e in map(entries.__getitem__, ids) if not e.failures]
-            if 0 < count <= len(result):
+            if count <= len(result):
                 return result[:count]
         return result
+
+    def _bucket_order(self, i: int, t: int) -> Iterator[int]:
+        """Existing bucket indices in XOR-distance order from a target in bucket ``i`` with
+        ``t = own_id ^ target`` (see :meth:`closest`), produced lazily: most queries stop
+        after a bucket or two."""
+        indices = self._indices
+        split = bisect.bisect_right(indices, i)
+        below = split
+        if split and indices[split - 1] == i:
+            below -= 1
+            yield i
+        top = ID_BITS - 1
+        later: list[int] = []
+        for j in indices[split:]:  # deeper buckets, shallowest first
+            if (t >> (top - j)) & 1:
+                yield j
+            else:
+                later.append(j)
+        yield from reversed(later)
+        for n in range(below - 1, -1, -1):
+            yield indices[n]
 
     # --- refresh -----------------------------------------------------------------------
 

@@ -1,0 +1,71 @@
+"""A cheap datagram authenticator for simulations (NOT a security mechanism).
+
+Real Ed25519 costs tens of microseconds per signature and per verification, which would make
+a 10 000-node simulation spend most of its time in cryptography. :class:`SimAuthenticator`
+keeps the codec's framing and verification path exactly as it is (the 64-byte tag is appended
+to and checked against the exact payload bytes, the sender's NodeId is still SHA-256 of its
+public key) but computes the tag as a keyed BLAKE2b hash of the sender's public key and the
+payload, with one key shared by every node of the simulation.
+
+Anyone who knows that shared key can forge any node's datagrams, so this is only a stand-in
+that lets the simulator run the engine unchanged at scale. ``--real-crypto`` runs the engine's
+own Ed25519 :class:`~nautilus_kad.core.auth.Authenticator` instead, and the benchmarks measure
+what that costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..core.auth import Authenticator
+from ..core.identity import SIGNATURE_BYTES, Identity, node_id_for
+from ..core.ids import NodeId
+
+
+class SimKeyring:
+    """What all simulated nodes share: the tag key and a cache of public key → NodeId.
+
+    The cache holds a pure function's results, so sharing it between nodes changes no
+    behaviour; it only saves every node from hashing every peer's key again.
+    """
+
+    __slots__ = ("ids", "key")
+
+    def __init__(self, key: bytes) -> None:
+        if not 16 <= len(key) <= 64:
+            raise ValueError("the simulation tag key must be 16 to 64 bytes")
+        self.key = key
+        self.ids: dict[bytes, NodeId] = {}
+
+
+class SimAuthenticator(Authenticator):
+    """Tags datagrams with ``BLAKE2b-512(key=shared, sender public key ‖ payload)``.
+
+    A stand-in for Ed25519 inside the simulator only: it proves nothing about who sent a
+    datagram to anyone who knows the simulation's shared key.
+    """
+
+    __slots__ = ("_keyring", "_prefix")
+
+    def __init__(self, identity: Identity, keyring: SimKeyring) -> None:
+        super().__init__(identity, cache_size=0)
+        self._keyring = keyring
+        self._prefix = identity.public_key
+        keyring.ids.setdefault(identity.public_key, identity.node_id)
+
+    def sign(self, payload: bytes) -> bytes:
+        return hashlib.blake2b(
+            self._prefix + payload, digest_size=SIGNATURE_BYTES, key=self._keyring.key
+        ).digest()
+
+    def verify(self, public_key: bytes, payload: bytes, signature: bytes) -> NodeId | None:
+        keyring = self._keyring
+        expected = hashlib.blake2b(
+            public_key + payload, digest_size=SIGNATURE_BYTES, key=keyring.key
+        ).digest()
+        if signature != expected:
+            return None
+        node_id = keyring.ids.get(public_key)
+        if node_id is None:
+            node_id = keyring.ids[public_key] = node_id_for(public_key)
+        return node_id
