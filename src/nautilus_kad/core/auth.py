@@ -16,6 +16,18 @@ from .identity import SIGNATURE_BYTES, Identity, node_id_for
 from .ids import NodeId
 
 
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public_key``'s Ed25519 signature of ``message`` (used for
+    signed records; any malformed key or signature is simply invalid)."""
+    if len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 class Authenticator:
     """Signs our datagrams and verifies peers', caching decoded peer keys (bounded LRU)."""
 

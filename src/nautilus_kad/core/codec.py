@@ -21,6 +21,16 @@ from .config import MAX_DATAGRAM
 from .errors import DecodeError
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from .ids import ID_BYTES, NodeId
+from .limits import (
+    MAX_SALT_BYTES,
+    MAX_SEQ,
+    MAX_TIMESTAMP_MS,
+    MAX_TTL,
+    PROTOCOL_VERSION,
+    TOKEN_MAX_BYTES,
+    TXID_BYTES,
+    VALUE_LIMITS,
+)
 from .messages import (
     Address,
     Contact,
@@ -40,9 +50,6 @@ from .messages import (
 )
 from .records import Record, RecordKind
 
-PROTOCOL_VERSION = 1
-TXID_BYTES = 8
-TOKEN_MAX_BYTES = 32
 MAX_CONTACTS = 32
 """Hard decoder bound; the engine itself never sends more than k."""
 MAX_ERROR_TEXT = 128
@@ -93,12 +100,31 @@ def _encode_contact(contact: Contact) -> list[Any]:
 
 
 def _encode_record(record: Record) -> list[Any]:
+    """Wire forms by kind (limits.py packs the same layouts to size the value budget)::
+
+    OPEN      [0, key, value, timestamp_ms, ttl]
+    IMMUTABLE [1, key, value, ttl]
+    SIGNED    [2, key, value, ttl, owner(32), salt(<=64), seq(uint64), signature(64)]
+    """
+    kind = record.kind
+    if len(record.value) > VALUE_LIMITS[kind]:
+        raise EncodeError(
+            f"{kind.name} value of {len(record.value)} bytes exceeds the "
+            f"{VALUE_LIMITS[kind]}-byte inline limit"
+        )
+    if kind is RecordKind.OPEN:
+        return [0, record.key.to_bytes32(), record.value, record.timestamp_ms, record.ttl]
+    if kind is RecordKind.IMMUTABLE:
+        return [1, record.key.to_bytes32(), record.value, record.ttl]
     return [
-        int(record.kind),
+        2,
         record.key.to_bytes32(),
         record.value,
-        record.timestamp_ms,
         record.ttl,
+        record.owner,
+        record.salt,
+        record.seq,
+        record.signature,
     ]
 
 
@@ -110,8 +136,10 @@ def _encode_body(message: Message) -> list[Any]:
             return [target.to_bytes32()]
         case FindValue(key=key):
             return [key.to_bytes32()]
-        case Store(record=record, token=token):
-            return [_encode_record(record), token]
+        case Store(record=record, token=token, expected_seq=expected_seq):
+            if expected_seq is None:
+                return [_encode_record(record), token]
+            return [_encode_record(record), token, expected_seq]
         case Pong(observed=observed):
             return [_encode_address(observed)]
         case Nodes(observed=observed, token=token, contacts=contacts):
@@ -202,24 +230,50 @@ def _decode_contact(value: Any) -> Contact:
 
 def _decode_token(value: Any) -> bytes:
     if type(value) is not bytes or len(value) > TOKEN_MAX_BYTES:
-        raise DecodeError("schema", "token must be at most 32 bytes")
+        raise DecodeError("schema", f"token must be at most {TOKEN_MAX_BYTES} bytes")
     return value
 
 
+_RECORD_FIELDS = {RecordKind.OPEN: 5, RecordKind.IMMUTABLE: 4, RecordKind.SIGNED: 8}
+
+
 def _decode_record(value: Any) -> Record:
-    kind, raw_key, data, timestamp_ms, ttl = _list(value, 5, "record")
+    if type(value) is not list or not value:
+        raise DecodeError("schema", "record must be a non-empty list")
     try:
-        record_kind = RecordKind(_int(kind, 0, 255, "record kind"))
+        kind = RecordKind(_int(value[0], 0, 255, "record kind"))
     except ValueError as exc:
         raise DecodeError("schema", "unknown record kind") from exc
+    _list(value, _RECORD_FIELDS[kind], f"{kind.name} record")
+    raw_key, data = value[1], value[2]
     if type(data) is not bytes:
         raise DecodeError("schema", "record value must be bytes")
+    if len(data) > VALUE_LIMITS[kind]:
+        raise DecodeError("schema", "record value over the inline limit")
+    key = NodeId.from_bytes_exact(_bytes(raw_key, ID_BYTES, "record key"))
+    if kind is RecordKind.OPEN:
+        return Record(
+            key=key,
+            value=data,
+            timestamp_ms=_int(value[3], 0, MAX_TIMESTAMP_MS, "timestamp"),
+            ttl=_int(value[4], 1, MAX_TTL, "ttl"),
+        )
+    ttl = _int(value[3], 1, MAX_TTL, "ttl")
+    if kind is RecordKind.IMMUTABLE:
+        return Record(key, data, 0, ttl, RecordKind.IMMUTABLE)
+    salt = value[5]
+    if type(salt) is not bytes or len(salt) > MAX_SALT_BYTES:
+        raise DecodeError("schema", f"salt must be at most {MAX_SALT_BYTES} bytes")
     return Record(
-        key=NodeId.from_bytes_exact(_bytes(raw_key, ID_BYTES, "record key")),
-        value=data,
-        timestamp_ms=_int(timestamp_ms, 0, 2**63 - 1, "timestamp"),
-        ttl=_int(ttl, 1, 2**32 - 1, "ttl"),
-        kind=record_kind,
+        key,
+        data,
+        0,
+        ttl,
+        RecordKind.SIGNED,
+        owner=_bytes(value[4], PUBLIC_KEY_BYTES, "owner key"),
+        salt=salt,
+        seq=_int(value[6], 0, MAX_SEQ, "sequence number"),
+        signature=_bytes(value[7], SIGNATURE_BYTES, "record signature"),
     )
 
 
@@ -237,6 +291,13 @@ def _decode_body(msg_type: MessageType, body: Any) -> Message:
             (raw,) = _list(body, 1, "FIND_VALUE body")
             return FindValue(NodeId.from_bytes_exact(_bytes(raw, ID_BYTES, "key")))
         case MessageType.STORE:
+            if len(body) == 3:
+                record, token, expected = body
+                return Store(
+                    _decode_record(record),
+                    _decode_token(token),
+                    _int(expected, 0, MAX_SEQ, "expected sequence"),
+                )
             record, token = _list(body, 2, "STORE body")
             return Store(_decode_record(record), _decode_token(token))
         case MessageType.PONG:

@@ -62,6 +62,9 @@ class KadConfig:
 
     store_quorum: int = 1
     """Acknowledged STOREs for a put to count as successful."""
+    signed_get_quorum: int = 4
+    """Valid answers a get of a signed record collects among the closest nodes before it
+    returns the highest sequence number (and writes it back to replicas that lag)."""
     verify_cache_size: int = 4096
     """Peer public keys kept decoded, so a known peer's signature check skips key parsing."""
     max_pending_requests: int = 4096
@@ -84,3 +87,5 @@ class KadConfig:
             raise ValueError("need 0 < min_soft_timeout <= max_soft_timeout <= request_timeout")
         if self.store_quorum < 1 or self.store_quorum > self.k:
             raise ValueError("store_quorum must lie in 1..k")
+        if self.signed_get_quorum < 1 or self.signed_get_quorum > self.k:
+            raise ValueError("signed_get_quorum must lie in 1..k")

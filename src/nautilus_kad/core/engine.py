@@ -20,14 +20,21 @@ import heapq
 import hmac
 import logging
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .auth import Authenticator
 from .codec import decode_datagram, encode_message, pack_ip
 from .config import KadConfig
-from .errors import DecodeError, ValidationError
+from .errors import (
+    BadSignatureError,
+    CasMismatchError,
+    DecodeError,
+    RecordConflictError,
+    StaleSequenceError,
+    ValidationError,
+)
 from .events import (
     BootstrapDone,
     Event,
@@ -59,13 +66,14 @@ from .messages import (
     Stored,
     Value,
 )
-from .records import Record, validate_record
+from .records import Record, RecordKind, check_replace, validate_record
 from .routing import RoutingTable
 from .storage import MemoryStore, RecordStore
 
 _log = logging.getLogger("nautilus_kad.engine")
 
 TOKEN_BYTES = 8
+_RECENT_SIGNED = 256
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
 
@@ -102,7 +110,15 @@ class _LookupQuery:
     holders: set[NodeId] = field(default_factory=set)
     """Peers that answered with the value (no point caching it back at them)."""
     put_record: Record | None = None
+    put_cas: int | None = None
     bootstrap: _BootstrapQuery | None = None
+    kind: RecordKind | None = None
+    """The record kind a get accepts (None: any valid record)."""
+    quorum: int = 1
+    """Valid answers a get collects before it stops (more than 1 for signed records)."""
+    answers: list[tuple[Contact, Record, bytes]] = field(default_factory=list)
+    """Valid (peer, record, token) answers of a quorum get."""
+    local: Record | None = None
 
 
 @dataclass(slots=True)
@@ -112,6 +128,7 @@ class _PutQuery:
     queries: int
     waiting: set[bytes] = field(default_factory=set)
     acks: list[Contact] = field(default_factory=list)
+    errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -161,6 +178,8 @@ class KadEngine:
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
         self._verifying: set[NodeId] = set()
+        self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
+        """Newest signed records of recent gets: late answers older than these get fixed."""
 
         self._token_secret = rng.randbytes(16)
         self._previous_secret = self._token_secret
@@ -207,22 +226,43 @@ class KadEngine:
         """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered)."""
         return self._start_lookup(target, now, want_value=False)
 
-    def get(self, key: NodeId, now: float) -> int:
-        """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found)."""
+    def get(self, key: NodeId, now: float, *, kind: RecordKind | None = None) -> int:
+        """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found).
+
+        ``kind`` restricts the answer to one record kind. A get of a SIGNED record does not
+        stop at the first value: it collects ``signed_get_quorum`` valid answers among the
+        closest nodes, returns the highest sequence number and writes it back to the replicas
+        that served an older one. Invalid values count against the peer that sent them.
+        """
         local = self.store.get(key, now)
         qid = self._new_query_id()
-        if local is not None:
-            self._events.append(GetDone(qid, key, local.record, 0, 0))
+        if kind is RecordKind.SIGNED:
+            held = local.record if local is not None and local.record.kind is kind else None
+            return self._start_lookup(
+                target=key,
+                now=now,
+                want_value=True,
+                qid=qid,
+                kind=kind,
+                quorum=self.config.signed_get_quorum,
+                local=held,
+            )
+        if local is not None and (kind is None or local.record.kind is kind):
+            self._events.append(GetDone(qid, key, local.record, 0, 0, answers=1))
             return qid
-        return self._start_lookup(target=key, now=now, want_value=True, qid=qid)
+        return self._start_lookup(target=key, now=now, want_value=True, qid=qid, kind=kind)
 
-    def put(self, record: Record, now: float) -> int:
+    def put(self, record: Record, now: float, *, cas: int | None = None) -> int:
         """Find the k closest to ``record.key`` and STORE on them: ends with :class:`PutDone`.
 
-        Raises :class:`ValidationError` at once for a record no peer would accept.
+        ``cas`` (signed records) is the sequence number the writer expects to replace: storers
+        holding a newer one refuse with CAS_MISMATCH. Raises :class:`ValidationError` at once
+        for a record no peer would accept.
         """
         validate_record(record, self.config)
-        qid = self._start_lookup(record.key, now, want_value=False, put_record=record)
+        if cas is not None:
+            check_replace(None, record, cas)  # the argument rules (signed, seq > cas)
+        qid = self._start_lookup(record.key, now, want_value=False, put_record=record, put_cas=cas)
         return qid
 
     def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
@@ -329,38 +369,67 @@ class KadEngine:
                     response = Value(address, token, stored.record)
                 else:
                     response = Nodes(address, token, self._closest_for(key, sender))
-            case Store(record=record, token=token):
-                response = self._handle_store(record, token, address, now)
+            case Store(record=record, token=token, expected_seq=expected_seq):
+                response = self._handle_store(record, token, expected_seq, address, now)
         self._send(response, envelope.txid, address)
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         contacts = self.table.closest(target, self.config.k + 1, include_stale=False)
         return tuple([c for c in contacts if c.node_id != requester][: self.config.k])
 
-    def _handle_store(self, record: Record, token: bytes, address: Address, now: float) -> Message:
+    def _handle_store(
+        self,
+        record: Record,
+        token: bytes,
+        expected_seq: int | None,
+        address: Address,
+        now: float,
+    ) -> Message:
         if not self._token_valid(token, address):
             self.stats["store.rejected.token"] += 1
             return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
+        code, text = self._store_record(record, expected_seq, now, validate=True)
+        if code is None:
+            return Stored(address)
+        return Error(address, code, text)
+
+    def _store_record(
+        self, record: Record, expected_seq: int | None, now: float, *, validate: bool
+    ) -> tuple[ErrorCode | None, str]:
+        """Apply the storer's rules (validity, conflicts, compare-and-swap, quota) and keep
+        ``record`` if they allow it. Returns ``(None, "")`` or the refusal's code and text."""
         try:
-            validate_record(record, self.config)
+            if validate:
+                validate_record(record, self.config)
+            existing = self.store.get(record.key, now)
+            replace = check_replace(
+                existing.record if existing is not None else None, record, expected_seq
+            )
+        except BadSignatureError as exc:
+            self.stats["store.rejected.signature"] += 1
+            return ErrorCode.BAD_SIGNATURE, str(exc)
         except ValidationError as exc:
             self.stats["store.rejected.invalid"] += 1
-            return Error(address, ErrorCode.INVALID_RECORD, str(exc))
-        existing = self.store.get(record.key, now)
-        if existing is not None:
-            if existing.record == record:
-                existing.stored_at = now
-                return Stored(address)
-            if not record.supersedes(existing.record):
-                self.stats["store.rejected.stale"] += 1
-                return Error(address, ErrorCode.STALE_RECORD, "a newer record is stored")
-        elif len(self.store) >= self.config.max_records:
+            return ErrorCode.INVALID_RECORD, str(exc)
+        except CasMismatchError as exc:
+            self.stats["store.rejected.cas"] += 1
+            return ErrorCode.CAS_MISMATCH, str(exc)
+        except StaleSequenceError as exc:
+            self.stats["store.rejected.stale"] += 1
+            return ErrorCode.STALE_SEQUENCE, str(exc)
+        except RecordConflictError as exc:
+            self.stats["store.rejected.stale"] += 1
+            return ErrorCode.STALE_RECORD, str(exc)
+        if existing is not None and not replace:
+            existing.stored_at = now
+            return None, ""
+        if existing is None and len(self.store) >= self.config.max_records:
             self.stats["store.rejected.full"] += 1
-            return Error(address, ErrorCode.STORE_FULL, "store is full")
+            return ErrorCode.STORE_FULL, "store is full"
         ttl = min(float(record.ttl), self.config.max_record_ttl)
         self.store.put(record, now, now + ttl)
         self.stats["store.accepted"] += 1
-        return Stored(address)
+        return None, ""
 
     # --- write tokens (BEP 5) ------------------------------------------------------------
 
@@ -413,6 +482,8 @@ class KadEngine:
 
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
+            if isinstance(message, Value):
+                self._late_value(contact, message, now)
             return
         match query:
             case _PingQuery():
@@ -430,6 +501,8 @@ class KadEngine:
                     query.acks.append(contact)
                 else:
                     self.stats["put.store_refused"] += 1
+                    if isinstance(message, Error):
+                        query.errors.append((message.code, message.message))
                 self._put_progress(query)
 
     def _on_soft_timeout(self, pending: _Pending, now: float) -> None:
@@ -484,8 +557,12 @@ class KadEngine:
         want_value: bool,
         internal: bool = False,
         put_record: Record | None = None,
+        put_cas: int | None = None,
         qid: int | None = None,
         bootstrap: _BootstrapQuery | None = None,
+        kind: RecordKind | None = None,
+        quorum: int = 1,
+        local: Record | None = None,
     ) -> int:
         if qid is None:
             qid = self._new_query_id()
@@ -493,7 +570,16 @@ class KadEngine:
         self.table.touch(target, now)
         lookup = Lookup(target, self.node_id, self.config.k, self.config.alpha, seeds)
         query = _LookupQuery(
-            qid, lookup, want_value, internal, put_record=put_record, bootstrap=bootstrap
+            qid,
+            lookup,
+            want_value,
+            internal,
+            put_record=put_record,
+            put_cas=put_cas,
+            bootstrap=bootstrap,
+            kind=kind,
+            quorum=quorum,
+            local=local,
         )
         self._queries[qid] = query
         self.stats["lookups.started"] += 1
@@ -515,13 +601,21 @@ class KadEngine:
                 except ValidationError:
                     valid = False
             if not valid:
+                # Honest storers validate what they keep: an invalid value is the peer's fault.
                 self.stats["get.invalid_value"] += 1
+                self._penalise(contact.node_id)
+                lookup.on_failure(contact.node_id)
+            elif query.kind is not None and record.kind is not query.kind:
+                self.stats["get.wrong_kind"] += 1
                 lookup.on_response(contact.node_id, (), message.token)
             else:
                 lookup.on_response(contact.node_id, (), message.token)
                 query.holders.add(contact.node_id)
-                query.found = record
-                lookup.finish()
+                query.answers.append((contact, record, message.token))
+                if query.found is None or record.supersedes(query.found):
+                    query.found = record
+                if len(query.answers) >= query.quorum:
+                    lookup.finish()
         else:  # an ERROR answer: the peer is alive but useless for this lookup
             lookup.on_failure(contact.node_id)
         self._advance(query, now)
@@ -555,10 +649,24 @@ class KadEngine:
         if query.internal:
             return
         if query.want_value:
+            repaired = 0
+            if query.local is not None and (
+                query.found is None or query.local.supersedes(query.found)
+            ):
+                query.found = query.local
             if query.found is not None:
+                repaired = self._repair_replicas(query, query.found, now)
                 self._cache_value(query, query.found, now)
             self._events.append(
-                GetDone(qid, lookup.target, query.found, lookup.hops, lookup.queries_sent)
+                GetDone(
+                    qid,
+                    lookup.target,
+                    query.found,
+                    lookup.hops,
+                    lookup.queries_sent,
+                    answers=len(query.answers) + (query.local is not None),
+                    repaired=repaired,
+                )
             )
             return
         if query.put_record is not None:
@@ -573,6 +681,49 @@ class KadEngine:
                 lookup.queries_sent,
             )
         )
+
+    def _repair_replicas(self, query: _LookupQuery, best: Record, now: float) -> int:
+        """Write the newest signed record back to the replicas that answered with an older
+        one (each gave us a write token with its answer), and to our own store."""
+        if best.kind is not RecordKind.SIGNED:
+            return 0
+        recent = self._recent_signed
+        recent[best.key] = best
+        recent.move_to_end(best.key)
+        if len(recent) > _RECENT_SIGNED:
+            recent.popitem(last=False)
+        repaired = 0
+        for contact, record, token in query.answers:
+            if record.seq < best.seq and token:
+                self._send_request(contact.address, contact.node_id, Store(best, token), now, None)
+                repaired += 1
+        if query.local is not None and best.seq > query.local.seq:
+            self._store_record(best, None, now, validate=False)
+        self.stats["get.repaired"] += repaired
+        return repaired
+
+    def _late_value(self, contact: Contact, message: Value, now: float) -> None:
+        """A replica answered a signed get that already returned: if its copy is older than
+        what the get found, correct it too."""
+        record = message.record
+        best = self._recent_signed.get(record.key)
+        if (
+            best is not None
+            and record.kind is RecordKind.SIGNED
+            and record.seq < best.seq
+            and message.token
+        ):
+            self._send_request(
+                contact.address, contact.node_id, Store(best, message.token), now, None
+            )
+            self.stats["get.repaired"] += 1
+
+    def _penalise(self, node_id: NodeId) -> None:
+        """``node_id`` sent us something provably bad: count it as a failure of that peer."""
+        self.stats["peer.misbehaved"] += 1
+        removed = self.table.record_failure(node_id)
+        if removed is not None:
+            self._events.append(PeerRemoved(removed))
 
     def _cache_value(self, query: _LookupQuery, record: Record, now: float) -> None:
         """Store a found value at the closest node that answered without it (paper §2.3)."""
@@ -599,15 +750,18 @@ class KadEngine:
         own_distance = self.node_id ^ record.key
         if len(targets) < self.config.k or own_distance < targets[-1].distance:
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
-            self.store.put(record, now, now + min(float(record.ttl), self.config.max_record_ttl))
-            put.acks.append(own)
+            code, text = self._store_record(record, query.put_cas, now, validate=False)
+            if code is None:
+                put.acks.append(own)
+            else:
+                put.errors.append((code, text))
             if len(targets) >= self.config.k:
                 targets = targets[:-1]
         for cand in targets:
             txid = self._send_request(
                 cand.contact.address,
                 cand.contact.node_id,
-                Store(record, cand.token),
+                Store(record, cand.token, query.put_cas),
                 now,
                 put.query_id,
             )
@@ -620,7 +774,14 @@ class KadEngine:
             return
         del self._queries[put.query_id]
         self._events.append(
-            PutDone(put.query_id, put.record.key, len(put.acks), tuple(put.acks), put.queries)
+            PutDone(
+                put.query_id,
+                put.record.key,
+                len(put.acks),
+                tuple(put.acks),
+                put.queries,
+                tuple(put.errors),
+            )
         )
 
     # ======================================================================================
