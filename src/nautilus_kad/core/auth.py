@@ -1,16 +1,21 @@
-"""Datagram authentication: the one place that signs and verifies.
+"""Datagram authentication primitives: the one place that signs, verifies and agrees keys.
 
-Today every datagram carries an Ed25519 signature over its exact bytes. Keeping both directions
-here lets a later session-key scheme (X25519 agreement, then a MAC per datagram) replace it
-without touching the codec's framing or the engine.
+First contact and handshakes use Ed25519 signatures over a datagram's exact bytes; peers that
+talk repeatedly then agree on session keys with ephemeral X25519 (:mod:`.session` holds the
+session state and the per-datagram AEAD built on :meth:`Authenticator.agree`). Signed records
+are checked with :func:`verify_signature`. A simulator may subclass :class:`Authenticator` to
+replace the public-key operations with cheap stand-ins.
 """
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .identity import SIGNATURE_BYTES, Identity, node_id_for
 from .ids import NodeId
@@ -63,3 +68,17 @@ class Authenticator:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry[1]
+
+    # --- ephemeral key agreement (session handshakes) ---------------------------------------
+
+    def new_ephemeral(self, rng: random.Random) -> tuple[Any, bytes]:
+        """A fresh X25519 key pair drawn from ``rng``: (private key, 32-byte public key)."""
+        private = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
+        return private, private.public_key().public_bytes_raw()
+
+    def agree(self, private: Any, peer_public: bytes) -> bytes | None:
+        """The X25519 shared secret, or None for a key that yields none (low-order points)."""
+        try:
+            return bytes(private.exchange(X25519PublicKey.from_public_bytes(peer_public)))
+        except ValueError:
+            return None

@@ -1,11 +1,18 @@
-"""The wire format: a versioned, signed msgpack envelope, decoded strictly.
+"""The wire format: a versioned, signed msgpack envelope and session datagrams, decoded strictly.
 
-Datagram = ``msgpack([version, type, txid, sender_pubkey, flags, body]) ‖ signature`` where the
-64-byte signature covers exactly the preceding bytes. Everything from the network is untrusted:
-sizes are bounded before parsing, every field's type and length is checked exactly (``bool`` is
-not an ``int`` here), and the signature is checked after the cheap structural checks and before
-anything reaches the engine. The only exception :func:`decode_datagram` raises is
-:class:`DecodeError`.
+Signed datagram = ``msgpack([version, type, txid, sender_pubkey, flags, body]) ‖ signature``
+where the 64-byte signature covers exactly the preceding bytes. A handshake or padding makes it
+``msgpack([version, type, txid, sender_pubkey, flags, body, handshake | nil, padding])``: the
+handshake is ``[ephemeral_key(32), session_id, [ip, port]]`` in a request (an offer, with the
+address the request was sent to) and ``[ephemeral_key(32), session_id]`` in a response (an
+accept); padding is a byte string that lets a first-contact request earn a full answer under
+the anti-amplification rule. Session datagrams start with ``0xC1`` (see :mod:`.session`) and
+carry ``msgpack([type, txid, flags, body])`` sealed with the session's AEAD.
+
+Everything from the network is untrusted: sizes are bounded before parsing, every field's type
+and length is checked exactly (``bool`` is not an ``int`` here), and the signature (or the
+session's AEAD tag) is checked after the cheap structural checks and before anything reaches
+the engine. The only exception the decoders raise is :class:`DecodeError`.
 """
 
 from __future__ import annotations
@@ -49,6 +56,19 @@ from .messages import (
     Value,
 )
 from .records import Record, RecordKind
+from .session import (
+    EPHEMERAL_KEY_BYTES,
+    HEADER,
+    HEADER_BYTES,
+    KIND_DATA,
+    MIN_DATA_DATAGRAM,
+    SESSION_MAGIC,
+    TAG_BYTES,
+    Handshake,
+    HandshakeAccept,
+    HandshakeOffer,
+    Session,
+)
 
 MAX_CONTACTS = 32
 """Hard decoder bound; the engine itself never sends more than k."""
@@ -153,35 +173,91 @@ def _encode_body(message: Message) -> list[Any]:
     raise EncodeError(f"not a message: {message!r}")
 
 
-def encode_message(message: Message, txid: bytes, auth: Authenticator, flags: int = 0) -> bytes:
+def _encode_handshake(handshake: Handshake) -> list[Any]:
+    if isinstance(handshake, HandshakeOffer):
+        return [handshake.ephemeral, handshake.sid, _encode_address(handshake.to)]
+    return [handshake.ephemeral, handshake.sid]
+
+
+def encode_message(
+    message: Message,
+    txid: bytes,
+    auth: Authenticator,
+    flags: int = 0,
+    *,
+    handshake: Handshake | None = None,
+    pad_to: int = 0,
+    max_size: int = MAX_DATAGRAM,
+) -> bytes:
     """Frame, sign and return one datagram.
 
-    A NODES answer that would not fit in :data:`MAX_DATAGRAM` (IPv6 contacts) is trimmed
-    from its far end; any other oversized message raises :class:`EncodeError`.
+    ``handshake`` adds a session offer (requests) or accept (responses); ``pad_to`` pads the
+    datagram to at least that many bytes. A NODES answer that would not fit in ``max_size``
+    (at most :data:`MAX_DATAGRAM`) is trimmed from its far end; any other oversized message
+    raises :class:`EncodeError`.
     """
     if len(txid) != TXID_BYTES:
         raise EncodeError("txid must be 8 bytes")
+    if handshake is not None and isinstance(handshake, HandshakeOffer) != is_request(message):
+        raise EncodeError("offers go in requests, accepts in responses")
+    limit = min(max_size, MAX_DATAGRAM)
+    extended = handshake is not None or pad_to > 0
     while True:
-        payload = msgpack.packb(
-            [
-                PROTOCOL_VERSION,
-                int(message.TYPE),
-                txid,
-                auth.identity.public_key,
-                flags,
-                _encode_body(message),
-            ],
-            use_bin_type=True,
-        )
-        if len(payload) + SIGNATURE_BYTES <= MAX_DATAGRAM:
+        fields = [
+            PROTOCOL_VERSION,
+            int(message.TYPE),
+            txid,
+            auth.identity.public_key,
+            flags,
+            _encode_body(message),
+        ]
+        if extended:
+            fields.append(None if handshake is None else _encode_handshake(handshake))
+            fields.append(b"")
+        payload = msgpack.packb(fields, use_bin_type=True)
+        size = len(payload) + SIGNATURE_BYTES
+        if size < pad_to:
+            missing = pad_to - size
+            # The empty pad's 2-byte bin8 header grows to bin16's 3 bytes past 255 bytes.
+            fields[-1] = bytes(missing if missing <= 255 else missing - 1)
+            payload = msgpack.packb(fields, use_bin_type=True)
+            size = len(payload) + SIGNATURE_BYTES
+        if size <= limit:
             return bytes(payload) + auth.sign(payload)
         if isinstance(message, Nodes) and message.contacts:
             message = Nodes(message.observed, message.token, message.contacts[:-1])
             continue
         raise EncodeError(
-            f"{message.TYPE.name} needs {len(payload) + SIGNATURE_BYTES} bytes, "
-            f"more than the {MAX_DATAGRAM}-byte datagram limit"
+            f"{message.TYPE.name} needs {size} bytes, more than the {limit}-byte limit"
         )
+
+
+def encode_session_message(
+    message: Message,
+    txid: bytes,
+    session: Session,
+    flags: int = 0,
+    *,
+    max_size: int = MAX_DATAGRAM,
+) -> bytes:
+    """Frame ``message`` as a session datagram, sealed with the session's next counter.
+
+    NODES answers are trimmed to fit like signed ones; nothing else is ever too large (a
+    session datagram's overhead is smaller than a signed envelope's).
+    """
+    if len(txid) != TXID_BYTES:
+        raise EncodeError("txid must be 8 bytes")
+    limit = min(max_size, MAX_DATAGRAM) - HEADER_BYTES - TAG_BYTES
+    while True:
+        plaintext = msgpack.packb(
+            [int(message.TYPE), txid, flags, _encode_body(message)], use_bin_type=True
+        )
+        if len(plaintext) <= limit:
+            return session.seal(plaintext)
+        if isinstance(message, Nodes) and message.contacts:
+            message = Nodes(message.observed, message.token, message.contacts[:-1])
+            continue
+        raise EncodeError(f"{message.TYPE.name} does not fit a session datagram")
 
 
 # --- decoding --------------------------------------------------------------------------
@@ -330,11 +406,29 @@ def _decode_body(msg_type: MessageType, body: Any) -> Message:
     raise DecodeError("type", f"unknown message type {msg_type}")  # pragma: no cover
 
 
+def _decode_handshake(value: Any, request: bool) -> Handshake | None:
+    if value is None:
+        return None
+    if request:
+        ephemeral, sid, to = _list(value, 3, "handshake offer")
+        return HandshakeOffer(
+            _bytes(ephemeral, EPHEMERAL_KEY_BYTES, "ephemeral key"),
+            _int(sid, 1, 2**32 - 1, "session id"),
+            _decode_address(to),
+        )
+    ephemeral, sid = _list(value, 2, "handshake accept")
+    return HandshakeAccept(
+        _bytes(ephemeral, EPHEMERAL_KEY_BYTES, "ephemeral key"),
+        _int(sid, 1, 2**32 - 1, "session id"),
+    )
+
+
 def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
-    """Parse, bound-check and authenticate one datagram.
+    """Parse, bound-check and authenticate one signed datagram.
 
     Raises :class:`DecodeError` (with a metric-friendly ``reason``) for anything invalid;
-    never any other exception.
+    never any other exception. Session datagrams go through
+    :func:`decode_session_datagram` instead.
     """
     if len(data) > MAX_DATAGRAM:
         raise DecodeError("oversize")
@@ -346,9 +440,9 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
         envelope = msgpack.unpackb(payload, **_UNPACK_LIMITS)
     except Exception as exc:  # the C parser raises several unrelated types on garbage
         raise DecodeError("msgpack", type(exc).__name__) from None
-    if type(envelope) is not list or len(envelope) != 6:
-        raise DecodeError("schema", "envelope must be a list of 6")
-    version, raw_type, txid, sender_key, flags, body = envelope
+    if type(envelope) is not list or len(envelope) not in (6, 8):
+        raise DecodeError("schema", "envelope must be a list of 6 or 8")
+    version, raw_type, txid, sender_key, flags, body = envelope[:6]
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise DecodeError("version")
     if type(raw_type) is not int or raw_type not in MessageType._value2member_map_:
@@ -358,10 +452,52 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
     _bytes(sender_key, PUBLIC_KEY_BYTES, "sender key")
     _int(flags, 0, 255, "flags")
     message = _decode_body(msg_type, body)
+    handshake = None
+    if len(envelope) == 8:
+        handshake = _decode_handshake(envelope[6], msg_type.is_request)
+        if type(envelope[7]) is not bytes:
+            raise DecodeError("schema", "padding must be bytes")
     sender_id = auth.verify(sender_key, payload, signature)
     if sender_id is None:
         raise DecodeError("signature")
-    return Envelope(txid, sender_id, sender_key, flags, message)
+    return Envelope(txid, sender_id, sender_key, flags, message, handshake=handshake)
+
+
+def parse_session_header(data: bytes) -> tuple[int, int, int]:
+    """``(kind, session id, counter)`` of a datagram starting with :data:`SESSION_MAGIC`."""
+    if len(data) > MAX_DATAGRAM:
+        raise DecodeError("oversize")
+    if len(data) < HEADER_BYTES:
+        raise DecodeError("undersize")
+    magic, kind, sid, counter = HEADER.unpack_from(data)
+    if magic != SESSION_MAGIC:
+        raise DecodeError("schema", "not a session datagram")
+    return kind, sid, counter
+
+
+def decode_session_datagram(data: bytes, session: Session, counter: int, now: float) -> Envelope:
+    """Authenticate (replay window, then AEAD) and strictly decode a session data datagram
+    addressed to ``session``; raises :class:`DecodeError` for anything invalid."""
+    if len(data) < MIN_DATA_DATAGRAM or data[1] != KIND_DATA:
+        raise DecodeError("session.schema")
+    if session.replayed(counter):
+        raise DecodeError("session.replay")
+    plaintext = session.open(data, counter, now)
+    if plaintext is None:
+        raise DecodeError("session.auth")
+    try:
+        inner = msgpack.unpackb(plaintext, **_UNPACK_LIMITS)
+    except Exception as exc:  # the C parser raises several unrelated types on garbage
+        raise DecodeError("msgpack", type(exc).__name__) from None
+    if type(inner) is not list or len(inner) != 4:
+        raise DecodeError("schema", "session payload must be a list of 4")
+    raw_type, txid, flags, body = inner
+    if type(raw_type) is not int or raw_type not in MessageType._value2member_map_:
+        raise DecodeError("type")
+    _bytes(txid, TXID_BYTES, "txid")
+    _int(flags, 0, 255, "flags")
+    message = _decode_body(MessageType(raw_type), body)
+    return Envelope(txid, session.peer_id, session.peer_key, flags, message, session=session)
 
 
 def is_request(message: Message) -> bool:

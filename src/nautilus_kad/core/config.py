@@ -74,6 +74,21 @@ class KadConfig:
     allow_private_addresses: bool = True
     """Accept loopback/private addresses in contacts (test networks and LANs)."""
 
+    sessions: bool = True
+    """Agree per-peer session keys with peers we talk to repeatedly, so their datagrams carry
+    an AEAD tag instead of an Ed25519 signature (see core/session.py)."""
+    session_idle_timeout: float = 300.0
+    """A session nobody used for this long is forgotten."""
+    session_max_lifetime: float = 3600.0
+    """A session is replaced by a fresh handshake after this long, however busy."""
+    max_sessions: int = 4096
+    """Sessions kept at most; half-open ones (never used by the initiator) are evicted first."""
+    max_pending_offers: int = 1024
+    """Handshakes we initiated and still wait on, at most."""
+    amplification_factor: int = 3
+    """An answer to a source whose address is not verified (a signed request from outside a
+    session and the routing table) is at most this many times the request's size."""
+
     def with_changes(self, **changes: object) -> KadConfig:
         """A copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -87,5 +102,7 @@ class KadConfig:
             raise ValueError("need 0 < min_soft_timeout <= max_soft_timeout <= request_timeout")
         if self.store_quorum < 1 or self.store_quorum > self.k:
             raise ValueError("store_quorum must lie in 1..k")
+        if self.amplification_factor < 1 or self.max_sessions < 1:
+            raise ValueError("amplification_factor and max_sessions must be positive")
         if self.signed_get_quorum < 1 or self.signed_get_quorum > self.k:
             raise ValueError("signed_get_quorum must lie in 1..k")

@@ -25,8 +25,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .auth import Authenticator
-from .codec import decode_datagram, encode_message, pack_ip
-from .config import KadConfig
+from .codec import (
+    EncodeError,
+    decode_datagram,
+    decode_session_datagram,
+    encode_message,
+    encode_session_message,
+    pack_ip,
+    parse_session_header,
+)
+from .config import MAX_DATAGRAM, KadConfig
 from .errors import (
     BadSignatureError,
     CasMismatchError,
@@ -68,12 +76,29 @@ from .messages import (
 )
 from .records import Record, RecordKind, check_replace, validate_record
 from .routing import RoutingTable
+from .session import (
+    HEADER_BYTES,
+    KIND_DATA,
+    KIND_UNKNOWN_SESSION,
+    MIN_DATA_DATAGRAM,
+    SESSION_MAGIC,
+    HandshakeAccept,
+    HandshakeOffer,
+    Session,
+    SessionTable,
+    unknown_session_notice,
+)
 from .storage import MemoryStore, RecordStore
 
 _log = logging.getLogger("nautilus_kad.engine")
 
 TOKEN_BYTES = 8
 _RECENT_SIGNED = 256
+_REPEAT_PEERS = 4096
+"""Addresses that answered us recently: the peers worth a session handshake."""
+_DECLINED = 1024
+_DECLINE_BACKOFF = 600.0
+"""How long we stop offering sessions to a peer that answered an offer without accepting."""
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
 
@@ -92,6 +117,13 @@ class _Pending:
     sent_at: float
     query_id: int | None
     slow: bool = False
+    session: Session | None = None
+    """The session the request went out in (None: signed)."""
+    counter: int = 0
+    offer: HandshakeOffer | None = None
+    """The session offer the signed request carried."""
+    retried: bool = False
+    """Already re-sent once after an unknown-session notice."""
 
 
 @dataclass(slots=True)
@@ -160,6 +192,7 @@ class KadEngine:
         self.identity = identity
         self.node_id: NodeId = identity.node_id
         self.auth = Authenticator(identity, self.config.verify_cache_size)
+        self.sessions = SessionTable(self.config)
         self.table = RoutingTable(self.node_id, self.config, now)
         self.store: RecordStore = store if store is not None else MemoryStore()
         self.stats: Counter[str] = Counter()
@@ -180,6 +213,13 @@ class KadEngine:
         self._verifying: set[NodeId] = set()
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
+        self._repeat_peers: OrderedDict[Address, None] = OrderedDict()
+        self._declined: OrderedDict[Address, float] = OrderedDict()
+        self._by_notice: dict[tuple[Address, int, int], bytes] = {}
+        """(address, session id, counter) of requests sent in a session → their txid."""
+        self._pad_to = -(-MAX_DATAGRAM // self.config.amplification_factor)
+        """Signed FIND_* requests are padded to this size so that a peer that does not know
+        us yet may answer them in full under the anti-amplification rule."""
 
         self._token_secret = rng.randbytes(16)
         self._previous_secret = self._token_secret
@@ -297,7 +337,13 @@ class KadEngine:
         self.stats["rx.datagrams"] += 1
         self.stats["rx.bytes"] += len(data)
         try:
-            envelope = decode_datagram(data, self.auth)
+            if data and data[0] == SESSION_MAGIC:
+                opened = self._open_session_datagram(data, address, now)
+                if opened is None:
+                    return
+                envelope = opened
+            else:
+                envelope = decode_datagram(data, self.auth)
         except DecodeError as exc:
             self.stats["rx.dropped"] += 1
             self.stats[f"rx.dropped.{exc.reason}"] += 1
@@ -308,9 +354,45 @@ class KadEngine:
             return
         message = envelope.message
         if message.TYPE.is_request:
-            self._handle_request(envelope, message, address, now)  # type: ignore[arg-type]
+            self._handle_request(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
+
+    def _open_session_datagram(self, data: bytes, address: Address, now: float) -> Envelope | None:
+        """Authenticate a session datagram; handle an unknown-session notice (None)."""
+        kind, sid, counter = parse_session_header(data)
+        if kind == KIND_UNKNOWN_SESSION:
+            if len(data) != HEADER_BYTES:
+                raise DecodeError("session.schema")
+            self._on_unknown_session(sid, counter, address, now)
+            return None
+        if kind != KIND_DATA:
+            raise DecodeError("session.schema")
+        session = self.sessions.for_receive(sid, address, now)
+        if session is None:
+            if len(data) >= MIN_DATA_DATAGRAM:
+                # Smaller than what arrived: nothing to amplify. The sender will handshake anew.
+                self._outbox.append((unknown_session_notice(sid, counter), address))
+                self.stats["tx.session_notices"] += 1
+            raise DecodeError("session.unknown")
+        envelope = decode_session_datagram(data, session, counter, now)
+        self.sessions.touch(session)
+        return envelope
+
+    def _on_unknown_session(self, sid: int, counter: int, address: Address, now: float) -> None:
+        """A peer says it does not know the session our request went out in: forget the
+        session and send the request again, signed and with a fresh offer (once)."""
+        txid = self._by_notice.pop((address, sid, counter), None)
+        pending = self._pending.get(txid) if txid is not None else None
+        if pending is None or pending.session is None or pending.retried:
+            self.stats["rx.dropped"] += 1
+            self.stats["rx.dropped.session.notice"] += 1
+            return
+        self.stats["session.lost_by_peer"] += 1
+        self.sessions.remove(pending.session)
+        pending.retried = True
+        pending.session = None
+        self._transmit_request(pending, now, recover=True)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
@@ -331,6 +413,10 @@ class KadEngine:
         if now >= self._next_expiry:
             expired = self.store.expire(now)
             self.stats["store.expired"] += expired
+            self.stats["session.expired"] += self.sessions.expire(now)
+            cutoff = now - _DECLINE_BACKOFF
+            while self._declined and next(iter(self._declined.values())) < cutoff:
+                self._declined.popitem(last=False)
             self._next_expiry = now + self.config.expire_interval
         if now >= self._next_refresh_check:
             self._next_refresh_check = now + self.config.refresh_check_interval
@@ -341,7 +427,12 @@ class KadEngine:
     # ======================================================================================
 
     def _handle_request(
-        self, envelope: Envelope, request: Request, address: Address, now: float
+        self,
+        envelope: Envelope,
+        request: Request,
+        address: Address,
+        now: float,
+        request_size: int = MAX_DATAGRAM,
     ) -> None:
         self.stats[f"rx.request.{request.TYPE.name}"] += 1
         if _log.isEnabledFor(logging.INFO):
@@ -371,7 +462,87 @@ class KadEngine:
                     response = Nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
                 response = self._handle_store(record, token, expected_seq, address, now)
-        self._send(response, envelope.txid, address)
+        self._respond(envelope, response, address, now, request_size)
+
+    def _respond(
+        self,
+        envelope: Envelope,
+        response: Message,
+        address: Address,
+        now: float,
+        request_size: int,
+    ) -> None:
+        """Answer in the framing the request came in: its session, or signed (accepting a
+        session offer if it carried one). A signed answer to a source whose address nothing
+        has verified is at most ``amplification_factor`` times the request's size."""
+        session = envelope.session
+        if session is not None:
+            self._queue(
+                encode_session_message(response, envelope.txid, session, self.flags), address
+            )
+            return
+        accept: HandshakeAccept | None = None
+        new_session: Session | None = None
+        offer = envelope.handshake
+        if isinstance(offer, HandshakeOffer) and self.config.sessions:
+            accepted = self.sessions.accept(
+                offer,
+                peer_id=envelope.sender_id,
+                peer_key=envelope.sender_key,
+                address=address,
+                own_id=self.node_id,
+                auth=self.auth,
+                rng=self.rng,
+                now=now,
+            )
+            if accepted is not None:
+                accept, new_session = accepted
+        if self._address_verified(envelope.sender_id, address, now):
+            limit = MAX_DATAGRAM
+        else:
+            limit = min(MAX_DATAGRAM, request_size * self.config.amplification_factor)
+        data = self._encode_capped(response, envelope.txid, accept, limit)
+        if data is None and accept is not None:
+            accept = new_session = None
+            data = self._encode_capped(response, envelope.txid, None, limit)
+        if data is None:
+            self.stats["tx.refused.amplification"] += 1
+            return
+        if new_session is not None:
+            self.sessions.add(new_session)
+            self.stats["session.accepted"] += 1
+        self._queue(data, address)
+
+    def _encode_capped(
+        self, response: Message, txid: bytes, accept: HandshakeAccept | None, limit: int
+    ) -> bytes | None:
+        """Encode a signed answer within ``limit`` bytes: NODES are trimmed, a VALUE that does
+        not fit becomes NODES (the requester may ask again, padded); None if nothing fits."""
+        try:
+            return encode_message(
+                response, txid, self.auth, self.flags, handshake=accept, max_size=limit
+            )
+        except EncodeError:
+            pass
+        if isinstance(response, Value):
+            self.stats["tx.value_withheld"] += 1
+            nodes = Nodes(response.observed, response.token, ())
+            try:
+                return encode_message(
+                    nodes, txid, self.auth, self.flags, handshake=accept, max_size=limit
+                )
+            except EncodeError:
+                return None
+        return None
+
+    def _address_verified(self, node_id: NodeId, address: Address, now: float) -> bool:
+        """Whether ``node_id`` is known to be reachable at ``address`` (it answered us
+        there, or talks to us in a session bound to it): no need to limit our answer."""
+        entry = self.table.get(node_id)
+        if entry is not None and entry.contact.address == address:
+            return True
+        session = self.sessions.for_send(address, node_id, now)
+        return session is not None and session.confirmed
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         contacts = self.table.closest(target, self.config.k + 1, include_stale=False)
@@ -464,7 +635,13 @@ class KadEngine:
             self.stats["rx.dropped"] += 1
             self.stats["rx.dropped.mismatch"] += 1
             return
-        del self._pending[envelope.txid]
+        self._forget_pending(pending)
+        self._repeat_peers[address] = None
+        self._repeat_peers.move_to_end(address)
+        if len(self._repeat_peers) > _REPEAT_PEERS:
+            self._repeat_peers.popitem(last=False)
+        if pending.offer is not None:
+            self._finish_handshake(pending.offer, envelope, address, now)
         self.stats[f"rx.response.{message.TYPE.name}"] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
@@ -518,7 +695,9 @@ class KadEngine:
             self._put_progress(query)
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
-        del self._pending[pending.txid]
+        self._forget_pending(pending)
+        if pending.offer is not None:
+            self.sessions.cancel_offer(pending.offer)
         self.stats["tx.timeouts"] += 1
         if pending.node_id is not None:
             self._verifying.discard(pending.node_id)
@@ -855,11 +1034,84 @@ class KadEngine:
     # Sending
     # ======================================================================================
 
-    def _send(self, message: Message, txid: bytes, address: Address) -> None:
-        data = encode_message(message, txid, self.auth, self.flags)
+    def _queue(self, data: bytes, address: Address) -> None:
         self._outbox.append((data, address))
         self.stats["tx.datagrams"] += 1
         self.stats["tx.bytes"] += len(data)
+
+    def _transmit_request(self, pending: _Pending, now: float, *, recover: bool = False) -> None:
+        """Send (or re-send) a pending request: in a live session with its peer if there is
+        one, else signed, offering a handshake to peers we talk to repeatedly."""
+        address = pending.address
+        request = pending.request
+        session = None
+        if self.config.sessions and not recover:
+            session = self.sessions.for_send(address, pending.node_id, now)
+        if session is not None:
+            data = encode_session_message(request, pending.txid, session, self.flags)
+            pending.session = session
+            pending.counter = session.send_counter
+            self._by_notice[(address, session.remote_sid, session.send_counter)] = pending.txid
+            self.stats["tx.session"] += 1
+        else:
+            offer = None
+            if self._should_offer(address, pending.node_id, request, recover):
+                offer = self.sessions.make_offer(address, self.auth, self.rng, now)
+                pending.offer = offer
+                self.stats["session.offered"] += 1
+            pad = self._pad_to if isinstance(request, FindNode | FindValue) else 0
+            data = encode_message(
+                request, pending.txid, self.auth, self.flags, handshake=offer, pad_to=pad
+            )
+            self.stats["tx.signed"] += 1
+        self._queue(data, address)
+
+    def _should_offer(
+        self, address: Address, node_id: NodeId | None, request: Request, recover: bool
+    ) -> bool:
+        """Offer a session to peers that answered us before (or that lost our session): a
+        one-off contact is cheaper signed than with a key agreement."""
+        if not self.config.sessions or isinstance(request, Store):
+            return False  # a maximal STORE has no room for an offer
+        if self.sessions.offering(address) or address in self._declined:
+            return False
+        if recover or address in self._repeat_peers:
+            return True
+        entry = self.table.get(node_id) if node_id is not None else None
+        return entry is not None and entry.contact.address == address
+
+    def _finish_handshake(
+        self, offer: HandshakeOffer, envelope: Envelope, address: Address, now: float
+    ) -> None:
+        accept = envelope.handshake
+        observed = getattr(envelope.message, "observed", None)
+        if isinstance(accept, HandshakeAccept) and envelope.session is None and observed:
+            session = self.sessions.complete(
+                offer,
+                accept,
+                peer_id=envelope.sender_id,
+                peer_key=envelope.sender_key,
+                own_id=self.node_id,
+                observed=observed,
+                auth=self.auth,
+                now=now,
+            )
+            if session is not None:
+                self.stats["session.established"] += 1
+                return
+        self.sessions.cancel_offer(offer)
+        self.stats["session.declined"] += 1
+        self._declined[address] = now
+        self._declined.move_to_end(address)
+        if len(self._declined) > _DECLINED:
+            self._declined.popitem(last=False)
+
+    def _forget_pending(self, pending: _Pending) -> None:
+        del self._pending[pending.txid]
+        if pending.session is not None:
+            self._by_notice.pop(
+                (pending.address, pending.session.remote_sid, pending.counter), None
+            )
 
     def _send_request(
         self,
@@ -876,9 +1128,10 @@ class KadEngine:
         txid = self.rng.randbytes(8)
         while txid in self._pending:
             txid = self.rng.randbytes(8)
-        self._pending[txid] = _Pending(txid, address, node_id, request, now, query_id)
+        pending = _Pending(txid, address, node_id, request, now, query_id)
+        self._pending[txid] = pending
         self.stats[f"tx.request.{request.TYPE.name}"] += 1
-        self._send(request, txid, address)
+        self._transmit_request(pending, now)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import (
     BadSignatureError,
@@ -19,6 +20,9 @@ from .errors import (
 )
 from .ids import NodeId
 from .records import Record
+
+if TYPE_CHECKING:
+    from .session import Handshake, Session
 
 Address = tuple[str, int]
 """A UDP endpoint as (textual IP, port)."""
@@ -161,10 +165,16 @@ Message = Request | Response
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A decoded, authenticated datagram."""
+    """A decoded, authenticated datagram.
+
+    ``handshake`` is the session offer or accept a signed datagram carried; ``session`` is the
+    session a session datagram arrived in (None for signed datagrams).
+    """
 
     txid: bytes
     sender_id: NodeId
     sender_key: bytes
     flags: int
     message: Message
+    handshake: Handshake | None = None
+    session: Session | None = None
