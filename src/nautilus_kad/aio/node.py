@@ -335,6 +335,11 @@ class Node:
         return self._engine.node_id
 
     @property
+    def public_key(self) -> bytes:
+        """This node's Ed25519 public key (32 bytes): the owner of its signed records."""
+        return self._engine.identity.public_key
+
+    @property
     def address(self) -> Address:
         return self._address
 
