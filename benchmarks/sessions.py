@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from nautilus_kad import KadConfig, Node
+from nautilus_kad import Node
 from nautilus_kad.aio.runner import run as run_loop
 from nautilus_kad.core.codec import (
     decode_datagram,
@@ -209,8 +209,9 @@ class Client:
         return Phase(mode, kind, duration, sent, answered, lost, answer_bytes)
 
 
-def client_main(server: Address, plan: list[tuple[str, str]], options: dict[str, Any],
-                conn: Any) -> None:
+def client_main(
+    server: Address, plan: list[tuple[str, str]], options: dict[str, Any], conn: Any
+) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -339,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             repeat=args.repeat,
         )
     )
-    print(f"one server node, load from another process, window {args.window}, "
-          f"best of {args.repeat} x {args.duration:.0f} s per row")
+    print(
+        f"one server node, load from another process, window {args.window}, "
+        f"best of {args.repeat} x {args.duration:.0f} s per row"
+    )
     print(render(phases))
     return 0
 
