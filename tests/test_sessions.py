@@ -609,3 +609,52 @@ def test_sessions_on_loopback_and_recovery_after_a_restart() -> None:
                 await server.stop()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# --- strict decoding of the handshake fields -------------------------------------------------
+
+
+_SIGNER = Identity.generate(random.Random(30))
+_READER = Authenticator(Identity.generate(random.Random(31)))
+_EPH = b"\x09" * 32
+_ADDR = [bytes([192, 0, 2, 1]), 7400]
+
+
+def _hs_envelope(msg_type: int, body: list[object], *tail: object) -> bytes:
+    fields = [1, msg_type, b"t" * 8, _SIGNER.public_key, 0, body, *tail]
+    payload = msgpack.packb(fields, use_bin_type=True)
+    return payload + _SIGNER.sign(payload)
+
+
+_PONG = [[bytes([192, 0, 2, 9]), 9]]
+BAD_HANDSHAKES = [
+    ("7 fields", _hs_envelope(0x01, [], None)),
+    ("9 fields", _hs_envelope(0x01, [], None, b"", b"")),
+    ("padding not bytes", _hs_envelope(0x01, [], None, "pad")),
+    ("padding nil", _hs_envelope(0x01, [], None, None)),
+    ("short ephemeral", _hs_envelope(0x01, [], [b"\x01" * 31, 5, _ADDR], b"")),
+    ("sid 0", _hs_envelope(0x01, [], [_EPH, 0, _ADDR], b"")),
+    ("sid 2**32", _hs_envelope(0x01, [], [_EPH, 2**32, _ADDR], b"")),
+    ("bool sid", _hs_envelope(0x01, [], [_EPH, True, _ADDR], b"")),
+    ("offer without address", _hs_envelope(0x01, [], [_EPH, 5], b"")),
+    ("accept in a request", _hs_envelope(0x01, [], [_EPH, 5], b"")),
+    ("offer in a response", _hs_envelope(0x81, _PONG, [_EPH, 5, _ADDR], b"")),
+    ("offer port 0", _hs_envelope(0x01, [], [_EPH, 5, [_ADDR[0], 0]], b"")),
+    ("handshake not a list", _hs_envelope(0x01, [], b"hs", b"")),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), BAD_HANDSHAKES, ids=[n for n, _ in BAD_HANDSHAKES])
+def test_malformed_handshake_fields_are_rejected(name: str, data: bytes) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_datagram(data, _READER)
+    assert info.value.reason == "schema", name
+
+
+def test_wellformed_handshake_fields_decode() -> None:
+    offer = decode_datagram(_hs_envelope(0x01, [], [_EPH, 5, _ADDR], b"\0" * 300), _READER)
+    assert offer.handshake == HandshakeOffer(_EPH, 5, ("192.0.2.1", 7400))
+    accept = decode_datagram(_hs_envelope(0x81, _PONG, [_EPH, 2**32 - 1], b""), _READER)
+    assert accept.handshake == HandshakeAccept(_EPH, 2**32 - 1)
+    plain = decode_datagram(_hs_envelope(0x01, [], None, b"x"), _READER)
+    assert plain.handshake is None and isinstance(plain.message, Ping)
