@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import msgpack
 import pytest
 from enginenet import EngineNet
 from hypothesis import HealthCheck, assume, given, settings
