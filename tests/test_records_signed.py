@@ -489,15 +489,20 @@ def test_invalid_values_are_ignored_and_counted_against_the_peer() -> None:
     forged = dataclasses.replace(signed(b"evil", 9), signature=bytes(64))
     for liar in liars:  # bypass the storer's checks: a malicious node serves anything
         liar.store.put(forged, net.now, net.now + 3600)
+    stores_before = [liar.stats["rx.request.STORE"] for liar in liars]
     got = _get(net, reader, good.key, RecordKind.SIGNED)
+    net.deliver()
     assert got.record == good
     asked = [e for e in liars if e.stats["rx.request.FIND_VALUE"]]
     assert asked
     assert reader.stats["get.invalid_value"] == len(asked)
     assert reader.stats["peer.misbehaved"] == len(asked)
     for liar in asked:
+        assert reader.strikes[liar.node_id] == 1
         entry = reader.table.get(liar.node_id)
         assert entry is None or entry.failures >= 1
+    # The reader sent the liars nothing more (no cached copy, no "repair").
+    assert [liar.stats["rx.request.STORE"] for liar in liars] == stores_before
 
 
 def test_immutable_get_ignores_a_wrong_value() -> None:

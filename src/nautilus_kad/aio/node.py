@@ -104,10 +104,14 @@ class Node:
         config: KadConfig | None = None,
         identity: Identity | None = None,
         store: RecordStore | None = None,
+        client_mode: bool = False,
     ) -> Node:
         """Bind ``host:port`` (port 0 picks a free one) and join through ``bootstrap``.
 
-        Raises :class:`NoPeersError` when bootstrap addresses were given and none answered.
+        A ``client_mode`` node looks up, puts and gets, but tells peers not to put it in
+        their routing tables and stores nothing for others (short-lived or unreachable
+        nodes). Raises :class:`NoPeersError` when bootstrap addresses were given and none
+        answered.
         """
         clock = LoopClock(asyncio.get_running_loop())
         engine = KadEngine(
@@ -116,6 +120,7 @@ class Node:
             rng=random.SystemRandom(),  # txids and token secrets must be unguessable
             now=clock.now(),
             store=store,
+            client_mode=client_mode,
         )
         node = cls(engine)
         protocol, address = await open_endpoint(engine, clock, host, port, node._on_event)

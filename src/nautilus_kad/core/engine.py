@@ -15,7 +15,6 @@ code the daemon runs.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import hmac
 import logging
@@ -66,6 +65,7 @@ from .messages import (
     FindNode,
     FindValue,
     Message,
+    MessageType,
     Nodes,
     Ping,
     Pong,
@@ -94,6 +94,7 @@ _log = logging.getLogger("nautilus_kad.engine")
 
 TOKEN_BYTES = 8
 _RECENT_SIGNED = 256
+_STRIKES = 4096
 _REPEAT_PEERS = 4096
 """Addresses that answered us recently: the peers worth a session handshake."""
 _DECLINED = 1024
@@ -101,6 +102,11 @@ _DECLINE_BACKOFF = 600.0
 """How long we stop offering sessions to a peer that answered an offer without accepting."""
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
+
+# Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
+_RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
+_RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
+_TX_REQUEST_KEY = {t: f"tx.request.{t.name}" for t in MessageType}
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -144,6 +150,8 @@ class _LookupQuery:
     put_record: Record | None = None
     put_cas: int | None = None
     bootstrap: _BootstrapQuery | None = None
+    overloaded: bool = False
+    """A request was refused by ``max_pending_requests``: the result may be incomplete."""
     kind: RecordKind | None = None
     """The record kind a get accepts (None: any valid record)."""
     quorum: int = 1
@@ -151,6 +159,7 @@ class _LookupQuery:
     answers: list[tuple[Contact, Record, bytes]] = field(default_factory=list)
     """Valid (peer, record, token) answers of a quorum get."""
     local: Record | None = None
+    """A signed get's own stored copy: one more answer, and corrected if it lags."""
 
 
 @dataclass(slots=True)
@@ -213,6 +222,9 @@ class KadEngine:
         self._verifying: set[NodeId] = set()
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
+        self.strikes: OrderedDict[NodeId, int] = OrderedDict()
+        """Invalid values (bad signature, wrong key hash …) each peer served us, for the
+        most recent offenders."""
         self._repeat_peers: OrderedDict[Address, None] = OrderedDict()
         self._declined: OrderedDict[Address, float] = OrderedDict()
         self._by_notice: dict[tuple[Address, int, int], bytes] = {}
@@ -242,8 +254,14 @@ class KadEngine:
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
         deadline = min(self._next_rotation, self._next_refresh_check, self._next_expiry)
-        if self._timers:
-            deadline = min(deadline, self._timers[0][0])
+        timers = self._timers
+        pending = self._pending
+        # Timers of requests already answered would only wake the driver for nothing
+        # (handle_timer skips them): drop them from the top of the heap first.
+        while timers and timers[0][2] not in pending:
+            heapq.heappop(timers)
+        if timers:
+            deadline = min(deadline, timers[0][0])
         return deadline
 
     @property
@@ -284,11 +302,11 @@ class KadEngine:
                 want_value=True,
                 qid=qid,
                 kind=kind,
-                quorum=self.config.signed_get_quorum,
+                quorum=min(self.config.signed_get_quorum, self.config.k),
                 local=held,
             )
         if local is not None and (kind is None or local.record.kind is kind):
-            self._events.append(GetDone(qid, key, local.record, 0, 0, answers=1))
+            self._events.append(GetDone(qid, key, local.record, 0, 0))
             return qid
         return self._start_lookup(target=key, now=now, want_value=True, qid=qid, kind=kind)
 
@@ -434,7 +452,7 @@ class KadEngine:
         now: float,
         request_size: int = MAX_DATAGRAM,
     ) -> None:
-        self.stats[f"rx.request.{request.TYPE.name}"] += 1
+        self.stats[_RX_REQUEST_KEY[request.TYPE]] += 1
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
@@ -606,7 +624,7 @@ class KadEngine:
 
     def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
         key = self._token_secret if secret is None else secret
-        return hmac.new(key, pack_ip(address[0]), hashlib.sha256).digest()[:TOKEN_BYTES]
+        return hmac.digest(key, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
 
     def _token_valid(self, token: bytes, address: Address) -> bool:
         if len(token) != TOKEN_BYTES:
@@ -642,7 +660,7 @@ class KadEngine:
             self._repeat_peers.popitem(last=False)
         if pending.offer is not None:
             self._finish_handshake(pending.offer, envelope, address, now)
-        self.stats[f"rx.response.{message.TYPE.name}"] += 1
+        self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         if not envelope.flags & FLAG_CLIENT:
@@ -770,7 +788,8 @@ class KadEngine:
     ) -> None:
         lookup = query.lookup
         if isinstance(message, Nodes):
-            lookup.on_response(contact.node_id, message.contacts, message.token)
+            # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
+            lookup.on_response(contact.node_id, message.contacts[: self.config.k], message.token)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -783,7 +802,8 @@ class KadEngine:
                 # Honest storers validate what they keep: an invalid value is the peer's fault.
                 self.stats["get.invalid_value"] += 1
                 self._penalise(contact.node_id)
-                lookup.on_failure(contact.node_id)
+                query.holders.add(contact.node_id)  # and no copy of ours goes to it either
+                lookup.on_response(contact.node_id, (), message.token)
             elif query.kind is not None and record.kind is not query.kind:
                 self.stats["get.wrong_kind"] += 1
                 lookup.on_response(contact.node_id, (), message.token)
@@ -810,6 +830,7 @@ class KadEngine:
                     contact.address, contact.node_id, request, now, query.query_id
                 ):
                     lookup.on_failure(contact.node_id)
+                    query.overloaded = True
         if lookup.finished or lookup.is_done:
             # Answers still in flight come from outside the final k and cannot change it.
             self._finish_lookup(query, now)
@@ -827,12 +848,23 @@ class KadEngine:
             return
         if query.internal:
             return
+        if query.local is not None and (query.found is None or query.local.supersedes(query.found)):
+            query.found = query.local
+        if query.found is None and (
+            query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0)
+        ):
+            # A search that asked peers and heard from none (or was cut short) proves nothing:
+            # "not found" or "stored" would be a lie, so the caller gets a failure to retry.
+            # A node that knows no peer at all is a network of one and answers from itself.
+            reason = (
+                "too many requests in flight; retry later"
+                if query.overloaded
+                else "no peer answered"
+            )
+            self._events.append(QueryFailed(qid, reason))
+            return
         if query.want_value:
             repaired = 0
-            if query.local is not None and (
-                query.found is None or query.local.supersedes(query.found)
-            ):
-                query.found = query.local
             if query.found is not None:
                 repaired = self._repair_replicas(query, query.found, now)
                 self._cache_value(query, query.found, now)
@@ -843,7 +875,7 @@ class KadEngine:
                     query.found,
                     lookup.hops,
                     lookup.queries_sent,
-                    answers=len(query.answers) + (query.local is not None),
+                    answers=len(query.answers),
                     repaired=repaired,
                 )
             )
@@ -898,8 +930,13 @@ class KadEngine:
             self.stats["get.repaired"] += 1
 
     def _penalise(self, node_id: NodeId) -> None:
-        """``node_id`` sent us something provably bad: count it as a failure of that peer."""
+        """``node_id`` sent us something provably bad: a strike against it (see
+        :attr:`strikes`), and a failure in the routing table, as if it had not answered."""
         self.stats["peer.misbehaved"] += 1
+        strikes = self.strikes
+        strikes[node_id] = strikes.pop(node_id, 0) + 1
+        if len(strikes) > _STRIKES:
+            strikes.popitem(last=False)
         removed = self.table.record_failure(node_id)
         if removed is not None:
             self._events.append(PeerRemoved(removed))
@@ -924,10 +961,12 @@ class KadEngine:
         put = _PutQuery(query.query_id, record, query.lookup.queries_sent)
         self._queries[put.query_id] = put
         targets = [cand for cand in closest if cand.token]
-        # We store too when we are among the k closest: in a small network we may be one of
-        # the nodes that should hold the record.
+        # We store too when we are among the k closest (in a small network we may be one of
+        # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = self.node_id ^ record.key
-        if len(targets) < self.config.k or own_distance < targets[-1].distance:
+        if not self.flags & FLAG_CLIENT and (
+            len(targets) < self.config.k or own_distance < targets[-1].distance
+        ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
             code, text = self._store_record(record, query.put_cas, now, validate=False)
             if code is None:
@@ -1130,7 +1169,7 @@ class KadEngine:
             txid = self.rng.randbytes(8)
         pending = _Pending(txid, address, node_id, request, now, query_id)
         self._pending[txid] = pending
-        self.stats[f"tx.request.{request.TYPE.name}"] += 1
+        self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
         self._transmit_request(pending, now)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)

@@ -36,7 +36,7 @@ class GetDone:
     hops: int
     queries: int
     answers: int = 0
-    """Valid copies the get collected (a signed get asks for a quorum of them)."""
+    """Valid copies peers returned (a signed get asks a quorum of them)."""
     repaired: int = 0
     """Replicas that served an older signed record and were sent the newest one."""
 

@@ -26,7 +26,8 @@ from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 PROTOCOL_VERSION = 1
 TXID_BYTES = 8
 TOKEN_MAX_BYTES = 8
-"""Write tokens are ``HMAC(secret, ip)[:8]``; a longer one would eat into the value budget."""
+"""Write tokens are 8-byte truncated HMACs (engine.TOKEN_BYTES); a longer bound would let a
+maximum-size VALUE answer overflow the datagram budget."""
 MAX_SALT_BYTES = 64
 """Longest salt (the name part of a signed record's key)."""
 MAX_SEQ = 2**64 - 1
