@@ -9,7 +9,7 @@ The public API::
         assert await node.get(b"my-key") == b"value"
 """
 
-from .aio.node import GetResult, Node, PingResult, PutResult
+from .aio.node import GetResult, Node, PingResult, PutResult, SignedPutResult
 from .core.config import KadConfig
 from .core.engine import KadEngine
 from .core.errors import (
@@ -52,6 +52,7 @@ __all__ = [
     "Record",
     "RecordConflictError",
     "RecordKind",
+    "SignedPutResult",
     "SignedRecord",
     "StaleSequenceError",
     "ValidationError",

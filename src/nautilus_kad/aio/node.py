@@ -63,6 +63,16 @@ class PutResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedPutResult:
+    """How a signed put went: the record's key and sequence number, and who stored it."""
+
+    key: NodeId
+    seq: int
+    acks: int
+    stored_on: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PingResult:
     contact: Contact
     rtt: float
@@ -220,9 +230,29 @@ class Node:
         seq: int | None = None,
         cas: int | None = None,
         ttl: float | None = None,
+        owner: Identity | None = None,
     ) -> NodeId:
         """Publish ``value`` as this node's signed record ``name``; returns its key,
-        SHA-256(public key ‖ name).
+        SHA-256(public key ‖ name). :meth:`put_signed_record` also tells the sequence number
+        and the storers.
+        """
+        result = await self.put_signed_record(name, value, seq=seq, cas=cas, ttl=ttl, owner=owner)
+        return result.key
+
+    async def put_signed_record(
+        self,
+        name: bytes,
+        value: bytes,
+        *,
+        seq: int | None = None,
+        cas: int | None = None,
+        ttl: float | None = None,
+        owner: Identity | None = None,
+    ) -> SignedPutResult:
+        """Publish ``value`` as this node's signed record ``name`` (see :meth:`put_signed`).
+
+        ``owner`` signs the record instead of the node's own key (a short-lived client
+        publishing for a daemon's key, say: two nodes must not share one node id).
 
         ``seq`` is the record's sequence number; left out, it is one more than the highest
         the network holds (found with a quorum read) or than ``cas``. ``cas`` makes the put a
@@ -231,7 +261,7 @@ class Node:
         hold a newer (or an equal but different) sequence number; the node's own key signs
         the record, so :class:`BadSignatureError` only comes from a corrupted record.
         """
-        identity = self._engine.identity
+        identity = owner if owner is not None else self._engine.identity
         salt = bytes(name)
         if len(salt) > MAX_SALT_BYTES:
             raise ValidationError(
@@ -250,8 +280,8 @@ class Node:
             )
         record = make_signed(identity, salt, bytes(value), seq, self._lifetime(ttl))
         event = await self._run(lambda now: self._engine.put(record, now, cas=cas))
-        self._check_put(event)
-        return record.key
+        done = self._check_put(event)
+        return SignedPutResult(record.key, record.seq, done.acks, done.stored_on)
 
     async def get_signed(self, owner_public_key: bytes, name: bytes) -> SignedRecord | None:
         """The newest valid signed record ``name`` of the owner of ``owner_public_key``.
@@ -274,7 +304,7 @@ class Node:
     def _lifetime(self, ttl: float | None) -> int:
         return int(ttl if ttl is not None else self._engine.config.record_ttl)
 
-    def _check_put(self, event: Event) -> None:
+    def _check_put(self, event: Event) -> PutDone:
         """Raise the right error for a put that the storers refused.
 
         Refusals for a conflict (a newer sequence number, a failed compare-and-swap) win when
@@ -297,6 +327,7 @@ class Node:
                 if code in by_code:
                     raise error_for(code, by_code[code])
             raise QueryError(f"put reached {event.acks} of the {quorum} nodes it needs")
+        return event
 
     async def get(self, key: bytes) -> bytes | None:
         """The value stored under ``key``, or ``None`` when the network has none."""
