@@ -36,19 +36,12 @@ if __package__ in (None, ""):
 
 from nautilus_kad import Node
 from nautilus_kad.aio.runner import run as run_loop
-from nautilus_kad.core.codec import (
-    decode_datagram,
-    decode_session_datagram,
-    encode_message,
-    encode_session_message,
-    parse_session_header,
-)
+from nautilus_kad.core.codec import encode_message, encode_session_message
 from nautilus_kad.core.engine import FLAG_CLIENT, KadEngine
-from nautilus_kad.core.errors import DecodeError
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import Address, FindNode, Message, Ping
-from nautilus_kad.core.session import SESSION_MAGIC, Session
+from nautilus_kad.core.session import HEADER_BYTES, SESSION_MAGIC, Session
 
 KINDS = ("PING", "FIND_NODE")
 MODES = ("signed", "session")
@@ -133,16 +126,24 @@ class Client:
             out.append((txid, encode_session_message(_request(kind, rng), txid, session, 1)))
         return out
 
-    def txid_of(self, data: bytes, session: Session | None) -> bytes | None:
-        try:
-            if data[0] == SESSION_MAGIC:
-                if session is None:
-                    return None
-                _, _, counter = parse_session_header(data)
-                return decode_session_datagram(data, session, counter, time.monotonic()).txid
-            return decode_datagram(data, self.engine.auth).txid
-        except DecodeError:
+    @staticmethod
+    def txid_of(data: bytes, session: Session | None) -> bytes | None:
+        """The txid of an answer, as cheaply as possible (the generator must not be the
+        bottleneck): signed answers are not verified, session answers are decrypted (a
+        microsecond) and the txid read at its fixed place in the plaintext."""
+        if data[0] == SESSION_MAGIC:
+            if session is None or len(data) < HEADER_BYTES:
+                return None
+            counter = int.from_bytes(data[6:HEADER_BYTES], "big")
+            plaintext = session.open(data, counter, 0.0)
+            # msgpack([type >= 0x80, txid, ...]): 0x94 0xcc <type> 0xc4 0x08 <txid>
+            if plaintext is None or plaintext[3:5] != b"\xc4\x08":
+                return None
+            return plaintext[5:13]
+        # msgpack([1, type >= 0x80, txid, ...]): 0x96|0x98 0x01 0xcc <type> 0xc4 0x08 <txid>
+        if data[1:3] != b"\x01\xcc" or data[4:6] != b"\xc4\x08":
             return None
+        return data[6:14]
 
     def blast(
         self, mode: str, kind: str, *, duration: float, warmup: float, window: int, seed: int

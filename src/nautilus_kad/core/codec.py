@@ -17,6 +17,7 @@ the engine. The only exception the decoders raise is :class:`DecodeError`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from functools import lru_cache
 from typing import Any
@@ -84,6 +85,7 @@ _UNPACK_LIMITS: dict[str, Any] = {
     "max_map_len": 0,
     "max_ext_len": 0,
 }
+_unpack = functools.partial(msgpack.unpackb, **_UNPACK_LIMITS)
 _MIN_DATAGRAM = SIGNATURE_BYTES + 1 + 2 + TXID_BYTES + PUBLIC_KEY_BYTES
 _REQUEST_TYPES = frozenset(t for t in MessageType if t.is_request)
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
@@ -152,6 +154,31 @@ def _encode_record(record: Record) -> list[Any]:
     ]
 
 
+_WIRE_CACHE_SIZE = 65536
+_contact_wire: dict[int, tuple[Contact, list[Any]]] = {}
+"""Wire forms of recently encoded contacts by node id, with the contact object they were made
+from. A NODES answer names the same routing-table entries (the same Contact objects) over and
+over; reusing their wire form saves most of the encoding. Cleared when full."""
+
+
+def _encode_contacts(contacts: tuple[Contact, ...]) -> list[list[Any]]:
+    """:func:`_encode_contact` over a NODES list (the encoder's hot loop), memoised."""
+    cache = _contact_wire
+    out: list[list[Any]] = []
+    append = out.append
+    for c in contacts:
+        hit = cache.get(c.node_id)
+        if hit is not None and hit[0] is c:
+            append(hit[1])
+            continue
+        wire = [c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port]
+        if len(cache) >= _WIRE_CACHE_SIZE:
+            cache.clear()
+        cache[c.node_id] = (c, wire)
+        append(wire)
+    return out
+
+
 def _encode_body(message: Message) -> list[Any]:
     match message:
         case Ping():
@@ -167,13 +194,7 @@ def _encode_body(message: Message) -> list[Any]:
         case Pong(observed=observed):
             return [_encode_address(observed)]
         case Nodes(observed=observed, token=token, contacts=contacts):
-            # _encode_contact inlined: a NODES answer carries up to k contacts and is the
-            # most frequent large message.
-            return [
-                _encode_address(observed),
-                token,
-                [[c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port] for c in contacts],
-            ]
+            return [_encode_address(observed), token, _encode_contacts(contacts)]
         case Value(observed=observed, token=token, record=record):
             return [_encode_address(observed), token, _encode_record(record)]
         case Stored(observed=observed):
@@ -411,10 +432,12 @@ def _decode_body(msg_type: MessageType, body: Any) -> Message:
             return Ping()
         case MessageType.FIND_NODE:
             (raw,) = _list(body, 1, "FIND_NODE body")
-            return FindNode(NodeId.from_bytes_exact(_bytes(raw, ID_BYTES, "target")))
+            raw = _bytes(raw, ID_BYTES, "target")
+            return FindNode(_id_from_int(NodeId, int.from_bytes(raw, "big")))
         case MessageType.FIND_VALUE:
             (raw,) = _list(body, 1, "FIND_VALUE body")
-            return FindValue(NodeId.from_bytes_exact(_bytes(raw, ID_BYTES, "key")))
+            raw = _bytes(raw, ID_BYTES, "key")
+            return FindValue(_id_from_int(NodeId, int.from_bytes(raw, "big")))
         case MessageType.STORE:
             if len(body) == 3:
                 record, token, expected = body
@@ -535,7 +558,7 @@ def decode_session_datagram(data: bytes, session: Session, counter: int, now: fl
     if plaintext is None:
         raise DecodeError("session.auth")
     try:
-        inner = msgpack.unpackb(plaintext, **_UNPACK_LIMITS)
+        inner = _unpack(plaintext)
     except Exception as exc:  # the C parser raises several unrelated types on garbage
         raise DecodeError("msgpack", type(exc).__name__) from None
     if type(inner) is not list or len(inner) != 4:
@@ -544,10 +567,12 @@ def decode_session_datagram(data: bytes, session: Session, counter: int, now: fl
     msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
     if msg_type is None:
         raise DecodeError("type")
-    _bytes(txid, TXID_BYTES, "txid")
-    _int(flags, 0, 255, "flags")
+    if type(txid) is not bytes or len(txid) != TXID_BYTES:
+        raise DecodeError("schema", "txid must be 8 bytes")
+    if type(flags) is not int or not 0 <= flags <= 255:
+        raise DecodeError("schema", "flags out of range")
     message = _decode_body(msg_type, body)
-    return Envelope(txid, session.peer_id, session.peer_key, flags, message, session=session)
+    return Envelope(txid, session.peer_id, session.peer_key, flags, message, None, session)
 
 
 def is_request(message: Message) -> bool:

@@ -31,7 +31,6 @@ from .codec import (
     encode_message,
     encode_session_message,
     pack_ip,
-    parse_session_header,
 )
 from .config import MAX_DATAGRAM, KadConfig
 from .errors import (
@@ -77,6 +76,7 @@ from .messages import (
 from .records import Record, RecordKind, check_replace, validate_record
 from .routing import RoutingTable
 from .session import (
+    HEADER,
     HEADER_BYTES,
     KIND_DATA,
     KIND_UNKNOWN_SESSION,
@@ -93,8 +93,10 @@ from .storage import MemoryStore, RecordStore
 _log = logging.getLogger("nautilus_kad.engine")
 
 TOKEN_BYTES = 8
+_unpack_header = HEADER.unpack_from
 _RECENT_SIGNED = 256
 _STRIKES = 4096
+_TOKEN_CACHE_SIZE = 65536
 _REPEAT_PEERS = 4096
 """Addresses that answered us recently: the peers worth a session handshake."""
 _DECLINED = 1024
@@ -235,6 +237,8 @@ class KadEngine:
 
         self._token_secret = rng.randbytes(16)
         self._previous_secret = self._token_secret
+        self._tokens: dict[str, bytes] = {}
+        """Tokens under the current secret, by requester IP."""
         self._next_rotation = now + self.config.token_rotation
         self._next_refresh_check = now + self.config.refresh_check_interval
         self._next_expiry = now + self.config.expire_interval
@@ -378,7 +382,10 @@ class KadEngine:
 
     def _open_session_datagram(self, data: bytes, address: Address, now: float) -> Envelope | None:
         """Authenticate a session datagram; handle an unknown-session notice (None)."""
-        kind, sid, counter = parse_session_header(data)
+        size = len(data)
+        if size < HEADER_BYTES or size > MAX_DATAGRAM:
+            raise DecodeError("undersize" if size < HEADER_BYTES else "oversize")
+        _, kind, sid, counter = _unpack_header(data)
         if kind == KIND_UNKNOWN_SESSION:
             if len(data) != HEADER_BYTES:
                 raise DecodeError("session.schema")
@@ -427,6 +434,7 @@ class KadEngine:
         if now >= self._next_rotation:
             self._previous_secret = self._token_secret
             self._token_secret = self.rng.randbytes(16)
+            self._tokens.clear()
             self._next_rotation = now + self.config.token_rotation
         if now >= self._next_expiry:
             expired = self.store.expire(now)
@@ -623,8 +631,15 @@ class KadEngine:
     # --- write tokens (BEP 5) ------------------------------------------------------------
 
     def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
-        key = self._token_secret if secret is None else secret
-        return hmac.digest(key, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
+        if secret is None:
+            # Every FIND_* answer carries one: keep the current secret's tokens by IP.
+            token = self._tokens.get(address[0])
+            if token is None:
+                if len(self._tokens) >= _TOKEN_CACHE_SIZE:
+                    self._tokens.clear()
+                token = self._tokens[address[0]] = self._token_for(address, self._token_secret)
+            return token
+        return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
 
     def _token_valid(self, token: bytes, address: Address) -> bool:
         if len(token) != TOKEN_BYTES:
