@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nautilus_kad import Node
-from nautilus_kad.core.auth import Authenticator
+from nautilus_kad.core.auth import Authenticator, ReplayFilter
 from nautilus_kad.core.codec import (
     TOKEN_MAX_BYTES,
     decode_datagram,
@@ -31,6 +31,8 @@ from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.limits import MAX_SEQ, VALUE_LIMITS
 from nautilus_kad.core.messages import (
     Address,
+    Error,
+    ErrorCode,
     FindNode,
     FindValue,
     Message,
@@ -264,7 +266,7 @@ def test_replay_window_accepts_reordering_and_rejects_the_too_old() -> None:
 
 
 def test_replayed_handshake_does_not_create_a_usable_session() -> None:
-    net, a, b = pair()
+    net, a, b = pair(session_idle_timeout=10_000.0)
     tap = Tap(net)
     establish(net, a, b)
     offer = next(
@@ -275,13 +277,55 @@ def test_replayed_handshake_does_not_create_a_usable_session() -> None:
         and decode_datagram(d, b.auth).handshake is not None
     )
     before = len(b.sessions)
-    net.inject(offer, net.address_of(a), net.address_of(b))  # replayed by an attacker
-    # b answers (the signed request is valid) and makes a half-open session, but a drops the
-    # answer (its txid is no longer pending) and keeps using its own session.
+    # Replayed by an attacker soon after: recognised and dropped, unanswered.
+    net.inject(offer, net.address_of(a), net.address_of(b))
+    assert b.stats["rx.dropped.replay"] == 1
+    assert b.datagrams_to_send() == [] and len(b.sessions) == before
+    # Replayed after the replay filter forgot it: b answers (the signed request is valid) and
+    # makes a half-open session, but nobody can use it (the offer's private key is a's), a
+    # drops the answer (its txid is long gone) and keeps using its own session.
+    net.advance(2 * b.config.token_rotation + 1)
+    net.inject(offer, net.address_of(a), net.address_of(b))
     assert len(b.sessions) == before + 1
     net.deliver()
     assert a.stats["rx.dropped.unsolicited"] >= 1
+    tap.seen.clear()
     assert isinstance(ping(net, a, b), PingDone)
+    assert tap.seen[0][0][0] == SESSION_MAGIC
+
+
+def test_replayed_signed_requests_are_dropped_and_old_stores_lose_their_token() -> None:
+    from test_records_signed import Client, signed  # noqa: PLC0415
+
+    net = EngineNet(1, seed=6)
+    storer = net.engine(0)
+    client = Client(net, storer)
+    token = client.token(signed().key)
+    data = encode_message(Store(signed(b"v", 1), token), b"s" * 8, client.auth, FLAG_CLIENT)
+    net.inject(data, client.address, net.address_of(storer))
+    assert len(storer.datagrams_to_send()) == 1
+    served = storer.stats["rx.request.STORE"]
+    net.inject(data, client.address, net.address_of(storer))
+    assert storer.stats["rx.request.STORE"] == served
+    assert storer.stats["rx.dropped.replay"] == 1
+    assert storer.datagrams_to_send() == []
+    # Once the filter forgot it, the write token it carries has expired too.
+    net.advance(2 * storer.config.token_rotation + 1)
+    net.inject(data, client.address, net.address_of(storer))
+    answers = [d for d, dst in storer.datagrams_to_send() if dst == client.address]
+    error = decode_datagram(answers[0], client.auth).message
+    assert isinstance(error, Error) and error.code is ErrorCode.BAD_TOKEN
+    assert len(storer.replays) <= storer.config.max_replay_entries
+
+
+def test_replay_filter_is_bounded() -> None:
+    replays = ReplayFilter(window=100.0, capacity=3)
+    for i in range(5):
+        assert not replays.replayed(bytes([i]) * 64, 0.0)
+    assert len(replays) == 3
+    assert replays.replayed(bytes([4]) * 64, 1.0)
+    assert not replays.replayed(bytes([0]) * 64, 1.0)  # forgotten (capacity)
+    assert not replays.replayed(bytes([4]) * 64, 200.0)  # forgotten (window)
 
 
 def test_a_session_is_bound_to_its_address() -> None:
@@ -494,7 +538,11 @@ def _stranger_request(message: Message, pad_to: int = 0, offer: bool = False) ->
     handshake = None
     if offer:
         handshake = HandshakeOffer(auth.new_ephemeral(random.Random(3))[1], 9, ("10.0.0.1", 1))
-    return encode_message(message, b"a" * 8, auth, FLAG_CLIENT, handshake=handshake, pad_to=pad_to)
+    txid = _TXIDS.randbytes(8)  # distinct requests (an identical one would be a replay)
+    return encode_message(message, txid, auth, FLAG_CLIENT, handshake=handshake, pad_to=pad_to)
+
+
+_TXIDS = random.Random(77)
 
 
 def _answer_to(net: EngineNet, server: KadEngine, data: bytes) -> bytes:

@@ -82,3 +82,38 @@ class Authenticator:
             return bytes(private.exchange(X25519PublicKey.from_public_bytes(peer_public)))
         except ValueError:
             return None
+
+
+class ReplayFilter:
+    """Recently seen signed requests, by their signature, so an exact replay is dropped.
+
+    Signed requests carry no counter (sessions do): within ``window`` seconds a replay is
+    recognised here; after it, a replayed STORE fails its write token (tokens live at most two
+    rotation periods, which is what ``window`` should cover) and a replayed PING or FIND is a
+    harmless, amplification-limited repeat. At most ``capacity`` signatures are kept (oldest
+    forgotten first).
+    """
+
+    __slots__ = ("_seen", "capacity", "window")
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self.window = window
+        self.capacity = capacity
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def replayed(self, signature: bytes, now: float) -> bool:
+        """True if ``signature`` was seen within the window; otherwise remember it."""
+        seen = self._seen
+        cutoff = now - self.window
+        while seen and next(iter(seen.values())) < cutoff:
+            seen.popitem(last=False)
+        key = signature[:16]  # 128 bits of an Ed25519 signature: unique per message
+        if key in seen:
+            return True
+        seen[key] = now
+        if len(seen) > self.capacity:
+            seen.popitem(last=False)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)

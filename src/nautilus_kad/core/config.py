@@ -86,6 +86,9 @@ class KadConfig:
     """Sessions kept at most; half-open ones (never used by the initiator) are evicted first."""
     max_pending_offers: int = 1024
     """Handshakes we initiated and still wait on, at most."""
+    max_replay_entries: int = 65536
+    """Signatures of recent signed requests kept to drop exact replays (for two token
+    rotations; older replays of a STORE fail their token)."""
     amplification_factor: int = 3
     """An answer to a source whose address is not verified (a signed request from outside a
     session and the routing table) is at most this many times the request's size."""

@@ -23,7 +23,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .auth import Authenticator
+from .auth import Authenticator, ReplayFilter
 from .codec import (
     EncodeError,
     decode_datagram,
@@ -204,6 +204,7 @@ class KadEngine:
         self.node_id: NodeId = identity.node_id
         self.auth = Authenticator(identity, self.config.verify_cache_size)
         self.sessions = SessionTable(self.config)
+        self.replays = ReplayFilter(2 * self.config.token_rotation, self.config.max_replay_entries)
         self.table = RoutingTable(self.node_id, self.config, now)
         self.store: RecordStore = store if store is not None else MemoryStore()
         self.stats: Counter[str] = Counter()
@@ -376,6 +377,12 @@ class KadEngine:
             return
         message = envelope.message
         if message.TYPE.is_request:
+            if envelope.session is None and self.replays.replayed(data[-16:], now):
+                # A session request's counter already guards it; a signed one has its
+                # signature remembered for a while.
+                self.stats["rx.dropped"] += 1
+                self.stats["rx.dropped.replay"] += 1
+                return
             self._handle_request(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
