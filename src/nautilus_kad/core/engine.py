@@ -409,6 +409,7 @@ class KadEngine:
             raise DecodeError("session.unknown")
         envelope = decode_session_datagram(data, session, counter, now)
         self.sessions.touch(session)
+        self.stats["rx.session"] += 1
         return envelope
 
     def _on_unknown_session(self, sid: int, counter: int, address: Address, now: float) -> None:
