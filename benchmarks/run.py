@@ -30,6 +30,7 @@ from rich.table import Table
 
 from benchmarks.network import NetworkReport, run_network
 from benchmarks.single_node import ThroughputReport, phase_name, run_single_node
+from nautilus_kad.aio.runner import uvloop_available
 
 T = TypeVar("T")
 
@@ -62,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--puts", type=int, help="puts in the network benchmark (200)")
     parser.add_argument("--gets", type=int, help="gets before and after the failure (1000)")
     parser.add_argument(
-        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (asyncio)"
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="uvloop" if uvloop_available() else "asyncio",
+        help="event loop (uvloop when installed: what the daemon and the CLI run)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
