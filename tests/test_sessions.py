@@ -4,6 +4,7 @@ recovery of a peer that lost its session state, expiry, bounds and anti-amplific
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import msgpack
@@ -589,6 +590,27 @@ def test_a_padded_first_contact_gets_a_full_answer(
     envelope = decode_datagram(answer, Authenticator(Identity.generate(random.Random(2))))
     assert isinstance(envelope.message, Nodes) and len(envelope.message.contacts) == 20
     assert isinstance(envelope.handshake, HandshakeAccept)
+
+
+def test_a_maximal_value_goes_out_without_the_accept() -> None:
+    from test_records_signed import _widest  # noqa: PLC0415
+
+    net = EngineNet(1, seed=9)
+    server = net.engine(0)
+    record = dataclasses.replace(_widest(RecordKind.OPEN, 1000), key=NodeId(99))
+    server.store.put(record, net.now, net.now + 60)
+    pad = -(-MAX_DATAGRAM // server.config.amplification_factor)
+    # Padded, with an offer: the VALUE fills the datagram, so the accept is left out ...
+    request = _stranger_request(FindValue(NodeId(99)), pad_to=pad, offer=True)
+    envelope = decode_datagram(_answer_to(net, server, request), _READER)
+    assert isinstance(envelope.message, Value) and envelope.message.record == record
+    assert envelope.handshake is None and len(server.sessions) == 0
+    # ... and unpadded, the requester gets NODES (it may ask again, padded).
+    small = _stranger_request(FindValue(NodeId(99)))
+    answer = _answer_to(net, server, small)
+    assert isinstance(decode_datagram(answer, _READER).message, Nodes)
+    assert len(answer) <= server.config.amplification_factor * len(small)
+    assert server.stats["tx.value_withheld"] == 1
 
 
 def test_engines_pad_signed_lookups_and_get_full_answers(

@@ -535,10 +535,21 @@ class KadEngine:
             limit = MAX_DATAGRAM
         else:
             limit = min(MAX_DATAGRAM, request_size * self.config.amplification_factor)
-        data = self._encode_capped(response, envelope.txid, accept, limit)
+        data = self._encode_within(response, envelope.txid, accept, limit)
         if data is None and accept is not None:
+            # No room for the accept (a maximal VALUE): answer now, agree a session later.
             accept = new_session = None
-            data = self._encode_capped(response, envelope.txid, None, limit)
+            data = self._encode_within(response, envelope.txid, None, limit)
+        if data is None and isinstance(response, Value):
+            # Too large for what the requester sent (it did not pad): it gets the closest
+            # nodes instead and may ask again, padded.
+            self.stats["tx.value_withheld"] += 1
+            nodes = Nodes(
+                response.observed,
+                response.token,
+                self._closest_for(response.record.key, envelope.sender_id),
+            )
+            data = self._encode_within(nodes, envelope.txid, None, limit)
         if data is None:
             self.stats["tx.refused.amplification"] += 1
             return
@@ -547,27 +558,16 @@ class KadEngine:
             self.stats["session.accepted"] += 1
         self._queue(data, address)
 
-    def _encode_capped(
+    def _encode_within(
         self, response: Message, txid: bytes, accept: HandshakeAccept | None, limit: int
     ) -> bytes | None:
-        """Encode a signed answer within ``limit`` bytes: NODES are trimmed, a VALUE that does
-        not fit becomes NODES (the requester may ask again, padded); None if nothing fits."""
+        """A signed answer of at most ``limit`` bytes (NODES trimmed to fit), or None."""
         try:
             return encode_message(
                 response, txid, self.auth, self.flags, handshake=accept, max_size=limit
             )
         except EncodeError:
-            pass
-        if isinstance(response, Value):
-            self.stats["tx.value_withheld"] += 1
-            nodes = Nodes(response.observed, response.token, ())
-            try:
-                return encode_message(
-                    nodes, txid, self.auth, self.flags, handshake=accept, max_size=limit
-                )
-            except EncodeError:
-                return None
-        return None
+            return None
 
     def _address_verified(self, node_id: NodeId, address: Address, now: float) -> bool:
         """Whether ``node_id`` is known to be reachable at ``address`` (it answered us
