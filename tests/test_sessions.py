@@ -729,3 +729,18 @@ def test_wellformed_handshake_fields_decode() -> None:
     assert accept.handshake == HandshakeAccept(_EPH, 2**32 - 1)
     plain = decode_datagram(_hs_envelope(0x01, [], None, b"x"), _READER)
     assert plain.handshake is None and isinstance(plain.message, Ping)
+
+
+@SETTINGS
+@given(pad_to=st.integers(0, MAX_DATAGRAM), offer=st.booleans())
+def test_padding_reaches_exactly_the_asked_size(pad_to: int, offer: bool) -> None:
+    handshake = HandshakeOffer(_EPH, 5, ("192.0.2.1", 7400)) if offer else None
+    plain = encode_message(FindNode(NodeId(3)), b"p" * 8, _READER, handshake=handshake)
+    data = encode_message(
+        FindNode(NodeId(3)), b"p" * 8, _READER, handshake=handshake, pad_to=pad_to
+    )
+    assert len(data) >= pad_to
+    if pad_to > len(plain) + 2:
+        assert len(data) == pad_to
+    decoded = decode_datagram(data, Authenticator(Identity.generate(random.Random(5))))
+    assert decoded.message == FindNode(NodeId(3)) and decoded.handshake == handshake

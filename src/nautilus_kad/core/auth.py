@@ -94,21 +94,25 @@ class ReplayFilter:
     forgotten first).
     """
 
-    __slots__ = ("_seen", "capacity", "window")
+    __slots__ = ("_next_sweep", "_seen", "capacity", "window")
 
     def __init__(self, window: float, capacity: int) -> None:
         self.window = window
         self.capacity = capacity
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._next_sweep = 0.0
 
     def replayed(self, signature: bytes, now: float) -> bool:
         """True if ``signature`` was seen within the window; otherwise remember it."""
         seen = self._seen
-        cutoff = now - self.window
-        while seen and next(iter(seen.values())) < cutoff:
-            seen.popitem(last=False)
+        if now >= self._next_sweep:  # forget the expired, a few times per window
+            cutoff = now - self.window
+            while seen and next(iter(seen.values())) < cutoff:
+                seen.popitem(last=False)
+            self._next_sweep = now + self.window / 16
         key = signature[:16]  # 128 bits of an Ed25519 signature: unique per message
-        if key in seen:
+        seen_at = seen.get(key)
+        if seen_at is not None and now - seen_at <= self.window:
             return True
         seen[key] = now
         if len(seen) > self.capacity:

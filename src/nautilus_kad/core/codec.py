@@ -156,9 +156,9 @@ def _encode_record(record: Record) -> list[Any]:
 
 _WIRE_CACHE_SIZE = 65536
 _contact_wire: dict[int, tuple[Contact, list[Any]]] = {}
-"""Wire forms of recently encoded contacts by node id, with the contact object they were made
-from. A NODES answer names the same routing-table entries (the same Contact objects) over and
-over; reusing their wire form saves most of the encoding. Cleared when full."""
+"""Wire forms of recently encoded contacts by node id, with the contact they were made from. A
+NODES answer names the same peers over and over; reusing their wire form saves most of the
+encoding. Cleared when full."""
 
 
 def _encode_contacts(contacts: tuple[Contact, ...]) -> list[list[Any]]:
@@ -168,9 +168,12 @@ def _encode_contacts(contacts: tuple[Contact, ...]) -> list[list[Any]]:
     append = out.append
     for c in contacts:
         hit = cache.get(c.node_id)
-        if hit is not None and hit[0] is c:
-            append(hit[1])
-            continue
+        if hit is not None:
+            known = hit[0]
+            # The same object, or an equal one (another node's entry for the same peer).
+            if known is c or (known.port == c.port and known.host == c.host):
+                append(hit[1])
+                continue
         wire = [c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port]
         if len(cache) >= _WIRE_CACHE_SIZE:
             cache.clear()
@@ -248,10 +251,14 @@ def encode_message(
         payload = msgpack.packb(fields, use_bin_type=True)
         size = len(payload) + SIGNATURE_BYTES
         if size < pad_to:
+            # The empty pad is the last element, packed as bin8 ``c4 00``: grow it in place
+            # (its header becomes bin16's 3 bytes past 255 bytes of padding).
             missing = pad_to - size
-            # The empty pad's 2-byte bin8 header grows to bin16's 3 bytes past 255 bytes.
-            fields[-1] = bytes(missing if missing <= 255 else missing - 1)
-            payload = msgpack.packb(fields, use_bin_type=True)
+            if missing <= 255:
+                payload = payload[:-1] + bytes((missing,)) + bytes(missing)
+            else:
+                payload = payload[:-2] + b"\xc5" + (missing - 1).to_bytes(2, "big")
+                payload += bytes(missing - 1)
             size = len(payload) + SIGNATURE_BYTES
         if size <= limit:
             return bytes(payload) + auth.sign(payload)

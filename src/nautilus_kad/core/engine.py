@@ -531,10 +531,9 @@ class KadEngine:
             )
             if accepted is not None:
                 accept, new_session = accepted
-        if self._address_verified(envelope.sender_id, address, now):
+        limit = request_size * self.config.amplification_factor
+        if limit < MAX_DATAGRAM and self._address_verified(envelope.sender_id, address, now):
             limit = MAX_DATAGRAM
-        else:
-            limit = min(MAX_DATAGRAM, request_size * self.config.amplification_factor)
         data = self._encode_within(response, envelope.txid, accept, limit)
         if data is None and accept is not None:
             # No room for the accept (a maximal VALUE): answer now, agree a session later.
@@ -1135,12 +1134,11 @@ class KadEngine:
         one-off contact is cheaper signed than with a key agreement."""
         if not self.config.sessions or isinstance(request, Store):
             return False  # a maximal STORE has no room for an offer
-        if self.sessions.offering(address) or address in self._declined:
-            return False
-        if recover or address in self._repeat_peers:
-            return True
-        entry = self.table.get(node_id) if node_id is not None else None
-        return entry is not None and entry.contact.address == address
+        if not recover and address not in self._repeat_peers:
+            entry = self.table.get(node_id) if node_id is not None else None
+            if entry is None or entry.contact.address != address:
+                return False
+        return not self.sessions.offering(address) and address not in self._declined
 
     def _finish_handshake(
         self, offer: HandshakeOffer, envelope: Envelope, address: Address, now: float

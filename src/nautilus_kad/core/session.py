@@ -138,7 +138,9 @@ class Session:
 
     __slots__ = (
         "_recv",
+        "_recv_key",
         "_send",
+        "_send_key",
         "address",
         "confirmed",
         "created",
@@ -170,8 +172,12 @@ class Session:
         self.address = address
         self.local_sid = local_sid
         self.remote_sid = remote_sid
-        self._send = ChaCha20Poly1305(send_key)
-        self._recv = ChaCha20Poly1305(recv_key)
+        # The ciphers (a few KiB of OpenSSL state each) are made on first use: many sessions
+        # are never used, or only in one direction.
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self._send: ChaCha20Poly1305 | None = None
+        self._recv: ChaCha20Poly1305 | None = None
         self.send_counter = 0
         self.highest = 0
         """Highest counter received (0: none yet; counters start at 1)."""
@@ -186,7 +192,10 @@ class Session:
         """One session datagram carrying ``plaintext`` (the next counter)."""
         self.send_counter += 1
         header = HEADER.pack(SESSION_MAGIC, KIND_DATA, self.remote_sid, self.send_counter)
-        return header + self._send.encrypt(_NONCE_PAD + header[6:], plaintext, header)
+        cipher = self._send
+        if cipher is None:
+            cipher = self._send = ChaCha20Poly1305(self._send_key)
+        return header + cipher.encrypt(_NONCE_PAD + header[6:], plaintext, header)
 
     def replayed(self, counter: int) -> bool:
         """Whether ``counter`` is too old or was already received (cheap: before the AEAD)."""
@@ -198,8 +207,11 @@ class Session:
     def open(self, data: bytes, counter: int, now: float) -> bytes | None:
         """The plaintext of an authentic, fresh datagram (and mark its counter), else None."""
         header = data[:HEADER_BYTES]
+        cipher = self._recv
+        if cipher is None:
+            cipher = self._recv = ChaCha20Poly1305(self._recv_key)
         try:
-            plaintext = self._recv.decrypt(_NONCE_PAD + header[6:], data[HEADER_BYTES:], header)
+            plaintext = cipher.decrypt(_NONCE_PAD + header[6:], data[HEADER_BYTES:], header)
         except InvalidTag:
             return None
         if counter > self.highest:
