@@ -9,6 +9,7 @@ replace the public-key operations with cheap stand-ins.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import OrderedDict
 from typing import Any
@@ -99,7 +100,9 @@ class ReplayFilter:
     def __init__(self, window: float, capacity: int) -> None:
         self.window = window
         self.capacity = capacity
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._seen: dict[int, float] = {}
+        """First 64 bits of each signature → when it was seen, oldest first (a plain dict
+        keeps insertion order at half an OrderedDict's memory)."""
         self._next_sweep = 0.0
 
     def replayed(self, signature: bytes, now: float) -> bool:
@@ -107,16 +110,20 @@ class ReplayFilter:
         seen = self._seen
         if now >= self._next_sweep:  # forget the expired, a few times per window
             cutoff = now - self.window
-            while seen and next(iter(seen.values())) < cutoff:
-                seen.popitem(last=False)
+            expired = [k for k, t in itertools.takewhile(lambda kt: kt[1] < cutoff, seen.items())]
+            for key in expired:
+                del seen[key]
             self._next_sweep = now + self.window / 16
-        key = signature[:16]  # 128 bits of an Ed25519 signature: unique per message
+        # 64 bits of an Ed25519 signature identify it (a false match among 65 536 remembered
+        # signatures has odds of 2**-32).
+        key = int.from_bytes(signature[:8], "big")
         seen_at = seen.get(key)
         if seen_at is not None and now - seen_at <= self.window:
             return True
+        seen.pop(key, None)
         seen[key] = now
         if len(seen) > self.capacity:
-            seen.popitem(last=False)
+            del seen[next(iter(seen))]
         return False
 
     def __len__(self) -> int:

@@ -96,7 +96,6 @@ TOKEN_BYTES = 8
 _unpack_header = HEADER.unpack_from
 _RECENT_SIGNED = 256
 _STRIKES = 4096
-_TOKEN_CACHE_SIZE = 65536
 _REPEAT_PEERS = 4096
 """Addresses that answered us recently: the peers worth a session handshake."""
 _DECLINED = 1024
@@ -228,7 +227,8 @@ class KadEngine:
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
         """Invalid values (bad signature, wrong key hash …) each peer served us, for the
         most recent offenders."""
-        self._repeat_peers: OrderedDict[Address, None] = OrderedDict()
+        self._repeat_peers: dict[Address, None] = {}
+        """Addresses that answered us recently, oldest first: peers worth a handshake."""
         self._declined: OrderedDict[Address, float] = OrderedDict()
         self._by_notice: dict[tuple[Address, int, int], bytes] = {}
         """(address, session id, counter) of requests sent in a session → their txid."""
@@ -238,8 +238,8 @@ class KadEngine:
 
         self._token_secret = rng.randbytes(16)
         self._previous_secret = self._token_secret
-        self._tokens: dict[str, bytes] = {}
-        """Tokens under the current secret, by requester IP."""
+        self._last_token = ("", b"")
+        """(requester IP, its token under the current secret) of the last FIND_* answer."""
         self._next_rotation = now + self.config.token_rotation
         self._next_refresh_check = now + self.config.refresh_check_interval
         self._next_expiry = now + self.config.expire_interval
@@ -442,7 +442,7 @@ class KadEngine:
         if now >= self._next_rotation:
             self._previous_secret = self._token_secret
             self._token_secret = self.rng.randbytes(16)
-            self._tokens.clear()
+            self._last_token = ("", b"")
             self._next_rotation = now + self.config.token_rotation
         if now >= self._next_expiry:
             expired = self.store.expire(now)
@@ -639,12 +639,12 @@ class KadEngine:
 
     def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
         if secret is None:
-            # Every FIND_* answer carries one: keep the current secret's tokens by IP.
-            token = self._tokens.get(address[0])
-            if token is None:
-                if len(self._tokens) >= _TOKEN_CACHE_SIZE:
-                    self._tokens.clear()
-                token = self._tokens[address[0]] = self._token_for(address, self._token_secret)
+            # Every FIND_* answer carries one, and a requester often asks several in a row:
+            # remember the last one (no more, a table per requester would cost memory).
+            last_ip, token = self._last_token
+            if last_ip != address[0]:
+                token = self._token_for(address, self._token_secret)
+                self._last_token = (address[0], token)
             return token
         return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
 
@@ -676,10 +676,12 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         self._forget_pending(pending)
-        self._repeat_peers[address] = None
-        self._repeat_peers.move_to_end(address)
-        if len(self._repeat_peers) > _REPEAT_PEERS:
-            self._repeat_peers.popitem(last=False)
+        repeat = self._repeat_peers
+        if repeat.pop(address, 0) is None or len(repeat) < _REPEAT_PEERS:
+            repeat[address] = None  # most recent last
+        else:
+            del repeat[next(iter(repeat))]
+            repeat[address] = None
         if pending.offer is not None:
             self._finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
