@@ -744,3 +744,13 @@ def test_padding_reaches_exactly_the_asked_size(pad_to: int, offer: bool) -> Non
         assert len(data) == pad_to
     decoded = decode_datagram(data, Authenticator(Identity.generate(random.Random(5))))
     assert decoded.message == FindNode(NodeId(3)) and decoded.handshake == handshake
+
+
+def test_oversize_and_undersize_session_datagrams_are_dropped_unanswered() -> None:
+    net, a, b = _ESTABLISHED
+    for data in (bytes([SESSION_MAGIC]) + bytes(MAX_DATAGRAM), bytes([SESSION_MAGIC, 1, 2])):
+        before = b.stats["rx.dropped"]
+        b.receive_datagram(data, net.address_of(a), net.now)
+        assert b.stats["rx.dropped"] == before + 1
+    assert b.stats["rx.dropped.oversize"] >= 1 and b.stats["rx.dropped.undersize"] >= 1
+    assert b.datagrams_to_send() == []
