@@ -78,6 +78,9 @@ class KadConfig:
     sessions: bool = True
     """Agree per-peer session keys with peers we talk to repeatedly, so their datagrams carry
     an AEAD tag instead of an Ed25519 signature (see core/session.py)."""
+    session_after_answers: int = 2
+    """Offer a session to a peer once it has answered this many of our requests (the
+    simulator shows most peers of a large network answer only once or twice)."""
     session_idle_timeout: float = 300.0
     """A session nobody used for this long is forgotten."""
     session_max_lifetime: float = 3600.0

@@ -96,7 +96,7 @@ TOKEN_BYTES = 8
 _unpack_header = HEADER.unpack_from
 _RECENT_SIGNED = 256
 _STRIKES = 4096
-_REPEAT_PEERS = 4096
+_ANSWERED_PEERS = 4096
 """Addresses that answered us recently: the peers worth a session handshake."""
 _DECLINED = 1024
 _DECLINE_BACKOFF = 600.0
@@ -227,8 +227,9 @@ class KadEngine:
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
         """Invalid values (bad signature, wrong key hash …) each peer served us, for the
         most recent offenders."""
-        self._repeat_peers: dict[Address, None] = {}
-        """Addresses that answered us recently, oldest first: peers worth a handshake."""
+        self._answered: dict[Address, int] = {}
+        """How many answers each recent peer address sent us, least recent first: peers that
+        keep answering are worth a session handshake."""
         self._declined: OrderedDict[Address, float] = OrderedDict()
         self._by_notice: dict[tuple[Address, int, int], bytes] = {}
         """(address, session id, counter) of requests sent in a session → their txid."""
@@ -676,12 +677,11 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         self._forget_pending(pending)
-        repeat = self._repeat_peers
-        if repeat.pop(address, 0) is None or len(repeat) < _REPEAT_PEERS:
-            repeat[address] = None  # most recent last
-        else:
-            del repeat[next(iter(repeat))]
-            repeat[address] = None
+        answered = self._answered
+        count = answered.pop(address, 0)
+        if not count and len(answered) >= _ANSWERED_PEERS:
+            del answered[next(iter(answered))]
+        answered[address] = count + 1  # most recent last
         if pending.offer is not None:
             self._finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
@@ -1132,14 +1132,13 @@ class KadEngine:
     def _should_offer(
         self, address: Address, node_id: NodeId | None, request: Request, recover: bool
     ) -> bool:
-        """Offer a session to peers that answered us before (or that lost our session): a
-        one-off contact is cheaper signed than with a key agreement."""
+        """Offer a session to peers that keep answering us (``session_after_answers`` times
+        already), or that lost our session: a key agreement costs about one signed exchange,
+        so it pays only with a peer we talk to again and again."""
         if not self.config.sessions or isinstance(request, Store):
             return False  # a maximal STORE has no room for an offer
-        if not recover and address not in self._repeat_peers:
-            entry = self.table.get(node_id) if node_id is not None else None
-            if entry is None or entry.contact.address != address:
-                return False
+        if not recover and self._answered.get(address, 0) < self.config.session_after_answers:
+            return False
         return not self.sessions.offering(address) and address not in self._declined
 
     def _finish_handshake(
