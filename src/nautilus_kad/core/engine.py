@@ -401,7 +401,7 @@ class KadEngine:
             return None
         if kind != KIND_DATA:
             raise DecodeError("session.schema")
-        session = self.sessions.for_receive(sid, address, now)
+        session = self.sessions.receive(sid, address, now)
         if session is None:
             if len(data) >= MIN_DATA_DATAGRAM:
                 # Smaller than what arrived: nothing to amplify. The sender will handshake anew.
@@ -409,7 +409,6 @@ class KadEngine:
                 self.stats["tx.session_notices"] += 1
             raise DecodeError("session.unknown")
         envelope = decode_session_datagram(data, session, counter, now)
-        self.sessions.touch(session)
         self.stats["rx.session"] += 1
         return envelope
 

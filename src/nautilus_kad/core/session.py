@@ -436,6 +436,18 @@ class SessionTable:
         """``session`` was just used: it is the last to be evicted."""
         self._by_sid.move_to_end(session.local_sid)
 
+    def receive(self, sid: int, address: Address, now: float) -> Session | None:
+        """:meth:`for_receive` and :meth:`touch` in one (the receive hot path)."""
+        by_sid = self._by_sid
+        session = by_sid.get(sid)
+        if session is None or session.address != address:
+            return None
+        if now - session.last_rx > self.idle_timeout or now - session.created > self.max_lifetime:
+            self.remove(session)
+            return None
+        by_sid.move_to_end(sid)
+        return session
+
     def remove(self, session: Session) -> None:
         if self._by_sid.get(session.local_sid) is session:
             del self._by_sid[session.local_sid]
