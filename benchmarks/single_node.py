@@ -3,8 +3,9 @@
 The server is a real :class:`~nautilus_kad.Node` in this process (one core, the asyncio loop
 it runs on); its routing table is first filled by ``fillers`` other nodes joining through it,
 so every NODES answer carries k contacts. The load comes from a separate process
-(:mod:`benchmarks.loadgen`) that pre-signs its requests, so the measured cost is the server's:
-decode, verify, answer, sign, send.
+(:mod:`benchmarks.loadgen`) that prepares its requests, so the measured cost is the server's:
+decode, authenticate, answer, authenticate, send. Each kind runs twice: with an Ed25519
+signature on every datagram, then in a session (one handshake, then an AEAD per datagram).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from nautilus_kad import Node
 from . import loadgen
 
 KINDS = ("PING", "FIND_NODE")
+PHASES = [(mode, kind) for mode in loadgen.MODES for kind in KINDS]
+"""(mode, kind) in the order the load generator runs them: signed first, then sessions."""
+
+
+def phase_name(mode: str, kind: str) -> str:
+    """``PING`` for signed requests, ``PING+session`` in a session."""
+    return kind if mode == "signed" else f"{kind}+{mode}"
 
 
 @dataclass
@@ -37,31 +45,44 @@ class ThroughputReport:
 
 
 class _CpuSampler:
-    """Samples (process CPU time, request counters) so each request kind's CPU cost can be
-    told apart without knowing when the load generator switched phases."""
+    """Samples (process CPU time, request counters) so each phase's CPU cost can be told
+    apart without knowing when the load generator switched phases: the request counter that
+    grew names the kind, the session counter (grown with it, or not at all) the mode."""
 
     def __init__(self, server: Node) -> None:
         self.server = server
-        self.cpu: dict[str, float] = dict.fromkeys(KINDS, 0.0)
-        self.count: dict[str, int] = dict.fromkeys(KINDS, 0)
+        names = [phase_name(m, k) for m, k in PHASES]
+        self.cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+        self.count: dict[str, int] = dict.fromkeys(names, 0)
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, dict[str, int]]:
         stats = self.server.engine.stats
-        return time.process_time(), {k: stats.get(f"rx.request.{k}", 0) for k in KINDS}
+        counts = {k: stats.get(f"rx.request.{k}", 0) for k in KINDS}
+        counts["session"] = stats.get("rx.session", 0)
+        return time.process_time(), counts
 
     def tick(self) -> None:
         cpu, counts = self._sample()
         last_cpu, last_counts = self._last
         self._last = (cpu, counts)
         grown = [k for k in KINDS if counts[k] > last_counts[k]]
-        if len(grown) == 1:
-            kind = grown[0]
-            self.cpu[kind] += cpu - last_cpu
-            self.count[kind] += counts[kind] - last_counts[kind]
+        if len(grown) != 1:
+            return
+        kind = grown[0]
+        requests = counts[kind] - last_counts[kind]
+        in_session = counts["session"] - last_counts["session"]
+        if in_session == 0:
+            name = phase_name("signed", kind)
+        elif in_session >= 0.95 * requests:
+            name = phase_name("session", kind)
+        else:
+            return  # a handshake in between: neither phase's cost alone
+        self.cpu[name] += cpu - last_cpu
+        self.count[name] += requests
 
     def rates(self) -> dict[str, float]:
-        return {k: self.count[k] / self.cpu[k] for k in KINDS if self.cpu[k] > 0}
+        return {k: self.count[k] / self.cpu[k] for k in self.cpu if self.cpu[k] > 0}
 
 
 async def _start_fillers(server: Node, count: int, batch: int = 10) -> list[Node]:
@@ -104,7 +125,7 @@ async def run_single_node(
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=loadgen.client_main,
-            args=(server.address, list(KINDS), duration, window, pool_size, warmup, sender),
+            args=(server.address, PHASES, duration, window, pool_size, warmup, sender),
             name="kad-loadgen",
             daemon=True,
         )
@@ -112,7 +133,7 @@ async def run_single_node(
         sender.close()
         try:
             # Child start-up (imports, pre-signing) plus every phase, with room to spare.
-            deadline = loop.time() + 60 + len(KINDS) * (warmup + duration + 2)
+            deadline = loop.time() + 60 + len(PHASES) * (warmup + duration + 2)
             while loop.time() < deadline:
                 if receiver.poll():
                     try:

@@ -49,7 +49,13 @@ def test_benchmark_script_prints_a_table(tmp_path: Path) -> None:
 
     throughput = data["throughput"]
     assert throughput["error"] is None
-    assert [p["kind"] for p in throughput["phases"]] == ["PING", "FIND_NODE"]
+    assert [(p["mode"], p["kind"]) for p in throughput["phases"]] == [
+        ("signed", "PING"),
+        ("signed", "FIND_NODE"),
+        ("session", "PING"),
+        ("session", "FIND_NODE"),
+    ]
+    assert "PING answered / s with sessions" in text
     assert all(p["answered"] > 0 for p in throughput["phases"])
     network = data["network"]
     assert network["nodes"] == 20

@@ -7,6 +7,7 @@ runs the real program in subprocesses against a ``nautilus-kad run`` node. Every
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -246,7 +247,43 @@ def test_top_level_help_lists_commands() -> None:
         (["put", "k", "xyz", "--hex", "--bootstrap", "127.0.0.1:7400"], "not valid hex"),
         (["get", "k", "--hex", "--raw", "--bootstrap", "127.0.0.1:7400"], "exclude each other"),
         (["get", "k"], "--bootstrap"),
-        (["put", "k"], "VALUE"),
+        (["put", "k", "--bootstrap", "127.0.0.1:7400"], "VALUE"),
+        (["put", "n", "v", "--signed", "--bootstrap", "127.0.0.1:7400"], "--key-file"),
+        (["put", "v", "--signed", "--immutable", "-b", "127.0.0.1:7400"], "exclude each other"),
+        (["put", "k", "v", "--immutable", "-b", "127.0.0.1:7400"], "one argument"),
+        (["put", "k", "v", "--seq", "3", "-b", "127.0.0.1:7400"], "--signed records only"),
+        (["put", "k", "v", "--cas", "3", "-b", "127.0.0.1:7400"], "--signed records only"),
+        (
+            ["put", "n", "x" * 835, "--signed", "--key-file", "k.pem", "-b", "127.0.0.1:7400"],
+            "834-byte limit of a signed value",
+        ),
+        (
+            ["put", "n" * 65, "v", "--signed", "--key-file", "k.pem", "-b", "127.0.0.1:7400"],
+            "64-byte limit of a name",
+        ),
+        (
+            [
+                "put",
+                "n",
+                "v",
+                "--signed",
+                "--seq",
+                "2",
+                "--cas",
+                "2",
+                "--key-file",
+                "k.pem",
+                "-b",
+                "127.0.0.1:7400",
+            ],
+            "greater than --cas",
+        ),
+        (["put", "x" * 1001, "--immutable", "-b", "127.0.0.1:7400"], "1000-byte limit"),
+        (["get", "ab" * 32, "--signed", "--bootstrap", "127.0.0.1:7400"], "NAME"),
+        (["get", "abcd", "n", "--signed", "--bootstrap", "127.0.0.1:7400"], "64 hex digits"),
+        (["get", "zz", "--immutable", "--bootstrap", "127.0.0.1:7400"], "64 hex digits"),
+        (["get", "k", "--show-seq", "--bootstrap", "127.0.0.1:7400"], "--signed records only"),
+        (["get", "k", "extra", "--bootstrap", "127.0.0.1:7400"], "unexpected extra argument"),
         (["demo", "--nodes", "1"], "--nodes"),
         (["demo", "--kill-fraction", "1"], "--kill-fraction"),
         (["no-such-command"], "no-such-command"),
@@ -465,3 +502,129 @@ def test_demo_small_network() -> None:
     assert "8 (4 crashed)" in text
     assert "127.0.0.1:" in text  # the line with a few node ids and ports
     assert "Traceback" not in err(result)
+
+
+# ==========================================================================================
+# Signed and immutable records
+# ==========================================================================================
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(line.split(maxsplit=1) for line in text.splitlines())
+
+
+@pytest.mark.integration
+def test_signed_records_from_the_command_line(network: list[RunningNode], tmp_path: Path) -> None:
+    seed, other = network
+    key_file = tmp_path / "owner.pem"
+    put = kad(
+        "put", "--signed", "profile", "v1", "--key-file", str(key_file), "--bootstrap", seed.address
+    )
+    assert put.returncode == 0, err(put)
+    fields = _fields(out(put))
+    assert re.fullmatch(r"[0-9a-f]{64}", fields["key"]) and fields["seq"] == "1"
+    assert int(fields["acks"]) >= 1
+    owner = fields["owner"]
+    assert key_file.exists()
+
+    get = kad("get", "--signed", owner, "profile", "--bootstrap", other.address)
+    assert get.returncode == 0, err(get)
+    assert out(get) == "v1\n"
+
+    again = kad(
+        "put",
+        "--signed",
+        "profile",
+        "v2",
+        "--key-file",
+        str(key_file),
+        "--bootstrap",
+        other.address,
+    )
+    assert again.returncode == 0, err(again)
+    assert _fields(out(again))["seq"] == "2"
+    shown = kad("get", "--signed", owner, "profile", "--show-seq", "--bootstrap", seed.address)
+    assert out(shown) == "seq 2\nv2\n", err(shown)
+
+    cas = kad(
+        "put",
+        "--signed",
+        "profile",
+        "v3",
+        "--cas",
+        "1",
+        "--key-file",
+        str(key_file),
+        "--bootstrap",
+        seed.address,
+    )
+    assert cas.returncode == 1
+    assert out(cas) == ""
+    assert_one_line_error(err(cas), "compare-and-swap failed", "sequence 2")
+
+    stale = kad(
+        "put",
+        "--signed",
+        "profile",
+        "old",
+        "--seq",
+        "1",
+        "--key-file",
+        str(key_file),
+        "--bootstrap",
+        seed.address,
+    )
+    assert stale.returncode == 1
+    assert_one_line_error(err(stale), "stale sequence number")
+
+    ok = kad(
+        "put",
+        "--signed",
+        "profile",
+        "v3",
+        "--cas",
+        "2",
+        "--key-file",
+        str(key_file),
+        "--bootstrap",
+        seed.address,
+    )
+    assert ok.returncode == 0, err(ok)
+    assert _fields(out(ok))["seq"] == "3"
+
+    missing = kad("get", "--signed", owner, "nothing", "--bootstrap", seed.address)
+    assert missing.returncode == 1
+    assert_one_line_error(err(missing), "not found")
+
+
+@pytest.mark.integration
+def test_signed_put_with_a_running_nodes_key_file(network: list[RunningNode]) -> None:
+    # The seed runs with a key file; publishing with that same key must not clash with the
+    # running node's id (the client node has an identity of its own).
+    seed = network[0]
+    key_file = Path(next(a for a in seed.process.args[1:] if str(a).endswith("seed.pem")))
+    put = kad(
+        "put", "--signed", "status", "up", "--key-file", str(key_file), "--bootstrap", seed.address
+    )
+    assert put.returncode == 0, err(put)
+    owner = _fields(out(put))["owner"]
+    assert owner == next(
+        line.split()[-1] for line in seed.stdout_lines if line.startswith("public key ")
+    )
+    get = kad("get", "--signed", owner, "status", "--bootstrap", seed.address)
+    assert out(get) == "up\n", err(get)
+
+
+@pytest.mark.integration
+def test_immutable_records_from_the_command_line(network: list[RunningNode]) -> None:
+    seed, other = network
+    put = kad("put", "--immutable", "content-addressed", "--bootstrap", seed.address)
+    assert put.returncode == 0, err(put)
+    key = _fields(out(put))["key"]
+    assert key == hashlib.sha256(b"content-addressed").hexdigest()
+    get = kad("get", "--immutable", key, "--bootstrap", other.address)
+    assert get.returncode == 0, err(get)
+    assert out(get) == "content-addressed\n"
+    absent = kad("get", "--immutable", "00" * 32, "--bootstrap", other.address)
+    assert absent.returncode == 1
+    assert_one_line_error(err(absent), "not found")

@@ -225,6 +225,8 @@ def test_value_with_max_value_and_engine_token_fits(observed: tuple[str, int]) -
 
 @pytest.mark.parametrize("observed", [("203.0.113.9", 65535), ("2001:db8::ffff", 65535)])
 def test_value_with_max_value_and_max_token_fits(observed: tuple[str, int]) -> None:
+    # Fixed by deriving every limit from the datagram budget in core/limits.py: tokens are at
+    # most TOKEN_MAX_BYTES (8, what the engine issues), so a maximal VALUE always fits.
     message = Value(observed, b"\xaa" * TOKEN_MAX_BYTES, _max_record())
     data = encode_message(message, TXID, SIGNER_AUTHS[0])
     assert len(data) <= MAX_DATAGRAM

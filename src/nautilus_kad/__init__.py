@@ -9,26 +9,32 @@ The public API::
         assert await node.get(b"my-key") == b"value"
 """
 
-from .aio.node import GetResult, Node, PingResult, PutResult
+from .aio.node import GetResult, Node, PingResult, PutResult, SignedPutResult
 from .core.config import KadConfig
 from .core.engine import KadEngine
 from .core.errors import (
+    BadSignatureError,
+    CasMismatchError,
     DecodeError,
     KadError,
     NoPeersError,
     QueryError,
     QueryTimeoutError,
+    RecordConflictError,
+    StaleSequenceError,
     ValidationError,
     ValueTooLargeError,
 )
 from .core.identity import Identity
 from .core.ids import NodeId, key_id
 from .core.messages import Contact
-from .core.records import Record
+from .core.records import Record, RecordKind, SignedRecord, immutable_key, signed_key
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadSignatureError",
+    "CasMismatchError",
     "Contact",
     "DecodeError",
     "GetResult",
@@ -44,8 +50,15 @@ __all__ = [
     "QueryError",
     "QueryTimeoutError",
     "Record",
+    "RecordConflictError",
+    "RecordKind",
+    "SignedPutResult",
+    "SignedRecord",
+    "StaleSequenceError",
     "ValidationError",
     "ValueTooLargeError",
     "__version__",
+    "immutable_key",
     "key_id",
+    "signed_key",
 ]

@@ -42,9 +42,11 @@ from .aio.runner import run as run_coroutine
 from .core.addresses import AddressError, format_address, parse_address
 from .core.config import KadConfig
 from .core.errors import KadError, NoPeersError
-from .core.identity import Identity
+from .core.identity import PUBLIC_KEY_BYTES, Identity
 from .core.ids import NodeId, distance
+from .core.limits import MAX_SALT_BYTES, MAX_SEQ
 from .core.messages import Address, Contact
+from .core.records import RecordKind, value_limit
 from .sim.command import sim_command
 
 T = TypeVar("T")
@@ -337,11 +339,35 @@ async def _start_node(
         raise KadError(f"cannot listen on {where}: {_describe_os_error(exc)}") from exc
 
 
+def _load_identity(key_file: Path) -> Identity:
+    """The identity in ``key_file``, created there on first use; one-line errors."""
+    try:
+        return Identity.load_or_create(key_file)
+    except KadError as exc:
+        raise CommandFailed(str(exc)) from None
+    except OSError as exc:
+        reason = _describe_os_error(exc)
+        raise CommandFailed(f"cannot create key file {key_file}: {reason}") from None
+
+
 async def _join(node: Node, bootstrap: Sequence[Address]) -> int:
     try:
         return await node.bootstrap(bootstrap)
     except NoPeersError as exc:
         raise NoPeersError(f"bootstrap failed: no answer from {_join_list(bootstrap)}") from exc
+
+
+def _hex_argument(text: str, size: int, hint: str, what: str) -> bytes:
+    """``size`` bytes given as hex digits (an optional ``0x`` prefix is accepted)."""
+    try:
+        raw = bytes.fromhex(text.strip().lower().removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise click.BadParameter(
+            f"{text!r} is not {what} (expected {2 * size} hex digits)", param_hint=hint
+        )
+    return raw
 
 
 def _encode_arg(text: str) -> bytes:
@@ -389,16 +415,7 @@ def run_command(
 ) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM."""
     _setup_logging(ctx, logging.INFO, log_level)
-    if key_file is not None:
-        try:
-            identity = Identity.load_or_create(key_file)
-        except KadError as exc:
-            raise CommandFailed(str(exc)) from None
-        except OSError as exc:
-            reason = _describe_os_error(exc)
-            raise CommandFailed(f"cannot create key file {key_file}: {reason}") from None
-    else:
-        identity = Identity.generate()
+    identity = _load_identity(key_file) if key_file is not None else Identity.generate()
     goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
     try:
         signum = _run(_serve(host, port, bootstrap, identity))
@@ -438,6 +455,7 @@ async def _serve(host: str, port: int, bootstrap: Sequence[Address], identity: I
         node = await _start_node(host, port, identity)
         try:
             click.echo(f"node id {node.node_id.hex()}")
+            click.echo(f"public key {node.public_key.hex()}")
             click.echo(f"listening on {format_address(node.address)}")
             if bootstrap:
                 size = await _join(node, bootstrap)
@@ -466,11 +484,36 @@ async def _serve(host: str, port: int, bootstrap: Sequence[Address], identity: I
 # ==========================================================================================
 
 
+_key_file_option = click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 key file of the record's owner (created on first use): signs --signed "
+    "records. Use the key file of your node to publish as that node.",
+)
+
+
 @cli.command("put")
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @_bootstrap_required
 @_host_option
+@click.option("--signed", is_flag=True, help="Publish a signed record: KEY is its NAME.")
+@click.option(
+    "--immutable", is_flag=True, help="Store the one argument under its SHA-256 (no KEY)."
+)
+@_key_file_option
+@click.option(
+    "--seq",
+    type=click.IntRange(0, MAX_SEQ),
+    default=None,
+    help="Sequence number of a signed record.  [default: one more than the network holds]",
+)
+@click.option(
+    "--cas",
+    type=click.IntRange(0, MAX_SEQ),
+    default=None,
+    help="Compare-and-swap: fail if the signed record was written past this sequence number.",
+)
 @click.option("--hex", "value_is_hex", is_flag=True, help="VALUE is given as hex digits.")
 @click.option(
     "--ttl",
@@ -482,14 +525,38 @@ async def _serve(host: str, port: int, bootstrap: Sequence[Address], identity: I
 def put_command(
     ctx: click.Context,
     key: str,
-    value: str,
+    value: str | None,
     bootstrap: tuple[Address, ...],
     host: str,
+    signed: bool,
+    immutable: bool,
+    key_file: Path | None,
+    seq: int | None,
+    cas: int | None,
     value_is_hex: bool,
     ttl: int | None,
 ) -> None:
-    """Store VALUE under KEY on the nodes closest to it."""
+    """Store VALUE under KEY on the nodes closest to it.
+
+    \b
+    put KEY VALUE                         an open record (last writer wins)
+    put --signed NAME VALUE --key-file F  F's signed record NAME (get it with
+                                          get --signed OWNER NAME)
+    put --immutable VALUE                 stored under SHA-256(VALUE): prints the key
+    """
     _setup_logging(ctx, logging.WARNING)
+    if signed and immutable:
+        raise click.UsageError("--signed and --immutable exclude each other", ctx)
+    if not signed and (seq is not None or cas is not None):
+        raise click.UsageError("--seq and --cas apply to --signed records only", ctx)
+    if signed and key_file is None:
+        raise click.UsageError("--signed needs --key-file (the owner's key)", ctx)
+    if immutable:
+        if value is not None:
+            raise click.UsageError("put --immutable takes one argument, VALUE", ctx)
+        key, value = "", key
+    elif value is None:
+        raise click.UsageError("Missing argument 'VALUE'.", ctx)
     if value_is_hex:
         try:
             data = bytes.fromhex(value)
@@ -497,17 +564,42 @@ def put_command(
             raise click.BadParameter("not valid hex", param_hint="VALUE") from None
     else:
         data = _encode_arg(value)
-    limit = KadConfig().max_value_size
+    kind = RecordKind.SIGNED if signed else RecordKind.IMMUTABLE if immutable else RecordKind.OPEN
+    limit = value_limit(kind, KadConfig())
     if len(data) > limit:
+        what = "a value" if kind is RecordKind.OPEN else f"a {kind.name.lower()} value"
         raise click.BadParameter(
-            f"{len(data)} bytes is more than the {limit}-byte limit of a value",
+            f"{len(data)} bytes is more than the {limit}-byte limit of {what}",
             param_hint="VALUE",
         )
+    name = _encode_arg(key)
+    if signed and len(name) > MAX_SALT_BYTES:
+        raise click.BadParameter(
+            f"{len(name)} bytes is more than the {MAX_SALT_BYTES}-byte limit of a name",
+            param_hint="NAME",
+        )
+    if signed and seq is not None and cas is not None and seq <= cas:
+        raise click.BadParameter("must be greater than --cas", param_hint="--seq")
+    owner = _load_identity(key_file) if key_file is not None else None
 
     async def put() -> None:
+        # The client node has an identity of its own: the key file may well be that of a
+        # running node, and two nodes must not share one node id.
         async with _client_node(host, bootstrap) as node:
             # A client-mode node keeps no copy itself: every ack is a node of the network.
-            result = await node.put(_encode_arg(key), data, ttl=ttl)
+            if owner is not None:
+                done = await node.put_signed_record(
+                    name, data, seq=seq, cas=cas, ttl=ttl, owner=owner
+                )
+                click.echo(f"key    {done.key.hex()}")
+                click.echo(f"owner  {owner.public_key.hex()}")
+                click.echo(f"seq    {done.seq}")
+                click.echo(f"acks   {done.acks}")
+                return
+            if immutable:
+                click.echo(f"key   {(await node.put_immutable(data, ttl=ttl)).hex()}")
+                return
+            result = await node.put(name, data, ttl=ttl)
         click.echo(f"key   {result.key.hex()}")
         click.echo(f"acks  {result.acks}")
 
@@ -516,33 +608,80 @@ def put_command(
 
 @cli.command("get")
 @click.argument("key")
+@click.argument("name", required=False)
 @_bootstrap_required
 @_host_option
+@click.option(
+    "--signed",
+    is_flag=True,
+    help="Get a signed record: KEY is its owner's public key (64 hex digits), then its NAME.",
+)
+@click.option(
+    "--immutable", is_flag=True, help="Get an immutable record: KEY is its 64-hex-digit key."
+)
+@click.option("--show-seq", is_flag=True, help="With --signed: print 'seq N' first.")
 @click.option("--hex", "as_hex", is_flag=True, help="Print the value as hex.")
 @click.option("--raw", "as_raw", is_flag=True, help="Write the value's bytes unchanged.")
 @click.pass_context
 def get_command(
     ctx: click.Context,
     key: str,
+    name: str | None,
     bootstrap: tuple[Address, ...],
     host: str,
+    signed: bool,
+    immutable: bool,
+    show_seq: bool,
     as_hex: bool,
     as_raw: bool,
 ) -> None:
-    """Print the value stored under KEY (UTF-8 text when it decodes, else hex)."""
+    """Print the value stored under KEY (UTF-8 text when it decodes, else hex).
+
+    \b
+    get KEY                       an open record
+    get --signed OWNER NAME       OWNER's newest signed record NAME (a quorum read)
+    get --immutable KEY           the value whose SHA-256 is KEY
+    """
     _setup_logging(ctx, logging.WARNING)
     if as_hex and as_raw:
         raise click.UsageError("--hex and --raw exclude each other", ctx)
+    if signed and immutable:
+        raise click.UsageError("--signed and --immutable exclude each other", ctx)
+    if show_seq and not signed:
+        raise click.UsageError("--show-seq applies to --signed records only", ctx)
+    if signed and name is None:
+        raise click.UsageError("Missing argument 'NAME' (get --signed OWNER NAME).", ctx)
+    if not signed and name is not None:
+        raise click.UsageError(f"unexpected extra argument {name!r}", ctx)
+    owner = b""
+    target: NodeId | None = None
+    if signed:
+        owner = _hex_argument(key, PUBLIC_KEY_BYTES, "OWNER", "an owner public key")
+    elif immutable:
+        target = NodeId.from_bytes_exact(_hex_argument(key, 32, "KEY", "an immutable key"))
+    seq: list[int] = []
 
     async def get() -> bytes | None:
         async with _client_node(host, bootstrap) as node:
+            if signed:
+                assert name is not None
+                record = await node.get_signed(owner, _encode_arg(name))
+                if record is None:
+                    return None
+                seq.append(record.seq)
+                return record.value
+            if target is not None:
+                return await node.get_immutable(target)
             result = await node.get_record(_encode_arg(key))
         _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
         return None if result.record is None else result.record.value
 
     value = _run(get())
     if value is None:
-        raise CommandFailed(f"{key!r} not found")
+        what = f"signed record {name!r} of {key}" if signed else repr(key)
+        raise CommandFailed(f"{what} not found")
+    if show_seq:
+        click.echo(f"seq {seq[0]}")
     if as_raw:
         click.echo(value, nl=False)  # bytes go to the binary stream unchanged
         return

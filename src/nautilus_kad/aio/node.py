@@ -18,7 +18,13 @@ from typing import Any, Self
 from ..core.addresses import parse_address
 from ..core.config import KadConfig
 from ..core.engine import KadEngine
-from ..core.errors import KadError, NoPeersError, QueryError
+from ..core.errors import (
+    CasMismatchError,
+    KadError,
+    NoPeersError,
+    QueryError,
+    ValidationError,
+)
 from ..core.events import (
     BootstrapDone,
     Event,
@@ -30,8 +36,16 @@ from ..core.events import (
 )
 from ..core.identity import Identity
 from ..core.ids import NodeId, key_id
-from ..core.messages import Address, Contact
-from ..core.records import Record
+from ..core.limits import MAX_SALT_BYTES
+from ..core.messages import Address, Contact, ErrorCode, error_for
+from ..core.records import (
+    Record,
+    RecordKind,
+    SignedRecord,
+    make_immutable,
+    make_signed,
+    signed_key,
+)
 from ..core.routing import RoutingTable
 from ..core.storage import RecordStore
 from .transport import EngineProtocol, LoopClock, open_endpoint
@@ -44,6 +58,16 @@ class PutResult:
     """How a put went: the key it was stored under and who acknowledged it."""
 
     key: NodeId
+    acks: int
+    stored_on: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPutResult:
+    """How a signed put went: the record's key and sequence number, and who stored it."""
+
+    key: NodeId
+    seq: int
     acks: int
     stored_on: tuple[Contact, ...]
 
@@ -176,6 +200,135 @@ class Node:
             raise QueryError(f"put reached {event.acks} of the {cfg.store_quorum} nodes it needs")
         return PutResult(event.key, event.acks, event.stored_on)
 
+    async def put_immutable(self, value: bytes, *, ttl: float | None = None) -> NodeId:
+        """Store ``value`` as an immutable record; returns its key, SHA-256(value).
+
+        Every storer and every reader checks that the key is the value's hash, so nobody can
+        serve anything else under it.
+        """
+        record = make_immutable(bytes(value), self._lifetime(ttl))
+        event = await self._run(lambda now: self._engine.put(record, now))
+        self._check_put(event)
+        return record.key
+
+    async def get_immutable(self, key: NodeId | bytes) -> bytes | None:
+        """The value whose SHA-256 is ``key`` (a :class:`NodeId` or its 32 bytes), if stored."""
+        target = NodeId.from_bytes_exact(key) if isinstance(key, bytes) else NodeId(int(key))
+        event = await self._run(
+            lambda now: self._engine.get(target, now, kind=RecordKind.IMMUTABLE)
+        )
+        if isinstance(event, QueryFailed):
+            raise QueryError(f"get failed: {event.reason}")
+        assert isinstance(event, GetDone)
+        return None if event.record is None else event.record.value
+
+    async def put_signed(
+        self,
+        name: bytes,
+        value: bytes,
+        *,
+        seq: int | None = None,
+        cas: int | None = None,
+        ttl: float | None = None,
+        owner: Identity | None = None,
+    ) -> NodeId:
+        """Publish ``value`` as this node's signed record ``name``; returns its key,
+        SHA-256(public key ‖ name). :meth:`put_signed_record` also tells the sequence number
+        and the storers.
+        """
+        result = await self.put_signed_record(name, value, seq=seq, cas=cas, ttl=ttl, owner=owner)
+        return result.key
+
+    async def put_signed_record(
+        self,
+        name: bytes,
+        value: bytes,
+        *,
+        seq: int | None = None,
+        cas: int | None = None,
+        ttl: float | None = None,
+        owner: Identity | None = None,
+    ) -> SignedPutResult:
+        """Publish ``value`` as this node's signed record ``name`` (see :meth:`put_signed`).
+
+        ``owner`` signs the record instead of the node's own key (a short-lived client
+        publishing for a daemon's key, say: two nodes must not share one node id).
+
+        ``seq`` is the record's sequence number; left out, it is one more than the highest
+        the network holds (found with a quorum read) or than ``cas``. ``cas`` makes the put a
+        compare-and-swap: it fails with :class:`CasMismatchError` when the record has been
+        written past sequence ``cas`` since. :class:`StaleSequenceError` means the storers
+        hold a newer (or an equal but different) sequence number; the node's own key signs
+        the record, so :class:`BadSignatureError` only comes from a corrupted record.
+        """
+        identity = owner if owner is not None else self._engine.identity
+        salt = bytes(name)
+        if len(salt) > MAX_SALT_BYTES:
+            raise ValidationError(
+                f"a signed record's name is at most {MAX_SALT_BYTES} bytes, got {len(salt)}"
+            )
+        if seq is None:
+            current = await self.get_signed(identity.public_key, salt)
+            if current is not None and cas is not None and current.seq > cas:
+                raise CasMismatchError(
+                    f"compare-and-swap failed: expected sequence {cas}, "
+                    f"but the network holds sequence {current.seq}"
+                )
+            seq = max(
+                current.seq + 1 if current is not None else 1,
+                cas + 1 if cas is not None else 1,
+            )
+        record = make_signed(identity, salt, bytes(value), seq, self._lifetime(ttl))
+        event = await self._run(lambda now: self._engine.put(record, now, cas=cas))
+        done = self._check_put(event)
+        return SignedPutResult(record.key, record.seq, done.acks, done.stored_on)
+
+    async def get_signed(self, owner_public_key: bytes, name: bytes) -> SignedRecord | None:
+        """The newest valid signed record ``name`` of the owner of ``owner_public_key``.
+
+        Collects ``signed_get_quorum`` answers among the closest nodes, returns the highest
+        sequence number and writes it back to replicas that served an older one.
+        """
+        owner = bytes(owner_public_key)
+        if len(owner) != 32:
+            raise ValidationError(f"an owner public key is 32 bytes, got {len(owner)}")
+        key = signed_key(owner, bytes(name))
+        event = await self._run(lambda now: self._engine.get(key, now, kind=RecordKind.SIGNED))
+        if isinstance(event, QueryFailed):
+            raise QueryError(f"get failed: {event.reason}")
+        assert isinstance(event, GetDone)
+        if event.record is None:
+            return None
+        return SignedRecord.from_record(event.record)
+
+    def _lifetime(self, ttl: float | None) -> int:
+        return int(ttl if ttl is not None else self._engine.config.record_ttl)
+
+    def _check_put(self, event: Event) -> PutDone:
+        """Raise the right error for a put that the storers refused.
+
+        Refusals for a conflict (a newer sequence number, a failed compare-and-swap) win when
+        at least as many storers refused as accepted, so one lying replica cannot fail a
+        write, but a write most replicas contradict does not pass for a success.
+        """
+        if isinstance(event, QueryFailed):
+            raise QueryError(f"put failed: {event.reason}")
+        assert isinstance(event, PutDone)
+        by_code: dict[ErrorCode, str] = {}
+        for code, text in event.errors:
+            by_code.setdefault(code, text)
+        conflicts = [c for c, _ in event.errors if c in _CONFLICTS]
+        quorum = self._engine.config.store_quorum
+        if conflicts and len(conflicts) >= event.acks:
+            code = min(conflicts, key=_SEVERITY.index)
+            raise error_for(code, by_code[code])
+        if event.acks < quorum:
+            for code in _SEVERITY:
+                if code in by_code:
+                    raise error_for(code, by_code[code])
+            raise QueryError(f"put reached {event.acks} of the {quorum} nodes it needs")
+        return event
+
     async def get(self, key: bytes) -> bytes | None:
         """The value stored under ``key``, or ``None`` when the network has none."""
         result = await self.get_record(key)
@@ -216,6 +369,11 @@ class Node:
     @property
     def node_id(self) -> NodeId:
         return self._engine.node_id
+
+    @property
+    def public_key(self) -> bytes:
+        """This node's Ed25519 public key (32 bytes): the owner of its signed records."""
+        return self._engine.identity.public_key
 
     @property
     def address(self) -> Address:
@@ -262,6 +420,19 @@ class Node:
         future = self._futures.pop(qid, None)
         if future is not None and not future.done():
             future.set_result(event)
+
+
+_SEVERITY = (
+    ErrorCode.CAS_MISMATCH,
+    ErrorCode.STALE_SEQUENCE,
+    ErrorCode.BAD_SIGNATURE,
+    ErrorCode.INVALID_RECORD,
+    ErrorCode.STALE_RECORD,
+    ErrorCode.STORE_FULL,
+    ErrorCode.BAD_TOKEN,
+    ErrorCode.SERVER_ERROR,
+)
+_CONFLICTS = frozenset({ErrorCode.CAS_MISMATCH, ErrorCode.STALE_SEQUENCE})
 
 
 async def _resolve(address: AddressLike, family: int) -> Address:

@@ -1,19 +1,37 @@
-"""Datagram authentication: the one place that signs and verifies.
+"""Datagram authentication primitives: the one place that signs, verifies and agrees keys.
 
-Today every datagram carries an Ed25519 signature over its exact bytes. Keeping both directions
-here lets a later session-key scheme (X25519 agreement, then a MAC per datagram) replace it
-without touching the codec's framing or the engine.
+First contact and handshakes use Ed25519 signatures over a datagram's exact bytes; peers that
+talk repeatedly then agree on session keys with ephemeral X25519 (:mod:`.session` holds the
+session state and the per-datagram AEAD built on :meth:`Authenticator.agree`). Signed records
+are checked with :func:`verify_signature`. A simulator may subclass :class:`Authenticator` to
+replace the public-key operations with cheap stand-ins.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections import OrderedDict
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .identity import SIGNATURE_BYTES, Identity, node_id_for
 from .ids import NodeId
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public_key``'s Ed25519 signature of ``message`` (used for
+    signed records; any malformed key or signature is simply invalid)."""
+    if len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 class Authenticator:
@@ -51,3 +69,62 @@ class Authenticator:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry[1]
+
+    # --- ephemeral key agreement (session handshakes) ---------------------------------------
+
+    def new_ephemeral(self, rng: random.Random) -> tuple[Any, bytes]:
+        """A fresh X25519 key pair drawn from ``rng``: (private key, 32-byte public key)."""
+        private = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
+        return private, private.public_key().public_bytes_raw()
+
+    def agree(self, private: Any, peer_public: bytes) -> bytes | None:
+        """The X25519 shared secret, or None for a key that yields none (low-order points)."""
+        try:
+            return bytes(private.exchange(X25519PublicKey.from_public_bytes(peer_public)))
+        except ValueError:
+            return None
+
+
+class ReplayFilter:
+    """Recently seen signed requests, by their signature, so an exact replay is dropped.
+
+    Signed requests carry no counter (sessions do): within ``window`` seconds a replay is
+    recognised here; after it, a replayed STORE fails its write token (tokens live at most two
+    rotation periods, which is what ``window`` should cover) and a replayed PING or FIND is a
+    harmless, amplification-limited repeat. At most ``capacity`` signatures are kept (oldest
+    forgotten first).
+    """
+
+    __slots__ = ("_next_sweep", "_seen", "capacity", "window")
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self.window = window
+        self.capacity = capacity
+        self._seen: dict[int, float] = {}
+        """First 64 bits of each signature → when it was seen, oldest first (a plain dict
+        keeps insertion order at half an OrderedDict's memory)."""
+        self._next_sweep = 0.0
+
+    def replayed(self, signature: bytes, now: float) -> bool:
+        """True if ``signature`` was seen within the window; otherwise remember it."""
+        seen = self._seen
+        if now >= self._next_sweep:  # forget the expired, a few times per window
+            cutoff = now - self.window
+            expired = [k for k, t in itertools.takewhile(lambda kt: kt[1] < cutoff, seen.items())]
+            for key in expired:
+                del seen[key]
+            self._next_sweep = now + self.window / 16
+        # 64 bits of an Ed25519 signature identify it (a false match among 65 536 remembered
+        # signatures has odds of 2**-32).
+        key = int.from_bytes(signature[:8], "big")
+        seen_at = seen.get(key)
+        if seen_at is not None and now - seen_at <= self.window:
+            return True
+        seen.pop(key, None)
+        seen[key] = now
+        if len(seen) > self.capacity:
+            del seen[next(iter(seen))]
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)

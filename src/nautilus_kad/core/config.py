@@ -69,6 +69,10 @@ class KadConfig:
 
     store_quorum: int = 1
     """Acknowledged STOREs for a put to count as successful."""
+    signed_get_quorum: int = 4
+    """Valid answers a get of a signed record collects among the closest nodes before it
+    returns the highest sequence number (and writes it back to replicas that lag); at most
+    k are ever asked."""
     verify_cache_size: int = 4096
     """Peer public keys kept decoded, so a known peer's signature check skips key parsing."""
     max_pending_requests: int = 4096
@@ -77,6 +81,27 @@ class KadConfig:
     """Strangers we ping at once before they may enter the routing table."""
     allow_private_addresses: bool = True
     """Accept loopback/private addresses in contacts (test networks and LANs)."""
+
+    sessions: bool = True
+    """Agree per-peer session keys with peers we talk to repeatedly, so their datagrams carry
+    an AEAD tag instead of an Ed25519 signature (see core/session.py)."""
+    session_after_answers: int = 2
+    """Offer a session to a peer once it has answered this many of our requests (the
+    simulator shows most peers of a large network answer only once or twice)."""
+    session_idle_timeout: float = 300.0
+    """A session nobody used for this long is forgotten."""
+    session_max_lifetime: float = 3600.0
+    """A session is replaced by a fresh handshake after this long, however busy."""
+    max_sessions: int = 4096
+    """Sessions kept at most; half-open ones (never used by the initiator) are evicted first."""
+    max_pending_offers: int = 1024
+    """Handshakes we initiated and still wait on, at most."""
+    max_replay_entries: int = 65536
+    """Signatures of recent signed requests kept to drop exact replays (for two token
+    rotations; older replays of a STORE fail their token)."""
+    amplification_factor: int = 3
+    """An answer to a source whose address is not verified (a signed request from outside a
+    session and the routing table) is at most this many times the request's size."""
 
     def with_changes(self, **changes: object) -> KadConfig:
         """A copy with some fields changed (validated like the original)."""
@@ -91,3 +116,7 @@ class KadConfig:
             raise ValueError("need 0 < min_soft_timeout <= max_soft_timeout <= request_timeout")
         if self.store_quorum < 1 or self.store_quorum > self.k:
             raise ValueError("store_quorum must lie in 1..k")
+        if self.amplification_factor < 1 or self.max_sessions < 1:
+            raise ValueError("amplification_factor and max_sessions must be positive")
+        if self.signed_get_quorum < 1:
+            raise ValueError("signed_get_quorum must be positive")

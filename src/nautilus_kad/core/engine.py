@@ -19,14 +19,28 @@ import heapq
 import hmac
 import logging
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .auth import Authenticator
-from .codec import decode_datagram, encode_message, pack_ip
-from .config import KadConfig
-from .errors import DecodeError, ValidationError
+from .auth import Authenticator, ReplayFilter
+from .codec import (
+    EncodeError,
+    decode_datagram,
+    decode_session_datagram,
+    encode_message,
+    encode_session_message,
+    pack_ip,
+)
+from .config import MAX_DATAGRAM, KadConfig
+from .errors import (
+    BadSignatureError,
+    CasMismatchError,
+    DecodeError,
+    RecordConflictError,
+    StaleSequenceError,
+    ValidationError,
+)
 from .events import (
     BootstrapDone,
     Event,
@@ -59,13 +73,34 @@ from .messages import (
     Stored,
     Value,
 )
-from .records import Record, validate_record
+from .records import Record, RecordKind, check_replace, validate_record
 from .routing import RoutingTable
+from .session import (
+    HEADER,
+    HEADER_BYTES,
+    KIND_DATA,
+    KIND_UNKNOWN_SESSION,
+    MIN_DATA_DATAGRAM,
+    SESSION_MAGIC,
+    HandshakeAccept,
+    HandshakeOffer,
+    Session,
+    SessionTable,
+    unknown_session_notice,
+)
 from .storage import MemoryStore, RecordStore
 
 _log = logging.getLogger("nautilus_kad.engine")
 
 TOKEN_BYTES = 8
+_unpack_header = HEADER.unpack_from
+_RECENT_SIGNED = 256
+_STRIKES = 4096
+_ANSWERED_PEERS = 4096
+"""Addresses that answered us recently: the peers worth a session handshake."""
+_DECLINED = 1024
+_DECLINE_BACKOFF = 600.0
+"""How long we stop offering sessions to a peer that answered an offer without accepting."""
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
 
@@ -91,6 +126,13 @@ class _Pending:
     sent_at: float
     query_id: int | None
     slow: bool = False
+    session: Session | None = None
+    """The session the request went out in (None: signed)."""
+    counter: int = 0
+    offer: HandshakeOffer | None = None
+    """The session offer the signed request carried."""
+    retried: bool = False
+    """Already re-sent once after an unknown-session notice."""
 
 
 @dataclass(slots=True)
@@ -109,9 +151,18 @@ class _LookupQuery:
     holders: set[NodeId] = field(default_factory=set)
     """Peers that answered with the value (no point caching it back at them)."""
     put_record: Record | None = None
+    put_cas: int | None = None
     bootstrap: _BootstrapQuery | None = None
     overloaded: bool = False
     """A request was refused by ``max_pending_requests``: the result may be incomplete."""
+    kind: RecordKind | None = None
+    """The record kind a get accepts (None: any valid record)."""
+    quorum: int = 1
+    """Valid answers a get collects before it stops (more than 1 for signed records)."""
+    answers: list[tuple[Contact, Record, bytes]] = field(default_factory=list)
+    """Valid (peer, record, token) answers of a quorum get."""
+    local: Record | None = None
+    """A signed get's own stored copy: one more answer, and corrected if it lags."""
 
 
 @dataclass(slots=True)
@@ -121,6 +172,7 @@ class _PutQuery:
     queries: int
     waiting: set[bytes] = field(default_factory=set)
     acks: list[Contact] = field(default_factory=list)
+    errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -152,6 +204,8 @@ class KadEngine:
         self.identity = identity
         self.node_id: NodeId = identity.node_id
         self.auth = Authenticator(identity, self.config.verify_cache_size)
+        self.sessions = SessionTable(self.config)
+        self.replays = ReplayFilter(2 * self.config.token_rotation, self.config.max_replay_entries)
         self.table = RoutingTable(self.node_id, self.config, now)
         self.store: RecordStore = store if store is not None else MemoryStore()
         self.stats: Counter[str] = Counter()
@@ -170,9 +224,25 @@ class KadEngine:
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
         self._verifying: set[NodeId] = set()
+        self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
+        """Newest signed records of recent gets: late answers older than these get fixed."""
+        self.strikes: OrderedDict[NodeId, int] = OrderedDict()
+        """Invalid values (bad signature, wrong key hash …) each peer served us, for the
+        most recent offenders."""
+        self._answered: dict[Address, int] = {}
+        """How many answers each recent peer address sent us, least recent first: peers that
+        keep answering are worth a session handshake."""
+        self._declined: OrderedDict[Address, float] = OrderedDict()
+        self._by_notice: dict[tuple[Address, int, int], bytes] = {}
+        """(address, session id, counter) of requests sent in a session → their txid."""
+        self._pad_to = -(-MAX_DATAGRAM // self.config.amplification_factor)
+        """Signed FIND_* requests are padded to this size so that a peer that does not know
+        us yet may answer them in full under the anti-amplification rule."""
 
         self._token_secret = rng.randbytes(16)
         self._previous_secret = self._token_secret
+        self._last_token = ("", b"")
+        """(requester IP, its token under the current secret) of the last FIND_* answer."""
         self._next_rotation = now + self.config.token_rotation
         self._next_refresh_check = now + self.config.refresh_check_interval
         self._next_expiry = now + self.config.expire_interval
@@ -222,22 +292,43 @@ class KadEngine:
         """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered)."""
         return self._start_lookup(target, now, want_value=False)
 
-    def get(self, key: NodeId, now: float) -> int:
-        """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found)."""
+    def get(self, key: NodeId, now: float, *, kind: RecordKind | None = None) -> int:
+        """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found).
+
+        ``kind`` restricts the answer to one record kind. A get of a SIGNED record does not
+        stop at the first value: it collects ``signed_get_quorum`` valid answers among the
+        closest nodes, returns the highest sequence number and writes it back to the replicas
+        that served an older one. Invalid values count against the peer that sent them.
+        """
         local = self.store.get(key, now)
         qid = self._new_query_id()
-        if local is not None:
+        if kind is RecordKind.SIGNED:
+            held = local.record if local is not None and local.record.kind is kind else None
+            return self._start_lookup(
+                target=key,
+                now=now,
+                want_value=True,
+                qid=qid,
+                kind=kind,
+                quorum=min(self.config.signed_get_quorum, self.config.k),
+                local=held,
+            )
+        if local is not None and (kind is None or local.record.kind is kind):
             self._events.append(GetDone(qid, key, local.record, 0, 0))
             return qid
-        return self._start_lookup(target=key, now=now, want_value=True, qid=qid)
+        return self._start_lookup(target=key, now=now, want_value=True, qid=qid, kind=kind)
 
-    def put(self, record: Record, now: float) -> int:
+    def put(self, record: Record, now: float, *, cas: int | None = None) -> int:
         """Find the k closest to ``record.key`` and STORE on them: ends with :class:`PutDone`.
 
-        Raises :class:`ValidationError` at once for a record no peer would accept.
+        ``cas`` (signed records) is the sequence number the writer expects to replace: storers
+        holding a newer one refuse with CAS_MISMATCH. Raises :class:`ValidationError` at once
+        for a record no peer would accept.
         """
         validate_record(record, self.config)
-        qid = self._start_lookup(record.key, now, want_value=False, put_record=record)
+        if cas is not None:
+            check_replace(None, record, cas)  # the argument rules (signed, seq > cas)
+        qid = self._start_lookup(record.key, now, want_value=False, put_record=record, put_cas=cas)
         return qid
 
     def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
@@ -272,7 +363,13 @@ class KadEngine:
         self.stats["rx.datagrams"] += 1
         self.stats["rx.bytes"] += len(data)
         try:
-            envelope = decode_datagram(data, self.auth)
+            if data and data[0] == SESSION_MAGIC:
+                opened = self._open_session_datagram(data, address, now)
+                if opened is None:
+                    return
+                envelope = opened
+            else:
+                envelope = decode_datagram(data, self.auth)
         except DecodeError as exc:
             self.stats["rx.dropped"] += 1
             self.stats[f"rx.dropped.{exc.reason}"] += 1
@@ -283,9 +380,54 @@ class KadEngine:
             return
         message = envelope.message
         if type(message) in _REQUEST_CLASSES:
-            self._handle_request(envelope, message, address, now)  # type: ignore[arg-type]
+            if envelope.session is None and self.replays.replayed(data[-16:], now):
+                # A session request's counter already guards it; a signed one has its
+                # signature remembered for a while.
+                self.stats["rx.dropped"] += 1
+                self.stats["rx.dropped.replay"] += 1
+                return
+            self._handle_request(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
+
+    def _open_session_datagram(self, data: bytes, address: Address, now: float) -> Envelope | None:
+        """Authenticate a session datagram; handle an unknown-session notice (None)."""
+        size = len(data)
+        if size < HEADER_BYTES or size > MAX_DATAGRAM:
+            raise DecodeError("undersize" if size < HEADER_BYTES else "oversize")
+        _, kind, sid, counter = _unpack_header(data)
+        if kind == KIND_UNKNOWN_SESSION:
+            if len(data) != HEADER_BYTES:
+                raise DecodeError("session.schema")
+            self._on_unknown_session(sid, counter, address, now)
+            return None
+        if kind != KIND_DATA:
+            raise DecodeError("session.schema")
+        session = self.sessions.receive(sid, address, now)
+        if session is None:
+            if len(data) >= MIN_DATA_DATAGRAM:
+                # Smaller than what arrived: nothing to amplify. The sender will handshake anew.
+                self._outbox.append((unknown_session_notice(sid, counter), address))
+                self.stats["tx.session_notices"] += 1
+            raise DecodeError("session.unknown")
+        envelope = decode_session_datagram(data, session, counter, now)
+        self.stats["rx.session"] += 1
+        return envelope
+
+    def _on_unknown_session(self, sid: int, counter: int, address: Address, now: float) -> None:
+        """A peer says it does not know the session our request went out in: forget the
+        session and send the request again, signed and with a fresh offer (once)."""
+        txid = self._by_notice.pop((address, sid, counter), None)
+        pending = self._pending.get(txid) if txid is not None else None
+        if pending is None or pending.session is None or pending.retried:
+            self.stats["rx.dropped"] += 1
+            self.stats["rx.dropped.session.notice"] += 1
+            return
+        self.stats["session.lost_by_peer"] += 1
+        self.sessions.remove(pending.session)
+        pending.retried = True
+        pending.session = None
+        self._transmit_request(pending, now, recover=True)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
@@ -302,10 +444,15 @@ class KadEngine:
         if now >= self._next_rotation:
             self._previous_secret = self._token_secret
             self._token_secret = self.rng.randbytes(16)
+            self._last_token = ("", b"")
             self._next_rotation = now + self.config.token_rotation
         if now >= self._next_expiry:
             expired = self.store.expire(now)
             self.stats["store.expired"] += expired
+            self.stats["session.expired"] += self.sessions.expire(now)
+            cutoff = now - _DECLINE_BACKOFF
+            while self._declined and next(iter(self._declined.values())) < cutoff:
+                self._declined.popitem(last=False)
             self._next_expiry = now + self.config.expire_interval
         if now >= self._next_refresh_check:
             self._next_refresh_check = now + self.config.refresh_check_interval
@@ -316,7 +463,12 @@ class KadEngine:
     # ======================================================================================
 
     def _handle_request(
-        self, envelope: Envelope, request: Request, address: Address, now: float
+        self,
+        envelope: Envelope,
+        request: Request,
+        address: Address,
+        now: float,
+        request_size: int = MAX_DATAGRAM,
     ) -> None:
         self.stats[_RX_REQUEST_KEY[request.TYPE]] += 1
         if _log.isEnabledFor(logging.INFO):
@@ -344,9 +496,88 @@ class KadEngine:
                     response = Value(address, token, stored.record)
                 else:
                     response = Nodes(address, token, self._closest_for(key, sender))
-            case Store(record=record, token=token):
-                response = self._handle_store(record, token, address, now)
-        self._send(response, envelope.txid, address)
+            case Store(record=record, token=token, expected_seq=expected_seq):
+                response = self._handle_store(record, token, expected_seq, address, now)
+        self._respond(envelope, response, address, now, request_size)
+
+    def _respond(
+        self,
+        envelope: Envelope,
+        response: Message,
+        address: Address,
+        now: float,
+        request_size: int,
+    ) -> None:
+        """Answer in the framing the request came in: its session, or signed (accepting a
+        session offer if it carried one). A signed answer to a source whose address nothing
+        has verified is at most ``amplification_factor`` times the request's size."""
+        session = envelope.session
+        if session is not None:
+            self._queue(
+                encode_session_message(response, envelope.txid, session, self.flags), address
+            )
+            return
+        accept: HandshakeAccept | None = None
+        new_session: Session | None = None
+        offer = envelope.handshake
+        if isinstance(offer, HandshakeOffer) and self.config.sessions:
+            accepted = self.sessions.accept(
+                offer,
+                peer_id=envelope.sender_id,
+                peer_key=envelope.sender_key,
+                address=address,
+                own_id=self.node_id,
+                auth=self.auth,
+                rng=self.rng,
+                now=now,
+            )
+            if accepted is not None:
+                accept, new_session = accepted
+        limit = request_size * self.config.amplification_factor
+        if limit < MAX_DATAGRAM and self._address_verified(envelope.sender_id, address, now):
+            limit = MAX_DATAGRAM
+        data = self._encode_within(response, envelope.txid, accept, limit)
+        if data is None and accept is not None:
+            # No room for the accept (a maximal VALUE): answer now, agree a session later.
+            accept = new_session = None
+            data = self._encode_within(response, envelope.txid, None, limit)
+        if data is None and isinstance(response, Value):
+            # Too large for what the requester sent (it did not pad): it gets the closest
+            # nodes instead and may ask again, padded.
+            self.stats["tx.value_withheld"] += 1
+            nodes = Nodes(
+                response.observed,
+                response.token,
+                self._closest_for(response.record.key, envelope.sender_id),
+            )
+            data = self._encode_within(nodes, envelope.txid, None, limit)
+        if data is None:
+            self.stats["tx.refused.amplification"] += 1
+            return
+        if new_session is not None:
+            self.sessions.add(new_session)
+            self.stats["session.accepted"] += 1
+        self._queue(data, address)
+
+    def _encode_within(
+        self, response: Message, txid: bytes, accept: HandshakeAccept | None, limit: int
+    ) -> bytes | None:
+        """A signed answer of at most ``limit`` bytes (NODES trimmed to fit), or None."""
+        try:
+            return encode_message(
+                response, txid, self.auth, self.flags, handshake=accept, max_size=limit
+            )
+        except EncodeError:
+            return None
+
+    def _address_verified(self, node_id: NodeId, address: Address, now: float) -> bool:
+        """Whether ``node_id`` is known to be reachable at ``address`` (it answered us
+        there, or talks to us in a session bound to it): no need to limit our answer."""
+        entry = self.table.get(node_id)
+        if entry is not None and entry.contact.address == address:
+            return True
+        session = self.sessions.for_send(address, node_id, now)
+        return session is not None and session.confirmed
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         k = self.config.k
@@ -355,36 +586,72 @@ class KadEngine:
             return tuple(contacts[:k])  # the requester is farther than all of them
         return tuple([c for c in contacts if c.node_id != requester][:k])
 
-    def _handle_store(self, record: Record, token: bytes, address: Address, now: float) -> Message:
+    def _handle_store(
+        self,
+        record: Record,
+        token: bytes,
+        expected_seq: int | None,
+        address: Address,
+        now: float,
+    ) -> Message:
         if not self._token_valid(token, address):
             self.stats["store.rejected.token"] += 1
             return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
+        code, text = self._store_record(record, expected_seq, now, validate=True)
+        if code is None:
+            return Stored(address)
+        return Error(address, code, text)
+
+    def _store_record(
+        self, record: Record, expected_seq: int | None, now: float, *, validate: bool
+    ) -> tuple[ErrorCode | None, str]:
+        """Apply the storer's rules (validity, conflicts, compare-and-swap, quota) and keep
+        ``record`` if they allow it. Returns ``(None, "")`` or the refusal's code and text."""
         try:
-            validate_record(record, self.config)
+            if validate:
+                validate_record(record, self.config)
+            existing = self.store.get(record.key, now)
+            replace = check_replace(
+                existing.record if existing is not None else None, record, expected_seq
+            )
+        except BadSignatureError as exc:
+            self.stats["store.rejected.signature"] += 1
+            return ErrorCode.BAD_SIGNATURE, str(exc)
         except ValidationError as exc:
             self.stats["store.rejected.invalid"] += 1
-            return Error(address, ErrorCode.INVALID_RECORD, str(exc))
-        existing = self.store.get(record.key, now)
-        if existing is not None:
-            if existing.record == record:
-                existing.stored_at = now
-                return Stored(address)
-            if not record.supersedes(existing.record):
-                self.stats["store.rejected.stale"] += 1
-                return Error(address, ErrorCode.STALE_RECORD, "a newer record is stored")
-        elif len(self.store) >= self.config.max_records:
+            return ErrorCode.INVALID_RECORD, str(exc)
+        except CasMismatchError as exc:
+            self.stats["store.rejected.cas"] += 1
+            return ErrorCode.CAS_MISMATCH, str(exc)
+        except StaleSequenceError as exc:
+            self.stats["store.rejected.stale"] += 1
+            return ErrorCode.STALE_SEQUENCE, str(exc)
+        except RecordConflictError as exc:
+            self.stats["store.rejected.stale"] += 1
+            return ErrorCode.STALE_RECORD, str(exc)
+        if existing is not None and not replace:
+            existing.stored_at = now
+            return None, ""
+        if existing is None and len(self.store) >= self.config.max_records:
             self.stats["store.rejected.full"] += 1
-            return Error(address, ErrorCode.STORE_FULL, "store is full")
+            return ErrorCode.STORE_FULL, "store is full"
         ttl = min(float(record.ttl), self.config.max_record_ttl)
         self.store.put(record, now, now + ttl)
         self.stats["store.accepted"] += 1
-        return Stored(address)
+        return None, ""
 
     # --- write tokens (BEP 5) ------------------------------------------------------------
 
     def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
-        key = self._token_secret if secret is None else secret
-        return hmac.digest(key, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
+        if secret is None:
+            # Every FIND_* answer carries one, and a requester often asks several in a row:
+            # remember the last one (no more, a table per requester would cost memory).
+            last_ip, token = self._last_token
+            if last_ip != address[0]:
+                token = self._token_for(address, self._token_secret)
+                self._last_token = (address[0], token)
+            return token
+        return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
 
     def _token_valid(self, token: bytes, address: Address) -> bool:
         if len(token) != TOKEN_BYTES:
@@ -413,7 +680,14 @@ class KadEngine:
             self.stats["rx.dropped"] += 1
             self.stats["rx.dropped.mismatch"] += 1
             return
-        del self._pending[envelope.txid]
+        self._forget_pending(pending)
+        answered = self._answered
+        count = answered.pop(address, 0)
+        if not count and len(answered) >= _ANSWERED_PEERS:
+            del answered[next(iter(answered))]
+        answered[address] = count + 1  # most recent last
+        if pending.offer is not None:
+            self._finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
@@ -431,6 +705,8 @@ class KadEngine:
 
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
+            if isinstance(message, Value):
+                self._late_value(contact, message, now)
             return
         match query:
             case _PingQuery():
@@ -448,6 +724,8 @@ class KadEngine:
                     query.acks.append(contact)
                 else:
                     self.stats["put.store_refused"] += 1
+                    if isinstance(message, Error):
+                        query.errors.append((message.code, message.message))
                 self._put_progress(query)
 
     def _on_soft_timeout(self, pending: _Pending, now: float) -> None:
@@ -463,7 +741,9 @@ class KadEngine:
             self._put_progress(query)
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
-        del self._pending[pending.txid]
+        self._forget_pending(pending)
+        if pending.offer is not None:
+            self.sessions.cancel_offer(pending.offer)
         self.stats["tx.timeouts"] += 1
         if pending.node_id is not None:
             self._verifying.discard(pending.node_id)
@@ -502,8 +782,12 @@ class KadEngine:
         want_value: bool,
         internal: bool = False,
         put_record: Record | None = None,
+        put_cas: int | None = None,
         qid: int | None = None,
         bootstrap: _BootstrapQuery | None = None,
+        kind: RecordKind | None = None,
+        quorum: int = 1,
+        local: Record | None = None,
     ) -> int:
         if qid is None:
             qid = self._new_query_id()
@@ -511,7 +795,16 @@ class KadEngine:
         self.table.touch(target, now)
         lookup = Lookup(target, self.node_id, self.config.k, self.config.alpha, seeds)
         query = _LookupQuery(
-            qid, lookup, want_value, internal, put_record=put_record, bootstrap=bootstrap
+            qid,
+            lookup,
+            want_value,
+            internal,
+            put_record=put_record,
+            put_cas=put_cas,
+            bootstrap=bootstrap,
+            kind=kind,
+            quorum=quorum,
+            local=local,
         )
         self._queries[qid] = query
         self.stats["lookups.started"] += 1
@@ -534,13 +827,22 @@ class KadEngine:
                 except ValidationError:
                     valid = False
             if not valid:
+                # Honest storers validate what they keep: an invalid value is the peer's fault.
                 self.stats["get.invalid_value"] += 1
+                self._penalise(contact.node_id)
+                query.holders.add(contact.node_id)  # and no copy of ours goes to it either
+                lookup.on_response(contact.node_id, (), message.token)
+            elif query.kind is not None and record.kind is not query.kind:
+                self.stats["get.wrong_kind"] += 1
                 lookup.on_response(contact.node_id, (), message.token)
             else:
                 lookup.on_response(contact.node_id, (), message.token)
                 query.holders.add(contact.node_id)
-                query.found = record
-                lookup.finish()
+                query.answers.append((contact, record, message.token))
+                if query.found is None or record.supersedes(query.found):
+                    query.found = record
+                if len(query.answers) >= query.quorum:
+                    lookup.finish()
         else:  # an ERROR answer: the peer is alive but useless for this lookup
             lookup.on_failure(contact.node_id)
         self._advance(query, now)
@@ -574,6 +876,8 @@ class KadEngine:
             return
         if query.internal:
             return
+        if query.local is not None and (query.found is None or query.local.supersedes(query.found)):
+            query.found = query.local
         if query.found is None and (
             query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0)
         ):
@@ -588,10 +892,20 @@ class KadEngine:
             self._events.append(QueryFailed(qid, reason))
             return
         if query.want_value:
+            repaired = 0
             if query.found is not None:
+                repaired = self._repair_replicas(query, query.found, now)
                 self._cache_value(query, query.found, now)
             self._events.append(
-                GetDone(qid, lookup.target, query.found, lookup.hops, lookup.queries_sent)
+                GetDone(
+                    qid,
+                    lookup.target,
+                    query.found,
+                    lookup.hops,
+                    lookup.queries_sent,
+                    answers=len(query.answers),
+                    repaired=repaired,
+                )
             )
             return
         if query.put_record is not None:
@@ -606,6 +920,54 @@ class KadEngine:
                 lookup.queries_sent,
             )
         )
+
+    def _repair_replicas(self, query: _LookupQuery, best: Record, now: float) -> int:
+        """Write the newest signed record back to the replicas that answered with an older
+        one (each gave us a write token with its answer), and to our own store."""
+        if best.kind is not RecordKind.SIGNED:
+            return 0
+        recent = self._recent_signed
+        recent[best.key] = best
+        recent.move_to_end(best.key)
+        if len(recent) > _RECENT_SIGNED:
+            recent.popitem(last=False)
+        repaired = 0
+        for contact, record, token in query.answers:
+            if record.seq < best.seq and token:
+                self._send_request(contact.address, contact.node_id, Store(best, token), now, None)
+                repaired += 1
+        if query.local is not None and best.seq > query.local.seq:
+            self._store_record(best, None, now, validate=False)
+        self.stats["get.repaired"] += repaired
+        return repaired
+
+    def _late_value(self, contact: Contact, message: Value, now: float) -> None:
+        """A replica answered a signed get that already returned: if its copy is older than
+        what the get found, correct it too."""
+        record = message.record
+        best = self._recent_signed.get(record.key)
+        if (
+            best is not None
+            and record.kind is RecordKind.SIGNED
+            and record.seq < best.seq
+            and message.token
+        ):
+            self._send_request(
+                contact.address, contact.node_id, Store(best, message.token), now, None
+            )
+            self.stats["get.repaired"] += 1
+
+    def _penalise(self, node_id: NodeId) -> None:
+        """``node_id`` sent us something provably bad: a strike against it (see
+        :attr:`strikes`), and a failure in the routing table, as if it had not answered."""
+        self.stats["peer.misbehaved"] += 1
+        strikes = self.strikes
+        strikes[node_id] = strikes.pop(node_id, 0) + 1
+        if len(strikes) > _STRIKES:
+            strikes.popitem(last=False)
+        removed = self.table.record_failure(node_id)
+        if removed is not None:
+            self._events.append(PeerRemoved(removed))
 
     def _cache_value(self, query: _LookupQuery, record: Record, now: float) -> None:
         """Store a found value at the closest node that answered without it (paper §2.3)."""
@@ -634,15 +996,18 @@ class KadEngine:
             len(targets) < self.config.k or own_distance < targets[-1].distance
         ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
-            self.store.put(record, now, now + min(float(record.ttl), self.config.max_record_ttl))
-            put.acks.append(own)
+            code, text = self._store_record(record, query.put_cas, now, validate=False)
+            if code is None:
+                put.acks.append(own)
+            else:
+                put.errors.append((code, text))
             if len(targets) >= self.config.k:
                 targets = targets[:-1]
         for cand in targets:
             txid = self._send_request(
                 cand.contact.address,
                 cand.contact.node_id,
-                Store(record, cand.token),
+                Store(record, cand.token, query.put_cas),
                 now,
                 put.query_id,
             )
@@ -655,7 +1020,14 @@ class KadEngine:
             return
         del self._queries[put.query_id]
         self._events.append(
-            PutDone(put.query_id, put.record.key, len(put.acks), tuple(put.acks), put.queries)
+            PutDone(
+                put.query_id,
+                put.record.key,
+                len(put.acks),
+                tuple(put.acks),
+                put.queries,
+                tuple(put.errors),
+            )
         )
 
     # ======================================================================================
@@ -729,11 +1101,82 @@ class KadEngine:
     # Sending
     # ======================================================================================
 
-    def _send(self, message: Message, txid: bytes, address: Address) -> None:
-        data = encode_message(message, txid, self.auth, self.flags)
+    def _queue(self, data: bytes, address: Address) -> None:
         self._outbox.append((data, address))
         self.stats["tx.datagrams"] += 1
         self.stats["tx.bytes"] += len(data)
+
+    def _transmit_request(self, pending: _Pending, now: float, *, recover: bool = False) -> None:
+        """Send (or re-send) a pending request: in a live session with its peer if there is
+        one, else signed, offering a handshake to peers we talk to repeatedly."""
+        address = pending.address
+        request = pending.request
+        session = None
+        if self.config.sessions and not recover:
+            session = self.sessions.for_send(address, pending.node_id, now)
+        if session is not None:
+            data = encode_session_message(request, pending.txid, session, self.flags)
+            pending.session = session
+            pending.counter = session.send_counter
+            self._by_notice[(address, session.remote_sid, session.send_counter)] = pending.txid
+            self.stats["tx.session"] += 1
+        else:
+            offer = None
+            if self._should_offer(address, pending.node_id, request, recover):
+                offer = self.sessions.make_offer(address, self.auth, self.rng, now)
+                pending.offer = offer
+                self.stats["session.offered"] += 1
+            pad = self._pad_to if isinstance(request, FindNode | FindValue) else 0
+            data = encode_message(
+                request, pending.txid, self.auth, self.flags, handshake=offer, pad_to=pad
+            )
+            self.stats["tx.signed"] += 1
+        self._queue(data, address)
+
+    def _should_offer(
+        self, address: Address, node_id: NodeId | None, request: Request, recover: bool
+    ) -> bool:
+        """Offer a session to peers that keep answering us (``session_after_answers`` times
+        already), or that lost our session: a key agreement costs about one signed exchange,
+        so it pays only with a peer we talk to again and again."""
+        if not self.config.sessions or isinstance(request, Store):
+            return False  # a maximal STORE has no room for an offer
+        if not recover and self._answered.get(address, 0) < self.config.session_after_answers:
+            return False
+        return not self.sessions.offering(address) and address not in self._declined
+
+    def _finish_handshake(
+        self, offer: HandshakeOffer, envelope: Envelope, address: Address, now: float
+    ) -> None:
+        accept = envelope.handshake
+        observed = getattr(envelope.message, "observed", None)
+        if isinstance(accept, HandshakeAccept) and envelope.session is None and observed:
+            session = self.sessions.complete(
+                offer,
+                accept,
+                peer_id=envelope.sender_id,
+                peer_key=envelope.sender_key,
+                own_id=self.node_id,
+                observed=observed,
+                auth=self.auth,
+                now=now,
+            )
+            if session is not None:
+                self.stats["session.established"] += 1
+                return
+        self.sessions.cancel_offer(offer)
+        self.stats["session.declined"] += 1
+        self._declined[address] = now
+        self._declined.move_to_end(address)
+        if len(self._declined) > _DECLINED:
+            self._declined.popitem(last=False)
+
+    def _forget_pending(self, pending: _Pending) -> None:
+        del self._pending[pending.txid]
+        if pending.session is not None:
+            self._by_notice.pop(
+                (pending.address, pending.session.remote_sid, pending.counter), None
+            )
 
     def _send_request(
         self,
@@ -750,9 +1193,10 @@ class KadEngine:
         txid = self.rng.randbytes(8)
         while txid in self._pending:
             txid = self.rng.randbytes(8)
-        self._pending[txid] = _Pending(txid, address, node_id, request, now, query_id)
+        pending = _Pending(txid, address, node_id, request, now, query_id)
+        self._pending[txid] = pending
         self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
-        self._send(request, txid, address)
+        self._transmit_request(pending, now)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)
         else:

@@ -36,3 +36,21 @@ class QueryTimeoutError(QueryError):
 
 class NoPeersError(QueryError):
     """The operation needs peers and the routing table has none."""
+
+
+class BadSignatureError(ValidationError):
+    """A signed record's signature does not verify against its owner's public key."""
+
+
+class RecordConflictError(KadError):
+    """The storers refused a record because of the one they already hold."""
+
+
+class StaleSequenceError(RecordConflictError):
+    """A signed record's sequence number is not newer than the stored one (or reuses the
+    stored sequence number for a different value)."""
+
+
+class CasMismatchError(RecordConflictError):
+    """A compare-and-swap put expected a sequence number that is no longer current: the
+    storers hold a newer one."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import NodeId
-from .messages import Contact
+from .messages import Contact, ErrorCode
 from .records import Record
 
 
@@ -35,6 +35,10 @@ class GetDone:
     record: Record | None
     hops: int
     queries: int
+    answers: int = 0
+    """Valid copies peers returned (a signed get asks a quorum of them)."""
+    repaired: int = 0
+    """Replicas that served an older signed record and were sent the newest one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,8 @@ class PutDone:
     acks: int
     stored_on: tuple[Contact, ...]
     queries: int
+    errors: tuple[tuple[ErrorCode, str], ...] = ()
+    """ERROR answers of the storers that refused the record (code, text)."""
 
 
 @dataclass(frozen=True, slots=True)

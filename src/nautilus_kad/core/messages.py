@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .errors import (
+    BadSignatureError,
+    CasMismatchError,
+    KadError,
+    QueryError,
+    RecordConflictError,
+    StaleSequenceError,
+    ValidationError,
+)
 from .ids import NodeId
 from .records import Record
+
+if TYPE_CHECKING:
+    from .session import Handshake, Session
 
 Address = tuple[str, int]
 """A UDP endpoint as (textual IP, port)."""
@@ -53,6 +66,26 @@ class ErrorCode(enum.IntEnum):
     STALE_RECORD = 3
     STORE_FULL = 4
     SERVER_ERROR = 5
+    CAS_MISMATCH = 6
+    BAD_SIGNATURE = 7
+    STALE_SEQUENCE = 8
+
+
+def error_for(code: ErrorCode, text: str) -> KadError:
+    """The exception a client raises for a storer's ERROR answer."""
+    detail = f"{text} ({code.name})" if text else code.name
+    match code:
+        case ErrorCode.CAS_MISMATCH:
+            return CasMismatchError(f"compare-and-swap failed: {detail}")
+        case ErrorCode.STALE_SEQUENCE:
+            return StaleSequenceError(f"stale sequence number: {detail}")
+        case ErrorCode.BAD_SIGNATURE:
+            return BadSignatureError(f"bad signature: {detail}")
+        case ErrorCode.STALE_RECORD:
+            return RecordConflictError(f"a newer record is stored: {detail}")
+        case ErrorCode.INVALID_RECORD:
+            return ValidationError(f"record refused: {detail}")
+    return QueryError(f"store refused: {detail}")
 
 
 # --- requests --------------------------------------------------------------------------
@@ -77,8 +110,12 @@ class FindValue:
 
 @dataclass(frozen=True, slots=True)
 class Store:
+    """Store ``record``; ``expected_seq`` (signed records only) makes it a compare-and-swap:
+    refused with CAS_MISMATCH when the storer holds a newer sequence number than that."""
+
     record: Record
     token: bytes
+    expected_seq: int | None = None
     TYPE = MessageType.STORE
 
 
@@ -128,10 +165,16 @@ Message = Request | Response
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A decoded, authenticated datagram."""
+    """A decoded, authenticated datagram.
+
+    ``handshake`` is the session offer or accept a signed datagram carried; ``session`` is the
+    session a session datagram arrived in (None for signed datagrams).
+    """
 
     txid: bytes
     sender_id: NodeId
     sender_key: bytes
     flags: int
     message: Message
+    handshake: Handshake | None = None
+    session: Session | None = None
