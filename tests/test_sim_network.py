@@ -252,3 +252,26 @@ def test_engines_talk_through_encoder_network_and_decoder() -> None:
         assert a.node_id in b.engine.table
         assert b.node_id in a.engine.table
         assert a.engine.stats["rx.dropped"] == b.engine.stats["rx.dropped"] == 0
+
+
+def test_sim_key_agreement_is_symmetric_and_sessions_form() -> None:
+    rng = random.Random(9)
+    keyring = SimKeyring(rng.randbytes(32))
+    a = SimAuthenticator(Identity.generate(rng), keyring)
+    b = SimAuthenticator(Identity.generate(rng), keyring)
+    a_priv, a_pub = a.new_ephemeral(rng)
+    b_priv, b_pub = b.new_ephemeral(rng)
+    shared = a.agree(a_priv, b_pub)
+    assert shared is not None and len(shared) == 32
+    assert shared == b.agree(b_priv, a_pub)
+    assert shared != a.agree(a_priv, a.new_ephemeral(rng)[1])
+    assert a.agree(a_priv, b"short") is None
+    # Peers that answer each other repeatedly agree sessions and then use them.
+    sim = Simulation(seed=9)
+    sim.grow(40)
+    nodes = list(sim.joined)
+    ops = [sim.ping(x, y.address) for x in nodes[:5] for y in nodes[5:10] for _ in range(3)]
+    assert sim.wait(ops) and all(op.succeeded for op in ops)
+    established = sum(n.engine.stats["session.established"] for n in nodes)
+    over_sessions = sum(n.engine.stats["rx.session"] for n in nodes)
+    assert established > 0 and over_sessions > 0

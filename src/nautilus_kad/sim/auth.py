@@ -7,6 +7,10 @@ to and checked against the exact payload bytes, the sender's NodeId is still SHA
 public key) but computes the tag as a keyed BLAKE2b hash of the sender's public key and the
 payload, with one key shared by every node of the simulation.
 
+Session handshakes (core/session.py) get the same treatment: :meth:`SimAuthenticator.agree`
+replaces X25519 with a keyed hash of both ephemeral public values; the per-datagram
+ChaCha20-Poly1305 of established sessions is the engine's own and stays real.
+
 Anyone who knows that shared key can forge any node's datagrams, so this is only a stand-in
 that lets the simulator run the engine unchanged at scale. ``--real-crypto`` runs the engine's
 own Ed25519 :class:`~nautilus_kad.core.auth.Authenticator` instead, and the benchmarks measure
@@ -16,6 +20,8 @@ what that costs.
 from __future__ import annotations
 
 import hashlib
+import random
+from typing import Any
 
 from ..core.auth import Authenticator
 from ..core.identity import SIGNATURE_BYTES, Identity, node_id_for
@@ -69,3 +75,29 @@ class SimAuthenticator(Authenticator):
         if node_id is None:
             node_id = keyring.ids[public_key] = node_id_for(public_key)
         return node_id
+
+    # --- session handshakes: a stand-in for X25519 ----------------------------------------
+
+    def new_ephemeral(self, rng: random.Random) -> tuple[Any, bytes]:
+        """A stand-in ephemeral key pair: 32 random bytes and their keyed hash."""
+        private = rng.randbytes(32)
+        return private, self._ephemeral_public(private)
+
+    def agree(self, private: Any, peer_public: bytes) -> bytes | None:
+        """A stand-in shared secret: both sides hash the two public values in the same
+        order, so they agree; anyone holding the simulation key could too."""
+        if len(peer_public) != _EPHEMERAL_BYTES:
+            return None
+        own = self._ephemeral_public(private)
+        low, high = (own, peer_public) if own <= peer_public else (peer_public, own)
+        return hashlib.blake2b(
+            low + high, digest_size=32, key=self._keyring.key, person=b"sim-agree"
+        ).digest()
+
+    def _ephemeral_public(self, private: bytes) -> bytes:
+        return hashlib.blake2b(
+            private, digest_size=_EPHEMERAL_BYTES, key=self._keyring.key, person=b"sim-ephem"
+        ).digest()
+
+
+_EPHEMERAL_BYTES = 32
