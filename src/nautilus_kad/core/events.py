@@ -44,6 +44,8 @@ class PutDone:
     acks: int
     stored_on: tuple[Contact, ...]
     queries: int
+    refusals: tuple[str, ...] = ()
+    """The ERROR texts of the nodes that refused the STORE (full store, quota, …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,17 @@ class BootstrapDone:
 class QueryFailed:
     query_id: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveDone:
+    """A clean leave finished handing records on (or ran out of work to do)."""
+
+    query_id: int
+    records: int
+    """Records this node held when it started leaving."""
+    stores_sent: int
+    acks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +87,7 @@ Event = (
     | GetDone
     | PutDone
     | BootstrapDone
+    | LeaveDone
     | QueryFailed
     | PeerAdded
     | PeerRemoved

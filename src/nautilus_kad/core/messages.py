@@ -53,6 +53,8 @@ class ErrorCode(enum.IntEnum):
     STALE_RECORD = 3
     STORE_FULL = 4
     SERVER_ERROR = 5
+    QUOTA_EXCEEDED = 6
+    """The sender's address already had this node store ``max_records_per_source`` records."""
 
 
 # --- requests --------------------------------------------------------------------------

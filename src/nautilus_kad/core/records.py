@@ -37,11 +37,30 @@ class Record:
         """Whether ``self`` should replace ``other`` under the same key.
 
         Newer timestamp wins; equal timestamps fall back to comparing values so every storer
-        reaches the same verdict whatever order the copies arrive in.
+        reaches the same verdict whatever order the copies arrive in. The same publication
+        with a longer TTL (its publisher republished it to keep it alive) wins last.
         """
         if self.timestamp_ms != other.timestamp_ms:
             return self.timestamp_ms > other.timestamp_ms
-        return self.value > other.value
+        if self.value != other.value:
+            return self.value > other.value
+        return self.ttl > other.ttl
+
+    @property
+    def published_at(self) -> float:
+        """The publisher's clock at publication, in seconds."""
+        return self.timestamp_ms / 1000
+
+
+def record_expiry(record: Record, now: float, config: KadConfig) -> float:
+    """When a node that receives ``record`` at ``now`` lets it go.
+
+    A record lives ``ttl`` seconds from its *publication*, not from its arrival: holders
+    republish it every hour, and counting from arrival would keep it alive for ever. Its
+    publisher extends the TTL when it republishes. A storer never keeps anything longer than
+    ``max_record_ttl`` from now.
+    """
+    return min(record.published_at + record.ttl, now + config.max_record_ttl)
 
 
 def validate_record(record: Record, config: KadConfig) -> None:
