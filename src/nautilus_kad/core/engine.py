@@ -120,6 +120,9 @@ class _LookupQuery:
     bootstrap: _BootstrapQuery | None = None
     republish: bool = False
     """A holder's republish: STORE on the k closest found through the replication queue."""
+    leave: _ReplBatch | None = None
+    """A leaving node's lookup for one of its keys: a FIND_VALUE that does not stop at the
+    value but notes who has it, then STOREs on those of the k closest who do not."""
 
 
 @dataclass(slots=True)
@@ -267,6 +270,7 @@ class KadEngine:
         self._scan_wakeup = math.inf
         self._peer_since: dict[NodeId, float] = {}
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
+        self._leaving: _ReplBatch | None = None
         self._queries[_REPLICATION_QID] = _ReplicationSink()
         self._load_store(now)
 
@@ -369,31 +373,27 @@ class KadEngine:
         return [(p.record, p.base_ttl) for p in self._published.values()]
 
     def leave(self, now: float) -> int:
-        """Hand every record on to the nodes that keep it once we are gone: for each record,
-        STORE on those of our k closest known live nodes that are farther from its key than
-        we are (the ones closer had it already; the farthest of them is the one that becomes
-        responsible now). Ends with :class:`LeaveDone` when every STORE was answered or timed
-        out; the driver bounds the wait (``leave_timeout``)."""
+        """Hand every record on to the nodes that keep it once we are gone.
+
+        For each record, a FIND_VALUE lookup that does not stop at the value finds the k
+        closest other nodes and which of them hold it already; the others get a STORE. (Our
+        routing table alone cannot say who the new k-th closest is: a node knows only the
+        peers it has talked to.) Ends with :class:`LeaveDone` when every lookup finished and
+        every STORE was answered or timed out; the driver bounds the wait
+        (``leave_timeout``)."""
         qid = self._new_query_id()
-        batch = _ReplBatch("leave", query_id=qid)
-        k = self.config.k
-        own = self.node_id
-        items: list[_ReplItem] = []
-        for key in self._held.all():
-            batch.records += 1
-            own_distance = own ^ key
-            for contact in self.table.closest(key, k, include_stale=False):
-                if contact.node_id ^ key > own_distance:
-                    items.append(_ReplItem(contact, key, batch))
-        # Leaving supersedes any replication still queued: it is about to be cut off.
+        keys = self._held.all()
+        batch = _ReplBatch("leave", query_id=qid, records=len(keys), outstanding=len(keys))
+        # Leaving supersedes any replication still waiting: it is about to be cut off.
         self._republish_ready.clear()
+        self._repl_queue.clear()
         self._scans.clear()
         self._scan_wakeup = math.inf
-        batch.outstanding = len(items)
-        self._repl_queue.extendleft(reversed(items))
-        if not items:
-            self._events.append(LeaveDone(qid, batch.records, 0, 0))
-        self._pump_replication(now)
+        self._leaving = batch
+        self._republish_ready.extend(keys)
+        if not keys:
+            self._events.append(LeaveDone(qid, 0, 0, 0))
+        self._start_republishes(now)
         return qid
 
     def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
@@ -743,10 +743,14 @@ class KadEngine:
         qid: int | None = None,
         bootstrap: _BootstrapQuery | None = None,
         republish: bool = False,
+        leave: _ReplBatch | None = None,
     ) -> int:
         if qid is None:
             qid = self._new_query_id()
-        seeds = self.table.closest(target, self.config.k)
+        # Seed with more than k: when the closest entries turn out dead (their failures are
+        # not known yet), the lookup falls back on the next ones we know instead of ending
+        # with fewer than k answers. Extra seeds cost nothing unless they are needed.
+        seeds = self.table.closest(target, 2 * self.config.k)
         self.table.touch(target, now)
         lookup = Lookup(target, self.node_id, self.config.k, self.config.alpha, seeds)
         query = _LookupQuery(
@@ -757,6 +761,7 @@ class KadEngine:
             put_record=put_record,
             bootstrap=bootstrap,
             republish=republish,
+            leave=leave,
         )
         self._queries[qid] = query
         self.stats["lookups.started"] += 1
@@ -782,6 +787,10 @@ class KadEngine:
             if not valid:
                 self.stats["get.invalid_value"] += 1
                 lookup.on_response(contact.node_id, (), message.token)
+            elif query.leave is not None:
+                # A leave wants to know who holds it, not just the value: keep going.
+                lookup.on_response(contact.node_id, (), message.token)
+                query.holders.add(contact.node_id)
             else:
                 lookup.on_response(contact.node_id, (), message.token)
                 query.holders.add(contact.node_id)
@@ -819,7 +828,7 @@ class KadEngine:
             return
         if query.republish:
             self._republishing -= 1
-            self._republish_stores(lookup.target, closest, now)
+            self._republish_stores(lookup.target, closest, now, query)
             self._start_republishes(now)
             return
         if query.put_record is not None:
@@ -1057,20 +1066,50 @@ class KadEngine:
 
     def _start_republishes(self, now: float) -> None:
         limit = self.config.max_concurrent_republish
+        leaving = self._leaving
         while self._republish_ready and self._republishing < limit:
             key = self._republish_ready.popleft()
             if key not in self._held:
+                if leaving is not None:
+                    self._repl_batch_step(leaving, 1, 0, now)
                 continue
             self._republishing += 1
-            self.stats["republish.started"] += 1
-            self._start_lookup(key, now, want_value=False, internal=True, republish=True)
+            self.stats["leave.lookups" if leaving else "republish.started"] += 1
+            self._start_lookup(
+                key,
+                now,
+                want_value=leaving is not None,
+                internal=True,
+                republish=True,
+                leave=leaving,
+            )
 
-    def _republish_stores(self, key: NodeId, closest: list[Candidate], now: float) -> None:
-        """The republish lookup for ``key`` found ``closest``: STORE on the k closest."""
+    def _republish_stores(
+        self, key: NodeId, closest: list[Candidate], now: float, query: _LookupQuery
+    ) -> None:
+        """The republish lookup for ``key`` found ``closest``: STORE on the k closest (when
+        leaving: on those of them that answered without the value)."""
         stored = self.store.get(key, now)
+        k = self.config.k
+        leave = query.leave
+        if leave is not None:
+            holders = query.holders
+            items = (
+                []
+                if stored is None
+                else [
+                    _ReplItem(c.contact, key, leave)
+                    for c in closest
+                    if c.contact.node_id not in holders
+                ]
+            )
+            leave.outstanding += len(items)
+            self._repl_queue.extendleft(reversed(items))
+            self._repl_batch_step(leave, 1, 0, now)  # the lookup itself is done
+            self._pump_replication(now)
+            return
         if stored is None:
             return
-        k = self.config.k
         own_distance = self.node_id ^ key
         among = len(closest) < k or own_distance < closest[-1].distance
         targets = closest[: k - 1] if among else closest[:k]
@@ -1164,7 +1203,7 @@ class KadEngine:
             d = node_id ^ key
             if d < peer_distance:
                 before_peer += 1
-            if d < own_distance and since.get(node_id, math.inf) <= known_before:
+            if d < own_distance and since.get(node_id, math.inf) < known_before:
                 entry = table.get(node_id)
                 if entry is not None and not entry.is_stale:
                     before_us += 1
@@ -1235,10 +1274,11 @@ class KadEngine:
             inflight[txid] = item
 
     def _repl_item_done(self, item: _ReplItem, stored: bool, now: float) -> None:
-        batch = item.batch
-        batch.outstanding -= 1
-        if stored:
-            batch.acks += 1
+        self._repl_batch_step(item.batch, 1, 1 if stored else 0, now)
+
+    def _repl_batch_step(self, batch: _ReplBatch, done: int, acks: int, now: float) -> None:
+        batch.outstanding -= done
+        batch.acks += acks
         if batch.outstanding > 0:
             return
         if batch.kind == "leave":
