@@ -32,6 +32,8 @@ from ..core.events import (
     GetDone,
     LeaveDone,
     LookupDone,
+    PeerAdded,
+    PeerRemoved,
     PingDone,
     PutDone,
     QueryFailed,
@@ -93,6 +95,7 @@ class Node:
         self._futures: dict[int, asyncio.Future[Event]] = {}
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._table_changed = False
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -160,6 +163,8 @@ class Node:
         except BaseException:
             await node.stop(handoff=False)
             raise
+        if directory is not None and len(engine.table):
+            node._save_state()  # a crash from now on still finds these peers
         return node
 
     async def bootstrap(self, seeds: Iterable[AddressLike]) -> int:
@@ -357,6 +362,9 @@ class Node:
         interval = self._engine.config.state_save_interval
         while True:
             await asyncio.sleep(interval)
+            if not self._table_changed:
+                continue
+            self._table_changed = False
             try:
                 self._save_state()
             except Exception:
@@ -393,6 +401,9 @@ class Node:
         return await future
 
     def _on_event(self, event: Event) -> None:
+        if isinstance(event, PeerAdded | PeerRemoved):
+            self._table_changed = True
+            return
         if isinstance(event, LeaveDone):
             _log.info(
                 "left: %d records handed on (%d stores, %d acknowledged)",

@@ -83,7 +83,8 @@ class KadConfig:
     """A node hands a record to a newcomer among its k closest only if the node itself is
     among the this-many closest known holders (not all k holders send the same record)."""
     replication_window: int = 32
-    """Replication STOREs (republish, handoff, repair, leave) in flight at once per node."""
+    """Replication STOREs (republish, handoff, repair, leave) in flight at once per node; a
+    slot frees when the STORE is answered or times out for good (flow control)."""
     max_concurrent_republish: int = 16
     """Republish lookups running at once; due records beyond this wait their turn."""
     scan_batch: int = 512

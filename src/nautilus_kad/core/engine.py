@@ -164,6 +164,8 @@ class _ReplBatch:
     """The version a republish started from (only that version may be dropped afterwards)."""
     drop_after_acks: int = 0
     """A holder outside the k closest drops its copy once this many of them stored it."""
+    own_copy: bool = False
+    """A republish by one of the k closest: its own copy counts as one of the k."""
     query_id: int | None = None
     records: int = 0
     outstanding: int = 0
@@ -271,6 +273,7 @@ class KadEngine:
         self._peer_since: dict[NodeId, float] = {}
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
         self._leaving: _ReplBatch | None = None
+        self._starting_republishes = False
         self._queries[_REPLICATION_QID] = _ReplicationSink()
         self._load_store(now)
 
@@ -496,6 +499,10 @@ class KadEngine:
             entry.last_seen = now
         elif entry is None and not envelope.flags & FLAG_CLIENT:
             self._maybe_verify(Contact(sender, address[0], address[1]), now)
+        elif entry is not None and not envelope.flags & FLAG_CLIENT:
+            # A known node writes from a new address (it restarted on another port, or its
+            # NAT mapping changed): PING it there; its signed answer moves the entry.
+            self._check_liveness(Contact(sender, address[0], address[1]), now)
 
         response: Message
         match request:
@@ -685,12 +692,10 @@ class KadEngine:
             query.waiting.discard(pending.txid)
             self._put_progress(query)
         elif isinstance(query, _ReplicationSink):
-            # The window does not wait on a slow peer either (a late STORED is ignored).
-            item = self._repl_inflight.pop(pending.txid, None)
-            if item is not None:
-                self.stats["replicate.slow"] += 1
-                self._repl_item_done(item, False, now)
-                self._pump_replication(now)
+            # A slow STORE keeps its window slot until it is answered or fails for good:
+            # when peers are slow (a loaded network), the sender slows down with them
+            # instead of piling on more.
+            self.stats["replicate.slow"] += 1
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
         del self._pending[pending.txid]
@@ -1065,24 +1070,32 @@ class KadEngine:
         self._start_republishes(now)
 
     def _start_republishes(self, now: float) -> None:
-        limit = self.config.max_concurrent_republish
-        leaving = self._leaving
-        while self._republish_ready and self._republishing < limit:
-            key = self._republish_ready.popleft()
-            if key not in self._held:
-                if leaving is not None:
-                    self._repl_batch_step(leaving, 1, 0, now)
-                continue
-            self._republishing += 1
-            self.stats["leave.lookups" if leaving else "republish.started"] += 1
-            self._start_lookup(
-                key,
-                now,
-                want_value=leaving is not None,
-                internal=True,
-                republish=True,
-                leave=leaving,
-            )
+        # A lookup can finish inside _start_lookup (nobody to ask) and call back here:
+        # the outer loop carries on instead of recursing once per waiting record.
+        if self._starting_republishes:
+            return
+        self._starting_republishes = True
+        try:
+            limit = self.config.max_concurrent_republish
+            leaving = self._leaving
+            while self._republish_ready and self._republishing < limit:
+                key = self._republish_ready.popleft()
+                if key not in self._held:
+                    if leaving is not None:
+                        self._repl_batch_step(leaving, 1, 0, now)
+                    continue
+                self._republishing += 1
+                self.stats["leave.lookups" if leaving else "republish.started"] += 1
+                self._start_lookup(
+                    key,
+                    now,
+                    want_value=leaving is not None,
+                    internal=True,
+                    republish=True,
+                    leave=leaving,
+                )
+        finally:
+            self._starting_republishes = False
 
     def _republish_stores(
         self, key: NodeId, closest: list[Candidate], now: float, query: _LookupQuery
@@ -1113,15 +1126,45 @@ class KadEngine:
         own_distance = self.node_id ^ key
         among = len(closest) < k or own_distance < closest[-1].distance
         targets = closest[: k - 1] if among else closest[:k]
-        batch = _ReplBatch("republish", key=key, record=stored.record)
+        batch = _ReplBatch("republish", key=key, record=stored.record, own_copy=among)
         if not among:
             # k nodes closer than us answered: once all of them stored it, our copy is
             # surplus (keeping it would make every former holder republish it for ever).
             batch.drop_after_acks = k
         items = [_ReplItem(c.contact, key, batch) for c in targets]
         batch.outstanding = len(items)
+        if not items:
+            self._republish_outcome(batch, now)
+            return
         self._repl_queue.extend(items)
         self._pump_replication(now)
+
+    def _republish_outcome(self, batch: _ReplBatch, now: float) -> None:
+        """A republish finished. Surplus copy handed over: drop it. Fewer than k copies
+        confirmed while we know k nodes (the lookup lost peers to timeouts right after
+        deaths, or under load): try again after ``repair_delay`` (doubling each time, up to
+        the interval) instead of leaving the record short for a whole interval."""
+        key = batch.key
+        assert key is not None
+        if batch.drop_after_acks and batch.acks >= batch.drop_after_acks:
+            current = self.store.get(key, now)
+            if current is not None and current.record == batch.record:
+                self._remove_local(key)
+                self.stats["republish.handed_over"] += 1
+            return
+        state = self._schedule.get(key)
+        if state is None:
+            return
+        k = self.config.k
+        copies = batch.acks + (1 if batch.own_copy else 0)
+        if copies >= k or len(self.table) + 1 < k:
+            state.shortfalls = 0
+            return
+        state.shortfalls += 1
+        self.stats["republish.short"] += 1
+        cfg = self.config
+        delay = min(cfg.repair_delay * 2 ** (state.shortfalls - 1), cfg.republish_interval)
+        self._schedule.request_repair(key, now, now + delay * (1.0 + self.rng.random()))
 
     # --- publisher republish ---------------------------------------------------------
 
@@ -1233,13 +1276,19 @@ class KadEngine:
 
     def _repair_keys(self, dead: Contact, keys: list[NodeId], now: float) -> None:
         """``dead`` failed: re-replicate soon every record among ``keys`` it was among the k
-        closest for. De-duplicated: one timer per record, and a record that arrives again
-        before it fires (another holder repaired it) is not sent again."""
+        closest for.
+
+        De-duplicated twice: one timer per record, and the holders take turns by rank. The
+        closest live holder goes after ``repair_delay``, the r-th after ``(1 + r)`` delays,
+        by when the first one's STORE has reached it and it stands down (a record that
+        arrived again after the death was found needs no repair). Random jitter alone would
+        let every survivor fire at once when they all see the same deaths."""
         k = self.config.k
+        delay = self.config.repair_delay
         for key in keys:
-            before_peer, _ = self._ranks(key, dead.node_id, -math.inf)
+            before_peer, before_us = self._ranks(key, dead.node_id, math.inf)
             if before_peer < k:
-                due = now + self.config.repair_delay * (1.0 + self.rng.random())
+                due = now + delay * (1.0 + before_us + 0.5 * self.rng.random())
                 if self._schedule.request_repair(key, now, due):
                     self.stats["repair.scheduled"] += 1
 
@@ -1284,12 +1333,8 @@ class KadEngine:
         if batch.kind == "leave":
             assert batch.query_id is not None
             self._events.append(LeaveDone(batch.query_id, batch.records, batch.sent, batch.acks))
-        elif batch.drop_after_acks and batch.acks >= batch.drop_after_acks:
-            assert batch.key is not None
-            current = self.store.get(batch.key, now)
-            if current is not None and current.record == batch.record:
-                self._remove_local(batch.key)
-                self.stats["republish.handed_over"] += 1
+        elif batch.kind == "republish":
+            self._republish_outcome(batch, now)
 
     def _fresh_token(self, node_id: NodeId, now: float) -> bytes | None:
         entry = self._peer_tokens.get(node_id)

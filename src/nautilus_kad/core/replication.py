@@ -77,7 +77,7 @@ class HeldKeys:
 class DueState:
     """When one held record is next due, and why."""
 
-    __slots__ = ("base", "due", "repair_after")
+    __slots__ = ("base", "due", "repair_after", "shortfalls")
 
     def __init__(self, due: float, base: float) -> None:
         self.due = due
@@ -87,6 +87,8 @@ class DueState:
         self.repair_after: float | None = None
         """Set when a holder was found dead: republish even if fresh, unless the record
         arrived again after this time (another holder repaired it first)."""
+        self.shortfalls = 0
+        """Republishes in a row that reached fewer than k nodes (sets the retry backoff)."""
 
 
 class RepublishSchedule:
