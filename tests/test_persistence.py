@@ -260,3 +260,29 @@ def test_a_node_killed_with_sigkill_comes_back_with_its_id_and_records(tmp_path:
                         assert await reader.get(key) == key.upper()
 
     _run(scenario(), timeout=90)
+
+
+# --- layering -----------------------------------------------------------------------------
+
+
+def test_persistence_stays_outside_the_sans_io_core() -> None:
+    """core never reaches the database; persist depends on core only (not on a driver)."""
+    import ast  # noqa: PLC0415
+
+    src = Path(__file__).resolve().parents[1] / "src" / "nautilus_kad"
+
+    def imported(path: Path) -> set[str]:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names.add("." * node.level + (node.module or ""))
+        return names
+
+    for path in (src / "core").glob("*.py"):
+        bad = {n for n in imported(path) if "persist" in n or n in ("sqlite3", "fcntl")}
+        assert not bad, f"{path.name} imports {bad}"
+    for path in (src / "persist").glob("*.py"):
+        bad = {n for n in imported(path) if n.lstrip(".").split(".")[0] in ("aio", "sim", "cli")}
+        assert not bad, f"persist/{path.name} imports {bad}"

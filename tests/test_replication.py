@@ -17,7 +17,7 @@ from enginenet import EngineNet, build
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.errors import ValidationError
-from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone
+from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.records import Record, record_expiry
 
@@ -342,3 +342,21 @@ def test_far_future_and_expired_records_are_refused(
     assert done.refusals and all("future" in text for text in done.refusals)
     with pytest.raises(ValidationError, match="expired"):
         engines[0].put(Record(key, b"v", int((net.now - 700) * 1000), 600), net.now)
+
+
+# --- a lookup refused by the request limit ------------------------------------------------
+
+
+def test_a_lookup_over_the_request_limit_fails_instead_of_hanging() -> None:
+    """With k > alpha, a lookup whose requests are refused by ``max_pending_requests`` still
+    has untried candidates but nothing in flight: it must end (as a failure to retry), not
+    wait for ever."""
+    net, engines = build(30, KadConfig(), seed=12)
+    busy = net.add(config=KadConfig(max_pending_requests=1))
+    net.join(busy, engines[0])
+    net.advance(5)
+    qids = [busy.get(NodeId.random(net.rng), net.now) for _ in range(3)]
+    net.deliver()
+    net.advance(KadConfig().request_timeout + 1)
+    ended = {e.query_id for e in net.take(busy, GetDone) + net.take(busy, QueryFailed)}  # type: ignore[attr-defined]
+    assert set(qids) <= ended

@@ -110,6 +110,7 @@ class Node:
         identity: Identity | None = None,
         store: RecordStore | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        client_mode: bool = False,
     ) -> Node:
         """Bind ``host:port`` (port 0 picks a free one) and join through ``bootstrap``.
 
@@ -118,7 +119,10 @@ class Node:
         restarted on a data dir rejoins through the peers it saved, so ``bootstrap`` may be
         empty; if none of them answers it keeps trying in the background.
 
-        Raises :class:`NoPeersError` when bootstrap addresses were given and none answered.
+        A ``client_mode`` node looks up, puts and gets, but tells peers not to put it in
+        their routing tables and stores nothing for others (short-lived or unreachable
+        nodes). Raises :class:`NoPeersError` when bootstrap addresses were given and none
+        answered.
         """
         loop = asyncio.get_running_loop()
         clock = LoopClock(loop)
@@ -133,6 +137,7 @@ class Node:
                 rng=random.SystemRandom(),  # txids and token secrets must be unguessable
                 now=clock.now(),
                 store=store,
+                client_mode=client_mode,
             )
             node = cls(engine, directory)
             protocol, address = await open_endpoint(engine, clock, host, port, node._on_event)

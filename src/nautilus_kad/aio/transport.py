@@ -26,16 +26,21 @@ RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 class LoopClock:
     """The engine's clock: wall-clock aligned (record timestamps are compared between nodes)
-    but advancing with the loop's monotonic clock (timers must never jump)."""
+    but advancing monotonically (timers must never jump), at full resolution: uvloop's
+    ``loop.time()`` ticks in whole milliseconds, too coarse for loopback round-trip times."""
 
     __slots__ = ("loop", "offset")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.offset = time.time() - loop.time()
+        self.offset = time.time() - time.monotonic()
 
     def now(self) -> float:
-        return self.loop.time() + self.offset
+        return time.monotonic() + self.offset
+
+    def loop_time_of(self, deadline: float) -> float:
+        """The loop's time at which the engine's clock reaches ``deadline``."""
+        return self.loop.time() + (deadline - self.now())
 
 
 class EngineProtocol(asyncio.DatagramProtocol):
@@ -52,7 +57,6 @@ class EngineProtocol(asyncio.DatagramProtocol):
         self.loop = clock.loop
         self.on_event = on_event
         self.transport: asyncio.DatagramTransport | None = None
-        self._offset = clock.offset
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self.send_errors = 0
@@ -60,7 +64,7 @@ class EngineProtocol(asyncio.DatagramProtocol):
     # --- clock -------------------------------------------------------------------------
 
     def now(self) -> float:
-        return self.loop.time() + self._offset
+        return self.clock.now()
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class EngineProtocol(asyncio.DatagramProtocol):
             return
         self.cancel_timer()
         self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline - self._offset, self._on_timer)
+        self._timer = self.loop.call_at(self.clock.loop_time_of(deadline), self._on_timer)
 
     def _on_timer(self) -> None:
         # asyncio may fire a hair early (within its clock resolution): the deadline has come.

@@ -42,7 +42,9 @@ from .records import Record, RecordKind
 
 PROTOCOL_VERSION = 1
 TXID_BYTES = 8
-TOKEN_MAX_BYTES = 32
+TOKEN_MAX_BYTES = 8
+"""Write tokens are 8-byte truncated HMACs (engine.TOKEN_BYTES); a longer bound would let a
+maximum-size VALUE answer overflow the datagram budget."""
 MAX_CONTACTS = 32
 """Hard decoder bound; the engine itself never sends more than k."""
 MAX_ERROR_TEXT = 128
@@ -59,6 +61,10 @@ _UNPACK_LIMITS: dict[str, Any] = {
 }
 _MIN_DATAGRAM = SIGNATURE_BYTES + 1 + 2 + TXID_BYTES + PUBLIC_KEY_BYTES
 _REQUEST_TYPES = frozenset(t for t in MessageType if t.is_request)
+_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
+_id_from_int = int.__new__
+"""``_id_from_int(NodeId, value)`` builds a NodeId without the range check, for values
+decoded from exactly 32 bytes (always in range)."""
 
 
 class EncodeError(ValueError):
@@ -115,7 +121,13 @@ def _encode_body(message: Message) -> list[Any]:
         case Pong(observed=observed):
             return [_encode_address(observed)]
         case Nodes(observed=observed, token=token, contacts=contacts):
-            return [_encode_address(observed), token, [_encode_contact(c) for c in contacts]]
+            # _encode_contact inlined: a NODES answer carries up to k contacts and is the
+            # most frequent large message.
+            return [
+                _encode_address(observed),
+                token,
+                [[c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port] for c in contacts],
+            ]
         case Value(observed=observed, token=token, record=record):
             return [_encode_address(observed), token, _encode_record(record)]
         case Stored(observed=observed):
@@ -200,9 +212,48 @@ def _decode_contact(value: Any) -> Contact:
     )
 
 
+_CONTACT_CACHE_SIZE = 65536
+_contact_cache: dict[bytes, tuple[bytes, int, Contact]] = {}
+"""Recently decoded contacts by raw id, with the raw address they came with. Contacts are
+immutable, so a NODES answer naming a peer we decoded before reuses that object instead of
+rebuilding it (peers are named over and over). Cleared when full."""
+
+
+def _decode_contacts(values: list[Any]) -> tuple[Contact, ...]:
+    """:func:`_decode_contact` over a whole NODES list, inlined (the decoder's hot loop):
+    same checks in the same order, same errors."""
+    contacts: list[Contact] = []
+    append = contacts.append
+    cache = _contact_cache
+    for value in values:
+        if type(value) is not list or len(value) != 3:
+            raise DecodeError("schema", "contact must be a list of 3")
+        raw_id, host_raw, port = value
+        if type(raw_id) is not bytes or len(raw_id) != ID_BYTES:
+            raise DecodeError("schema", f"contact id must be {ID_BYTES} bytes")
+        known = cache.get(raw_id)
+        if known is not None and known[0] == host_raw and type(port) is int and known[1] == port:
+            append(known[2])  # the same id, address bytes and port were valid before
+            continue
+        if type(host_raw) is not bytes:
+            raise DecodeError("schema", "address must be bytes")
+        try:
+            host = unpack_ip(host_raw)
+        except ValueError as exc:
+            raise DecodeError("schema", "address must be 4 or 16 bytes") from exc
+        if type(port) is not int or not 1 <= port <= 65535:
+            raise DecodeError("schema", "contact port out of range")
+        contact = Contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port)
+        if len(cache) >= _CONTACT_CACHE_SIZE:
+            cache.clear()
+        cache[raw_id] = (host_raw, port, contact)
+        append(contact)
+    return tuple(contacts)
+
+
 def _decode_token(value: Any) -> bytes:
     if type(value) is not bytes or len(value) > TOKEN_MAX_BYTES:
-        raise DecodeError("schema", "token must be at most 32 bytes")
+        raise DecodeError("schema", "token must be at most 8 bytes")
     return value
 
 
@@ -249,7 +300,7 @@ def _decode_body(msg_type: MessageType, body: Any) -> Message:
             return Nodes(
                 _decode_address(observed),
                 _decode_token(token),
-                tuple(_decode_contact(c) for c in contacts),
+                _decode_contacts(contacts),
             )
         case MessageType.VALUE:
             observed, token, record = _list(body, 3, "VALUE body")
@@ -290,9 +341,9 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
     version, raw_type, txid, sender_key, flags, body = envelope
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise DecodeError("version")
-    if type(raw_type) is not int or raw_type not in MessageType._value2member_map_:
+    msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
+    if msg_type is None:
         raise DecodeError("type")
-    msg_type = MessageType(raw_type)
     _bytes(txid, TXID_BYTES, "txid")
     _bytes(sender_key, PUBLIC_KEY_BYTES, "sender key")
     _int(flags, 0, 255, "flags")

@@ -22,7 +22,6 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import hmac
 import logging
@@ -60,6 +59,7 @@ from .messages import (
     FindNode,
     FindValue,
     Message,
+    MessageType,
     Nodes,
     Ping,
     Pong,
@@ -83,6 +83,11 @@ TOKEN_REUSE = 0.9
 token stays valid for one to two rotation periods at its issuer)."""
 _REPLICATION_QID = 0
 """Query id of the replication sink: user query ids start at 1."""
+
+# Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
+_RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
+_RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
+_TX_REQUEST_KEY = {t: f"tx.request.{t.name}" for t in MessageType}
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -118,6 +123,8 @@ class _LookupQuery:
     """Peers that answered with the value (no point caching it back at them)."""
     put_record: Record | None = None
     bootstrap: _BootstrapQuery | None = None
+    overloaded: bool = False
+    """A request was refused by ``max_pending_requests``: the result may be incomplete."""
     republish: bool = False
     """A holder's republish: STORE on the k closest found through the replication queue."""
     leave: _ReplBatch | None = None
@@ -298,8 +305,14 @@ class KadEngine:
             self._schedule.next_deadline(),
             self._scan_wakeup,
         )
-        if self._timers:
-            deadline = min(deadline, self._timers[0][0])
+        timers = self._timers
+        pending = self._pending
+        # Timers of requests already answered would only wake the driver for nothing
+        # (handle_timer skips them): drop them from the top of the heap first.
+        while timers and timers[0][2] not in pending:
+            heapq.heappop(timers)
+        if timers:
+            deadline = min(deadline, timers[0][0])
         if self._publish_heap:
             deadline = min(deadline, self._publish_heap[0][0])
         return deadline
@@ -488,7 +501,7 @@ class KadEngine:
     def _handle_request(
         self, envelope: Envelope, request: Request, address: Address, now: float
     ) -> None:
-        self.stats[f"rx.request.{request.TYPE.name}"] += 1
+        self.stats[_RX_REQUEST_KEY[request.TYPE]] += 1
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
@@ -597,7 +610,7 @@ class KadEngine:
 
     def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
         key = self._token_secret if secret is None else secret
-        return hmac.new(key, pack_ip(address[0]), hashlib.sha256).digest()[:TOKEN_BYTES]
+        return hmac.digest(key, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
 
     def _token_valid(self, token: bytes, address: Address) -> bool:
         if len(token) != TOKEN_BYTES:
@@ -627,7 +640,7 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         del self._pending[envelope.txid]
-        self.stats[f"rx.response.{message.TYPE.name}"] += 1
+        self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         if not envelope.flags & FLAG_CLIENT:
@@ -778,7 +791,8 @@ class KadEngine:
     ) -> None:
         lookup = query.lookup
         if isinstance(message, Nodes):
-            lookup.on_response(contact.node_id, message.contacts, message.token)
+            # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
+            lookup.on_response(contact.node_id, message.contacts[: self.config.k], message.token)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -816,6 +830,11 @@ class KadEngine:
                     contact.address, contact.node_id, request, now, query.query_id
                 ):
                     lookup.on_failure(contact.node_id)
+                    query.overloaded = True
+            if query.overloaded and lookup.in_flight == 0 and lookup.slow == 0:
+                # Refused by the request limit with nothing left in flight: no answer will
+                # ever advance it again, so it ends here (and reports the overload).
+                lookup.finish()
         if lookup.finished or lookup.is_done:
             # Answers still in flight come from outside the final k and cannot change it.
             self._finish_lookup(query, now)
@@ -836,10 +855,25 @@ class KadEngine:
             self._republish_stores(lookup.target, closest, now, query)
             self._start_republishes(now)
             return
-        if query.put_record is not None:
-            self._start_stores(query, closest, now)
+        if query.internal and query.put_record is None:
             return
-        if query.internal:
+        if (
+            not query.internal
+            and query.found is None
+            and (query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0))
+        ):
+            # A search that asked peers and heard from none (or was cut short) proves nothing:
+            # "not found" or "stored" would be a lie, so the caller gets a failure to retry.
+            # A node that knows no peer at all is a network of one and answers from itself.
+            reason = (
+                "too many requests in flight; retry later"
+                if query.overloaded
+                else "no peer answered"
+            )
+            self._events.append(QueryFailed(qid, reason))
+            return
+        if query.put_record is not None:  # a user's put, or the publisher's own re-put
+            self._start_stores(query, closest, now)
             return
         if query.want_value:
             if query.found is not None:
@@ -878,10 +912,12 @@ class KadEngine:
         put = _PutQuery(query.query_id, record, query.lookup.queries_sent, internal=query.internal)
         self._queries[put.query_id] = put
         targets = [cand for cand in closest if cand.token]
-        # We store too when we are among the k closest: in a small network we may be one of
-        # the nodes that should hold the record.
+        # We store too when we are among the k closest (in a small network we may be one of
+        # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = self.node_id ^ record.key
-        if len(targets) < self.config.k or own_distance < targets[-1].distance:
+        if not self.flags & FLAG_CLIENT and (
+            len(targets) < self.config.k or own_distance < targets[-1].distance
+        ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
             refusal = self._accept(record, now, None)
             if refusal is None:
@@ -1401,7 +1437,7 @@ class KadEngine:
         while txid in self._pending:
             txid = self.rng.randbytes(8)
         self._pending[txid] = _Pending(txid, address, node_id, request, now, query_id)
-        self.stats[f"tx.request.{request.TYPE.name}"] += 1
+        self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
         self._send(request, txid, address)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)

@@ -193,6 +193,8 @@ class Lookup:
         """The closest candidates that answered, nearest first."""
         limit = self.k if count is None else count
         result: list[Candidate] = []
+        if limit <= 0:
+            return result
         for d in self._distances:
             cand = self._by_distance[d]
             if cand.state is _RESPONDED:

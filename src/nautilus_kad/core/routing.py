@@ -16,7 +16,6 @@ Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, 
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -235,37 +234,47 @@ class RoutingTable:
     def closest(self, target: int, count: int, *, include_stale: bool = True) -> list[Contact]:
         """The ``count`` known contacts closest to ``target`` by XOR distance.
 
-        Walks buckets in distance order instead of sorting the whole table: with ``i`` the
-        target's bucket, bucket ``i`` holds the nearest contacts, then all deeper buckets
-        together, then buckets ``i-1, i-2, … 0`` in turn.
+        Walks buckets in distance order instead of sorting the whole table. With ``i`` the
+        target's bucket and ``t = own_id ^ target``: bucket ``i`` holds the nearest contacts;
+        then come the deeper buckets ``j > i``, whose distances agree with ``t`` on the ``j``
+        leading bits and differ from it at bit ``j`` (counting from the top), so those where
+        ``t`` has a 1 at bit ``j`` come first, shallowest first, then the others, deepest
+        first; then buckets ``i-1, i-2, … 0`` in turn. Each bucket is sorted on its own, and
+        only until ``count`` contacts are found.
         """
-        if not self._index:
+        if not self._index or count <= 0:
             return []
-        i = ID_BITS - (self.own_id ^ target).bit_length()
-        groups: list[list[Entry]] = []
-        nearest = self._buckets.get(i)
-        if nearest is not None:
-            groups.append(list(nearest.entries.values()))
-        groups.append(
-            list(
-                itertools.chain.from_iterable(
-                    b.entries.values() for j, b in self._buckets.items() if j > i
-                )
-            )
-        )
-        for j in sorted((j for j in self._buckets if j < i), reverse=True):
-            groups.append(list(self._buckets[j].entries.values()))
+        buckets = self._buckets
+        t = self.own_id ^ target
+        i = ID_BITS - t.bit_length()
+        top = ID_BITS - 1
+        deeper: list[int] = []
+        shallower: list[int] = []
+        for j in buckets:
+            if j > i:
+                deeper.append(j)
+            elif j < i:
+                shallower.append(j)
+        deeper.sort()
+        shallower.sort(reverse=True)
+        order = [i]
+        order += [j for j in deeper if (t >> (top - j)) & 1]
+        order += [j for j in reversed(deeper) if not (t >> (top - j)) & 1]
+        order += shallower
+        key = target.__xor__  # C-level sort key: no Python lambda per element
         result: list[Contact] = []
-        for group in groups:
-            if not group:
+        for j in order:
+            bucket = buckets.get(j)
+            if bucket is None or not bucket.entries:
                 continue
-            if len(group) > 1:
-                group.sort(key=lambda e: e.contact.node_id ^ target)
-            for entry in group:
-                if include_stale or not entry.is_stale:
-                    result.append(entry.contact)
-                    if len(result) == count:
-                        return result
+            entries = bucket.entries
+            ids = sorted(entries, key=key) if len(entries) > 1 else list(entries)
+            if include_stale:
+                result += [entries[node_id].contact for node_id in ids]
+            else:
+                result += [e.contact for e in map(entries.__getitem__, ids) if not e.failures]
+            if 0 < count <= len(result):
+                return result[:count]
         return result
 
     # --- refresh -----------------------------------------------------------------------

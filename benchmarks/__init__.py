@@ -1,0 +1,1 @@
+"""nautilus-kad benchmarks: ``python benchmarks/run.py`` (or ``python -m benchmarks``)."""

@@ -1,0 +1,877 @@
+"""The ``nautilus-kad`` command line.
+
+``demo`` runs a whole network of real UDP nodes on loopback in one process and reports how it
+fared; ``run`` keeps one node in the foreground; ``put``/``get``/``ping``/``lookup`` start a
+short-lived client node, do one operation and stop.
+
+This is the only module that configures logging. Every error the user can cause (bad arguments,
+unreachable peers, a failed query) ends in one ``error: ...`` line on stderr and a non-zero exit
+status: 2 for argument problems, 1 for network failures, 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import signal
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from . import __version__
+from .aio.node import Node
+from .aio.runner import run as run_coroutine
+from .core.addresses import AddressError, format_address, parse_address
+from .core.config import KadConfig
+from .core.errors import KadError, NoPeersError
+from .core.identity import Identity
+from .core.ids import NodeId, distance
+from .core.messages import Address, Contact
+
+T = TypeVar("T")
+
+PROG_NAME = "nautilus-kad"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+DEMO_SUCCESS_AFTER_KILL = 0.99
+"""Share of gets that must still succeed after the demo's crash for it to pass."""
+
+_log = logging.getLogger("nautilus_kad.cli")
+
+
+# ==========================================================================================
+# Errors and exit codes
+# ==========================================================================================
+
+
+class CommandFailed(click.ClickException):
+    """A network or runtime failure: ``error: ...`` on stderr, exit status 1."""
+
+    exit_code: ClassVar[int] = EXIT_FAILURE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+class ArgumentError(click.ClickException):
+    """A click usage error shown as one ``error: ...`` line (exit status 2)."""
+
+    exit_code: ClassVar[int] = EXIT_USAGE
+
+    def __init__(self, original: click.UsageError) -> None:
+        super().__init__(original.format_message())
+        self.command_path = original.ctx.command_path if original.ctx is not None else PROG_NAME
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = f"error: {self.format_message()} (see '{self.command_path} --help')"
+        click.echo(message, file=file, err=file is None)
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: exit status 130, no traceback."""
+
+    exit_code: ClassVar[int] = EXIT_INTERRUPTED
+
+    def __init__(self, message: str = "interrupted") -> None:
+        super().__init__(message)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.message:
+            click.echo(self.message, file=file, err=file is None)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # shows the help text, as it should
+    except click.UsageError as exc:
+        raise ArgumentError(exc) from exc
+
+
+class KadGroup(click.Group):
+    """A group whose usage errors are one line, like every other error of the tool."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, turning expected failures into one-line errors."""
+    try:
+        return run_coroutine(main)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+    except KadError as exc:
+        raise CommandFailed(str(exc) or type(exc).__name__) from None
+    except OSError as exc:
+        raise CommandFailed(_describe_os_error(exc)) from None
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """``address already in use`` rather than uvloop's wrapper text or an errno tuple."""
+    cause: BaseException = exc
+    while isinstance(cause, OSError) and not cause.strerror and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[:1].lower() + cause.strerror[1:]
+    return str(exc)
+
+
+# ==========================================================================================
+# Logging
+# ==========================================================================================
+
+
+@dataclass
+class Settings:
+    """Options of the top-level group, shared with every command."""
+
+    verbose: int = 0
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(level: int) -> None:
+    """Send log records at ``level`` and above to stderr in a readable one-line format."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _setup_logging(ctx: click.Context, default: int, explicit: str | None = None) -> None:
+    level = logging.getLevelName(explicit.upper()) if explicit else default
+    settings = ctx.find_object(Settings)
+    verbose = settings.verbose if settings is not None else 0
+    if verbose:
+        level = min(level, logging.INFO if verbose == 1 else logging.DEBUG)
+    configure_logging(level)
+
+
+# ==========================================================================================
+# Argument types
+# ==========================================================================================
+
+if TYPE_CHECKING:
+    _AddressParamType = click.ParamType[Address]
+    _NodeIdParamType = click.ParamType[NodeId]
+else:  # click < 8.4 has no generic ParamType
+    _AddressParamType = _NodeIdParamType = click.ParamType
+
+
+class AddressType(_AddressParamType):
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6 literals)."""
+
+    name = "HOST:PORT"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Address:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_address(str(value))
+        except AddressError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class NodeIdType(_NodeIdParamType):
+    """A node id as 64 hex digits (an optional ``0x`` prefix is accepted)."""
+
+    name = "NODE_ID"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> NodeId:
+        if isinstance(value, NodeId):
+            return value
+        text = str(value).strip().lower().removeprefix("0x")
+        try:
+            return NodeId.from_hex(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a node id (expected 64 hex digits)", param, ctx)
+
+
+ADDRESS = AddressType()
+NODE_ID = NodeIdType()
+PORT = click.IntRange(0, 65535)
+
+_bootstrap_required = click.option(
+    "--bootstrap",
+    "-b",
+    "bootstrap",
+    type=ADDRESS,
+    multiple=True,
+    required=True,
+    help="A node of the network to join through (repeatable).",
+)
+_host_option = click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the temporary client node binds (on a free port).",
+)
+
+
+# ==========================================================================================
+# The command group
+# ==========================================================================================
+
+
+@click.group(PROG_NAME, cls=KadGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name=PROG_NAME)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More logging on stderr: -v for INFO, -vv for DEBUG.",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """nautilus-kad: an authenticated Kademlia DHT over UDP.
+
+    Start with `nautilus-kad demo`: it runs a network of real nodes on loopback, stores and
+    retrieves values, crashes a third of the nodes and shows that the data survives.
+    """
+    ctx.obj = Settings(verbose=verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``nautilus-kad``)."""
+    try:
+        cli.main(args=argv, prog_name=PROG_NAME)
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside any command
+        sys.exit(EXIT_INTERRUPTED)
+
+
+# ==========================================================================================
+# Shared helpers
+# ==========================================================================================
+
+
+def _stdout_console() -> Console:
+    """A console for tables: as wide as the terminal, or wide enough for full node ids when
+    the output goes to a pipe or file."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    return console
+
+
+def _join_list(addresses: Sequence[Address]) -> str:
+    return ", ".join(format_address(a) for a in addresses)
+
+
+@contextlib.asynccontextmanager
+async def _client_node(host: str, bootstrap: Sequence[Address]) -> AsyncIterator[Node]:
+    """A short-lived node on a free port that joins through ``bootstrap`` and stops on exit.
+
+    It runs in client mode, so the peers it talks to keep it out of their routing tables (it
+    will be gone in a moment).
+    """
+    node = await _start_node(host, 0, client_mode=True)
+    try:
+        if bootstrap:
+            await _join(node, bootstrap)
+        yield node
+    finally:
+        await node.stop()
+
+
+async def _start_node(
+    host: str, port: int, identity: Identity | None = None, *, client_mode: bool = False
+) -> Node:
+    try:
+        return await Node.start(host, port, identity=identity, client_mode=client_mode)
+    except OSError as exc:
+        where = format_address((host, port))
+        raise KadError(f"cannot listen on {where}: {_describe_os_error(exc)}") from exc
+
+
+async def _join(node: Node, bootstrap: Sequence[Address]) -> int:
+    try:
+        return await node.bootstrap(bootstrap)
+    except NoPeersError as exc:
+        raise NoPeersError(f"bootstrap failed: no answer from {_join_list(bootstrap)}") from exc
+
+
+def _encode_arg(text: str) -> bytes:
+    """Command-line text to the bytes the user typed (undecodable bytes survive)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+# ==========================================================================================
+# run
+# ==========================================================================================
+
+
+@cli.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port", type=PORT, default=7400, show_default=True, help="UDP port (0 picks a free one)."
+)
+@click.option(
+    "--bootstrap",
+    "-b",
+    "bootstrap",
+    type=ADDRESS,
+    multiple=True,
+    help="A node to join through (repeatable); without one this node starts a new network.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 key file, created on first use: keeps the node id across restarts.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Logging threshold on stderr.  [default: INFO]",
+)
+@click.pass_context
+def run_command(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    bootstrap: tuple[Address, ...],
+    key_file: Path | None,
+    log_level: str | None,
+) -> None:
+    """Run a node in the foreground until Ctrl-C or SIGTERM."""
+    _setup_logging(ctx, logging.INFO, log_level)
+    if key_file is not None:
+        try:
+            identity = Identity.load_or_create(key_file)
+        except KadError as exc:
+            raise CommandFailed(str(exc)) from None
+        except OSError as exc:
+            reason = _describe_os_error(exc)
+            raise CommandFailed(f"cannot create key file {key_file}: {reason}") from None
+    else:
+        identity = Identity.generate()
+    goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
+    try:
+        signum = _run(_serve(host, port, bootstrap, identity))
+    except Interrupted:  # Ctrl-C before the signal handlers were in place
+        click.echo(goodbye)
+        raise Interrupted("") from None
+    if signum == signal.SIGINT:
+        if sys.stdout.isatty():
+            click.echo()  # end the line the terminal's "^C" echo started
+        click.echo(goodbye)
+        raise Interrupted("")
+    click.echo(goodbye)
+
+
+async def _serve(host: str, port: int, bootstrap: Sequence[Address], identity: Identity) -> int:
+    """Run a node until SIGINT or SIGTERM; return the signal that stopped it.
+
+    Both signals are handled here rather than left to the loop runner, so a node started with
+    SIGINT ignored (a background job of a script) still stops on ``kill -INT``.
+    """
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            main_task.cancel()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(sig, on_signal, int(sig))
+            installed.append(sig)
+    try:
+        node = await _start_node(host, port, identity)
+        try:
+            click.echo(f"node id {node.node_id.hex()}")
+            click.echo(f"listening on {format_address(node.address)}")
+            if bootstrap:
+                size = await _join(node, bootstrap)
+                peers = f"{size} peer{'' if size == 1 else 's'}"
+                click.echo(f"joined through {_join_list(bootstrap)}: {peers} in the routing table")
+            else:
+                click.echo("no --bootstrap given: this is the first node of a new network")
+            _log.info("node %s up at %s", node.node_id.short(), format_address(node.address))
+            await loop.create_future()  # until a signal cancels us
+        finally:
+            await node.stop()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        main_task.uncancel()
+        _log.info("%s received, node stopped", signal.Signals(received[0]).name)
+        return received[0]
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ==========================================================================================
+# put / get / ping / lookup
+# ==========================================================================================
+
+
+@cli.command("put")
+@click.argument("key")
+@click.argument("value")
+@_bootstrap_required
+@_host_option
+@click.option("--hex", "value_is_hex", is_flag=True, help="VALUE is given as hex digits.")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Lifetime in seconds (storers cap it at 24 h).  [default: 24 h]",
+)
+@click.pass_context
+def put_command(
+    ctx: click.Context,
+    key: str,
+    value: str,
+    bootstrap: tuple[Address, ...],
+    host: str,
+    value_is_hex: bool,
+    ttl: int | None,
+) -> None:
+    """Store VALUE under KEY on the nodes closest to it."""
+    _setup_logging(ctx, logging.WARNING)
+    if value_is_hex:
+        try:
+            data = bytes.fromhex(value)
+        except ValueError:
+            raise click.BadParameter("not valid hex", param_hint="VALUE") from None
+    else:
+        data = _encode_arg(value)
+    limit = KadConfig().max_value_size
+    if len(data) > limit:
+        raise click.BadParameter(
+            f"{len(data)} bytes is more than the {limit}-byte limit of a value",
+            param_hint="VALUE",
+        )
+
+    async def put() -> None:
+        async with _client_node(host, bootstrap) as node:
+            # A client-mode node keeps no copy itself: every ack is a node of the network.
+            result = await node.put(_encode_arg(key), data, ttl=ttl)
+        click.echo(f"key   {result.key.hex()}")
+        click.echo(f"acks  {result.acks}")
+
+    _run(put())
+
+
+@cli.command("get")
+@click.argument("key")
+@_bootstrap_required
+@_host_option
+@click.option("--hex", "as_hex", is_flag=True, help="Print the value as hex.")
+@click.option("--raw", "as_raw", is_flag=True, help="Write the value's bytes unchanged.")
+@click.pass_context
+def get_command(
+    ctx: click.Context,
+    key: str,
+    bootstrap: tuple[Address, ...],
+    host: str,
+    as_hex: bool,
+    as_raw: bool,
+) -> None:
+    """Print the value stored under KEY (UTF-8 text when it decodes, else hex)."""
+    _setup_logging(ctx, logging.WARNING)
+    if as_hex and as_raw:
+        raise click.UsageError("--hex and --raw exclude each other", ctx)
+
+    async def get() -> bytes | None:
+        async with _client_node(host, bootstrap) as node:
+            result = await node.get_record(_encode_arg(key))
+        _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
+        return None if result.record is None else result.record.value
+
+    value = _run(get())
+    if value is None:
+        raise CommandFailed(f"{key!r} not found")
+    if as_raw:
+        click.echo(value, nl=False)  # bytes go to the binary stream unchanged
+        return
+    if not as_hex:
+        try:
+            click.echo(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+        else:
+            return
+    click.echo(value.hex())
+
+
+@cli.command("ping")
+@click.argument("address", type=ADDRESS)
+@_host_option
+@click.pass_context
+def ping_command(ctx: click.Context, address: Address, host: str) -> None:
+    """Ping the node at ADDRESS (HOST:PORT) and print its id and round-trip time."""
+    _setup_logging(ctx, logging.WARNING)
+
+    async def ping() -> None:
+        async with _client_node(host, ()) as node:
+            started = time.perf_counter()
+            result = await node.ping(address)  # QueryError: "no answer from HOST:PORT"
+            # Measured here: under uvloop the loop clock (and so PingResult.rtt) ticks in
+            # whole milliseconds, too coarse for loopback.
+            rtt_ms = (time.perf_counter() - started) * 1000
+        contact = result.contact
+        click.echo(
+            f"{contact.node_id.hex()} at {format_address(contact.address)}: rtt {rtt_ms:.2f} ms"
+        )
+
+    _run(ping())
+
+
+@cli.command("lookup")
+@click.argument("node_id", type=NODE_ID)
+@_bootstrap_required
+@_host_option
+@click.pass_context
+def lookup_command(
+    ctx: click.Context, node_id: NodeId, bootstrap: tuple[Address, ...], host: str
+) -> None:
+    """Find the k nodes closest to NODE_ID (64 hex digits)."""
+    _setup_logging(ctx, logging.WARNING)
+
+    async def lookup() -> list[Contact]:
+        async with _client_node(host, bootstrap) as node:
+            return list(await node.find_node(node_id))
+
+    contacts = _run(lookup())
+    if not contacts:
+        raise CommandFailed("the lookup found no nodes")
+    table = Table(title=f"{len(contacts)} nodes closest to {node_id.short()}…")
+    table.add_column("#", justify="right")
+    table.add_column("node id", no_wrap=True)
+    table.add_column("address", no_wrap=True)
+    table.add_column("distance (bits)", justify="right")
+    for rank, contact in enumerate(contacts, 1):
+        table.add_row(
+            str(rank),
+            contact.node_id.hex(),
+            format_address(contact.address),
+            str(distance(node_id, contact.node_id).bit_length()),
+        )
+    _stdout_console().print(table)
+
+
+# ==========================================================================================
+# demo
+# ==========================================================================================
+
+
+@dataclass
+class Phase:
+    """Measurements of one batch of operations."""
+
+    attempts: int = 0
+    successes: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    hops: list[int] = field(default_factory=list)
+    """Hops of the gets that went to the network (local answers are counted in ``local``)."""
+    local: int = 0
+    """Gets answered from the getter's own store (it is one of the k closest to the key)."""
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else 1.0
+
+    def success_text(self) -> str:
+        return f"{self.successes}/{self.attempts} ({100 * self.success_rate:.1f}%)"
+
+    def latency_text(self) -> str:
+        if not self.latencies_ms:
+            return "-"
+        ordered = sorted(self.latencies_ms)
+        return f"{percentile(ordered, 50):.2f} / {percentile(ordered, 99):.2f} ms"
+
+    def hops_text(self) -> str:
+        if not self.hops:
+            return "-"
+        return f"{statistics.fmean(self.hops):.2f} / {statistics.median(self.hops):g}"
+
+
+@dataclass
+class DemoReport:
+    seed: int
+    nodes_before: int
+    nodes_after: int
+    values: int
+    table_before: float
+    table_after: float
+    dead_entries: float
+    """Mean number of crashed nodes still in a survivor's routing table at the end."""
+    puts: Phase
+    gets_before: Phase
+    gets_after: Phase
+    sample: list[str]
+    seconds: float
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile of already sorted values."""
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@cli.command("demo")
+@click.option(
+    "--nodes", type=click.IntRange(min=2), default=30, show_default=True, help="Nodes to start."
+)
+@click.option(
+    "--values",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Values to put and get.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the random choices (who puts, who gets, who dies).  [default: random]",
+)
+@click.option(
+    "--kill-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=1 / 3,
+    show_default="1/3",
+    help="Share of the nodes to crash before the second round of gets.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the nodes bind.")
+@click.pass_context
+def demo_command(
+    ctx: click.Context,
+    nodes: int,
+    values: int,
+    seed: int | None,
+    kill_fraction: float,
+    host: str,
+) -> None:
+    """Run a local network of real UDP nodes, crash some, and show the data survives."""
+    _setup_logging(ctx, logging.WARNING)
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 32)
+    report = _run(_demo(host, nodes, values, seed, kill_fraction))
+    console = _stdout_console()
+    console.print(f"nodes: {', '.join(report.sample)}")
+    console.print(_demo_table(report))
+    before, after = report.gets_before, report.gets_after
+    if before.successes < before.attempts:
+        raise CommandFailed(
+            f"demo failed: {before.attempts - before.successes} gets failed before the crash"
+        )
+    if after.success_rate < DEMO_SUCCESS_AFTER_KILL:
+        raise CommandFailed(
+            f"demo failed: only {after.success_text()} of the gets succeeded after the crash "
+            f"(need {DEMO_SUCCESS_AFTER_KILL:.0%})"
+        )
+
+
+async def _demo(host: str, count: int, values: int, seed: int, kill_fraction: float) -> DemoReport:
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    nodes: list[Node] = []
+    progress = Progress(
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    try:
+        with progress:
+            # 1. Form the network: node 0 is the seed, every later node joins through up to
+            #    three nodes that are already running.
+            task = progress.add_task("forming the network", total=count)
+            nodes.append(await _start_node(host, 0))
+            progress.advance(task)
+            for _ in range(1, count):
+                seeds = [n.address for n in rng.sample(nodes, min(3, len(nodes)))]
+                node = await _start_node(host, 0)
+                nodes.append(node)
+                await _join(node, seeds)
+                progress.advance(task)
+            table_before = statistics.fmean(len(n.routing_table) for n in nodes)
+
+            # 2. Put every value from a random node.
+            items: list[tuple[bytes, bytes, Node]] = []
+            puts = Phase()
+            task = progress.add_task("putting values", total=values)
+            for i in range(values):
+                key = f"demo-key-{i}".encode()
+                value = f"value {i} ({rng.getrandbits(64):016x})".encode()
+                putter = rng.choice(nodes)
+                puts.attempts += 1
+                t0 = time.perf_counter()
+                try:
+                    await putter.put(key, value)
+                except KadError as exc:
+                    _log.warning("put of %r failed: %s", key, exc)
+                else:
+                    puts.successes += 1
+                    puts.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                items.append((key, value, putter))
+                progress.advance(task)
+
+            # 3. Get every value from a different random node.
+            gets_before = await _get_all(items, nodes, rng, progress, "getting values")
+
+            # 4. Crash a share of the nodes: close their sockets with no handoff at all.
+            victims = rng.sample(nodes, min(round(count * kill_fraction), count - 1))
+            task = progress.add_task(f"crashing {len(victims)} nodes", total=len(victims))
+            for victim in victims:
+                await victim.stop(handoff=False)
+                progress.advance(task)
+            dead = {id(v) for v in victims}
+            survivors = [n for n in nodes if id(n) not in dead]
+
+            # 5. Get every value again, from random survivors.
+            gets_after = await _get_all(items, survivors, rng, progress, "getting after the crash")
+            table_after = statistics.fmean(len(n.routing_table) for n in survivors)
+            dead_ids = {v.node_id for v in victims}
+            dead_entries = statistics.fmean(
+                sum(c.node_id in dead_ids for c in n.routing_table) for n in survivors
+            )
+    finally:
+        for node in nodes:
+            await node.stop(handoff=False)
+
+    sample = [f"{n.node_id.short()}@{format_address(n.address)}" for n in nodes[:4]]
+    sample[0] += " (seed)"
+    if count > len(sample):
+        sample.append(f"… {count - len(sample)} more")
+    return DemoReport(
+        seed=seed,
+        nodes_before=count,
+        nodes_after=len(survivors),
+        values=values,
+        table_before=table_before,
+        table_after=table_after,
+        dead_entries=dead_entries,
+        puts=puts,
+        gets_before=gets_before,
+        gets_after=gets_after,
+        sample=sample,
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def _get_all(
+    items: Sequence[tuple[bytes, bytes, Node]],
+    nodes: Sequence[Node],
+    rng: random.Random,
+    progress: Progress,
+    description: str,
+) -> Phase:
+    """Get every item from a random node of ``nodes`` other than the one that put it."""
+    phase = Phase()
+    task = progress.add_task(description, total=len(items))
+    for key, value, putter in items:
+        getter = rng.choice(nodes)
+        while getter is putter and len(nodes) > 1:
+            getter = rng.choice(nodes)
+        phase.attempts += 1
+        t0 = time.perf_counter()
+        try:
+            result = await getter.get_record(key)
+        except KadError as exc:
+            _log.warning("get of %r failed: %s", key, exc)
+        else:
+            phase.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            if result.queries == 0:
+                phase.local += 1
+            else:
+                phase.hops.append(result.hops)
+            if result.record is not None and result.record.value == value:
+                phase.successes += 1
+            else:
+                _log.warning("get of %r from %r found %r", key, getter, result.record)
+        progress.advance(task)
+    return phase
+
+
+def _demo_table(report: DemoReport) -> Table:
+    crashed = report.nodes_before - report.nodes_after
+    table = Table(
+        title=f"nautilus-kad demo (seed {report.seed})",
+        caption=f"{report.seconds:.1f} s in all",
+    )
+    table.add_column("", style="bold")
+    table.add_column("before the crash", justify="right")
+    table.add_column("after the crash", justify="right")
+    before, after = report.gets_before, report.gets_after
+    table.add_row("nodes", str(report.nodes_before), f"{report.nodes_after} ({crashed} crashed)")
+    table.add_row("values", str(report.values), str(report.values))
+    table.add_row("put success", report.puts.success_text(), "")
+    table.add_row(
+        "routing table size (mean)",
+        f"{report.table_before:.1f}",
+        f"{report.table_after:.1f} ({report.dead_entries:.1f} crashed)",
+    )
+    table.add_row(
+        "gets answered locally",
+        f"{before.local}/{before.attempts}",
+        f"{after.local}/{after.attempts}",
+    )
+    table.add_row("lookup hops (mean / median)", before.hops_text(), after.hops_text())
+    table.add_row("put latency p50 / p99", report.puts.latency_text(), "")
+    table.add_row("get latency p50 / p99", before.latency_text(), after.latency_text())
+    table.add_row("get success", before.success_text(), after.success_text())
+    return table
