@@ -164,12 +164,12 @@ class Node:
                     await node.bootstrap(saved)
                 except NoPeersError:
                     _log.warning("none of %d saved peers answered; retrying", len(saved))
-                    node._tasks.append(loop.create_task(node._rejoin(saved)))
+                    node._tasks.append(
+                        loop.create_task(node._rejoin(saved), name="nautilus-kad rejoin")
+                    )
         except BaseException:
             await node.stop(handoff=False)
             raise
-        if directory is not None and len(engine.table):
-            node._save_state()  # a crash from now on still finds these peers
         return node
 
     async def bootstrap(self, seeds: Iterable[AddressLike]) -> int:
@@ -179,6 +179,8 @@ class Node:
         if isinstance(event, QueryFailed):
             raise NoPeersError(f"could not join: {event.reason}")
         assert isinstance(event, BootstrapDone)
+        if self._data_dir is not None and len(self._engine.table):
+            self._save_state()  # a crash from now on still finds these peers
         return event.table_size
 
     async def stop(self, *, handoff: bool = True) -> None:
@@ -336,6 +338,15 @@ class Node:
     def data_dir(self) -> str | None:
         """The data directory, if the node has one."""
         return None if self._data_dir is None else str(self._data_dir.path)
+
+    @property
+    def rejoining(self) -> bool:
+        """Whether none of its saved peers answered at start and it is still retrying them."""
+        return any(not t.done() for t in self._tasks if t.get_name() == "nautilus-kad rejoin")
+
+    def holds(self, key: bytes) -> bool:
+        """Whether this node stores a live copy of the record under ``key`` itself."""
+        return self._engine.store.get(key_id(key), self._now()) is not None
 
     # --- persistence -----------------------------------------------------------------
 
