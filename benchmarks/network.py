@@ -68,7 +68,7 @@ async def _join(count: int, host: str, progress: Callable[[str], None]) -> list[
                 progress(f"{i + 1}/{count} nodes joined")
     except BaseException:
         for node in nodes:
-            await node.stop()
+            await node.stop(handoff=False)
         raise
     return nodes
 
@@ -141,7 +141,7 @@ async def run_network(
         progress(f"stopping {nodes // 2} nodes abruptly, then {gets} gets")
         dead = set(rng.sample(range(len(network)), len(network) // 2))
         for i in sorted(dead):
-            await network[i].stop()
+            await network[i].stop(handoff=False)
         survivors = [n for i, n in enumerate(network) if i not in dead]
         report.survivors = len(survivors)
         cpu = time.process_time()
@@ -152,4 +152,4 @@ async def run_network(
         return report
     finally:
         for node in network:
-            await node.stop()
+            await node.stop(handoff=False)

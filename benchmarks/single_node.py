@@ -98,7 +98,7 @@ async def _start_fillers(server: Node, count: int, batch: int = 10) -> list[Node
             )
     except BaseException:
         for node in nodes:
-            await node.stop()
+            await node.stop(handoff=False)
         raise
     return nodes
 
@@ -171,5 +171,5 @@ async def run_single_node(
     finally:
         for node in filler_nodes:
             with contextlib.suppress(Exception):
-                await node.stop()
-        await server.stop()
+                await node.stop(handoff=False)
+        await server.stop(handoff=False)

@@ -126,7 +126,7 @@ async def start_network(
 async def stop_all(nodes: Sequence[Node]) -> None:
     for node in nodes:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(node.stop(), 5.0)
+            await asyncio.wait_for(node.stop(handoff=False), 5.0)
 
 
 def true_closest(

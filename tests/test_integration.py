@@ -145,7 +145,7 @@ def test_values_survive_half_the_nodes_dying(network: Network) -> None:
 
     async def kill_and_read() -> dict[bytes, bytes | None]:
         for node in victims:  # no hand-off: the socket just closes
-            await node.stop()
+            await node.stop(handoff=False)
         network.live[:] = survivors
         return {key: await _reader(network, key).get(key) for key in network.values}
 
@@ -295,7 +295,7 @@ def test_get_over_the_request_limit_never_reports_a_stored_key_missing() -> None
                 # Either the value, or an error saying the node could not ask: never None.
                 assert result == b"present" or isinstance(result, QueryError), (key, result)
         finally:
-            await origin.stop()
+            await origin.stop(handoff=False)
             await stop_all(nodes)
 
     _run(scenario)
@@ -308,7 +308,7 @@ def test_operations_fail_when_every_peer_is_dead(operation: str) -> None:
         try:
             await nodes[1].put(b"stored", b"value")
             for node in nodes[1:]:
-                await node.stop()
+                await node.stop(handoff=False)
             origin = nodes[0]
             assert len(origin.routing_table) == 3  # it still believes in its (dead) peers
             with pytest.raises(QueryError):

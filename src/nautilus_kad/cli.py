@@ -60,6 +60,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEMO_SUCCESS_AFTER_KILL = 0.99
 """Share of gets that must still succeed after the demo's crash for it to pass."""
+DEMO_REPUBLISH_INTERVAL = 4.0
+"""The demo's republish interval: production's hour, shrunk so repair shows in seconds."""
 
 _log = logging.getLogger("nautilus_kad.cli")
 
@@ -330,10 +332,23 @@ async def _client_node(host: str, bootstrap: Sequence[Address]) -> AsyncIterator
 
 
 async def _start_node(
-    host: str, port: int, identity: Identity | None = None, *, client_mode: bool = False
+    host: str,
+    port: int,
+    identity: Identity | None = None,
+    *,
+    client_mode: bool = False,
+    config: KadConfig | None = None,
+    data_dir: Path | None = None,
 ) -> Node:
     try:
-        return await Node.start(host, port, identity=identity, client_mode=client_mode)
+        return await Node.start(
+            host,
+            port,
+            identity=identity,
+            client_mode=client_mode,
+            config=config,
+            data_dir=data_dir,
+        )
     except OSError as exc:
         where = format_address((host, port))
         raise KadError(f"cannot listen on {where}: {_describe_os_error(exc)}") from exc
@@ -399,6 +414,15 @@ def _encode_arg(text: str) -> bytes:
     help="Ed25519 key file, created on first use: keeps the node id across restarts.",
 )
 @click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help=(
+        "Keep the records (SQLite), the routing table and the key (DIR/node.key unless "
+        "--key-file) here: a restart keeps the node id, serves the same records and rejoins "
+        "through the peers it knew, without --bootstrap.  [default: in memory]"
+    ),
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=None,
@@ -411,14 +435,27 @@ def run_command(
     port: int,
     bootstrap: tuple[Address, ...],
     key_file: Path | None,
+    data_dir: Path | None,
     log_level: str | None,
 ) -> None:
-    """Run a node in the foreground until Ctrl-C or SIGTERM."""
+    """Run a node in the foreground until Ctrl-C or SIGTERM.
+
+    On SIGINT or SIGTERM the node hands the records it holds to the nodes that keep them
+    once it is gone, then stops.
+    """
     _setup_logging(ctx, logging.INFO, log_level)
+    if data_dir is not None:
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = _describe_os_error(exc)
+            raise CommandFailed(f"cannot create data directory {data_dir}: {reason}") from None
+        if key_file is None:
+            key_file = data_dir / "node.key"
     identity = _load_identity(key_file) if key_file is not None else Identity.generate()
     goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
     try:
-        signum = _run(_serve(host, port, bootstrap, identity))
+        signum = _run(_serve(host, port, bootstrap, identity, data_dir))
     except Interrupted:  # Ctrl-C before the signal handlers were in place
         click.echo(goodbye)
         raise Interrupted("") from None
@@ -430,7 +467,13 @@ def run_command(
     click.echo(goodbye)
 
 
-async def _serve(host: str, port: int, bootstrap: Sequence[Address], identity: Identity) -> int:
+async def _serve(
+    host: str,
+    port: int,
+    bootstrap: Sequence[Address],
+    identity: Identity,
+    data_dir: Path | None = None,
+) -> int:
     """Run a node until SIGINT or SIGTERM; return the signal that stopped it.
 
     Both signals are handled here rather than left to the loop runner, so a node started with
@@ -452,15 +495,24 @@ async def _serve(host: str, port: int, bootstrap: Sequence[Address], identity: I
             loop.add_signal_handler(sig, on_signal, int(sig))
             installed.append(sig)
     try:
-        node = await _start_node(host, port, identity)
+        node = await _start_node(host, port, identity, data_dir=data_dir)
         try:
             click.echo(f"node id {node.node_id.hex()}")
             click.echo(f"public key {node.public_key.hex()}")
             click.echo(f"listening on {format_address(node.address)}")
+            if data_dir is not None:
+                held = len(node.engine.store)
+                click.echo(f"data dir {data_dir}: {held} record{'' if held == 1 else 's'}")
+            known = len(node.routing_table)
             if bootstrap:
                 size = await _join(node, bootstrap)
                 peers = f"{size} peer{'' if size == 1 else 's'}"
                 click.echo(f"joined through {_join_list(bootstrap)}: {peers} in the routing table")
+            elif known:
+                peers = f"{known} peer{'' if known == 1 else 's'}"
+                click.echo(f"rejoined through saved peers: {peers} in the routing table")
+            elif node.rejoining:
+                click.echo("none of the saved peers answered: retrying them in the background")
             else:
                 click.echo("no --bootstrap given: this is the first node of a new network")
             _log.info("node %s up at %s", node.node_id.short(), format_address(node.address))
@@ -802,6 +854,17 @@ class DemoReport:
     gets_after: Phase
     sample: list[str]
     seconds: float
+    replicas_before: list[int] = field(default_factory=list)
+    """How many live nodes hold each value, before the crash."""
+    replicas_after: list[int] = field(default_factory=list)
+    """... right after the crash (nothing handed on: the crashed copies are just gone)."""
+    replicas_repaired: list[int] = field(default_factory=list)
+    """... once the survivors have re-replicated (or the wait ran out)."""
+    target: int = 0
+    """The replica count every value should have: k, or every node when fewer live."""
+    target_after: int = 0
+    repair_seconds: float = 0.0
+    gets_repaired: Phase = field(default_factory=Phase)
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -834,6 +897,13 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     show_default="1/3",
     help="Share of the nodes to crash before the second round of gets.",
 )
+@click.option(
+    "--republish-interval",
+    type=click.FloatRange(min=0.5),
+    default=DEMO_REPUBLISH_INTERVAL,
+    show_default=True,
+    help="Seconds between republishes (a real network uses 1 h); repair takes about this long.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the nodes bind.")
 @click.pass_context
 def demo_command(
@@ -842,13 +912,15 @@ def demo_command(
     values: int,
     seed: int | None,
     kill_fraction: float,
+    republish_interval: float,
     host: str,
 ) -> None:
-    """Run a local network of real UDP nodes, crash some, and show the data survives."""
+    """Run a local network of real UDP nodes, crash some, and show the data survives: every
+    value stays readable, and the survivors put it back on k live nodes."""
     _setup_logging(ctx, logging.WARNING)
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 32)
-    report = _run(_demo(host, nodes, values, seed, kill_fraction))
+    report = _run(_demo(host, nodes, values, seed, kill_fraction, republish_interval))
     console = _stdout_console()
     console.print(f"nodes: {', '.join(report.sample)}")
     console.print(_demo_table(report))
@@ -864,9 +936,37 @@ def demo_command(
         )
 
 
-async def _demo(host: str, count: int, values: int, seed: int, kill_fraction: float) -> DemoReport:
+def demo_config(republish_interval: float) -> KadConfig:
+    """The demo network's configuration: production's, with time compressed.
+
+    Every node shares one process and one core, so besides the interval itself the holders'
+    timers are spread wider (half the interval), each node runs fewer republish lookups at
+    once, and a dead holder is replaced after a tenth of the interval.
+    """
+    return KadConfig(
+        republish_interval=republish_interval,
+        republish_jitter=0.5,
+        repair_delay=republish_interval / 10,
+        max_concurrent_republish=4,
+    )
+
+
+def _replicas(items: Sequence[tuple[bytes, bytes, Node]], nodes: Sequence[Node]) -> list[int]:
+    """How many of ``nodes`` hold each item."""
+    return [sum(1 for n in nodes if n.holds(key)) for key, _, _ in items]
+
+
+async def _demo(
+    host: str,
+    count: int,
+    values: int,
+    seed: int,
+    kill_fraction: float,
+    republish_interval: float = DEMO_REPUBLISH_INTERVAL,
+) -> DemoReport:
     rng = random.Random(seed)
     started = time.perf_counter()
+    config = demo_config(republish_interval)
     nodes: list[Node] = []
     progress = Progress(
         TextColumn("{task.description:<26}"),
@@ -880,11 +980,11 @@ async def _demo(host: str, count: int, values: int, seed: int, kill_fraction: fl
             # 1. Form the network: node 0 is the seed, every later node joins through up to
             #    three nodes that are already running.
             task = progress.add_task("forming the network", total=count)
-            nodes.append(await _start_node(host, 0))
+            nodes.append(await _start_node(host, 0, config=config))
             progress.advance(task)
             for _ in range(1, count):
                 seeds = [n.address for n in rng.sample(nodes, min(3, len(nodes)))]
-                node = await _start_node(host, 0)
+                node = await _start_node(host, 0, config=config)
                 nodes.append(node)
                 await _join(node, seeds)
                 progress.advance(task)
@@ -912,18 +1012,39 @@ async def _demo(host: str, count: int, values: int, seed: int, kill_fraction: fl
 
             # 3. Get every value from a different random node.
             gets_before = await _get_all(items, nodes, rng, progress, "getting values")
+            replicas_before = _replicas(items, nodes)
 
             # 4. Crash a share of the nodes: close their sockets with no handoff at all.
             victims = rng.sample(nodes, min(round(count * kill_fraction), count - 1))
             task = progress.add_task(f"crashing {len(victims)} nodes", total=len(victims))
             for victim in victims:
-                await victim.stop()
+                await victim.stop(handoff=False)
                 progress.advance(task)
             dead = {id(v) for v in victims}
             survivors = [n for n in nodes if id(n) not in dead]
 
+            replicas_after = _replicas(items, survivors)
+
             # 5. Get every value again, from random survivors.
             gets_after = await _get_all(items, survivors, rng, progress, "getting after the crash")
+
+            # 6. Wait for the survivors to put every value back on k live nodes (each holder
+            #    republishes once per interval; a found-dead holder is replaced sooner).
+            target_after = min(config.k, len(survivors))
+            task = progress.add_task("repairing replicas", total=len(items))
+            repair_start = time.perf_counter()
+            deadline = repair_start + 3 * republish_interval + 5
+            while True:
+                replicas_repaired = _replicas(items, survivors)
+                whole = sum(1 for r in replicas_repaired if r >= target_after)
+                progress.update(task, completed=whole)
+                if whole == len(items) or time.perf_counter() > deadline:
+                    break
+                await asyncio.sleep(0.25)
+            repair_seconds = time.perf_counter() - repair_start
+            gets_repaired = await _get_all(
+                items, survivors, rng, progress, "getting after the repair"
+            )
             table_after = statistics.fmean(len(n.routing_table) for n in survivors)
             dead_ids = {v.node_id for v in victims}
             dead_entries = statistics.fmean(
@@ -931,7 +1052,7 @@ async def _demo(host: str, count: int, values: int, seed: int, kill_fraction: fl
             )
     finally:
         for node in nodes:
-            await node.stop()
+            await node.stop(handoff=False)
 
     sample = [f"{n.node_id.short()}@{format_address(n.address)}" for n in nodes[:4]]
     sample[0] += " (seed)"
@@ -950,6 +1071,13 @@ async def _demo(host: str, count: int, values: int, seed: int, kill_fraction: fl
         gets_after=gets_after,
         sample=sample,
         seconds=time.perf_counter() - started,
+        replicas_before=replicas_before,
+        replicas_after=replicas_after,
+        replicas_repaired=replicas_repaired,
+        target=min(config.k, count),
+        target_after=target_after,
+        repair_seconds=repair_seconds,
+        gets_repaired=gets_repaired,
     )
 
 
@@ -987,6 +1115,16 @@ async def _get_all(
     return phase
 
 
+def _replica_text(counts: Sequence[int]) -> str:
+    if not counts:
+        return "-"
+    return f"{min(counts)} / {statistics.fmean(counts):.1f} / {max(counts)}"
+
+
+def _on_target_text(counts: Sequence[int], target: int) -> str:
+    return f"{sum(1 for c in counts if c >= target)}/{len(counts)}"
+
+
 def _demo_table(report: DemoReport) -> Table:
     crashed = report.nodes_before - report.nodes_after
     table = Table(
@@ -996,24 +1134,50 @@ def _demo_table(report: DemoReport) -> Table:
     table.add_column("", style="bold")
     table.add_column("before the crash", justify="right")
     table.add_column("after the crash", justify="right")
-    before, after = report.gets_before, report.gets_after
-    table.add_row("nodes", str(report.nodes_before), f"{report.nodes_after} ({crashed} crashed)")
-    table.add_row("values", str(report.values), str(report.values))
-    table.add_row("put success", report.puts.success_text(), "")
+    table.add_column("after repair", justify="right")
+    before, after, repaired = report.gets_before, report.gets_after, report.gets_repaired
+    survivors = f"{report.nodes_after} ({crashed} crashed)"
+    table.add_row("nodes", str(report.nodes_before), survivors, survivors)
+    table.add_row("values", str(report.values), str(report.values), str(report.values))
+    table.add_row("put success", report.puts.success_text(), "", "")
+    table.add_row(
+        "replicas per value (min / mean / max)",
+        _replica_text(report.replicas_before),
+        _replica_text(report.replicas_after),
+        _replica_text(report.replicas_repaired),
+    )
+    table.add_row(
+        f"values on k live nodes (k = {report.target} / {report.target_after})",
+        _on_target_text(report.replicas_before, report.target),
+        _on_target_text(report.replicas_after, report.target_after),
+        f"{_on_target_text(report.replicas_repaired, report.target_after)} "
+        f"in {report.repair_seconds:.1f} s",
+    )
     table.add_row(
         "routing table size (mean)",
         f"{report.table_before:.1f}",
         f"{report.table_after:.1f} ({report.dead_entries:.1f} crashed)",
+        "",
     )
     table.add_row(
         "gets answered locally",
         f"{before.local}/{before.attempts}",
         f"{after.local}/{after.attempts}",
+        f"{repaired.local}/{repaired.attempts}",
     )
-    table.add_row("lookup hops (mean / median)", before.hops_text(), after.hops_text())
-    table.add_row("put latency p50 / p99", report.puts.latency_text(), "")
-    table.add_row("get latency p50 / p99", before.latency_text(), after.latency_text())
-    table.add_row("get success", before.success_text(), after.success_text())
+    table.add_row(
+        "lookup hops (mean / median)", before.hops_text(), after.hops_text(), repaired.hops_text()
+    )
+    table.add_row("put latency p50 / p99", report.puts.latency_text(), "", "")
+    table.add_row(
+        "get latency p50 / p99",
+        before.latency_text(),
+        after.latency_text(),
+        repaired.latency_text(),
+    )
+    table.add_row(
+        "get success", before.success_text(), after.success_text(), repaired.success_text()
+    )
     return table
 
 

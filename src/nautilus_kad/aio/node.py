@@ -3,11 +3,18 @@
 A ``Node`` owns one UDP socket and one :class:`~nautilus_kad.core.engine.KadEngine`. Every
 operation is an engine command whose query id maps to a future; the matching engine event
 resolves it.
+
+With a data directory (``data_dir=``) the node keeps its key, its records, the records it
+publishes and its routing table on disk (:mod:`nautilus_kad.persist`), so a restart keeps
+its node id, serves what it held and rejoins through the peers it knew.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import random
 import socket
 from collections.abc import Iterable
@@ -29,7 +36,10 @@ from ..core.events import (
     BootstrapDone,
     Event,
     GetDone,
+    LeaveDone,
     LookupDone,
+    PeerAdded,
+    PeerRemoved,
     PingDone,
     PutDone,
     QueryFailed,
@@ -48,9 +58,15 @@ from ..core.records import (
 )
 from ..core.routing import RoutingTable
 from ..core.storage import RecordStore
+from ..persist import DataDir
 from .transport import EngineProtocol, LoopClock, open_endpoint
 
 AddressLike = str | tuple[str, int]
+
+_log = logging.getLogger("nautilus_kad.node")
+
+SAVED_PEERS_TO_TRY = 64
+"""Saved peers a restarted node pings to rejoin (the most recently seen ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +111,15 @@ class Node:
             assert await node.get(b"key") == b"value"
     """
 
-    def __init__(self, engine: KadEngine) -> None:
+    def __init__(self, engine: KadEngine, data_dir: DataDir | None = None) -> None:
         self._engine = engine
+        self._data_dir = data_dir
         self._protocol: EngineProtocol | None = None
         self._address: Address = ("0.0.0.0", 0)
         self._futures: dict[int, asyncio.Future[Event]] = {}
         self._stopped = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._table_changed = False
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -114,37 +133,67 @@ class Node:
         config: KadConfig | None = None,
         identity: Identity | None = None,
         store: RecordStore | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
         client_mode: bool = False,
     ) -> Node:
         """Bind ``host:port`` (port 0 picks a free one) and join through ``bootstrap``.
+
+        ``data_dir`` makes the node durable: its key file (``node.key``, created on first use,
+        so the node id survives restarts), its records and routing table live there. A node
+        restarted on a data dir rejoins through the peers it saved, so ``bootstrap`` may be
+        empty; if none of them answers it keeps trying in the background.
 
         A ``client_mode`` node looks up, puts and gets, but tells peers not to put it in
         their routing tables and stores nothing for others (short-lived or unreachable
         nodes). Raises :class:`NoPeersError` when bootstrap addresses were given and none
         answered.
         """
-        clock = LoopClock(asyncio.get_running_loop())
-        engine = KadEngine(
-            identity or Identity.generate(),
-            config=config,
-            rng=random.SystemRandom(),  # txids and token secrets must be unguessable
-            now=clock.now(),
-            store=store,
-            client_mode=client_mode,
-        )
-        node = cls(engine)
-        protocol, address = await open_endpoint(engine, clock, host, port, node._on_event)
+        loop = asyncio.get_running_loop()
+        clock = LoopClock(loop)
+        directory = DataDir(data_dir) if data_dir is not None else None
+        try:
+            if directory is not None:
+                identity = identity or directory.identity()
+                store = store if store is not None else directory.store
+            engine = KadEngine(
+                identity or Identity.generate(),
+                config=config,
+                rng=random.SystemRandom(),  # txids and token secrets must be unguessable
+                now=clock.now(),
+                store=store,
+                client_mode=client_mode,
+            )
+            node = cls(engine, directory)
+            protocol, address = await open_endpoint(engine, clock, host, port, node._on_event)
+        except BaseException:
+            if directory is not None:
+                directory.close()
+            raise
         node._protocol = protocol
         node._address = address
         engine.address = address
+        saved: list[Address] = []
+        if directory is not None:
+            node._restore_published()
+            saved = [c.address for c in directory.store.load_peers(SAVED_PEERS_TO_TRY)]
+            saved = [a for a in saved if a != address]
+            node._tasks.append(loop.create_task(node._save_periodically()))
         protocol.flush()
         seeds = list(bootstrap)
-        if seeds:
-            try:
-                await node.bootstrap(seeds)
-            except BaseException:
-                await node.stop()
-                raise
+        try:
+            if seeds:
+                await node.bootstrap([*seeds, *saved])
+            elif saved:
+                try:
+                    await node.bootstrap(saved)
+                except NoPeersError:
+                    _log.warning("none of %d saved peers answered; retrying", len(saved))
+                    node._tasks.append(
+                        loop.create_task(node._rejoin(saved), name="nautilus-kad rejoin")
+                    )
+        except BaseException:
+            await node.stop(handoff=False)
+            raise
         return node
 
     async def bootstrap(self, seeds: Iterable[AddressLike]) -> int:
@@ -154,19 +203,45 @@ class Node:
         if isinstance(event, QueryFailed):
             raise NoPeersError(f"could not join: {event.reason}")
         assert isinstance(event, BootstrapDone)
+        if self._data_dir is not None and len(self._engine.table):
+            self._save_state()  # a crash from now on still finds these peers
         return event.table_size
 
-    async def stop(self) -> None:
-        """Close the socket and fail every operation still waiting."""
+    async def stop(self, *, handoff: bool = True) -> None:
+        """Leave the network and close the socket; every operation still waiting fails.
+
+        With ``handoff`` (the default) the node first hands each record it holds to the
+        nodes that keep it once this one is gone, for at most ``leave_timeout`` seconds.
+        ``handoff=False`` stops abruptly, as a crash would (peers repair the loss).
+        With a data dir, the routing table and published records are saved first.
+        """
         if self._stopped:
             return
+        if handoff and self._protocol is not None:
+            with contextlib.suppress(TimeoutError, QueryError):
+                await asyncio.wait_for(
+                    self._run(self._engine.leave),
+                    self._engine.config.leave_timeout,
+                )
         self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
         if self._protocol is not None:
             self._protocol.close()
         for future in self._futures.values():
             if not future.done():
                 future.set_exception(QueryError("node stopped"))
         self._futures.clear()
+        if self._data_dir is not None:
+            try:
+                self._save_state()
+            except Exception:
+                _log.exception("could not save the node's state to %s", self._data_dir.path)
+            self._data_dir.close()
         await asyncio.sleep(0)
 
     async def __aenter__(self) -> Self:
@@ -182,22 +257,41 @@ class Node:
 
     # --- operations ----------------------------------------------------------------------
 
-    async def put(self, key: bytes, value: bytes, *, ttl: float | None = None) -> PutResult:
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        republish: bool = True,
+    ) -> PutResult:
         """Store ``value`` under ``key`` on the k closest nodes (last writer wins).
 
+        The record lives ``ttl`` seconds (default ``record_ttl``, 24 h) unless republished:
+        with ``republish`` (the default) this node, as its publisher, re-puts it every
+        ``publisher_republish_interval`` (22 h) while it runs (and after restarts, with a
+        data dir), until a newer write replaces it or :meth:`unpublish` is called.
+
         Raises :class:`~nautilus_kad.core.errors.ValueTooLargeError` for values over the
-        inline limit and :class:`QueryError` when fewer than ``store_quorum`` nodes stored it.
+        inline limit and :class:`QueryError` when fewer than ``store_quorum`` nodes stored it
+        (with the storers' refusals, such as a full store, in the message).
         """
         cfg = self._engine.config
         lifetime = int(ttl if ttl is not None else cfg.record_ttl)
         now = self._now()
         record = Record(key_id(key), bytes(value), int(now * 1000), lifetime)
-        event = await self._run(lambda now: self._engine.put(record, now))
+        event = await self._run(lambda now: self._engine.put(record, now, republish=republish))
         if isinstance(event, QueryFailed):
             raise QueryError(f"put failed: {event.reason}")
         assert isinstance(event, PutDone)
+        if republish and self._data_dir is not None and not self._stopped:
+            self._data_dir.store.add_published(record, lifetime)
         if event.acks < cfg.store_quorum:
-            raise QueryError(f"put reached {event.acks} of the {cfg.store_quorum} nodes it needs")
+            texts = [text or code.name for code, text in event.errors[:3]]
+            why = f" ({'; '.join(texts)})" if texts else ""
+            raise QueryError(
+                f"put reached {event.acks} of the {cfg.store_quorum} nodes it needs{why}"
+            )
         return PutResult(event.key, event.acks, event.stored_on)
 
     async def put_immutable(self, value: bytes, *, ttl: float | None = None) -> NodeId:
@@ -329,6 +423,13 @@ class Node:
             raise QueryError(f"put reached {event.acks} of the {quorum} nodes it needs")
         return event
 
+    def unpublish(self, key: bytes) -> bool:
+        """Stop republishing ``key`` (its copies then expire with their TTL)."""
+        found = self._engine.unpublish(key_id(key))
+        if found and self._data_dir is not None and not self._stopped:
+            self._data_dir.store.save_published(self._engine.published())
+        return found
+
     async def get(self, key: bytes) -> bytes | None:
         """The value stored under ``key``, or ``None`` when the network has none."""
         result = await self.get_record(key)
@@ -392,6 +493,67 @@ class Node:
     def stats(self) -> dict[str, int]:
         return dict(self._engine.stats)
 
+    @property
+    def data_dir(self) -> str | None:
+        """The data directory, if the node has one."""
+        return None if self._data_dir is None else str(self._data_dir.path)
+
+    @property
+    def rejoining(self) -> bool:
+        """Whether none of its saved peers answered at start and it is still retrying them."""
+        return any(not t.done() for t in self._tasks if t.get_name() == "nautilus-kad rejoin")
+
+    def holds(self, key: bytes) -> bool:
+        """Whether this node stores a live copy of the record under ``key`` itself."""
+        return self._engine.store.get(key_id(key), self._now()) is not None
+
+    # --- persistence -----------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        """Save the routing table and the published records to the data dir."""
+        assert self._data_dir is not None
+        table = self._engine.table
+        peers = []
+        for contact in table:
+            entry = table.get(contact.node_id)
+            if entry is not None and not entry.is_stale:
+                peers.append((contact, entry.last_seen))
+        store = self._data_dir.store
+        if peers or not len(table):
+            store.save_peers(peers)
+        store.save_published(self._engine.published())
+
+    def _restore_published(self) -> None:
+        """Resume republishing what this node published before a restart (soon: its
+        records may have aged while it was down)."""
+        assert self._data_dir is not None
+        engine = self._engine
+        now = self._now()
+        spread = engine.config.repair_delay
+        for record, base_ttl in self._data_dir.store.load_published():
+            engine.publish_later(record, now + spread * engine.rng.random(), base_ttl)
+
+    async def _save_periodically(self) -> None:
+        interval = self._engine.config.state_save_interval
+        while True:
+            await asyncio.sleep(interval)
+            if not self._table_changed:
+                continue
+            self._table_changed = False
+            try:
+                self._save_state()
+            except Exception:
+                assert self._data_dir is not None
+                _log.exception("could not save the node's state to %s", self._data_dir.path)
+
+    async def _rejoin(self, saved: list[Address]) -> None:
+        """Retry the saved peers until one answers (they may just be restarting too)."""
+        interval = self._engine.config.rejoin_interval
+        while not len(self._engine.table):
+            await asyncio.sleep(interval)
+            with contextlib.suppress(NoPeersError, QueryError):
+                await self.bootstrap(saved)
+
     def __repr__(self) -> str:
         host, port = self._address
         return f"Node({self.node_id.short()}… at {host}:{port})"
@@ -414,6 +576,16 @@ class Node:
         return await future
 
     def _on_event(self, event: Event) -> None:
+        if isinstance(event, PeerAdded | PeerRemoved):
+            self._table_changed = True
+            return
+        if isinstance(event, LeaveDone):
+            _log.info(
+                "left: %d records handed on (%d stores, %d acknowledged)",
+                event.records,
+                event.stores_sent,
+                event.acks,
+            )
         qid = getattr(event, "query_id", None)
         if qid is None:
             return
@@ -429,6 +601,7 @@ _SEVERITY = (
     ErrorCode.INVALID_RECORD,
     ErrorCode.STALE_RECORD,
     ErrorCode.STORE_FULL,
+    ErrorCode.QUOTA_EXCEEDED,
     ErrorCode.BAD_TOKEN,
     ErrorCode.SERVER_ERROR,
 )

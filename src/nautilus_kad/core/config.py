@@ -65,7 +65,43 @@ class KadConfig:
     expire_interval: float = 60.0
     """How often expired records are swept."""
     max_records: int = 100_000
-    """Records one node stores at most (a storage flood cannot exhaust memory)."""
+    """Records one node stores at most (a storage flood cannot exhaust memory). A full store
+    answers STORE of a new key with ERROR(STORE_FULL); it never evicts what it holds."""
+    max_records_per_source: int = 10_000
+    """New records one source IP address may make this node store (ERROR(QUOTA_EXCEEDED)
+    beyond it). Every node of a loopback test network shares one address: raise it there."""
+    max_clock_skew: float = 3600.0
+    """A STORE whose record is timestamped further than this in our future is refused (its
+    publication time bounds its life, so a far-future stamp would never expire)."""
+
+    republish_interval: float = 3600.0
+    """Every holder re-stores each record on the current k closest this often, unless the
+    record reached it again within the interval (then another holder just did it)."""
+    republish_jitter: float = 0.1
+    """Republish timers fire after ``republish_interval * (1 - U(0, jitter))``, so the k
+    holders of a record do not all fire at once and the first one resets the others."""
+    publisher_republish_interval: float = 79_200.0
+    """The original publisher re-puts its own records this often (22 h: before the 24 h TTL
+    runs out), extending their lifetime."""
+    repair_delay: float = 30.0
+    """A holder that finds another holder dead re-replicates after ``U(1, 2)`` times this
+    (short, but long enough for one holder to do it and the others to see it done)."""
+    handoff_redundancy: int = 3
+    """A node hands a record to a newcomer among its k closest only if the node itself is
+    among the this-many closest known holders (not all k holders send the same record)."""
+    replication_window: int = 32
+    """Replication STOREs (republish, handoff, repair, leave) in flight at once per node; a
+    slot frees when the STORE is answered or times out for good (flow control)."""
+    max_concurrent_republish: int = 16
+    """Republish lookups running at once; due records beyond this wait their turn."""
+    scan_batch: int = 512
+    """Records examined per timer tick when a peer joins or dies (bounded work per step)."""
+    leave_timeout: float = 5.0
+    """How long a clean stop may spend handing records on to the nodes that keep them."""
+    state_save_interval: float = 60.0
+    """How often a node with a data dir saves its routing table and published records."""
+    rejoin_interval: float = 30.0
+    """A restarted node none of whose saved peers answered retries them this often."""
 
     store_quorum: int = 1
     """Acknowledged STOREs for a put to count as successful."""
@@ -120,3 +156,11 @@ class KadConfig:
             raise ValueError("amplification_factor and max_sessions must be positive")
         if self.signed_get_quorum < 1:
             raise ValueError("signed_get_quorum must be positive")
+        if not 0 <= self.republish_jitter < 1:
+            raise ValueError("republish_jitter must lie in [0, 1)")
+        if self.republish_interval <= 0 or self.publisher_republish_interval <= 0:
+            raise ValueError("republish intervals must be positive")
+        if self.replication_window < 1 or self.max_concurrent_republish < 1:
+            raise ValueError("replication_window and max_concurrent_republish must be positive")
+        if self.handoff_redundancy < 1 or self.scan_batch < 1:
+            raise ValueError("handoff_redundancy and scan_batch must be positive")

@@ -4,13 +4,20 @@ The engine never touches a socket, a clock or global randomness (the h11 / aioqu
 
 * inputs: :meth:`KadEngine.receive_datagram`, :meth:`KadEngine.handle_timer` and the commands
   (:meth:`~KadEngine.bootstrap`, :meth:`~KadEngine.find_node`, :meth:`~KadEngine.get`,
-  :meth:`~KadEngine.put`, :meth:`~KadEngine.ping`), each taking the current time ``now``; the
-  commands return a query id;
+  :meth:`~KadEngine.put`, :meth:`~KadEngine.ping`, :meth:`~KadEngine.leave`), each taking the
+  current time ``now``; the commands return a query id;
 * outputs: :meth:`KadEngine.datagrams_to_send`, :meth:`KadEngine.get_timer` (the next deadline)
   and :meth:`KadEngine.next_event`.
 
 The asyncio node and the simulator both drive this one class, so the simulator measures the
 code the daemon runs.
+
+Durability (DESIGN §7) also lives here: every holder republishes each record to the current k
+closest once per ``republish_interval`` (skipped when the record arrived within it), the
+publisher re-puts its own records every ``publisher_republish_interval``, a newcomer among the
+k closest is handed the records it should hold, the death of a holder triggers a prompt
+re-replication, and :meth:`KadEngine.leave` hands everything on before a clean stop. All
+replication STOREs go through one flow-controlled queue (``replication_window`` in flight).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import heapq
 import hmac
 import logging
+import math
 import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
@@ -45,6 +53,7 @@ from .events import (
     BootstrapDone,
     Event,
     GetDone,
+    LeaveDone,
     LookupDone,
     PeerAdded,
     PeerRemoved,
@@ -53,7 +62,7 @@ from .events import (
     QueryFailed,
 )
 from .identity import Identity
-from .ids import NodeId, random_id_in_bucket
+from .ids import ID_BITS, NodeId, random_id_in_bucket
 from .lookup import Candidate, Lookup
 from .messages import (
     Address,
@@ -73,7 +82,8 @@ from .messages import (
     Stored,
     Value,
 )
-from .records import Record, RecordKind, check_replace, validate_record
+from .records import Record, RecordKind, check_replace, record_expiry, validate_record
+from .replication import HeldKeys, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
     HEADER,
@@ -103,6 +113,11 @@ _DECLINE_BACKOFF = 600.0
 """How long we stop offering sessions to a peer that answered an offer without accepting."""
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
+TOKEN_REUSE = 0.9
+"""A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
+token stays valid for one to two rotation periods at its issuer)."""
+_REPLICATION_QID = 0
+"""Query id of the replication sink: user query ids start at 1."""
 
 # Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
 _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
@@ -163,6 +178,11 @@ class _LookupQuery:
     """Valid (peer, record, token) answers of a quorum get."""
     local: Record | None = None
     """A signed get's own stored copy: one more answer, and corrected if it lags."""
+    republish: bool = False
+    """A holder's republish: STORE on the k closest found through the replication queue."""
+    leave: _ReplBatch | None = None
+    """A leaving node's lookup for one of its keys: a FIND_VALUE that does not stop at the
+    value but notes who has it, then STOREs on those of the k closest who do not."""
 
 
 @dataclass(slots=True)
@@ -173,6 +193,73 @@ class _PutQuery:
     waiting: set[bytes] = field(default_factory=set)
     acks: list[Contact] = field(default_factory=list)
     errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
+    internal: bool = False
+    """The publisher's own republish: no event; a STALE answer ends the republishing."""
+
+
+_SUPERSEDED = frozenset({ErrorCode.STALE_RECORD, ErrorCode.STALE_SEQUENCE})
+"""Refusals that mean a newer version is stored: the publisher stops republishing its own."""
+
+
+@dataclass(slots=True)
+class _TokenQuery:
+    """A FIND_NODE sent only to get a peer's write token (for a handoff or a leave)."""
+
+    query_id: int
+    node_id: NodeId
+
+
+@dataclass(slots=True)
+class _ReplicationSink:
+    """Receives the answers to every replication STORE (one shared query)."""
+
+    query_id: int = _REPLICATION_QID
+
+
+@dataclass(slots=True, eq=False)
+class _ReplBatch:
+    """Replication STOREs started for one reason; something happens when all are answered."""
+
+    kind: str
+    """``republish``, ``handoff`` or ``leave``."""
+    key: NodeId | None = None
+    record: Record | None = None
+    """The version a republish started from (only that version may be dropped afterwards)."""
+    drop_after_acks: int = 0
+    """A holder outside the k closest drops its copy once this many of them stored it."""
+    own_copy: bool = False
+    """A republish by one of the k closest: its own copy counts as one of the k."""
+    query_id: int | None = None
+    records: int = 0
+    outstanding: int = 0
+    sent: int = 0
+    acks: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _ReplItem:
+    contact: Contact
+    key: NodeId
+    batch: _ReplBatch
+
+
+@dataclass(slots=True, eq=False)
+class _Scan:
+    """Records to examine because ``peer`` joined (handoff) or died (repair), resumed in
+    chunks of ``scan_batch`` from XOR distance ``next_distance`` (from our id)."""
+
+    peer: Contact
+    joined: bool
+    next_distance: int
+
+
+@dataclass(slots=True, eq=False)
+class _Published:
+    """A record this node's user put: re-put every ``publisher_republish_interval``."""
+
+    record: Record
+    base_ttl: int
+    due: float
 
 
 @dataclass(slots=True)
@@ -184,7 +271,7 @@ class _BootstrapQuery:
     """seeds (pinging known addresses) → self (own-id lookup) → refresh (farther buckets)."""
 
 
-_Query = _PingQuery | _LookupQuery | _PutQuery | _BootstrapQuery
+_Query = _PingQuery | _LookupQuery | _PutQuery | _BootstrapQuery | _TokenQuery | _ReplicationSink
 
 
 class KadEngine:
@@ -247,6 +334,30 @@ class KadEngine:
         self._next_refresh_check = now + self.config.refresh_check_interval
         self._next_expiry = now + self.config.expire_interval
 
+        # --- durability ----------------------------------------------------------------
+        self._held = HeldKeys(self.node_id)
+        self._schedule = RepublishSchedule()
+        self._sources: dict[NodeId, str] = {}
+        """The address each record we hold first came from (for per-source quotas)."""
+        self._source_counts: Counter[str] = Counter()
+        self._published: dict[NodeId, _Published] = {}
+        self._publish_heap: list[tuple[float, int, NodeId]] = []
+        self._peer_tokens: dict[NodeId, tuple[bytes, float]] = {}
+        """The last write token each peer gave us, and when."""
+        self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
+        self._repl_queue: deque[_ReplItem] = deque()
+        self._repl_inflight: dict[bytes, _ReplItem] = {}
+        self._republish_ready: deque[NodeId] = deque()
+        self._republishing = 0
+        self._scans: deque[_Scan] = deque()
+        self._scan_wakeup = math.inf
+        self._peer_since: dict[NodeId, float] = {}
+        """When each routing-table peer entered the table (handoff ranks holders by it)."""
+        self._leaving: _ReplBatch | None = None
+        self._starting_republishes = False
+        self._queries[_REPLICATION_QID] = _ReplicationSink()
+        self._load_store(now)
+
     # ======================================================================================
     # Outputs
     # ======================================================================================
@@ -261,7 +372,13 @@ class KadEngine:
 
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
-        deadline = min(self._next_rotation, self._next_refresh_check, self._next_expiry)
+        deadline = min(
+            self._next_rotation,
+            self._next_refresh_check,
+            self._next_expiry,
+            self._schedule.next_deadline(),
+            self._scan_wakeup,
+        )
         timers = self._timers
         pending = self._pending
         # Timers of requests already answered would only wake the driver for nothing
@@ -270,7 +387,15 @@ class KadEngine:
             heapq.heappop(timers)
         if timers:
             deadline = min(deadline, timers[0][0])
+        if self._publish_heap:
+            deadline = min(deadline, self._publish_heap[0][0])
         return deadline
+
+    @property
+    def replication_backlog(self) -> int:
+        """Replication STOREs queued or in flight, plus records still to be examined."""
+        waiting = sum(len(items) for items in self._token_waiters.values())
+        return len(self._repl_queue) + len(self._repl_inflight) + waiting + len(self._scans)
 
     @property
     def pending_requests(self) -> int:
@@ -318,17 +443,69 @@ class KadEngine:
             return qid
         return self._start_lookup(target=key, now=now, want_value=True, qid=qid, kind=kind)
 
-    def put(self, record: Record, now: float, *, cas: int | None = None) -> int:
+    def put(
+        self, record: Record, now: float, *, cas: int | None = None, republish: bool = False
+    ) -> int:
         """Find the k closest to ``record.key`` and STORE on them: ends with :class:`PutDone`.
 
         ``cas`` (signed records) is the sequence number the writer expects to replace: storers
-        holding a newer one refuse with CAS_MISMATCH. Raises :class:`ValidationError` at once
-        for a record no peer would accept.
+        holding a newer one refuse with CAS_MISMATCH. With ``republish`` this node is the
+        record's publisher: it re-puts the record every ``publisher_republish_interval``
+        (extending its TTL) until a newer version replaces it or :meth:`unpublish` is called.
+
+        Raises :class:`ValidationError` at once for a record no peer would accept.
         """
         validate_record(record, self.config)
         if cas is not None:
             check_replace(None, record, cas)  # the argument rules (signed, seq > cas)
+        if record_expiry(record, now, self.config) <= now:
+            raise ValidationError("the record has already expired")
+        if republish:
+            self.publish_later(record, now + self.config.publisher_republish_interval)
+        else:
+            self._published.pop(record.key, None)
         qid = self._start_lookup(record.key, now, want_value=False, put_record=record, put_cas=cas)
+        return qid
+
+    def publish_later(self, record: Record, due: float, base_ttl: int | None = None) -> None:
+        """Remember ``record`` as ours and re-put it at ``due`` (then every
+        ``publisher_republish_interval``). Drivers use it to restore published records after a
+        restart; ``base_ttl`` is the lifetime each re-put grants from then on."""
+        ttl = record.ttl if base_ttl is None else base_ttl
+        self._published[record.key] = _Published(record, ttl, due)
+        self._timer_seq += 1
+        heapq.heappush(self._publish_heap, (due, self._timer_seq, record.key))
+
+    def unpublish(self, key: NodeId) -> bool:
+        """Stop republishing ``key`` (its copies then expire with their TTL)."""
+        return self._published.pop(key, None) is not None
+
+    def published(self) -> list[tuple[Record, int]]:
+        """The records this node republishes as their publisher, with their base TTL."""
+        return [(p.record, p.base_ttl) for p in self._published.values()]
+
+    def leave(self, now: float) -> int:
+        """Hand every record on to the nodes that keep it once we are gone.
+
+        For each record, a FIND_VALUE lookup that does not stop at the value finds the k
+        closest other nodes and which of them hold it already; the others get a STORE. (Our
+        routing table alone cannot say who the new k-th closest is: a node knows only the
+        peers it has talked to.) Ends with :class:`LeaveDone` when every lookup finished and
+        every STORE was answered or timed out; the driver bounds the wait
+        (``leave_timeout``)."""
+        qid = self._new_query_id()
+        keys = self._held.all()
+        batch = _ReplBatch("leave", query_id=qid, records=len(keys), outstanding=len(keys))
+        # Leaving supersedes any replication still waiting: it is about to be cut off.
+        self._republish_ready.clear()
+        self._repl_queue.clear()
+        self._scans.clear()
+        self._scan_wakeup = math.inf
+        self._leaving = batch
+        self._republish_ready.extend(keys)
+        if not keys:
+            self._events.append(LeaveDone(qid, 0, 0, 0))
+        self._start_republishes(now)
         return qid
 
     def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
@@ -446,9 +623,12 @@ class KadEngine:
             self._token_secret = self.rng.randbytes(16)
             self._last_token = ("", b"")
             self._next_rotation = now + self.config.token_rotation
+            self._prune_tokens(now)
         if now >= self._next_expiry:
             expired = self.store.expire(now)
-            self.stats["store.expired"] += expired
+            for key in expired:
+                self._forget_key(key)
+            self.stats["store.expired"] += len(expired)
             self.stats["session.expired"] += self.sessions.expire(now)
             cutoff = now - _DECLINE_BACKOFF
             while self._declined and next(iter(self._declined.values())) < cutoff:
@@ -457,6 +637,14 @@ class KadEngine:
         if now >= self._next_refresh_check:
             self._next_refresh_check = now + self.config.refresh_check_interval
             self.refresh(now)
+            if len(self._peer_since) > len(self.table):
+                table = self.table
+                self._peer_since = {n: t for n, t in self._peer_since.items() if n in table}
+        if self._scans:
+            self._run_scans(now)
+        self._run_republish_timers(now)
+        self._run_publisher_timers(now)
+        self._pump_replication(now)
 
     # ======================================================================================
     # Serving requests
@@ -481,6 +669,10 @@ class KadEngine:
             entry.last_seen = now
         elif entry is None and not envelope.flags & FLAG_CLIENT:
             self._maybe_verify(Contact(sender, address[0], address[1]), now)
+        elif entry is not None and not envelope.flags & FLAG_CLIENT:
+            # A known node writes from a new address (it restarted on another port, or its
+            # NAT mapping changed): PING it there; its signed answer moves the entry.
+            self._check_liveness(Contact(sender, address[0], address[1]), now)
 
         response: Message
         match request:
@@ -597,19 +789,34 @@ class KadEngine:
         if not self._token_valid(token, address):
             self.stats["store.rejected.token"] += 1
             return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
-        code, text = self._store_record(record, expected_seq, now, validate=True)
+        code, text = self._store_record(record, expected_seq, now, validate=True, source=address[0])
         if code is None:
             return Stored(address)
         return Error(address, code, text)
 
     def _store_record(
-        self, record: Record, expected_seq: int | None, now: float, *, validate: bool
+        self,
+        record: Record,
+        expected_seq: int | None,
+        now: float,
+        *,
+        validate: bool,
+        source: str | None = None,
     ) -> tuple[ErrorCode | None, str]:
-        """Apply the storer's rules (validity, conflicts, compare-and-swap, quota) and keep
-        ``record`` if they allow it. Returns ``(None, "")`` or the refusal's code and text."""
+        """Apply the storer's rules (validity, age, conflicts, compare-and-swap, fullness,
+        per-source quota) and keep ``record`` if they allow it. Returns ``(None, "")`` or the
+        refusal's code and text. ``source`` is the sender's host (None: our own put)."""
+        cfg = self.config
+        expires_at = record_expiry(record, now, cfg)
         try:
             if validate:
-                validate_record(record, self.config)
+                validate_record(record, cfg)
+            if record.published_at > now + cfg.max_clock_skew:
+                self.stats["store.rejected.future"] += 1
+                return ErrorCode.INVALID_RECORD, "record timestamp is in the future"
+            if expires_at <= now:
+                self.stats["store.rejected.expired"] += 1
+                return ErrorCode.INVALID_RECORD, "record has expired"
             existing = self.store.get(record.key, now)
             replace = check_replace(
                 existing.record if existing is not None else None, record, expected_seq
@@ -629,14 +836,37 @@ class KadEngine:
         except RecordConflictError as exc:
             self.stats["store.rejected.stale"] += 1
             return ErrorCode.STALE_RECORD, str(exc)
-        if existing is not None and not replace:
-            existing.stored_at = now
+        key = record.key
+        if existing is not None:
+            if not replace:
+                # The same record again: another holder republished it. Note the receipt
+                # (it lets our own republish skip a turn); the expiry stays.
+                self.store.put(existing.record, now, existing.expires_at)
+                self.stats["store.refreshed"] += 1
+                return None, ""
+            self.store.put(record, now, expires_at)
+            self.stats["store.accepted"] += 1
             return None, ""
-        if existing is None and len(self.store) >= self.config.max_records:
+        if key in self._held:  # expired, not swept yet: it no longer counts
+            self.store.remove(key)
+            self._forget_key(key)
+        # A full store, or a source over its quota, refuses *new* keys only: what is already
+        # held is never evicted for a newcomer, and updates of held keys always go through.
+        if len(self.store) >= cfg.max_records:
             self.stats["store.rejected.full"] += 1
-            return ErrorCode.STORE_FULL, "store is full"
-        ttl = min(float(record.ttl), self.config.max_record_ttl)
-        self.store.put(record, now, now + ttl)
+            return ErrorCode.STORE_FULL, f"store is full ({cfg.max_records} records)"
+        if source is not None and self._source_counts[source] >= cfg.max_records_per_source:
+            self.stats["store.rejected.quota"] += 1
+            return (
+                ErrorCode.QUOTA_EXCEEDED,
+                f"quota of {cfg.max_records_per_source} records from {source} reached",
+            )
+        self.store.put(record, now, expires_at)
+        self._held.add(key)
+        self._arm(key, now, now)
+        if source is not None:
+            self._sources[key] = source
+            self._source_counts[source] += 1
         self.stats["store.accepted"] += 1
         return None, ""
 
@@ -694,7 +924,7 @@ class KadEngine:
         if not envelope.flags & FLAG_CLIENT:
             added, to_ping = self.table.observe(contact, now)
             if added:
-                self._peer_added(contact)
+                self._peer_added(contact, now)
             if to_ping is not None:
                 self._check_liveness(to_ping, now)
         self.table.record_rtt(contact.node_id, rtt)
@@ -702,6 +932,8 @@ class KadEngine:
         observed = getattr(message, "observed", None)
         if observed is not None:
             self.observed_address = observed
+        if isinstance(message, Nodes | Value) and message.token:
+            self._peer_tokens[contact.node_id] = (message.token, now)
 
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
@@ -727,6 +959,17 @@ class KadEngine:
                     if isinstance(message, Error):
                         query.errors.append((message.code, message.message))
                 self._put_progress(query)
+            case _ReplicationSink():
+                item = self._repl_inflight.pop(envelope.txid, None)
+                if item is not None:
+                    stored = isinstance(message, Stored)
+                    if not stored:
+                        self.stats["replicate.refused"] += 1
+                    self._repl_item_done(item, stored, now)
+                    self._pump_replication(now)
+            case _TokenQuery():
+                del self._queries[query.query_id]
+                self._token_arrived(query.node_id, now)
 
     def _on_soft_timeout(self, pending: _Pending, now: float) -> None:
         pending.slow = True
@@ -739,6 +982,11 @@ class KadEngine:
             # before the put is reported.
             query.waiting.discard(pending.txid)
             self._put_progress(query)
+        elif isinstance(query, _ReplicationSink):
+            # A slow STORE keeps its window slot until it is answered or fails for good:
+            # when peers are slow (a loaded network), the sender slows down with them
+            # instead of piling on more.
+            self.stats["replicate.slow"] += 1
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
         self._forget_pending(pending)
@@ -749,7 +997,7 @@ class KadEngine:
             self._verifying.discard(pending.node_id)
             removed = self.table.record_failure(pending.node_id)
             if removed is not None:
-                self._events.append(PeerRemoved(removed))
+                self._peer_removed(removed, now)
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
             return
@@ -769,6 +1017,14 @@ class KadEngine:
             case _PutQuery():
                 query.waiting.discard(pending.txid)
                 self._put_progress(query)
+            case _ReplicationSink():
+                item = self._repl_inflight.pop(pending.txid, None)
+                if item is not None:
+                    self._repl_item_done(item, False, now)
+                    self._pump_replication(now)
+            case _TokenQuery():
+                del self._queries[query.query_id]
+                self._token_arrived(query.node_id, now)
 
     # ======================================================================================
     # Lookups
@@ -788,10 +1044,15 @@ class KadEngine:
         kind: RecordKind | None = None,
         quorum: int = 1,
         local: Record | None = None,
+        republish: bool = False,
+        leave: _ReplBatch | None = None,
     ) -> int:
         if qid is None:
             qid = self._new_query_id()
-        seeds = self.table.closest(target, self.config.k)
+        # Seed with more than k: when the closest entries turn out dead (their failures are
+        # not known yet), the lookup falls back on the next ones we know instead of ending
+        # with fewer than k answers. Extra seeds cost nothing unless they are needed.
+        seeds = self.table.closest(target, 2 * self.config.k)
         self.table.touch(target, now)
         lookup = Lookup(target, self.node_id, self.config.k, self.config.alpha, seeds)
         query = _LookupQuery(
@@ -801,10 +1062,12 @@ class KadEngine:
             internal,
             put_record=put_record,
             put_cas=put_cas,
-            bootstrap=bootstrap,
             kind=kind,
             quorum=quorum,
             local=local,
+            bootstrap=bootstrap,
+            republish=republish,
+            leave=leave,
         )
         self._queries[qid] = query
         self.stats["lookups.started"] += 1
@@ -826,6 +1089,8 @@ class KadEngine:
                     validate_record(record, self.config)
                 except ValidationError:
                     valid = False
+                else:
+                    valid = record_expiry(record, now, self.config) > now
             if not valid:
                 # Honest storers validate what they keep: an invalid value is the peer's fault.
                 self.stats["get.invalid_value"] += 1
@@ -835,6 +1100,10 @@ class KadEngine:
             elif query.kind is not None and record.kind is not query.kind:
                 self.stats["get.wrong_kind"] += 1
                 lookup.on_response(contact.node_id, (), message.token)
+            elif query.leave is not None:
+                # A leave wants to know who holds it, not just the value: keep going.
+                lookup.on_response(contact.node_id, (), message.token)
+                query.holders.add(contact.node_id)
             else:
                 lookup.on_response(contact.node_id, (), message.token)
                 query.holders.add(contact.node_id)
@@ -859,6 +1128,10 @@ class KadEngine:
                 ):
                     lookup.on_failure(contact.node_id)
                     query.overloaded = True
+            if query.overloaded and lookup.in_flight == 0 and lookup.slow == 0:
+                # Refused by the request limit with nothing left in flight: no answer will
+                # ever advance it again, so it ends here (and reports the overload).
+                lookup.finish()
         if lookup.finished or lookup.is_done:
             # Answers still in flight come from outside the final k and cannot change it.
             self._finish_lookup(query, now)
@@ -874,12 +1147,19 @@ class KadEngine:
         if query.bootstrap is not None:
             self._bootstrap_lookup_done(query.bootstrap, now)
             return
-        if query.internal:
+        if query.republish:
+            self._republishing -= 1
+            self._republish_stores(lookup.target, closest, now, query)
+            self._start_republishes(now)
+            return
+        if query.internal and query.put_record is None:
             return
         if query.local is not None and (query.found is None or query.local.supersedes(query.found)):
             query.found = query.local
-        if query.found is None and (
-            query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0)
+        if (
+            not query.internal
+            and query.found is None
+            and (query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0))
         ):
             # A search that asked peers and heard from none (or was cut short) proves nothing:
             # "not found" or "stored" would be a lie, so the caller gets a failure to retry.
@@ -890,6 +1170,9 @@ class KadEngine:
                 else "no peer answered"
             )
             self._events.append(QueryFailed(qid, reason))
+            return
+        if query.put_record is not None:  # a user's put, or the publisher's own re-put
+            self._start_stores(query, closest, now)
             return
         if query.want_value:
             repaired = 0
@@ -907,9 +1190,6 @@ class KadEngine:
                     repaired=repaired,
                 )
             )
-            return
-        if query.put_record is not None:
-            self._start_stores(query, closest, now)
             return
         self._events.append(
             LookupDone(
@@ -986,7 +1266,7 @@ class KadEngine:
     def _start_stores(self, query: _LookupQuery, closest: list[Candidate], now: float) -> None:
         record = query.put_record
         assert record is not None
-        put = _PutQuery(query.query_id, record, query.lookup.queries_sent)
+        put = _PutQuery(query.query_id, record, query.lookup.queries_sent, internal=query.internal)
         self._queries[put.query_id] = put
         targets = [cand for cand in closest if cand.token]
         # We store too when we are among the k closest (in a small network we may be one of
@@ -1019,6 +1299,15 @@ class KadEngine:
         if put.waiting or self._queries.get(put.query_id) is not put:
             return
         del self._queries[put.query_id]
+        if put.internal:
+            self.stats["publish.republished"] += 1
+            if any(code in _SUPERSEDED for code, _ in put.errors):
+                # Somebody published a newer version under this key: ours is history.
+                published = self._published.get(put.record.key)
+                if published is not None and published.record == put.record:
+                    del self._published[put.record.key]
+                    self.stats["publish.superseded"] += 1
+            return
         self._events.append(
             PutDone(
                 put.query_id,
@@ -1092,10 +1381,391 @@ class KadEngine:
         if self._send_request(contact.address, contact.node_id, Ping(), now, None):
             self._verifying.add(contact.node_id)
 
-    def _peer_added(self, contact: Contact) -> None:
+    def _peer_added(self, contact: Contact, now: float) -> None:
         self._events.append(PeerAdded(contact))
+        self._peer_since[contact.node_id] = now
         if _log.isEnabledFor(logging.INFO):
             _log.info("peer %s joined the routing table", contact)
+        if len(self._held):
+            self._start_scan(contact, True, now)
+
+    def _peer_removed(self, contact: Contact, now: float) -> None:
+        """A peer failed and left the routing table: the records it held with us need a
+        prompt repair."""
+        self._events.append(PeerRemoved(contact))
+        self._peer_tokens.pop(contact.node_id, None)
+        self._peer_since.pop(contact.node_id, None)
+        if len(self._held):
+            self._start_scan(contact, False, now)
+
+    # ======================================================================================
+    # Durability: republish, handoff, repair, leave
+    # ======================================================================================
+
+    def _load_store(self, now: float) -> None:
+        """Index what a persistent store already holds (a restart): every record gets a
+        republish timer; those overdue are spread over the next ``repair_delay``s."""
+        for key in list(self.store.keys()):
+            stored = self.store.get(key, now)
+            if stored is None:
+                continue
+            self._held.add(key)
+            due = stored.stored_at + self._republish_period()
+            if due <= now:
+                due = now + self.config.repair_delay * self.rng.random()
+            self._schedule.arm(key, due, stored.stored_at)
+
+    def _republish_period(self) -> float:
+        cfg = self.config
+        return cfg.republish_interval * (1.0 - cfg.republish_jitter * self.rng.random())
+
+    def _arm(self, key: NodeId, base: float, now: float) -> None:
+        self._schedule.arm(key, now + self._republish_period(), base)
+
+    def _forget_key(self, key: NodeId) -> None:
+        """``key`` left the store (expired, dropped): drop its bookkeeping."""
+        self._held.discard(key)
+        self._schedule.forget(key)
+        source = self._sources.pop(key, None)
+        if source is not None:
+            left = self._source_counts[source] - 1
+            if left > 0:
+                self._source_counts[source] = left
+            else:
+                del self._source_counts[source]
+
+    def _remove_local(self, key: NodeId) -> None:
+        self.store.remove(key)
+        self._forget_key(key)
+
+    # --- holder republish ------------------------------------------------------------
+
+    def _run_republish_timers(self, now: float) -> None:
+        for key, state in self._schedule.pop_due(now):
+            stored = self.store.get(key, now)
+            if stored is None:
+                self._forget_key(key)
+                continue
+            if state.repair_after is not None:
+                fresh = stored.stored_at > state.repair_after
+            else:
+                fresh = stored.stored_at > state.base
+            if fresh:
+                # Another holder re-stored it since we armed the timer: our turn is skipped.
+                self.stats["republish.skipped"] += 1
+                self._schedule.arm(
+                    key, stored.stored_at + self._republish_period(), stored.stored_at
+                )
+                continue
+            self._schedule.arm(key, now + self._republish_period(), stored.stored_at)
+            self._republish_ready.append(key)
+        self._start_republishes(now)
+
+    def _start_republishes(self, now: float) -> None:
+        # A lookup can finish inside _start_lookup (nobody to ask) and call back here:
+        # the outer loop carries on instead of recursing once per waiting record.
+        if self._starting_republishes:
+            return
+        self._starting_republishes = True
+        try:
+            limit = self.config.max_concurrent_republish
+            leaving = self._leaving
+            while self._republish_ready and self._republishing < limit:
+                key = self._republish_ready.popleft()
+                if key not in self._held:
+                    if leaving is not None:
+                        self._repl_batch_step(leaving, 1, 0, now)
+                    continue
+                self._republishing += 1
+                self.stats["leave.lookups" if leaving else "republish.started"] += 1
+                self._start_lookup(
+                    key,
+                    now,
+                    want_value=leaving is not None,
+                    internal=True,
+                    republish=True,
+                    leave=leaving,
+                )
+        finally:
+            self._starting_republishes = False
+
+    def _republish_stores(
+        self, key: NodeId, closest: list[Candidate], now: float, query: _LookupQuery
+    ) -> None:
+        """The republish lookup for ``key`` found ``closest``: STORE on the k closest (when
+        leaving: on those of them that answered without the value)."""
+        stored = self.store.get(key, now)
+        k = self.config.k
+        leave = query.leave
+        if leave is not None:
+            holders = query.holders
+            items = (
+                []
+                if stored is None
+                else [
+                    _ReplItem(c.contact, key, leave)
+                    for c in closest
+                    if c.contact.node_id not in holders
+                ]
+            )
+            leave.outstanding += len(items)
+            self._repl_queue.extendleft(reversed(items))
+            self._repl_batch_step(leave, 1, 0, now)  # the lookup itself is done
+            self._pump_replication(now)
+            return
+        if stored is None:
+            return
+        own_distance = self.node_id ^ key
+        among = len(closest) < k or own_distance < closest[-1].distance
+        targets = closest[: k - 1] if among else closest[:k]
+        batch = _ReplBatch("republish", key=key, record=stored.record, own_copy=among)
+        if not among:
+            # k nodes closer than us answered: once all of them stored it, our copy is
+            # surplus (keeping it would make every former holder republish it for ever).
+            batch.drop_after_acks = k
+        items = [_ReplItem(c.contact, key, batch) for c in targets]
+        batch.outstanding = len(items)
+        if not items:
+            self._republish_outcome(batch, now)
+            return
+        self._repl_queue.extend(items)
+        self._pump_replication(now)
+
+    def _republish_outcome(self, batch: _ReplBatch, now: float) -> None:
+        """A republish finished. Surplus copy handed over: drop it. Fewer than k copies
+        confirmed while we know k nodes (the lookup lost peers to timeouts right after
+        deaths, or under load): try again after ``repair_delay`` (doubling each time, up to
+        the interval) instead of leaving the record short for a whole interval."""
+        key = batch.key
+        assert key is not None
+        if batch.drop_after_acks and batch.acks >= batch.drop_after_acks:
+            current = self.store.get(key, now)
+            if current is not None and current.record == batch.record:
+                self._remove_local(key)
+                self.stats["republish.handed_over"] += 1
+            return
+        state = self._schedule.get(key)
+        if state is None:
+            return
+        k = self.config.k
+        copies = batch.acks + (1 if batch.own_copy else 0)
+        if copies >= k or len(self.table) + 1 < k:
+            state.shortfalls = 0
+            return
+        state.shortfalls += 1
+        self.stats["republish.short"] += 1
+        cfg = self.config
+        delay = min(cfg.repair_delay * 2 ** (state.shortfalls - 1), cfg.republish_interval)
+        self._schedule.request_repair(key, now, now + delay * (1.0 + self.rng.random()))
+
+    # --- publisher republish ---------------------------------------------------------
+
+    def _run_publisher_timers(self, now: float) -> None:
+        heap = self._publish_heap
+        while heap and heap[0][0] <= now:
+            due, _, key = heapq.heappop(heap)
+            published = self._published.get(key)
+            if published is None or published.due != due:
+                continue
+            old = published.record
+            # Same publication (timestamp and value), longer life: storers keep the
+            # version with the larger TTL, and a newer write by anyone else still wins.
+            ttl = math.ceil(now - old.published_at) + published.base_ttl
+            record = Record(old.key, old.value, old.timestamp_ms, max(old.ttl, ttl), old.kind)
+            published.record = record
+            published.due = now + self.config.publisher_republish_interval
+            self._timer_seq += 1
+            heapq.heappush(heap, (published.due, self._timer_seq, key))
+            self.stats["publish.started"] += 1
+            self._start_lookup(key, now, want_value=False, internal=True, put_record=record)
+
+    # --- handoff and repair scans ----------------------------------------------------
+
+    def _start_scan(self, peer: Contact, joined: bool, now: float) -> None:
+        start = self._scan_start(peer.node_id)
+        if start is None:
+            return
+        self._scans.append(_Scan(peer, joined, start))
+        self._scan_wakeup = min(self._scan_wakeup, now)
+
+    def _scan_start(self, peer: NodeId) -> int | None:
+        """The smallest XOR distance (from our id) of a held key for which ``peer`` can be
+        among the k closest known nodes; None when there is none.
+
+        Let ``c`` be the prefix length we share with the peer. Every key sharing more than
+        ``c`` bits with us is closer to us, and to every node in our deeper buckets, than to
+        the peer; if those nodes and we make k, the peer ranks beyond k for all such keys,
+        which are exactly the held keys nearer than ``2**(255-c)``.
+        """
+        cpl = ID_BITS - (self.node_id ^ peer).bit_length()
+        deeper = 1 + sum(size for i, size in self.table.bucket_sizes().items() if i > cpl)
+        start = 0 if deeper < self.config.k else 1 << (ID_BITS - 1 - cpl)
+        return start if self._held.from_distance(start, 1) else None
+
+    def _run_scans(self, now: float) -> None:
+        budget = self.config.scan_batch
+        while self._scans and budget > 0:
+            scan = self._scans[0]
+            if scan.joined and scan.peer.node_id not in self.table:
+                self._scans.popleft()
+                continue
+            keys = self._held.from_distance(scan.next_distance, budget)
+            budget -= len(keys)
+            if keys:
+                scan.next_distance = (keys[-1] ^ self.node_id) + 1
+                if scan.joined:
+                    self._handoff_keys(scan.peer, keys, now)
+                else:
+                    self._repair_keys(scan.peer, keys, now)
+            if budget > 0:  # the scan ran out of keys before the budget ran out
+                self._scans.popleft()
+        self._scan_wakeup = now if self._scans else math.inf
+
+    def _ranks(self, key: NodeId, peer: NodeId, known_before: float) -> tuple[int, int]:
+        """For ``key``: how many known nodes (us included) are closer than ``peer``, and how
+        many live peers closer than us we knew before ``known_before`` (the likely holders:
+        a node that joined since the record last reached us probably lacks it)."""
+        peer_distance = peer ^ key
+        own_distance = self.node_id ^ key
+        before_peer = 1 if own_distance < peer_distance else 0
+        before_us = 0
+        table = self.table
+        since = self._peer_since
+        for contact in table.closest(key, self.config.k + 1):
+            node_id = contact.node_id
+            if node_id == peer:
+                continue
+            d = node_id ^ key
+            if d < peer_distance:
+                before_peer += 1
+            if d < own_distance and since.get(node_id, math.inf) < known_before:
+                entry = table.get(node_id)
+                if entry is not None and not entry.is_stale:
+                    before_us += 1
+        return before_peer, before_us
+
+    def _handoff_keys(self, peer: Contact, keys: list[NodeId], now: float) -> None:
+        """Hand ``peer`` (new in our table) the records among ``keys`` it should hold: those
+        for which it is among the k closest we know, if we are among the
+        ``handoff_redundancy`` closest likely holders (so not all k holders send the same
+        record; peers that joined after the record last reached us are not counted as
+        holders, or a crowd of newcomers would silence everyone)."""
+        k = self.config.k
+        redundancy = self.config.handoff_redundancy
+        items: list[_ReplItem] = []
+        batch = _ReplBatch("handoff")
+        for key in keys:
+            stored = self.store.get(key, now)
+            if stored is None:
+                continue
+            before_peer, before_us = self._ranks(key, peer.node_id, stored.stored_at)
+            if before_peer < k and before_us < redundancy:
+                items.append(_ReplItem(peer, key, batch))
+        if items:
+            batch.outstanding = len(items)
+            self.stats["handoff.records"] += len(items)
+            self._repl_queue.extend(items)
+
+    def _repair_keys(self, dead: Contact, keys: list[NodeId], now: float) -> None:
+        """``dead`` failed: re-replicate soon every record among ``keys`` it was among the k
+        closest for.
+
+        De-duplicated twice: one timer per record, and the holders take turns by rank. The
+        closest live holder goes after ``repair_delay``, the r-th after ``(1 + r)`` delays,
+        by when the first one's STORE has reached it and it stands down (a record that
+        arrived again after the death was found needs no repair). Random jitter alone would
+        let every survivor fire at once when they all see the same deaths."""
+        k = self.config.k
+        delay = self.config.repair_delay
+        for key in keys:
+            before_peer, before_us = self._ranks(key, dead.node_id, math.inf)
+            if before_peer < k:
+                due = now + delay * (1.0 + before_us + 0.5 * self.rng.random())
+                if self._schedule.request_repair(key, now, due):
+                    self.stats["repair.scheduled"] += 1
+
+    # --- the replication queue -------------------------------------------------------
+
+    def _pump_replication(self, now: float) -> None:
+        """Send queued replication STOREs while fewer than ``replication_window`` are in
+        flight."""
+        queue = self._repl_queue
+        window = self.config.replication_window
+        inflight = self._repl_inflight
+        while queue and len(inflight) < window:
+            item = queue.popleft()
+            stored = self.store.get(item.key, now)
+            if stored is None:
+                self._repl_item_done(item, False, now)
+                continue
+            token = self._fresh_token(item.contact.node_id, now)
+            if token is None:
+                self._await_token(item, now)
+                continue
+            contact = item.contact
+            request = Store(stored.record, token)
+            txid = self._send_request(
+                contact.address, contact.node_id, request, now, _REPLICATION_QID
+            )
+            if not txid:  # too many requests in flight: try again on the next tick
+                queue.appendleft(item)
+                break
+            item.batch.sent += 1
+            self.stats["replicate.stores"] += 1
+            inflight[txid] = item
+
+    def _repl_item_done(self, item: _ReplItem, stored: bool, now: float) -> None:
+        self._repl_batch_step(item.batch, 1, 1 if stored else 0, now)
+
+    def _repl_batch_step(self, batch: _ReplBatch, done: int, acks: int, now: float) -> None:
+        batch.outstanding -= done
+        batch.acks += acks
+        if batch.outstanding > 0:
+            return
+        if batch.kind == "leave":
+            assert batch.query_id is not None
+            self._events.append(LeaveDone(batch.query_id, batch.records, batch.sent, batch.acks))
+        elif batch.kind == "republish":
+            self._republish_outcome(batch, now)
+
+    def _fresh_token(self, node_id: NodeId, now: float) -> bytes | None:
+        entry = self._peer_tokens.get(node_id)
+        if entry is None or now - entry[1] > TOKEN_REUSE * self.config.token_rotation:
+            return None
+        return entry[0]
+
+    def _prune_tokens(self, now: float) -> None:
+        horizon = TOKEN_REUSE * self.config.token_rotation
+        stale = [nid for nid, (_, at) in self._peer_tokens.items() if now - at > horizon]
+        for node_id in stale:
+            del self._peer_tokens[node_id]
+
+    def _await_token(self, item: _ReplItem, now: float) -> None:
+        """Park ``item`` until its peer gives us a write token (one FIND_NODE per peer)."""
+        node_id = item.contact.node_id
+        waiters = self._token_waiters.get(node_id)
+        if waiters is not None:
+            waiters.append(item)
+            return
+        qid = self._new_query_id()
+        self._queries[qid] = _TokenQuery(qid, node_id)
+        contact = item.contact
+        if not self._send_request(contact.address, node_id, FindNode(self.node_id), now, qid):
+            del self._queries[qid]
+            self._repl_item_done(item, False, now)
+            return
+        self.stats["replicate.token_requests"] += 1
+        self._token_waiters[node_id] = [item]
+
+    def _token_arrived(self, node_id: NodeId, now: float) -> None:
+        """A token request was answered (or failed): release the items parked on it."""
+        waiters = self._token_waiters.pop(node_id, [])
+        if self._fresh_token(node_id, now) is None:
+            for item in waiters:
+                self._repl_item_done(item, False, now)
+        else:
+            self._repl_queue.extendleft(reversed(waiters))
+        self._pump_replication(now)
 
     # ======================================================================================
     # Sending

@@ -65,6 +65,17 @@ class QueryFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaveDone:
+    """A clean leave finished handing records on (or ran out of work to do)."""
+
+    query_id: int
+    records: int
+    """Records this node held when it started leaving."""
+    stores_sent: int
+    acks: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerAdded:
     contact: Contact
 
@@ -80,6 +91,7 @@ Event = (
     | GetDone
     | PutDone
     | BootstrapDone
+    | LeaveDone
     | QueryFailed
     | PeerAdded
     | PeerRemoved

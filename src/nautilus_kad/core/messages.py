@@ -69,6 +69,8 @@ class ErrorCode(enum.IntEnum):
     CAS_MISMATCH = 6
     BAD_SIGNATURE = 7
     STALE_SEQUENCE = 8
+    QUOTA_EXCEEDED = 9
+    """The sender's address already had this node store ``max_records_per_source`` records."""
 
 
 def error_for(code: ErrorCode, text: str) -> KadError:
@@ -83,6 +85,8 @@ def error_for(code: ErrorCode, text: str) -> KadError:
             return BadSignatureError(f"bad signature: {detail}")
         case ErrorCode.STALE_RECORD:
             return RecordConflictError(f"a newer record is stored: {detail}")
+        case ErrorCode.QUOTA_EXCEEDED:
+            return QueryError(f"storage quota exceeded: {detail}")
         case ErrorCode.INVALID_RECORD:
             return ValidationError(f"record refused: {detail}")
     return QueryError(f"store refused: {detail}")

@@ -75,6 +75,8 @@ class Record:
         records: the higher sequence number wins (equal ones by value, for the same reason).
         Immutable records never replace each other (same key, same value). A record of an
         authenticated kind replaces an open one, never the reverse.
+        The same publication with a longer TTL (its publisher republished it to keep it
+        alive) wins last.
         """
         if self.kind is not other.kind:
             return other.kind is RecordKind.OPEN
@@ -86,7 +88,14 @@ class Record:
             return False
         if self.timestamp_ms != other.timestamp_ms:
             return self.timestamp_ms > other.timestamp_ms
-        return self.value > other.value
+        if self.value != other.value:
+            return self.value > other.value
+        return self.ttl > other.ttl
+
+    @property
+    def published_at(self) -> float:
+        """The publisher's clock at publication, in seconds."""
+        return self.timestamp_ms / 1000
 
     def same_content(self, other: Record) -> bool:
         """Whether both carry the same data (the storer only refreshes its copy)."""
@@ -95,8 +104,25 @@ class Record:
         if self.kind is RecordKind.SIGNED:
             return self.seq == other.seq
         if self.kind is RecordKind.OPEN:
-            return self.timestamp_ms == other.timestamp_ms
+            # a longer TTL is a republish by the publisher: it replaces the copy
+            return self.timestamp_ms == other.timestamp_ms and self.ttl == other.ttl
         return True
+
+
+def record_expiry(record: Record, now: float, config: KadConfig) -> float:
+    """When a node that receives ``record`` at ``now`` lets it go.
+
+    A record lives ``ttl`` seconds from its *publication*, not from its arrival: holders
+    republish it every hour, and counting from arrival would keep it alive for ever. Its
+    publisher extends the TTL when it republishes. A storer never keeps anything longer than
+    ``max_record_ttl`` from now.
+
+    Immutable and signed records carry no publication time on the wire (``timestamp_ms`` is
+    0): their TTL counts from their arrival.
+    """
+    if record.timestamp_ms == 0:
+        return now + min(record.ttl, config.max_record_ttl)
+    return min(record.published_at + record.ttl, now + config.max_record_ttl)
 
 
 @dataclass(frozen=True, slots=True)

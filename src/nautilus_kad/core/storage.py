@@ -1,8 +1,9 @@
 """Where a node keeps the records it is responsible for.
 
 :class:`RecordStore` is the interface the engine talks to; :class:`MemoryStore` is the default.
-A persistent store (SQLite under a data dir) implements the same protocol. The engine owns the
-rules (validation, conflicts, quotas); a store only keeps and expires what it is given.
+A persistent store (:class:`nautilus_kad.persist.SqliteStore`, under a data dir) implements the
+same protocol outside ``core`` (it does file I/O). The engine owns the rules (validation,
+conflicts, quotas, replication); a store only keeps and expires what it is given.
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ class RecordStore(Protocol):
     def put(self, record: Record, now: float, expires_at: float) -> None:
         """Keep ``record`` until ``expires_at``, replacing whatever was under its key."""
 
-    def remove(self, key: NodeId) -> bool: ...
+    def remove(self, key: NodeId) -> bool:
+        """Forget ``key``; whether it was there."""
 
-    def expire(self, now: float) -> int:
-        """Drop every record whose time is up; returns how many went."""
+    def expire(self, now: float) -> list[NodeId]:
+        """Drop every record whose time is up; returns their keys."""
 
-    def keys(self) -> Iterator[NodeId]: ...
+    def keys(self) -> Iterator[NodeId]:
+        """Every key held (expired ones may still be listed until the next sweep)."""
 
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """How many records are held."""
+
+    def close(self) -> None:
+        """Release what the store holds open (a no-op in memory)."""
 
 
 class MemoryStore:
@@ -57,14 +64,17 @@ class MemoryStore:
     def remove(self, key: NodeId) -> bool:
         return self._records.pop(key, None) is not None
 
-    def expire(self, now: float) -> int:
+    def expire(self, now: float) -> list[NodeId]:
         dead = [key for key, stored in self._records.items() if stored.expires_at <= now]
         for key in dead:
             del self._records[key]
-        return len(dead)
+        return dead
 
     def keys(self) -> Iterator[NodeId]:
         return iter(list(self._records))
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def close(self) -> None:
+        pass

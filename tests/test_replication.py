@@ -1,0 +1,364 @@
+"""Replication and repair in the engine (DESIGN §7), with explicit ``now``.
+
+Engines are wired back to back by :mod:`enginenet` (instant delivery, time moves only when
+the test says): republish happens and is skipped when fresh, a closer newcomer is handed the
+records it should hold, a dead holder is replaced promptly, a clean leave hands records on,
+records expire, and the publisher keeps its records alive.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from enginenet_durability import EngineNet, build
+
+from nautilus_kad.core.config import KadConfig
+from nautilus_kad.core.engine import KadEngine
+from nautilus_kad.core.errors import ValidationError
+from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
+from nautilus_kad.core.ids import NodeId
+from nautilus_kad.core.messages import ErrorCode
+from nautilus_kad.core.records import Record, record_expiry
+
+K = 4
+CONFIG = KadConfig(k=K, republish_interval=3600.0, repair_delay=30.0)
+
+
+def _stats(net: EngineNet, prefix: str) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for engine in net.engines.values():
+        total.update({k: v for k, v in engine.stats.items() if k.startswith(prefix)})
+    return total
+
+
+def _put(net: EngineNet, engine: KadEngine, record: Record, *, republish: bool = False) -> PutDone:
+    engine.put(record, net.now, republish=republish)
+    net.deliver()
+    (done,) = net.take(engine, PutDone)
+    assert isinstance(done, PutDone)
+    return done
+
+
+def _on_true_closest(net: EngineNet, key: NodeId) -> bool:
+    """Whether the k closest live nodes all hold ``key``."""
+    holders = {e.node_id for e in net.holders(key)}
+    return all(e.node_id in holders for e in net.true_closest(key, K))
+
+
+@pytest.fixture
+def small() -> tuple[EngineNet, list[KadEngine]]:
+    return build(16, CONFIG, seed=7)
+
+
+# --- republish ----------------------------------------------------------------------------
+
+
+def test_one_holder_republishes_per_interval_and_the_others_skip(
+    small: tuple[EngineNet, list[KadEngine]],
+) -> None:
+    net, engines = small
+    key = NodeId.random(net.rng)
+    done = _put(net, engines[3], net.record(key, b"v"))
+    assert done.acks == K
+    net.advance(CONFIG.republish_interval * 0.89)
+    assert _stats(net, "republish")["republish.started"] == 0  # not due yet
+
+    net.advance(CONFIG.republish_interval * 0.12)
+    stats = _stats(net, "republish")
+    # The first holder whose (jittered) timer fired re-stored it on the other k - 1, whose
+    # timers then saw a fresh copy and skipped their turn.
+    assert stats["republish.started"] == 1
+    assert stats["republish.skipped"] == K - 1
+    assert _stats(net, "store.refreshed")["store.refreshed"] == K - 1
+
+    net.advance(CONFIG.republish_interval)  # and so on, once per interval
+    assert _stats(net, "republish")["republish.started"] == 2
+
+
+def test_a_record_received_within_the_interval_is_not_republished() -> None:
+    net, engines = build(8, CONFIG, seed=3)
+    key = NodeId.random(net.rng)
+    _put(net, engines[1], net.record(key, b"v"))
+    holder = net.holders(key)[0]
+    # Someone re-stores it every 40 minutes: the holder's own timer keeps being pushed back.
+    for _ in range(4):
+        net.advance(2400)
+        record = holder.store.get(key, net.now)
+        assert record is not None
+        holder_stats_before = holder.stats["republish.started"]
+        other = next(e for e in net.holders(key) if e is not holder)
+        other.put(record.record, net.now)  # a plain re-put reaches every holder
+        net.deliver()
+        assert holder.stats["republish.started"] == holder_stats_before
+    assert holder.stats["republish.started"] == 0
+
+
+def test_republish_restores_k_live_replicas_after_holders_die(
+    small: tuple[EngineNet, list[KadEngine]],
+) -> None:
+    net, engines = small
+    rng = random.Random(5)
+    keys = [NodeId.random(rng) for _ in range(12)]
+    for i, key in enumerate(keys):
+        _put(net, engines[i % len(engines)], net.record(key, b"value %d" % i))
+    victims = {e.node_id for e in net.holders(keys[0])[: K - 1]}
+    for engine in engines:
+        if engine.node_id in victims:
+            net.kill(engine)
+    survivors = [key for key in keys if net.holders(key)]
+    assert len(survivors) == len(keys)
+    assert min(len(net.holders(key)) for key in keys) < K
+    net.advance(CONFIG.republish_interval * 1.01)
+    # Right after deaths, NODES answers still list the dead (nobody noticed yet), so with a
+    # k this small a lookup need not find the exact k closest; but every record is back on
+    # at least k live nodes.
+    assert min(len(net.holders(key)) for key in keys) >= K
+
+
+def test_a_holder_outside_the_k_closest_drops_its_copy_after_handing_it_over() -> None:
+    net, engines = build(12, CONFIG, seed=11)
+    key = NodeId.random(net.rng)
+    _put(net, engines[0], net.record(key, b"v"))
+    holders = {e.node_id for e in net.holders(key)}
+    # Four newcomers right next to the key push every old holder out of the k closest.
+    for _ in range(K):
+        net.join(net.add(node_id_near=key), engines[0])
+    net.advance(5)
+    closest = net.true_closest(key, K)
+    assert not holders & {e.node_id for e in closest}
+    assert all(e.store.get(key, net.now) is not None for e in closest)  # handed over
+    net.advance(CONFIG.republish_interval * 1.05)
+    # The old holders republished to the new k closest and, all k having stored it, let go.
+    assert {e.node_id for e in net.holders(key)} == {e.node_id for e in closest}
+    assert _stats(net, "republish")["republish.handed_over"] >= 1
+
+
+# --- handoff ------------------------------------------------------------------------------
+
+
+def test_a_closer_newcomer_is_handed_the_record_by_a_few_holders(
+    small: tuple[EngineNet, list[KadEngine]],
+) -> None:
+    net, engines = small
+    key = NodeId.random(net.rng)
+    _put(net, engines[2], net.record(key, b"hand me over"))
+    net.advance(60)
+    newcomer = net.add(node_id_near=key)
+    assert newcomer.node_id in {e.node_id for e in net.true_closest(key, K)}
+    net.join(newcomer, engines[0])
+    net.advance(2)
+    stored = newcomer.store.get(key, net.now)
+    assert stored is not None and stored.record.value == b"hand me over"
+    # Not every holder sends it: at most handoff_redundancy of them did.
+    assert newcomer.stats["store.accepted"] + newcomer.stats["store.refreshed"] <= (
+        CONFIG.handoff_redundancy
+    )
+    assert _on_true_closest(net, key)
+
+
+def test_a_far_newcomer_gets_nothing(small: tuple[EngineNet, list[KadEngine]]) -> None:
+    net, engines = small
+    rng = random.Random(2)
+    keys = [NodeId.random(rng) for _ in range(10)]
+    for key in keys:
+        _put(net, engines[0], net.record(key, b"v"))
+    net.advance(60)
+    far = net.add()
+    net.join(far, engines[0])
+    net.advance(2)
+    for key in keys:
+        should = far.node_id in {e.node_id for e in net.true_closest(key, K)}
+        has = far.store.get(key, net.now) is not None
+        assert has == should, key
+
+
+# --- repair -------------------------------------------------------------------------------
+
+
+def test_a_dead_holder_is_replaced_within_the_repair_delay() -> None:
+    config = CONFIG.with_changes(max_failures=1, republish_interval=10 * 3600.0)
+    net, engines = build(16, config, seed=21)
+    key = NodeId.random(net.rng)
+    _put(net, engines[5], net.record(key, b"repair me"))
+    net.advance(60)
+    holders = net.holders(key)
+    dead = holders[0]
+    net.kill(dead)
+    assert not _on_true_closest(net, key)
+    # A survivor finds the holder dead (its request times out and the entry is evicted) ...
+    survivor = holders[1]
+    survivor.find_node(key, net.now)
+    net.deliver()
+    net.advance(config.request_timeout + 0.1)
+    removed = [e.contact.node_id for e in net.take(survivor, PeerRemoved)]  # type: ignore[attr-defined]
+    assert dead.node_id in removed
+    assert survivor.stats["repair.scheduled"] >= 1
+    # ... and puts the record back on k live nodes after a short delay (the holders take
+    # turns by rank, one repair_delay apart), not after an hour.
+    net.advance((K + 1) * config.repair_delay + 5)
+    assert _on_true_closest(net, key)
+    assert _stats(net, "republish")["republish.started"] >= 1
+
+
+def test_repair_is_done_once_when_several_holders_see_the_death() -> None:
+    config = CONFIG.with_changes(max_failures=1, republish_interval=10 * 3600.0)
+    net, engines = build(16, config, seed=22)
+    key = NodeId.random(net.rng)
+    _put(net, engines[5], net.record(key, b"v"))
+    net.advance(60)
+    holders = net.holders(key)
+    net.kill(holders[0])
+    for survivor in holders[1:]:
+        survivor.find_node(key, net.now)
+    net.deliver()
+    net.advance(config.request_timeout + 0.1)
+    scheduled = _stats(net, "repair")["repair.scheduled"]
+    assert scheduled >= 2
+    net.advance((K + 1) * config.repair_delay + 5)
+    # The closest surviving holder repaired first; its STORE reached the others before their
+    # turn came, and they stood down.
+    assert _stats(net, "republish")["republish.started"] == 1
+    assert _on_true_closest(net, key)
+
+
+# --- clean leave --------------------------------------------------------------------------
+
+
+def test_a_clean_leave_hands_every_record_on() -> None:
+    net, engines = build(16, CONFIG, seed=31)
+    rng = random.Random(4)
+    keys = [NodeId.random(rng) for _ in range(20)]
+    for key in keys:
+        _put(net, engines[0], net.record(key, b"v"))
+    net.advance(60)
+    leaver = max(engines[1:], key=lambda e: len(e.store))
+    held = [key for key in keys if leaver.store.get(key, net.now) is not None]
+    assert held
+    qid = leaver.leave(net.now)
+    net.deliver()
+    (done,) = net.take(leaver, LeaveDone)
+    assert isinstance(done, LeaveDone) and done.query_id == qid
+    assert done.records == len(held)
+    assert done.acks == done.stores_sent > 0
+    net.kill(leaver)
+    # No time passes: the records are already where they belong.
+    assert all(_on_true_closest(net, key) for key in keys)
+
+
+def test_leave_with_nothing_to_hand_on_finishes_at_once() -> None:
+    net, engines = build(4, CONFIG, seed=2)
+    qid = engines[1].leave(net.now)
+    assert engines[1].next_event() == LeaveDone(qid, 0, 0, 0)
+
+
+# --- expiry and the publisher -------------------------------------------------------------
+
+
+def test_expired_records_are_removed_everywhere(small: tuple[EngineNet, list[KadEngine]]) -> None:
+    net, engines = small
+    key = NodeId.random(net.rng)
+    _put(net, engines[0], net.record(key, b"short", ttl=300))
+    assert len(net.holders(key)) == K
+    net.advance(300 + CONFIG.expire_interval + 1)
+    assert net.holders(key) == []
+    assert all(len(e.store) == 0 for e in engines)
+    assert _stats(net, "store.expired")["store.expired"] == K
+    # Nothing is left to republish.
+    net.advance(CONFIG.republish_interval * 1.1)
+    assert _stats(net, "republish")["republish.started"] == 0
+
+
+def test_holder_republish_does_not_extend_a_records_life() -> None:
+    config = CONFIG.with_changes(republish_interval=600.0)
+    net, engines = build(10, config, seed=8)
+    key = NodeId.random(net.rng)
+    _put(net, engines[0], net.record(key, b"v", ttl=2000))
+    net.advance(1900)
+    assert _stats(net, "republish")["republish.started"] >= 2
+    assert len(net.holders(key)) == K
+    net.advance(200)
+    assert net.holders(key) == []
+
+
+def test_the_publisher_keeps_its_record_alive_past_the_ttl() -> None:
+    config = CONFIG.with_changes(publisher_republish_interval=800.0)
+    net, engines = build(10, config, seed=9)
+    key = NodeId.random(net.rng)
+    publisher = engines[4]
+    _put(net, publisher, net.record(key, b"mine", ttl=1000), republish=True)
+    net.advance(2500)  # two and a half original lifetimes
+    assert len(net.holders(key)) >= K
+    assert publisher.stats["publish.republished"] >= 3
+    reader = next(e for e in engines if e.store.get(key, net.now) is None)
+    reader.get(key, net.now)
+    net.deliver()
+    (got,) = net.take(reader, GetDone)
+    assert isinstance(got, GetDone) and got.record is not None and got.record.value == b"mine"
+    # Unpublished, it dies with its current TTL.
+    assert publisher.unpublish(key)
+    net.advance(2000)
+    assert net.holders(key) == []
+
+
+def test_a_newer_write_ends_the_publishers_republishing() -> None:
+    config = CONFIG.with_changes(publisher_republish_interval=800.0)
+    net, engines = build(10, config, seed=10)
+    key = NodeId.random(net.rng)
+    publisher = engines[4]
+    _put(net, publisher, net.record(key, b"old", ttl=1000), republish=True)
+    net.advance(10)
+    _put(net, engines[7], net.record(key, b"new", ttl=5000))
+    net.advance(900)
+    assert publisher.stats["publish.superseded"] == 1
+    assert publisher.published() == []
+    assert all(e.store.get(key, net.now).record.value == b"new" for e in net.holders(key))  # type: ignore[union-attr]
+
+
+def test_the_same_publication_with_a_longer_ttl_supersedes() -> None:
+    a = Record(NodeId(1), b"v", 1000, 60)
+    b = Record(NodeId(1), b"v", 1000, 120)
+    assert b.supersedes(a) and not a.supersedes(b)
+    assert not a.supersedes(a)
+    newer = Record(NodeId(1), b"a", 2000, 1)
+    assert newer.supersedes(b)
+
+
+def test_expiry_counts_from_publication_and_is_capped() -> None:
+    config = KadConfig(max_record_ttl=100.0)
+    record = Record(NodeId(1), b"v", 50_000, 1000)  # published at t = 50 s
+    assert record_expiry(record, 60.0, config) == 160.0  # capped at now + 100
+    assert record_expiry(record, 1000.0, config) == 1050.0
+
+
+def test_far_future_and_expired_records_are_refused(
+    small: tuple[EngineNet, list[KadEngine]],
+) -> None:
+    net, engines = small
+    key = NodeId.random(net.rng)
+    future = Record(key, b"v", int((net.now + 2 * CONFIG.max_clock_skew) * 1000), 600)
+    done = _put(net, engines[0], future)
+    assert done.acks == 0
+    assert done.errors and all("future" in text for _, text in done.errors)
+    assert all(code is ErrorCode.INVALID_RECORD for code, _ in done.errors)
+    with pytest.raises(ValidationError, match="expired"):
+        engines[0].put(Record(key, b"v", int((net.now - 700) * 1000), 600), net.now)
+
+
+# --- a lookup refused by the request limit ------------------------------------------------
+
+
+def test_a_lookup_over_the_request_limit_fails_instead_of_hanging() -> None:
+    """With k > alpha, a lookup whose requests are refused by ``max_pending_requests`` still
+    has untried candidates but nothing in flight: it must end (as a failure to retry), not
+    wait for ever."""
+    net, engines = build(30, KadConfig(), seed=12)
+    busy = net.add(config=KadConfig(max_pending_requests=1))
+    net.join(busy, engines[0])
+    net.advance(5)
+    qids = [busy.get(NodeId.random(net.rng), net.now) for _ in range(3)]
+    net.deliver()
+    net.advance(KadConfig().request_timeout + 1)
+    ended = {e.query_id for e in net.take(busy, GetDone) + net.take(busy, QueryFailed)}  # type: ignore[attr-defined]
+    assert set(qids) <= ended
