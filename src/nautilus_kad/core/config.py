@@ -24,7 +24,11 @@ class KadConfig:
     k: int = 20
     """Bucket size and replication factor."""
     alpha: int = 3
-    """Requests a lookup keeps in flight."""
+    """Requests a lookup keeps in flight (per path)."""
+    disjoint_paths: int = 1
+    """d of S/Kademlia: every lookup runs on this many paths that never query the same node,
+    so colluding misrouting nodes must capture all d to defeat it. Costs about d times the
+    messages; :meth:`secure` turns it on (the simulator's adversarial scenario measures both)."""
     replacement_cache_size: int = 20
     """Verified spares kept per bucket to replace failed entries."""
     max_failures: int = 5
@@ -139,6 +143,20 @@ class KadConfig:
     """An answer to a source whose address is not verified (a signed request from outside a
     session and the routing table) is at most this many times the request's size."""
 
+    @classmethod
+    def secure(cls, **changes: object) -> KadConfig:
+        """The ``secure`` profile: the defaults hardened against hostile peers.
+
+        Lookups run on 4 disjoint paths (with 20% colluding misrouting nodes at 10 000 nodes
+        the simulator measures >= 99% success, see docs/simulator.md) and signed gets collect
+        a larger quorum of answers before choosing the newest version. Everything else that
+        defends against abuse (signed datagrams, write tokens, strict decoding, quotas,
+        anti-amplification) is on in every profile.
+        """
+        base: dict[str, object] = {"disjoint_paths": 4, "signed_get_quorum": 8}
+        base.update(changes)
+        return cls(**base)  # type: ignore[arg-type]
+
     def with_changes(self, **changes: object) -> KadConfig:
         """A copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -146,6 +164,8 @@ class KadConfig:
     def __post_init__(self) -> None:
         if self.k < 1 or self.alpha < 1:
             raise ValueError("k and alpha must be positive")
+        if not 1 <= self.disjoint_paths <= 16:
+            raise ValueError("disjoint_paths must lie in 1..16")
         if self.max_value_size > MAX_VALUE_SIZE:
             raise ValueError(f"inline values cannot exceed {MAX_VALUE_SIZE} bytes")
         if not 0 < self.min_soft_timeout <= self.max_soft_timeout <= self.request_timeout:

@@ -63,7 +63,7 @@ from .events import (
 )
 from .identity import Identity
 from .ids import ID_BITS, NodeId, random_id_in_bucket
-from .lookup import Candidate, Lookup
+from .lookup import AnyLookup, Candidate, new_lookup
 from .messages import (
     Address,
     Contact,
@@ -159,7 +159,7 @@ class _PingQuery:
 @dataclass(slots=True)
 class _LookupQuery:
     query_id: int
-    lookup: Lookup
+    lookup: AnyLookup
     want_value: bool
     internal: bool = False
     found: Record | None = None
@@ -413,17 +413,27 @@ class KadEngine:
             self._fail(qid, "too many requests in flight")
         return qid
 
-    def find_node(self, target: NodeId, now: float) -> int:
-        """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered)."""
-        return self._start_lookup(target, now, want_value=False)
+    def find_node(self, target: NodeId, now: float, *, paths: int | None = None) -> int:
+        """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered).
 
-    def get(self, key: NodeId, now: float, *, kind: RecordKind | None = None) -> int:
+        ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this lookup."""
+        return self._start_lookup(target, now, want_value=False, paths=paths)
+
+    def get(
+        self,
+        key: NodeId,
+        now: float,
+        *,
+        kind: RecordKind | None = None,
+        paths: int | None = None,
+    ) -> int:
         """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found).
 
         ``kind`` restricts the answer to one record kind. A get of a SIGNED record does not
         stop at the first value: it collects ``signed_get_quorum`` valid answers among the
         closest nodes, returns the highest sequence number and writes it back to the replicas
         that served an older one. Invalid values count against the peer that sent them.
+        ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this get.
         """
         local = self.store.get(key, now)
         qid = self._new_query_id()
@@ -437,11 +447,14 @@ class KadEngine:
                 kind=kind,
                 quorum=min(self.config.signed_get_quorum, self.config.k),
                 local=held,
+                paths=paths,
             )
         if local is not None and (kind is None or local.record.kind is kind):
             self._events.append(GetDone(qid, key, local.record, 0, 0))
             return qid
-        return self._start_lookup(target=key, now=now, want_value=True, qid=qid, kind=kind)
+        return self._start_lookup(
+            target=key, now=now, want_value=True, qid=qid, kind=kind, paths=paths
+        )
 
     def put(
         self, record: Record, now: float, *, cas: int | None = None, republish: bool = False
@@ -1046,6 +1059,7 @@ class KadEngine:
         local: Record | None = None,
         republish: bool = False,
         leave: _ReplBatch | None = None,
+        paths: int | None = None,
     ) -> int:
         if qid is None:
             qid = self._new_query_id()
@@ -1054,7 +1068,14 @@ class KadEngine:
         # with fewer than k answers. Extra seeds cost nothing unless they are needed.
         seeds = self.table.closest(target, 2 * self.config.k)
         self.table.touch(target, now)
-        lookup = Lookup(target, self.node_id, self.config.k, self.config.alpha, seeds)
+        lookup = new_lookup(
+            target,
+            self.node_id,
+            self.config.k,
+            self.config.alpha,
+            seeds,
+            self.config.disjoint_paths if paths is None else paths,
+        )
         query = _LookupQuery(
             qid,
             lookup,

@@ -8,12 +8,21 @@ when the ``k`` closest candidates that have not failed have all answered.
 
 Candidate order is kept in a list sorted by XOR distance; distances are plain ints so the
 insertion is a C-level bisect.
+
+:class:`DisjointLookup` runs ``d`` such lookups side by side on disjoint paths (S/Kademlia,
+Baumgart & Mies 2007): the initial closest contacts are dealt round-robin to the paths, each path
+is its own alpha-parallel iterative lookup fed only by the answers to its own queries, and a node is
+queried by at most one path (the first to ask it owns it; every other path skips it). A
+misrouting node can then poison only the path that asked it, and the lookup still succeeds if
+any path stays clean. Results merge: the k closest that answered on any path.
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
+import heapq
+import itertools
 from collections.abc import Iterable
 
 from .ids import NodeId
@@ -57,6 +66,9 @@ class Lookup:
         alpha: int,
         seeds: Iterable[Contact],
         max_candidates: int = 0,
+        *,
+        owners: dict[NodeId, int] | None = None,
+        path: int = 0,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -70,6 +82,9 @@ class Lookup:
         self.queries_sent = 0
         self.responses = 0
         self.finished = False
+        self._owners = owners
+        """Shared by the paths of a :class:`DisjointLookup`: which path queried each node."""
+        self._path = path
         self.add_contacts(seeds, hop=1)
 
     # --- feeding -----------------------------------------------------------------------
@@ -153,12 +168,19 @@ class Lookup:
             return []
         chosen: list[Contact] = []
         seen = 0
+        owners = self._owners
         for d in self._distances:
             cand = self._by_distance[d]
             state = cand.state
             if state is _FAILED or state is _SLOW:
                 continue
             if state is _NEW:
+                if owners is not None:
+                    owner = owners.setdefault(cand.contact.node_id, self._path)
+                    if owner != self._path:
+                        # Another path asked it first: for this path it does not exist.
+                        cand.state = _FAILED
+                        continue
                 cand.state = _IN_FLIGHT
                 chosen.append(cand.contact)
                 if len(chosen) == free:
@@ -214,3 +236,135 @@ class Lookup:
     def hops(self) -> int:
         """Rounds of the search needed to reach the final k: the deepest hop among them."""
         return max((c.hop for c in self.closest_responded()), default=0)
+
+
+class DisjointLookup:
+    """``paths`` lookups for ``target`` that never query the same node (S/Kademlia).
+
+    It has :class:`Lookup`'s interface, so the engine drives either the same way. Each path
+    keeps ``alpha`` requests in flight, so up to ``paths * alpha`` are in flight in all; the
+    lookup is done when every path is done (or :meth:`finish` is called, e.g. at the first
+    valid value any path found).
+    """
+
+    def __init__(
+        self,
+        target: NodeId,
+        own_id: NodeId,
+        k: int,
+        alpha: int,
+        seeds: Iterable[Contact],
+        paths: int,
+        max_candidates: int = 0,
+    ) -> None:
+        if paths < 1:
+            raise ValueError("a lookup needs at least one path")
+        self.target = target
+        self.own_id = own_id
+        self.k = k
+        self.alpha = alpha
+        self.finished = False
+        self._owners: dict[NodeId, int] = {}
+        ordered = sorted(
+            {c.node_id: c for c in seeds if c.node_id != own_id}.values(),
+            key=lambda c: c.node_id ^ target,
+        )
+        shares: list[list[Contact]] = [[] for _ in range(paths)]
+        for i, contact in enumerate(ordered):
+            shares[i % paths].append(contact)
+            self._owners[contact.node_id] = i % paths  # each seed belongs to its own path
+        self.paths = [
+            Lookup(target, own_id, k, alpha, share, max_candidates, owners=self._owners, path=i)
+            for i, share in enumerate(shares)
+        ]
+
+    def _path_of(self, node_id: NodeId) -> Lookup | None:
+        owner = self._owners.get(node_id)
+        return None if owner is None else self.paths[owner]
+
+    # --- feeding: an answer goes to the one path that asked ---------------------------------
+
+    def on_response(
+        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+    ) -> None:
+        path = self._path_of(node_id)
+        if path is not None:
+            path.on_response(node_id, contacts, token)
+
+    def on_soft_timeout(self, node_id: NodeId) -> None:
+        path = self._path_of(node_id)
+        if path is not None:
+            path.on_soft_timeout(node_id)
+
+    def on_failure(self, node_id: NodeId) -> None:
+        path = self._path_of(node_id)
+        if path is not None:
+            path.on_failure(node_id)
+
+    # --- driving --------------------------------------------------------------------------
+
+    def next_queries(self) -> list[Contact]:
+        if self.finished:
+            return []
+        chosen: list[Contact] = []
+        for path in self.paths:
+            if not path.is_done:
+                chosen.extend(path.next_queries())
+        return chosen
+
+    @property
+    def is_done(self) -> bool:
+        return self.finished or all(path.is_done for path in self.paths)
+
+    def finish(self) -> None:
+        self.finished = True
+        for path in self.paths:
+            path.finish()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(path.in_flight for path in self.paths)
+
+    @property
+    def slow(self) -> int:
+        return sum(path.slow for path in self.paths)
+
+    @property
+    def queries_sent(self) -> int:
+        return sum(path.queries_sent for path in self.paths)
+
+    @property
+    def responses(self) -> int:
+        return sum(path.responses for path in self.paths)
+
+    # --- results: merged over the paths ------------------------------------------------------
+
+    def closest_responded(self, count: int | None = None) -> list[Candidate]:
+        limit = self.k if count is None else count
+        if limit <= 0:
+            return []
+        merged = heapq.merge(
+            *(path.closest_responded(limit) for path in self.paths), key=lambda c: c.distance
+        )
+        return list(itertools.islice(merged, limit))
+
+    def candidate(self, node_id: NodeId) -> Candidate | None:
+        path = self._path_of(node_id)
+        return None if path is None else path.candidate(node_id)
+
+    @property
+    def hops(self) -> int:
+        return max((c.hop for c in self.closest_responded()), default=0)
+
+
+AnyLookup = Lookup | DisjointLookup
+"""What the engine drives."""
+
+
+def new_lookup(
+    target: NodeId, own_id: NodeId, k: int, alpha: int, seeds: Iterable[Contact], paths: int = 1
+) -> AnyLookup:
+    """A plain lookup for one path, a :class:`DisjointLookup` for more."""
+    if paths <= 1:
+        return Lookup(target, own_id, k, alpha, seeds)
+    return DisjointLookup(target, own_id, k, alpha, seeds, paths)
