@@ -448,11 +448,13 @@ class Simulation:
 
     # --- membership --------------------------------------------------------------------
 
-    def add_node(self, *, client_mode: bool = False) -> SimNode:
-        """Bring a new host up (not joined yet: call :meth:`join`)."""
+    def add_node(self, *, client_mode: bool = False, identity: Identity | None = None) -> SimNode:
+        """Bring a new host up (not joined yet: call :meth:`join`). ``identity`` defaults to
+        a fresh one from the seed."""
         index = self._next_index
         self._next_index += 1
-        identity = Identity.generate(self._identity_rng)
+        if identity is None:
+            identity = Identity.generate(self._identity_rng)
         engine = KadEngine(
             identity,
             config=self.config,
@@ -577,10 +579,13 @@ class Simulation:
         node: SimNode,
         target: NodeId,
         on_done: Callable[[Operation], object] | None = None,
+        *,
+        paths: int | None = None,
     ) -> Operation:
-        """Iterative FIND_NODE for ``target`` from ``node``."""
+        """Iterative FIND_NODE for ``target`` from ``node`` (on ``paths`` disjoint paths;
+        default: the engine's configuration)."""
         op = self._begin("lookup", node, target, on_done)
-        return self._submit(op, node.engine.find_node(target, self.scheduler.now))
+        return self._submit(op, node.engine.find_node(target, self.scheduler.now, paths=paths))
 
     def put(
         self,
@@ -602,12 +607,14 @@ class Simulation:
         key: NodeId,
         expect: bytes | None = None,
         on_done: Callable[[Operation], object] | None = None,
+        *,
+        paths: int | None = None,
     ) -> Operation:
         """Iterative FIND_VALUE from ``node``; succeeds when a record is found (and, when
         ``expect`` is given, holds exactly that value)."""
         op = self._begin("get", node, key, on_done)
         op.expect = expect
-        return self._submit(op, node.engine.get(key, self.scheduler.now))
+        return self._submit(op, node.engine.get(key, self.scheduler.now, paths=paths))
 
     # --- results ----------------------------------------------------------------------
 
