@@ -47,6 +47,7 @@ from .core.ids import NodeId, distance
 from .core.limits import MAX_SALT_BYTES, MAX_SEQ
 from .core.messages import Address, Contact
 from .core.records import RecordKind, value_limit
+from .sim.adversarial_command import adversarial_command
 from .sim.command import sim_command
 
 T = TypeVar("T")
@@ -1211,3 +1212,4 @@ def _demo_table(report: DemoReport) -> Table:
 # The simulator's command lives with the simulator (it drives no socket); registering it here
 # keeps one `nautilus-kad` entry point.
 cli.add_command(sim_command)
+cli.add_command(adversarial_command)
