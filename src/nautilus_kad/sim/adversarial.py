@@ -95,6 +95,8 @@ class Cell:
     get_messages: float
     lookup_hops: float
     """Median hops of the lookups."""
+    lookup_latency: float
+    """Median virtual seconds a lookup took."""
     malicious: int
     """Hostile nodes during the cell."""
 
@@ -243,6 +245,7 @@ class _Runner:
             raise RuntimeError("adversarial cell did not finish in 600 virtual seconds")
         ok_lookups = 0
         hops: list[int] = []
+        latencies: list[float] = []
         lookup_msgs = 0
         for op, target in lookups:
             event = op.result
@@ -252,6 +255,8 @@ class _Runner:
                 ok_lookups += bool(goal) and goal[0] in got
                 hops.append(event.hops)
                 lookup_msgs += event.queries
+            if op.record is not None:
+                latencies.append(op.record.latency)
         get_msgs = 0
         ok_gets = 0
         for op in gets:
@@ -260,6 +265,7 @@ class _Runner:
                 get_msgs += event.queries
                 ok_gets += op.succeeded
         hops.sort()
+        latencies.sort()
         return Cell(
             level=level,
             paths=paths,
@@ -270,6 +276,7 @@ class _Runner:
             lookup_messages=lookup_msgs / max(1, len(lookups)),
             get_messages=get_msgs / max(1, len(gets)),
             lookup_hops=float(hops[len(hops) // 2]) if hops else math.nan,
+            lookup_latency=latencies[len(latencies) // 2] if latencies else math.nan,
             malicious=len(self.hostile),
         )
 

@@ -67,6 +67,7 @@ def result_table(result: AdversarialResult) -> Table:
     table.add_column("msgs/lookup", justify="right")
     table.add_column("msgs/get", justify="right")
     table.add_column("hops p50", justify="right")
+    table.add_column("latency p50", justify="right")
     for cell in result.cells:
         table.add_row(
             f"{cell.level:g}" if sybil else f"{100 * cell.level:g}%",
@@ -76,6 +77,7 @@ def result_table(result: AdversarialResult) -> Table:
             f"{cell.lookup_messages:.0f}",
             f"{cell.get_messages:.0f}",
             f"{cell.lookup_hops:g}",
+            f"{1000 * cell.lookup_latency:.0f} ms",
         )
     table.caption = "target (DESIGN §9): 20% colluding misrouting nodes, d = 4: ≥ 99% success"
     table.caption_justify = "left"
@@ -102,6 +104,7 @@ def result_json(result: AdversarialResult) -> dict[str, Any]:
                 "lookup_messages": c.lookup_messages,
                 "get_messages": c.get_messages,
                 "lookup_hops_p50": c.lookup_hops,
+                "lookup_latency_p50": c.lookup_latency,
                 "malicious": c.malicious,
             }
             for c in result.cells
