@@ -1999,6 +1999,7 @@ class KadEngine:
         if len(self._pending) >= self.config.max_pending_requests:
             self.stats["tx.refused.pending_limit"] += 1
             return b""
+        self.ingress.expect(address[0])  # its answer is paid for
         txid = self.rng.randbytes(8)
         while txid in self._pending:
             txid = self.rng.randbytes(8)

@@ -8,6 +8,10 @@ A datagram that finds its bucket empty is dropped. An IP that keeps sending whil
 (another ``rate_burst`` datagrams) is no longer throttled but ignored altogether for
 ``rate_penalty`` seconds: a flood then costs the node one lookup per datagram.
 
+Answers to our own requests are paid for in advance: each request we send to an IP puts one
+token in its bucket (up to twice the burst), so a peer we ask a lot (a lookup, a handoff of
+many records) is never throttled for answering; the limit bites on what nobody asked for.
+
 Memory is bounded: at most ``rate_limit_sources`` buckets, the least recently heard from
 forgotten first. A flooder keeps its own bucket fresh, so it is never the one forgotten;
 forgetting a quiet IP loses nothing (its bucket would have refilled).
@@ -61,6 +65,12 @@ class SourceRateLimiter:
         """Source IPs being ignored at ``now``."""
         return sum(1 for b in self._buckets.values() if b.blocked_until > now)
 
+    def expect(self, host: str) -> None:
+        """We sent ``host`` a request: its answer will not cost it a token."""
+        bucket = self._buckets.get(host)
+        if bucket is not None and bucket.blocked_until == 0.0:
+            bucket.tokens = min(2 * self.burst, bucket.tokens + 1.0)
+
     def admit(self, host: str, now: float) -> str | None:
         """None if a datagram from ``host`` may go on; else why it is dropped."""
         if self.rate <= 0:
@@ -80,7 +90,9 @@ class SourceRateLimiter:
                 return BLOCKED
             elapsed = now - bucket.updated
             if elapsed > 0:
-                bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
+                bucket.blocked_until = 0.0
+                if bucket.tokens < self.burst:
+                    bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
                 bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
