@@ -192,6 +192,20 @@ def test_size_is_checked_before_the_rate_limit() -> None:
     assert len(sent_to(server, peer.address)) == 1
 
 
+def test_a_store_with_a_bad_token_changes_nothing() -> None:
+    server = make_server()
+    populate(server, 3)
+    stranger = Peer(("8.8.8.8", 4000), 77)  # not a client: a valid request would get a PING
+    token = server._token_for(("9.9.9.9", 4000))  # issued to another address
+    server.receive_datagram(stranger.request(Store(_record(1, 10), token)), stranger.address, NOW)
+    (answer,) = sent_to(server, stranger.address)  # the refusal, and no PING
+    refusal = decode_datagram(answer, stranger.auth).message
+    assert isinstance(refusal, Error) and refusal.code is ErrorCode.BAD_TOKEN
+    assert server.stats["store.rejected.token"] == 1
+    assert len(server.store) == 0 and server.pending_requests == 0
+    assert stranger.identity.node_id not in server.table
+
+
 # --- amplification --------------------------------------------------------------------------------
 
 

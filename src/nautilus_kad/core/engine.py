@@ -22,6 +22,7 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import hmac
 import logging
@@ -590,7 +591,9 @@ class KadEngine:
         The checks run cheapest first, and nothing changes before they all passed: the size,
         the source IP's rate limit (core/ratelimit.py), then the bounded decode with its
         schema checks and the signature or session AEAD; a STORE's token follows, and only
-        then any state (routing table, store, sessions).
+        then any state (routing table, store, sessions). The one exception is the 14-byte
+        unknown-session notice, unauthenticated by nature, which can only make us re-send a
+        request it names with a fresh handshake (core/session.py).
         """
         stats = self.stats
         stats["rx.datagrams"] += 1
@@ -732,6 +735,14 @@ class KadEngine:
         verified = envelope.session is not None or self._address_verified(sender, address, now)
         if not verified:
             self.budget.received(address, request_size)
+        if type(request) is Store and not self._token_valid(request.token, address):
+            # Refused before anything changes: no routing-table check of the sender, no
+            # session accepted (a forged source cannot hold the token of the address).
+            self.stats["store.rejected.token"] += 1
+            refusal = Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
+            plain = dataclasses.replace(envelope, handshake=None)
+            self._respond(plain, refusal, address, now, request_size, verified)
+            return
         # A stranger's verification PING comes out of its budget first; padded requests
         # leave room for it and a full answer (see ``_pad_to``).
         entry = self.table.get(sender)
