@@ -329,6 +329,9 @@ class KadEngine:
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
         self._verifying: set[NodeId] = set()
+        self._awaiting: dict[NodeId, int] = {}
+        """Requests in flight per peer: a peer we await an answer from needs no PING of
+        its own when it writes to us (its answer is the proof)."""
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
@@ -1492,8 +1495,8 @@ class KadEngine:
     def _maybe_verify(self, contact: Contact, now: float) -> None:
         """A stranger sent us a request: PING it before it may enter the table (its source
         address could be forged), but only when its bucket has room for it."""
-        if contact.node_id in self._verifying:
-            return
+        if contact.node_id in self._verifying or contact.node_id in self._awaiting:
+            return  # already being checked, or about to answer us anyway
         if len(self._verifying) >= self.config.max_pending_verifications:
             return
         if not self.table.has_room_for(contact.node_id):
@@ -1993,6 +1996,13 @@ class KadEngine:
 
     def _forget_pending(self, pending: _Pending) -> None:
         del self._pending[pending.txid]
+        node_id = pending.node_id
+        if node_id is not None:
+            left = self._awaiting[node_id] - 1
+            if left:
+                self._awaiting[node_id] = left
+            else:
+                del self._awaiting[node_id]
         if pending.session is not None:
             self._by_notice.pop(
                 (pending.address, pending.session.remote_sid, pending.counter), None
@@ -2016,6 +2026,8 @@ class KadEngine:
             txid = self.rng.randbytes(8)
         pending = _Pending(txid, address, node_id, request, now, query_id)
         self._pending[txid] = pending
+        if node_id is not None:
+            self._awaiting[node_id] = self._awaiting.get(node_id, 0) + 1
         self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
         self._transmit_request(pending, now)
         if node_id is not None:
