@@ -923,3 +923,34 @@ def test_found_value_is_cached_at_closest_node_without_it() -> None:
     cached = nearest.store.get(record.key, net.now)
     assert cached is not None
     assert cached.record == record
+
+
+def test_a_peer_we_await_an_answer_from_is_not_pinged_back() -> None:
+    """A queried node often PINGs the requester to verify it before its answer arrives:
+    the requester must not verify it in turn (the answer will), or every query costs an
+    extra round trip (the simulator saw 15% more datagrams in a 3 000-node join)."""
+    engine = lone_engine(seed=11)
+    first = Peer(12, address=("10.2.0.2", 5000))
+    second = Peer(13, address=("10.2.0.3", 5000))
+    engine.ping(first.address, 0.0)
+    assert first.answer(engine, lambda env: Pong(engine.address), 0.0) == 1
+    engine.find_node(NodeId(12345), 0.1)
+    referral = Contact(second.identity.node_id, *second.address)
+    assert first.answer(engine, lambda env: Nodes(engine.address, b"", (referral,)), 0.1) == 1
+    # The lookup now asks `second`, a node it learned of and that is not in its table.
+    ((data, dst),) = engine.datagrams_to_send()
+    query = decode_datagram(data, second.auth)
+    assert dst == second.address and isinstance(query.message, FindNode)
+    assert second.identity.node_id not in engine.table
+    pings_before = engine.stats["tx.request.PING"]
+    # Before answering, `second` verifies the requester with a PING of its own.
+    pong = second.request(engine, Ping(), 0.15, flags=0).message
+    assert isinstance(pong, Pong)
+    assert engine.stats["tx.request.PING"] == pings_before  # its answer will prove it
+    answer = encode_message(Nodes(engine.address, b"", ()), query.txid, second.auth)
+    engine.receive_datagram(answer, second.address, 0.2)
+    assert second.identity.node_id in engine.table
+    # A stranger (no request of ours in flight to it) is still verified.
+    stranger = Peer(14, address=("10.2.0.4", 5000))
+    stranger.request(engine, Ping(), 0.25, flags=0)
+    assert engine.stats["tx.request.PING"] == pings_before + 1

@@ -490,8 +490,11 @@ class Node:
         return self._engine
 
     @property
-    def stats(self) -> dict[str, int]:
-        return dict(self._engine.stats)
+    def stats(self) -> dict[str, float]:
+        """The node's metrics: the engine's counters (``rx.dropped.rate_limited`` …), gauges
+        of its defences (``ratelimit.blocked_now``, ``store.bytes`` …) and the limits they
+        enforce (``limit.*``)."""
+        return self._engine.metrics(self._now() if self._protocol is not None else None)
 
     @property
     def data_dir(self) -> str | None:

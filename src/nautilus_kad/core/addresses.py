@@ -1,8 +1,11 @@
-"""Parsing ``HOST:PORT`` text into addresses (no name resolution: that is I/O)."""
+"""Addresses: parsing ``HOST:PORT`` text (no name resolution: that is I/O) and classifying
+IP addresses (public or local, their /24 or /48 subnet) for the abuse limits."""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+from functools import lru_cache
 
 from .errors import KadError
 from .messages import Address
@@ -61,3 +64,45 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
 def format_address(address: Address) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Scope(enum.Enum):
+    """What kind of network an IP address belongs to."""
+
+    PUBLIC = "public"
+    """Globally routable: the abuse limits apply."""
+    LOCAL = "local"
+    """Loopback, private, link-local, shared (CGNAT) or documentation ranges: test networks
+    and LANs, exempt from the per-IP and per-subnet limits."""
+    INVALID = "invalid"
+    """Not an address a peer can have (unspecified, multicast, broadcast, malformed)."""
+
+
+@lru_cache(maxsize=8192)
+def address_scope(host: str) -> Scope:
+    """The :class:`Scope` of ``host`` (an IP literal), cached: it is asked per datagram."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return Scope.INVALID
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast or ip == _BROADCAST:
+        return Scope.INVALID
+    return Scope.PUBLIC if ip.is_global else Scope.LOCAL
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+@lru_cache(maxsize=8192)
+def subnet_of(host: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network of a public ``host``, None for any other: the
+    unit of the routing table's diversity limit (one operator rarely holds many)."""
+    if address_scope(host) is not Scope.PUBLIC:
+        return None
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

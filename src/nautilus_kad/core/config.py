@@ -140,8 +140,41 @@ class KadConfig:
     """Signatures of recent signed requests kept to drop exact replays (for two token
     rotations; older replays of a STORE fail their token)."""
     amplification_factor: int = 3
-    """An answer to a source whose address is not verified (a signed request from outside a
-    session and the routing table) is at most this many times the request's size."""
+    """Everything a node sends to an address it has not verified (no answer of that address
+    to a request of ours, no confirmed session, no routing-table entry there) adds up to at
+    most this many times the authenticated bytes it received from that address: answers,
+    handshake accepts and the PING that checks a stranger before it may enter the table."""
+    amplification_addresses: int = 16384
+    """Unverified addresses whose byte budget is tracked at once (least recent forgotten: a
+    forgotten address starts again from nothing, so forgetting never adds budget)."""
+
+    # --- abuse resistance (core/ratelimit.py, core/routing.py) --------------------------
+    rate_limit: float = 200.0
+    """Datagrams per second one source IP may send us, sustained (0: no per-IP limit).
+    Checked right after the size, before any decoding or cryptography."""
+    rate_burst: int = 400
+    """Datagrams one source IP may send at once before ``rate_limit`` applies."""
+    rate_penalty: float = 60.0
+    """An IP that sends another ``rate_burst`` datagrams while already over its limit is
+    ignored altogether for this long."""
+    rate_limit_sources: int = 16384
+    """Source IPs whose buckets are kept at once (least recently heard from forgotten)."""
+    rate_limit_local: bool = False
+    """Also limit loopback and private sources. Off by default: every node of a loopback or
+    private test network shares one address (the limits are for the public internet)."""
+    subnet_limits: bool = True
+    """Routing-table diversity: at most ``max_per_subnet_bucket`` entries of one /24 (IPv6:
+    /48) per bucket and ``max_per_subnet_table`` in the table. Applies to public addresses
+    only (loopback and private test networks are exempt)."""
+    max_per_subnet_bucket: int = 2
+    max_per_subnet_table: int = 10
+    max_store_bytes: int = 64 * 1024 * 1024
+    """Bytes of records (values, keys, signatures …; see ``records.record_size``) one node
+    stores at most: with ``max_records`` it bounds memory and disk whatever the records'
+    sizes. New records beyond it are refused with ERROR(STORE_FULL)."""
+    max_bytes_per_source: int = 8 * 1024 * 1024
+    """Bytes of new records one source IP address may make this node store
+    (ERROR(QUOTA_EXCEEDED) beyond it)."""
 
     @classmethod
     def secure(cls, **changes: object) -> KadConfig:
@@ -174,6 +207,12 @@ class KadConfig:
             raise ValueError("store_quorum must lie in 1..k")
         if self.amplification_factor < 1 or self.max_sessions < 1:
             raise ValueError("amplification_factor and max_sessions must be positive")
+        if self.rate_limit < 0 or self.rate_burst < 1 or self.rate_penalty < 0:
+            raise ValueError("need rate_limit >= 0, rate_burst >= 1 and rate_penalty >= 0")
+        if self.rate_limit_sources < 1 or self.amplification_addresses < 1:
+            raise ValueError("rate_limit_sources and amplification_addresses must be positive")
+        if self.max_per_subnet_bucket < 1 or self.max_per_subnet_table < 1:
+            raise ValueError("subnet limits must be positive")
         if self.signed_get_quorum < 1:
             raise ValueError("signed_get_quorum must be positive")
         if not 0 <= self.republish_jitter < 1:

@@ -22,6 +22,7 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import hmac
 import logging
@@ -31,6 +32,8 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .addresses import Scope, address_scope
+from .amplification import AmplificationBudget
 from .auth import Authenticator, ReplayFilter
 from .codec import (
     EncodeError,
@@ -63,6 +66,7 @@ from .events import (
 )
 from .identity import Identity
 from .ids import ID_BITS, NodeId, random_id_in_bucket
+from .limits import MAX_PING_BYTES
 from .lookup import AnyLookup, Candidate, new_lookup
 from .messages import (
     Address,
@@ -82,7 +86,15 @@ from .messages import (
     Stored,
     Value,
 )
-from .records import Record, RecordKind, check_replace, record_expiry, validate_record
+from .ratelimit import SourceRateLimiter
+from .records import (
+    Record,
+    RecordKind,
+    check_replace,
+    record_expiry,
+    record_size,
+    validate_record,
+)
 from .replication import HeldKeys, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
@@ -296,6 +308,12 @@ class KadEngine:
         self.table = RoutingTable(self.node_id, self.config, now)
         self.store: RecordStore = store if store is not None else MemoryStore()
         self.stats: Counter[str] = Counter()
+        self.ingress = SourceRateLimiter(self.config)
+        """Per-source-IP token buckets: checked before any decoding (see core/ratelimit.py)."""
+        self.budget = AmplificationBudget(
+            self.config.amplification_factor, self.config.amplification_addresses
+        )
+        """Bytes we may still send to each unverified address (core/amplification.py)."""
         self.rng = rng
         self.flags = FLAG_CLIENT if client_mode else 0
         self.observed_address: Address | None = None
@@ -311,6 +329,9 @@ class KadEngine:
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
         self._verifying: set[NodeId] = set()
+        self._awaiting: dict[NodeId, int] = {}
+        """Requests in flight per peer: a peer we await an answer from needs no PING of
+        its own when it writes to us (its answer is the proof)."""
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
@@ -322,9 +343,11 @@ class KadEngine:
         self._declined: OrderedDict[Address, float] = OrderedDict()
         self._by_notice: dict[tuple[Address, int, int], bytes] = {}
         """(address, session id, counter) of requests sent in a session → their txid."""
-        self._pad_to = -(-MAX_DATAGRAM // self.config.amplification_factor)
+        factor = self.config.amplification_factor
+        self._pad_to = min(MAX_DATAGRAM, -(-(MAX_DATAGRAM + MAX_PING_BYTES) // factor))
         """Signed FIND_* requests are padded to this size so that a peer that does not know
-        us yet may answer them in full under the anti-amplification rule."""
+        us yet may answer them in full under the anti-amplification rule, and still afford
+        the PING that verifies our address."""
 
         self._token_secret = rng.randbytes(16)
         self._previous_secret = self._token_secret
@@ -340,6 +363,10 @@ class KadEngine:
         self._sources: dict[NodeId, str] = {}
         """The address each record we hold first came from (for per-source quotas)."""
         self._source_counts: Counter[str] = Counter()
+        self._source_bytes: Counter[str] = Counter()
+        self._sizes: dict[NodeId, int] = {}
+        """What each held record counts against the byte limits (records.record_size)."""
+        self.stored_bytes = 0
         self._published: dict[NodeId, _Published] = {}
         self._publish_heap: list[tuple[float, int, NodeId]] = []
         self._peer_tokens: dict[NodeId, tuple[bytes, float]] = {}
@@ -400,6 +427,32 @@ class KadEngine:
     @property
     def pending_requests(self) -> int:
         return len(self._pending)
+
+    def metrics(self, now: float | None = None) -> dict[str, float]:
+        """Every counter of :attr:`stats`, plus gauges of the abuse defences and the limits
+        they enforce (``limit.*``), so an operator sees both what happened and why."""
+        cfg = self.config
+        out: dict[str, float] = dict(self.stats)
+        out["ratelimit.sources"] = len(self.ingress)
+        out["ratelimit.blocks"] = self.ingress.blocks
+        if now is not None:
+            out["ratelimit.blocked_now"] = self.ingress.blocked(now)
+        out["amplification.addresses"] = len(self.budget)
+        out["routing.peers"] = len(self.table)
+        out["routing.refused.subnet"] = self.table.refused_subnet
+        out["store.records"] = len(self.store)
+        out["store.bytes"] = self.stored_bytes
+        out["limit.rate_limit"] = cfg.rate_limit
+        out["limit.rate_burst"] = cfg.rate_burst
+        out["limit.rate_penalty"] = cfg.rate_penalty
+        out["limit.amplification_factor"] = cfg.amplification_factor
+        out["limit.max_records"] = cfg.max_records
+        out["limit.max_store_bytes"] = cfg.max_store_bytes
+        out["limit.max_records_per_source"] = cfg.max_records_per_source
+        out["limit.max_bytes_per_source"] = cfg.max_bytes_per_source
+        out["limit.max_per_subnet_bucket"] = cfg.max_per_subnet_bucket if cfg.subnet_limits else 0
+        out["limit.max_per_subnet_table"] = cfg.max_per_subnet_table if cfg.subnet_limits else 0
+        return out
 
     # ======================================================================================
     # Commands
@@ -549,9 +602,27 @@ class KadEngine:
     # ======================================================================================
 
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
-        """Handle one datagram from ``address``. Invalid input is counted and dropped."""
-        self.stats["rx.datagrams"] += 1
-        self.stats["rx.bytes"] += len(data)
+        """Handle one datagram from ``address``. Invalid input is counted and dropped.
+
+        The checks run cheapest first, and nothing changes before they all passed: the size,
+        the source IP's rate limit (core/ratelimit.py), then the bounded decode with its
+        schema checks and the signature or session AEAD; a STORE's token follows, and only
+        then any state (routing table, store, sessions). The one exception is the 14-byte
+        unknown-session notice, unauthenticated by nature, which can only make us re-send a
+        request it names with a fresh handshake (core/session.py).
+        """
+        stats = self.stats
+        stats["rx.datagrams"] += 1
+        stats["rx.bytes"] += len(data)
+        if len(data) > MAX_DATAGRAM:
+            stats["rx.dropped"] += 1
+            stats["rx.dropped.oversize"] += 1
+            return
+        refused = self.ingress.admit(address[0], now)
+        if refused is not None:
+            stats["rx.dropped"] += 1
+            stats["rx.dropped." + refused] += 1
+            return
         try:
             if data and data[0] == SESSION_MAGIC:
                 opened = self._open_session_datagram(data, address, now)
@@ -677,6 +748,19 @@ class KadEngine:
                 "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
             )
         sender = envelope.sender_id
+        verified = envelope.session is not None or self._address_verified(sender, address, now)
+        if not verified:
+            self.budget.received(address, request_size)
+        if type(request) is Store and not self._token_valid(request.token, address):
+            # Refused before anything changes: no routing-table check of the sender, no
+            # session accepted (a forged source cannot hold the token of the address).
+            self.stats["store.rejected.token"] += 1
+            refusal = Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
+            plain = dataclasses.replace(envelope, handshake=None)
+            self._respond(plain, refusal, address, now, request_size, verified)
+            return
+        # A stranger's verification PING comes out of its budget first; padded requests
+        # leave room for it and a full answer (see ``_pad_to``).
         entry = self.table.get(sender)
         if entry is not None and entry.contact.address == address:
             entry.last_seen = now
@@ -703,7 +787,7 @@ class KadEngine:
                     response = Nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
                 response = self._handle_store(record, token, expected_seq, address, now)
-        self._respond(envelope, response, address, now, request_size)
+        self._respond(envelope, response, address, now, request_size, verified)
 
     def _respond(
         self,
@@ -712,10 +796,12 @@ class KadEngine:
         address: Address,
         now: float,
         request_size: int,
+        verified: bool = True,
     ) -> None:
         """Answer in the framing the request came in: its session, or signed (accepting a
         session offer if it carried one). A signed answer to a source whose address nothing
-        has verified is at most ``amplification_factor`` times the request's size."""
+        has verified is at most ``amplification_factor`` times the request's size, and at
+        most what the address's byte budget has left."""
         session = envelope.session
         if session is not None:
             self._queue(
@@ -738,9 +824,13 @@ class KadEngine:
             )
             if accepted is not None:
                 accept, new_session = accepted
-        limit = request_size * self.config.amplification_factor
-        if limit < MAX_DATAGRAM and self._address_verified(envelope.sender_id, address, now):
-            limit = MAX_DATAGRAM
+        limit = MAX_DATAGRAM
+        if not verified:
+            limit = min(
+                limit,
+                request_size * self.config.amplification_factor,
+                self.budget.allowance(address),
+            )
         data = self._encode_within(response, envelope.txid, accept, limit)
         if data is None and accept is not None:
             # No room for the accept (a maximal VALUE): answer now, agree a session later.
@@ -776,13 +866,18 @@ class KadEngine:
             return None
 
     def _address_verified(self, node_id: NodeId, address: Address, now: float) -> bool:
-        """Whether ``node_id`` is known to be reachable at ``address`` (it answered us
-        there, or talks to us in a session bound to it): no need to limit our answer."""
+        """Whether ``node_id`` is known to be reachable at ``address`` (it answered a request
+        of ours there, or talks to us in a session bound to it): no need to limit our
+        answer."""
         entry = self.table.get(node_id)
-        if entry is not None and entry.contact.address == address:
+        if (entry is not None and entry.contact.address == address) or address in self._answered:
+            self.budget.verified(address)
             return True
         session = self.sessions.for_send(address, node_id, now)
-        return session is not None and session.confirmed
+        if session is not None and session.confirmed:
+            self.budget.verified(address)
+            return True
+        return False
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         k = self.config.k
@@ -850,7 +945,12 @@ class KadEngine:
             self.stats["store.rejected.stale"] += 1
             return ErrorCode.STALE_RECORD, str(exc)
         key = record.key
+        size = record_size(record)
         if existing is not None:
+            growth = size - self._sizes.get(key, size)
+            if replace and growth > 0 and self.stored_bytes + growth > cfg.max_store_bytes:
+                self.stats["store.rejected.full"] += 1
+                return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
             if not replace:
                 # The same record again: another holder republished it. Note the receipt
                 # (it lets our own republish skip a turn); the expiry stays.
@@ -858,6 +958,7 @@ class KadEngine:
                 self.stats["store.refreshed"] += 1
                 return None, ""
             self.store.put(record, now, expires_at)
+            self._resize(key, size)
             self.stats["store.accepted"] += 1
             return None, ""
         if key in self._held:  # expired, not swept yet: it no longer counts
@@ -868,18 +969,29 @@ class KadEngine:
         if len(self.store) >= cfg.max_records:
             self.stats["store.rejected.full"] += 1
             return ErrorCode.STORE_FULL, f"store is full ({cfg.max_records} records)"
-        if source is not None and self._source_counts[source] >= cfg.max_records_per_source:
-            self.stats["store.rejected.quota"] += 1
-            return (
-                ErrorCode.QUOTA_EXCEEDED,
-                f"quota of {cfg.max_records_per_source} records from {source} reached",
-            )
+        if self.stored_bytes + size > cfg.max_store_bytes:
+            self.stats["store.rejected.full"] += 1
+            return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
+        if source is not None:
+            if self._source_counts[source] >= cfg.max_records_per_source:
+                self.stats["store.rejected.quota"] += 1
+                return (
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"quota of {cfg.max_records_per_source} records from {source} reached",
+                )
+            if self._source_bytes[source] + size > cfg.max_bytes_per_source:
+                self.stats["store.rejected.quota"] += 1
+                return (
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"quota of {cfg.max_bytes_per_source} bytes from {source} reached",
+                )
         self.store.put(record, now, expires_at)
         self._held.add(key)
         self._arm(key, now, now)
         if source is not None:
             self._sources[key] = source
             self._source_counts[source] += 1
+        self._resize(key, size)
         self.stats["store.accepted"] += 1
         return None, ""
 
@@ -924,6 +1036,7 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         self._forget_pending(pending)
+        self.budget.verified(address)  # it echoed our random txid: it receives there
         answered = self._answered
         count = answered.pop(address, 0)
         if not count and len(answered) >= _ANSWERED_PEERS:
@@ -1101,7 +1214,8 @@ class KadEngine:
         lookup = query.lookup
         if isinstance(message, Nodes):
             # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
-            lookup.on_response(contact.node_id, message.contacts[: self.config.k], message.token)
+            contacts = self._acceptable(message.contacts[: self.config.k], contact.host)
+            lookup.on_response(contact.node_id, contacts, message.token)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -1136,6 +1250,22 @@ class KadEngine:
         else:  # an ERROR answer: the peer is alive but useless for this lookup
             lookup.on_failure(contact.node_id)
         self._advance(query, now)
+
+    def _acceptable(self, contacts: tuple[Contact, ...], via: str) -> tuple[Contact, ...]:
+        """The contacts of a NODES answer from host ``via`` worth asking: never unusable
+        addresses (unspecified, multicast), and loopback or private ones only from a peer
+        that is itself local (a public peer listing them points us at our own LAN, or
+        invents them), and only if ``allow_private_addresses``."""
+        local_ok = self.config.allow_private_addresses and address_scope(via) is not Scope.PUBLIC
+        kept = tuple(
+            c
+            for c in contacts
+            if (scope := address_scope(c.host)) is Scope.PUBLIC
+            or (scope is Scope.LOCAL and local_ok)
+        )
+        if len(kept) != len(contacts):
+            self.stats["lookup.contacts_refused"] += len(contacts) - len(kept)
+        return kept
 
     def _advance(self, query: _LookupQuery, now: float) -> None:
         lookup = query.lookup
@@ -1386,8 +1516,8 @@ class KadEngine:
     def _maybe_verify(self, contact: Contact, now: float) -> None:
         """A stranger sent us a request: PING it before it may enter the table (its source
         address could be forged), but only when its bucket has room for it."""
-        if contact.node_id in self._verifying:
-            return
+        if contact.node_id in self._verifying or contact.node_id in self._awaiting:
+            return  # already being checked, or about to answer us anyway
         if len(self._verifying) >= self.config.max_pending_verifications:
             return
         if not self.table.has_room_for(contact.node_id):
@@ -1396,8 +1526,13 @@ class KadEngine:
 
     def _check_liveness(self, contact: Contact, now: float) -> None:
         """PING ``contact`` unless a check is already under way; the answer (or its
-        absence) updates the routing table."""
+        absence) updates the routing table. An unverified address pays the PING from its
+        amplification budget; without enough left, no PING (it may ask again later)."""
         if contact.node_id in self._verifying:
+            return
+        address = contact.address
+        if address in self.budget and self.budget.allowance(address) < MAX_PING_BYTES:
+            self.stats["verify.skipped.amplification"] += 1
             return
         if self._send_request(contact.address, contact.node_id, Ping(), now, None):
             self._verifying.add(contact.node_id)
@@ -1431,6 +1566,7 @@ class KadEngine:
             if stored is None:
                 continue
             self._held.add(key)
+            self._resize(key, record_size(stored.record))
             due = stored.stored_at + self._republish_period()
             if due <= now:
                 due = now + self.config.repair_delay * self.rng.random()
@@ -1443,10 +1579,21 @@ class KadEngine:
     def _arm(self, key: NodeId, base: float, now: float) -> None:
         self._schedule.arm(key, now + self._republish_period(), base)
 
+    def _resize(self, key: NodeId, size: int) -> None:
+        """``key`` now holds a record of ``size`` bytes (records.record_size)."""
+        growth = size - self._sizes.get(key, 0)
+        self._sizes[key] = size
+        self.stored_bytes += growth
+        source = self._sources.get(key)
+        if source is not None:
+            self._source_bytes[source] += growth
+
     def _forget_key(self, key: NodeId) -> None:
         """``key`` left the store (expired, dropped): drop its bookkeeping."""
         self._held.discard(key)
         self._schedule.forget(key)
+        size = self._sizes.pop(key, 0)
+        self.stored_bytes -= size
         source = self._sources.pop(key, None)
         if source is not None:
             left = self._source_counts[source] - 1
@@ -1454,6 +1601,11 @@ class KadEngine:
                 self._source_counts[source] = left
             else:
                 del self._source_counts[source]
+            left_bytes = self._source_bytes[source] - size
+            if left_bytes > 0:
+                self._source_bytes[source] = left_bytes
+            else:
+                del self._source_bytes[source]
 
     def _remove_local(self, key: NodeId) -> None:
         self.store.remove(key)
@@ -1793,6 +1945,7 @@ class KadEngine:
     # ======================================================================================
 
     def _queue(self, data: bytes, address: Address) -> None:
+        self.budget.spend(address, len(data))
         self._outbox.append((data, address))
         self.stats["tx.datagrams"] += 1
         self.stats["tx.bytes"] += len(data)
@@ -1864,6 +2017,13 @@ class KadEngine:
 
     def _forget_pending(self, pending: _Pending) -> None:
         del self._pending[pending.txid]
+        node_id = pending.node_id
+        if node_id is not None:
+            left = self._awaiting[node_id] - 1
+            if left:
+                self._awaiting[node_id] = left
+            else:
+                del self._awaiting[node_id]
         if pending.session is not None:
             self._by_notice.pop(
                 (pending.address, pending.session.remote_sid, pending.counter), None
@@ -1881,11 +2041,14 @@ class KadEngine:
         if len(self._pending) >= self.config.max_pending_requests:
             self.stats["tx.refused.pending_limit"] += 1
             return b""
+        self.ingress.expect(address[0])  # its answer is paid for
         txid = self.rng.randbytes(8)
         while txid in self._pending:
             txid = self.rng.randbytes(8)
         pending = _Pending(txid, address, node_id, request, now, query_id)
         self._pending[txid] = pending
+        if node_id is not None:
+            self._awaiting[node_id] = self._awaiting.get(node_id, 0) + 1
         self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
         self._transmit_request(pending, now)
         if node_id is not None:

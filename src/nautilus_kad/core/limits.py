@@ -66,6 +66,11 @@ def _signed_size(msg_type: int, body: list[Any]) -> int:
     return len(msgpack.packb(envelope, use_bin_type=True)) + SIGNATURE_BYTES
 
 
+MAX_PING_BYTES = _signed_size(0x01, [])
+"""The largest signed PING (no offer, no padding): what checking a stranger's address costs
+its amplification budget."""
+
+
 def worst_case_sizes(kind: int, value_size: int) -> tuple[int, int]:
     """Sizes of the largest signed (VALUE, STORE) datagrams carrying such a record."""
     value = b"\xff" * value_size

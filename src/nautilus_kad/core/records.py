@@ -109,6 +109,23 @@ class Record:
         return True
 
 
+RECORD_OVERHEAD = 64
+"""Bytes a stored record costs beyond its variable fields (key, integers, bookkeeping)."""
+
+
+def record_size(record: Record) -> int:
+    """What ``record`` counts against the store's byte limits: its variable-length fields
+    plus a fixed overhead, so that ``max_store_bytes`` bounds memory and disk together with
+    ``max_records`` whatever mix of sizes a flood sends."""
+    return (
+        len(record.value)
+        + len(record.owner)
+        + len(record.salt)
+        + len(record.signature)
+        + RECORD_OVERHEAD
+    )
+
+
 def record_expiry(record: Record, now: float, config: KadConfig) -> float:
     """When a node that receives ``record`` at ``now`` lets it go.
 

@@ -8,7 +8,12 @@ and the engine decides whether to ping it. Rules (DESIGN §5):
   least recently seen entry is offered for a ping when it has been idle a while;
 * a failed entry is replaced at once by the freshest verified replacement, or removed after
   ``max_failures`` consecutive failures when no replacement exists;
-* every entry carries an SRTT/RTTVAR estimate (RFC 6298) that sets its request timeout.
+* every entry carries an SRTT/RTTVAR estimate (RFC 6298) that sets its request timeout;
+* diversity: at most ``max_per_subnet_bucket`` entries of one /24 (IPv6: /48) in a bucket and
+  ``max_per_subnet_table`` in the table, so whoever controls one subnet cannot fill a bucket
+  (an eclipse) however many ids it makes up. Public addresses only: loopback and private test
+  networks put every node in one subnet. Contacts over a limit are refused outright, not kept
+  as spares, so no failure can promote them later.
 
 Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, and most of the
 256 possible buckets of each stay empty forever.
@@ -17,9 +22,10 @@ Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, 
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
+from .addresses import subnet_of
 from .config import KadConfig
 from .ids import ID_BITS, NodeId
 from .messages import Contact
@@ -90,6 +96,10 @@ class RoutingTable:
         """The keys of ``_buckets``, sorted (buckets are only ever added)."""
         self._index: dict[NodeId, int] = {}
         self._global_rtt = RttEstimator()
+        self._subnets: Counter[str] = Counter()
+        """Entries per public /24 or /48 in the whole table."""
+        self.refused_subnet = 0
+        """Verified contacts refused by the subnet limits (a metric)."""
 
     # --- inspection ------------------------------------------------------------------
 
@@ -148,11 +158,22 @@ class RoutingTable:
         bucket.last_touched = now
         entry = bucket.entries.get(node_id)
         if entry is not None:
-            # A signed answer proves the key holder is at this address: follow it if it moved.
+            # A signed answer proves the key holder is at this address: follow it if it moved
+            # (unless the move would break the subnet limits; it stays where it was).
+            if entry.contact.host != contact.host and not self._subnet_allows(
+                bucket, contact.host, entry.contact.host
+            ):
+                self.refused_subnet += 1
+                return False, None
+            self._count_subnet(entry.contact.host, -1)
+            self._count_subnet(contact.host, 1)
             entry.contact = contact
             entry.last_seen = now
             entry.failures = 0
             bucket.entries.move_to_end(node_id)
+            return False, None
+        if not self._subnet_allows(bucket, contact.host):
+            self.refused_subnet += 1
             return False, None
         if len(bucket.entries) < self.config.k:
             self._insert(bucket, index, contact, now)
@@ -176,10 +197,39 @@ class RoutingTable:
         bucket.entries[contact.node_id] = Entry(contact, now)
         bucket.replacements.pop(contact.node_id, None)
         self._index[contact.node_id] = index
+        self._count_subnet(contact.host, 1)
 
     def _evict(self, bucket: KBucket, node_id: NodeId) -> None:
-        del bucket.entries[node_id]
+        entry = bucket.entries.pop(node_id)
         del self._index[node_id]
+        self._count_subnet(entry.contact.host, -1)
+
+    # --- diversity ---------------------------------------------------------------------
+
+    def _count_subnet(self, host: str, delta: int) -> None:
+        if not self.config.subnet_limits:
+            return
+        subnet = subnet_of(host)
+        if subnet is not None:
+            count = self._subnets[subnet] + delta
+            if count > 0:
+                self._subnets[subnet] = count
+            else:
+                del self._subnets[subnet]
+
+    def _subnet_allows(self, bucket: KBucket, host: str, leaving: str | None = None) -> bool:
+        """Whether one more entry at ``host`` keeps the bucket and the table within the
+        subnet limits (``leaving``: the host of an entry that moves to ``host``)."""
+        if not self.config.subnet_limits:
+            return True
+        subnet = subnet_of(host)
+        if subnet is None:
+            return True
+        credit = 1 if leaving is not None and subnet_of(leaving) == subnet else 0
+        if self._subnets[subnet] - credit >= self.config.max_per_subnet_table:
+            return False
+        in_bucket = sum(1 for e in bucket.entries.values() if subnet_of(e.contact.host) == subnet)
+        return in_bucket - credit < self.config.max_per_subnet_bucket
 
     def record_failure(self, node_id: NodeId) -> Contact | None:
         """A request to ``node_id`` went unanswered.
@@ -193,12 +243,13 @@ class RoutingTable:
         bucket = self._buckets[index]
         entry = bucket.entries[node_id]
         entry.failures += 1
-        if bucket.replacements:
-            _, spare = bucket.replacements.popitem(last=True)
-            self._evict(bucket, node_id)
-            # Inserted with last_seen = the stale entry's: the spare's own proof is older.
-            self._insert(bucket, index, spare, entry.last_seen)
-            return entry.contact
+        for spare_id in reversed(bucket.replacements):  # the freshest spare that fits
+            spare = bucket.replacements[spare_id]
+            if self._subnet_allows(bucket, spare.host, entry.contact.host):
+                self._evict(bucket, node_id)
+                # Inserted with last_seen = the stale entry's: the spare's own proof is older.
+                self._insert(bucket, index, spare, entry.last_seen)
+                return entry.contact
         if entry.failures >= self.config.max_failures:
             self._evict(bucket, node_id)
             return entry.contact
