@@ -31,6 +31,7 @@ import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .addresses import Scope, address_scope
 from .amplification import AmplificationBudget
@@ -128,6 +129,9 @@ FLAG_CLIENT = 0x01
 TOKEN_REUSE = 0.9
 """A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
 token stays valid for one to two rotation periods at its issuer)."""
+_HOST = attrgetter("host")
+_PUBLIC_ONLY = frozenset({Scope.PUBLIC})
+_LOCAL_OK = frozenset({Scope.PUBLIC, Scope.LOCAL})
 _REPLICATION_QID = 0
 """Query id of the replication sink: user query ids start at 1."""
 
@@ -1236,6 +1240,11 @@ class KadEngine:
         that is itself local (a public peer listing them points us at our own LAN, or
         invents them), and only if ``allow_private_addresses``."""
         local_ok = self.config.allow_private_addresses and address_scope(via) is not Scope.PUBLIC
+        # The common case (every contact acceptable) in C-level iteration: this runs for
+        # every contact of every NODES answer.
+        scopes = set(map(address_scope, map(_HOST, contacts)))
+        if scopes <= (_LOCAL_OK if local_ok else _PUBLIC_ONLY):
+            return contacts
         kept = tuple(
             c
             for c in contacts
