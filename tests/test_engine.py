@@ -954,3 +954,28 @@ def test_a_peer_we_await_an_answer_from_is_not_pinged_back() -> None:
     stranger = Peer(14, address=("10.2.0.4", 5000))
     stranger.request(engine, Ping(), 0.25, flags=0)
     assert engine.stats["tx.request.PING"] == pings_before + 1
+
+
+def test_a_lookup_request_past_its_soft_timeout_is_sent_once_more() -> None:
+    engine = lone_engine(seed=21)
+    peer = Peer(22, address=("10.2.0.9", 5000))
+    engine.ping(peer.address, 0.0)
+    assert peer.answer(engine, lambda env: Pong(engine.address), 0.0) == 1
+    qid = engine.find_node(NodeId(777), 0.1)
+    ((first, dst),) = engine.datagrams_to_send()
+    assert dst == peer.address
+    engine.handle_timer(1.5)  # past the soft timeout, before the hard one
+    ((copy, dst),) = engine.datagrams_to_send()
+    assert dst == peer.address
+    original, again = decode_datagram(first, peer.auth), decode_datagram(copy, peer.auth)
+    assert again.txid == original.txid and again.message == original.message
+    assert copy[-64:] != first[-64:]  # a fresh signature: the peer's replay filter lets it in
+    assert engine.stats["tx.retransmits"] == 1
+    engine.handle_timer(1.9)
+    assert engine.datagrams_to_send() == []  # once only
+    # The answer to either copy completes the lookup with the peer in it.
+    answer = encode_message(Nodes(engine.address, b"", ()), again.txid, peer.auth)
+    engine.receive_datagram(answer, peer.address, 1.95)
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, LookupDone)]
+    assert [e.query_id for e in done] == [qid]
+    assert [c.node_id for c in done[0].contacts] == [peer.identity.node_id]

@@ -402,6 +402,49 @@ def test_is_done_when_a_failure_leaves_the_answered_ones() -> None:
     assert result_ids(lookup) == [a, c]
 
 
+def test_a_slow_peer_among_the_k_closest_is_awaited_until_given_up() -> None:
+    world = World(10, 20)
+    target = NodeId.random(world.rng)
+    ordered = world.truth(target, 4)
+    lookup = Lookup(target, world.own, k=3, alpha=3, seeds=[world.contacts[n] for n in ordered])
+    a, b, c = (x.node_id for x in lookup.next_queries())
+    lookup.on_soft_timeout(b)
+    (d,) = (x.node_id for x in lookup.next_queries())  # its slot went to the fourth
+    for peer in (a, c, d):
+        lookup.on_response(peer, [])
+    assert not lookup.is_done  # b is slow, not gone, and closer than the third answer
+    assert lookup.next_queries() == []
+    lookup.on_give_up(b)
+    assert lookup.is_done
+    assert result_ids(lookup) == [a, c, d]
+
+
+def test_a_slow_peer_that_answers_within_its_grace_is_in_the_result() -> None:
+    world = World(10, 21)
+    target = NodeId.random(world.rng)
+    ordered = world.truth(target, 4)
+    lookup = Lookup(target, world.own, k=3, alpha=3, seeds=[world.contacts[n] for n in ordered])
+    a, b, c = (x.node_id for x in lookup.next_queries())
+    lookup.on_soft_timeout(b)
+    (d,) = (x.node_id for x in lookup.next_queries())
+    for peer in (a, c, d):
+        lookup.on_response(peer, [])
+    lookup.on_response(b, [])
+    assert lookup.is_done
+    assert result_ids(lookup) == [a, b, c]
+
+
+def test_a_slow_peer_beyond_the_k_closest_is_not_awaited() -> None:
+    world = World(10, 22)
+    target = NodeId.random(world.rng)
+    ordered = world.truth(target, 4)
+    lookup = Lookup(target, world.own, k=2, alpha=2, seeds=[world.contacts[n] for n in ordered])
+    a, b = (x.node_id for x in lookup.next_queries())
+    lookup.on_response(a, [])
+    lookup.on_response(b, [])
+    assert lookup.is_done  # the two farther seeds, whatever their state, do not matter
+
+
 def test_finish_ends_the_lookup() -> None:
     world = World(10, 20)
     target = NodeId.random(world.rng)

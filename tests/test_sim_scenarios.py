@@ -16,6 +16,7 @@ from nautilus_kad.sim import (
     ScenarioSpec,
     Simulation,
     UniformLatency,
+    default_sim_config,
     run_scenario,
     summarize,
 )
@@ -50,16 +51,25 @@ def test_without_churn_or_loss_every_lookup_finds_the_true_k_closest() -> None:
     assert result.network.lost == 0 and result.aborted == 0
 
 
-def test_long_tailed_latency_costs_a_few_slow_neighbours() -> None:
-    # The default log-normal latency puts ~1% of links above 300 ms one way. The engine does
-    # not wait for a peer past its soft timeout, so a lookup now and then ends without a
-    # slow member of the true k: measured, bounded, and never a failure.
+def test_long_tailed_latency_still_finds_the_true_k_closest() -> None:
+    # The default log-normal latency puts ~1% of links above 300 ms one way: such a peer
+    # passes its soft timeout (its slot goes to another peer at once), but a lookup does not
+    # finish without it while it is among the k closest, for up to ``slow_grace``. Without
+    # that wait about 1% of these lookups missed one of the true k.
     result = run_scenario(ScenarioSpec(nodes=1000, lookups=1000, seed=12))
     lookups = rows(result.records)["workload", "lookup"]
     assert lookups.success_rate == 1.0
-    assert lookups.exact_rate is not None and lookups.exact_rate >= 0.98
-    assert lookups.recall is not None and lookups.recall >= 0.998
+    assert lookups.exact_rate == 1.0
     assert lookups.hops.p50 <= 3
+
+
+def test_without_the_grace_slow_neighbours_are_missed() -> None:
+    # The same run with ``slow_grace=0``: the control that shows the test above can fail.
+    config = default_sim_config().with_changes(slow_grace=0.0)
+    result = run_scenario(ScenarioSpec(nodes=1000, lookups=1000, seed=12, config=config))
+    lookups = rows(result.records)["workload", "lookup"]
+    assert lookups.success_rate == 1.0
+    assert lookups.exact_rate is not None and 0.95 <= lookups.exact_rate < 1.0
 
 
 def test_puts_are_readable_from_every_other_node() -> None:
@@ -100,9 +110,10 @@ def test_lookups_survive_five_percent_loss() -> None:
     assert result.network.lost > 0.04 * result.network.sent
     assert lookups.count == 1000
     assert lookups.success_rate >= 0.99
-    # Losing a request or its answer drops that peer from the lookup (no retransmission),
-    # so the exact set suffers far more than reaching the target's neighbourhood does.
-    assert lookups.recall is not None and lookups.recall >= 0.8
+    # A request past its soft timeout is sent once more, so most lost datagrams cost a
+    # lookup little (without the copy only ~4% of these lookups were exact, with it ~70%).
+    assert lookups.recall is not None and lookups.recall >= 0.95
+    assert lookups.exact_rate is not None and lookups.exact_rate >= 0.5
     assert table["workload", "put"].success_rate >= 0.99
     assert gets.count == 200 and gets.success_rate >= 0.99
     assert table["join", "join"].success_rate >= 0.99

@@ -40,6 +40,14 @@ class KadConfig:
     """Floor of the adaptive timeout after which a lookup stops waiting for a peer."""
     max_soft_timeout: float = 2.0
     """Ceiling of the adaptive timeout (also used before anything was measured)."""
+    slow_grace: float = 1.0
+    """How long past its soft timeout a lookup still waits for a slow peer that is among the
+    k closest it has found before finishing without it. The soft timeout frees the peer's
+    slot at once (the search goes on, and the request is sent once more in case it was
+    lost); the grace keeps a peer on a long link in the result: without it ~1% of lookups
+    on the simulator's log-normal wide-area latency missed one of the true k closest (0.1%
+    with 0.5 s, none with 1 s, at no cost in median or p99 latency). A dead peer delays a
+    lookup by at most this much. 0 never waits."""
     initial_rtt: float = 0.5
     """Round-trip guess for a network we know nothing about yet."""
 

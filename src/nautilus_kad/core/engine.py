@@ -31,6 +31,7 @@ import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .addresses import Scope, address_scope
 from .amplification import AmplificationBudget
@@ -128,6 +129,11 @@ FLAG_CLIENT = 0x01
 TOKEN_REUSE = 0.9
 """A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
 token stays valid for one to two rotation periods at its issuer)."""
+_HOST = attrgetter("host")
+_PUBLIC_ONLY = frozenset({Scope.PUBLIC})
+_LOCAL_OK = frozenset({Scope.PUBLIC, Scope.LOCAL})
+_HARD, _SOFT, _GRACE = 0, 1, 2
+"""Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
 _REPLICATION_QID = 0
 """Query id of the replication sink: user query ids start at 1."""
 
@@ -159,6 +165,8 @@ class _Pending:
     offer: HandshakeOffer | None = None
     """The session offer the signed request carried."""
     retried: bool = False
+    retransmitted: bool = False
+    """Already sent a second time after its soft timeout."""
     """Already re-sent once after an unknown-session notice."""
 
 
@@ -324,7 +332,7 @@ class KadEngine:
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._pending: dict[bytes, _Pending] = {}
-        self._timers: list[tuple[float, int, bytes, bool]] = []
+        self._timers: list[tuple[float, int, bytes, int]] = []
         self._timer_seq = 0
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
@@ -694,14 +702,16 @@ class KadEngine:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, txid, soft = heapq.heappop(timers)
+            _, _, txid, kind = heapq.heappop(timers)
             pending = self._pending.get(txid)
             if pending is None:
                 continue
-            if soft:
+            if kind == _SOFT:
                 self._on_soft_timeout(pending, now)
-            else:
+            elif kind == _HARD:
                 self._on_hard_timeout(pending, now)
+            else:
+                self._on_grace_over(pending, now)
         if now >= self._next_rotation:
             self._previous_secret = self._token_secret
             self._token_secret = self.rng.randbytes(16)
@@ -1102,6 +1112,12 @@ class KadEngine:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_soft_timeout(pending.node_id)
+            self._retransmit(pending, now)
+            grace = self.config.slow_grace
+            if grace > 0:
+                self._push_timer(now + grace, pending.txid, _GRACE)
+            else:
+                query.lookup.on_give_up(pending.node_id)
             self._advance(query, now)
         elif isinstance(query, _PutQuery):
             # A put does not wait on a slow replica; a late STORED still counts if it comes
@@ -1113,6 +1129,39 @@ class KadEngine:
             # when peers are slow (a loaded network), the sender slows down with them
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
+
+    def _retransmit(self, pending: _Pending, now: float) -> None:
+        """Send a lookup request that passed its soft timeout once more: on a lossy path
+        the copy usually gets through while the lookup is still waiting (a lost datagram
+        would otherwise cost the lookup its grace and the peer a failure in our table).
+        Only signed requests without a session offer: the copy must be a fresh datagram
+        (one byte more padding, so a new signature the peer's replay filter lets through
+        if it did get the original but its answer was lost)."""
+        if (
+            pending.retransmitted
+            or pending.session is not None
+            or pending.offer is not None
+            or not isinstance(pending.request, FindNode | FindValue)
+        ):
+            return
+        pending.retransmitted = True
+        data = encode_message(
+            pending.request,
+            pending.txid,
+            self.auth,
+            self.flags,
+            pad_to=min(MAX_DATAGRAM, self._pad_to + 1),
+        )
+        self.stats["tx.retransmits"] += 1
+        self.stats["tx.signed"] += 1
+        self._queue(data, pending.address)
+
+    def _on_grace_over(self, pending: _Pending, now: float) -> None:
+        """A slow peer of a lookup used up its grace: the lookup may finish without it."""
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if isinstance(query, _LookupQuery) and pending.node_id is not None:
+            query.lookup.on_give_up(pending.node_id)
+            self._advance(query, now)
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
         self._forget_pending(pending)
@@ -1257,6 +1306,11 @@ class KadEngine:
         that is itself local (a public peer listing them points us at our own LAN, or
         invents them), and only if ``allow_private_addresses``."""
         local_ok = self.config.allow_private_addresses and address_scope(via) is not Scope.PUBLIC
+        # The common case (every contact acceptable) in C-level iteration: this runs for
+        # every contact of every NODES answer.
+        scopes = set(map(address_scope, map(_HOST, contacts)))
+        if scopes <= (_LOCAL_OK if local_ok else _PUBLIC_ONLY):
+            return contacts
         kept = tuple(
             c
             for c in contacts
@@ -2055,13 +2109,13 @@ class KadEngine:
             soft = self.table.soft_timeout(node_id)
         else:
             soft = self.config.max_soft_timeout
-        self._push_timer(now + soft, txid, True)
-        self._push_timer(now + self.config.request_timeout, txid, False)
+        self._push_timer(now + soft, txid, _SOFT)
+        self._push_timer(now + self.config.request_timeout, txid, _HARD)
         return txid
 
-    def _push_timer(self, deadline: float, txid: bytes, soft: bool) -> None:
+    def _push_timer(self, deadline: float, txid: bytes, kind: int) -> None:
         self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, txid, soft))
+        heapq.heappush(self._timers, (deadline, self._timer_seq, txid, kind))
 
     def _new_query_id(self) -> int:
         qid = self._next_query_id

@@ -38,7 +38,7 @@ class CandidateState(enum.IntEnum):
 
 
 class Candidate:
-    __slots__ = ("contact", "distance", "hop", "state", "token")
+    __slots__ = ("awaited", "contact", "distance", "hop", "state", "token")
 
     def __init__(self, contact: Contact, distance: int, hop: int) -> None:
         self.contact = contact
@@ -46,6 +46,9 @@ class Candidate:
         self.hop = hop
         self.state = CandidateState.NEW
         self.token = b""
+        self.awaited = True
+        """While SLOW: the lookup does not finish without it if it is among the k closest
+        (until :meth:`Lookup.on_give_up`)."""
 
 
 _NEW = CandidateState.NEW
@@ -145,6 +148,13 @@ class Lookup:
             self.in_flight -= 1
             self.slow += 1
 
+    def on_give_up(self, node_id: NodeId) -> None:
+        """Stop waiting for slow ``node_id``: the lookup may finish without it (it may still
+        answer and be used while the lookup runs)."""
+        cand = self._get(node_id)
+        if cand is not None:
+            cand.awaited = False
+
     def on_failure(self, node_id: NodeId) -> None:
         """``node_id`` will not answer (hard timeout or an error answer)."""
         cand = self._get(node_id)
@@ -194,13 +204,19 @@ class Lookup:
 
     @property
     def is_done(self) -> bool:
-        """True once the ``k`` closest live candidates have all answered."""
+        """True once the ``k`` closest live candidates have all answered, and no slow one
+        still awaited is closer than the k-th of them."""
         if self.finished:
             return True
         seen = 0
         for d in self._distances:
-            state = self._by_distance[d].state
-            if state is _FAILED or state is _SLOW:
+            cand = self._by_distance[d]
+            state = cand.state
+            if state is _SLOW:
+                if cand.awaited:
+                    return False
+                continue
+            if state is _FAILED:
                 continue
             if state is not _RESPONDED:
                 return False
