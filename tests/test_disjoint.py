@@ -152,3 +152,22 @@ def test_finish_stops_every_path_and_silent_nodes_only_cost_their_path() -> None
     lookup2.finish()
     assert lookup2.is_done and lookup2.next_queries() == []
     assert all(p.finished for p in lookup2.paths)
+
+
+def test_a_slow_node_holds_only_its_own_path_until_given_up() -> None:
+    world = World(200, 8)
+    answer = kademlia_answers(world, 20)
+    target = NodeId.random(random.Random(8))
+    lookup = DisjointLookup(target, world.own, 3, 1, world.far_seeds(target, 4), 2)
+    first = lookup.next_queries()
+    assert len(first) == 2  # one per path (alpha = 1)
+    slow, other = first
+    lookup.on_soft_timeout(slow.node_id)
+    # The other path goes on; the slow node's own path asks its next candidate meanwhile.
+    lookup.on_response(other.node_id, answer(other.node_id, target))
+    assert lookup.next_queries()
+    owner = lookup.paths[lookup._owners[slow.node_id]]
+    assert owner.slow == 1 and lookup.slow == 1
+    lookup.on_give_up(slow.node_id)
+    cand = owner.candidate(slow.node_id)
+    assert cand is not None and not cand.awaited

@@ -312,6 +312,11 @@ class DisjointLookup:
         if path is not None:
             path.on_soft_timeout(node_id)
 
+    def on_give_up(self, node_id: NodeId) -> None:
+        path = self._path_of(node_id)
+        if path is not None:
+            path.on_give_up(node_id)
+
     def on_failure(self, node_id: NodeId) -> None:
         path = self._path_of(node_id)
         if path is not None:
