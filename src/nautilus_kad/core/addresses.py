@@ -103,6 +103,20 @@ _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 @lru_cache(maxsize=_SCOPE_CACHE)
+def is_public(host: str) -> bool:
+    """``address_scope(host) is Scope.PUBLIC``, as a cached bool: hot loops test many hosts
+    with ``all(map(...))``, which a bool keeps at C speed (hashing an Enum member runs
+    Python code)."""
+    return address_scope(host) is Scope.PUBLIC
+
+
+@lru_cache(maxsize=_SCOPE_CACHE)
+def is_usable(host: str) -> bool:
+    """Whether ``host`` could be a peer's address at all (public or local, not invalid)."""
+    return address_scope(host) is not Scope.INVALID
+
+
+@lru_cache(maxsize=_SCOPE_CACHE)
 def subnet_of(host: str) -> str | None:
     """The /24 (IPv4) or /48 (IPv6) network of a public ``host``, None for any other: the
     unit of the routing table's diversity limit (one operator rarely holds many)."""

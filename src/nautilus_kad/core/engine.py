@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from .addresses import Scope, address_scope
+from .addresses import Scope, address_scope, is_public, is_usable
 from .amplification import AmplificationBudget
 from .auth import Authenticator, ReplayFilter
 from .codec import (
@@ -130,8 +130,6 @@ TOKEN_REUSE = 0.9
 """A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
 token stays valid for one to two rotation periods at its issuer)."""
 _HOST = attrgetter("host")
-_PUBLIC_ONLY = frozenset({Scope.PUBLIC})
-_LOCAL_OK = frozenset({Scope.PUBLIC, Scope.LOCAL})
 _HARD, _SOFT, _GRACE = 0, 1, 2
 """Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
 _REPLICATION_QID = 0
@@ -1308,8 +1306,7 @@ class KadEngine:
         local_ok = self.config.allow_private_addresses and address_scope(via) is not Scope.PUBLIC
         # The common case (every contact acceptable) in C-level iteration: this runs for
         # every contact of every NODES answer.
-        scopes = set(map(address_scope, map(_HOST, contacts)))
-        if scopes <= (_LOCAL_OK if local_ok else _PUBLIC_ONLY):
+        if all(map(is_usable if local_ok else is_public, map(_HOST, contacts))):
             return contacts
         kept = tuple(
             c
