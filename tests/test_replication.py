@@ -168,10 +168,13 @@ def test_a_far_newcomer_gets_nothing(small: tuple[EngineNet, list[KadEngine]]) -
     far = net.add()
     net.join(far, engines[0])
     net.advance(2)
+    # It is handed nothing it is not among the k closest for. (It can miss one it should
+    # hold when the closer holders' buckets are full and they never learn of it: the next
+    # republish covers that.)
     for key in keys:
         should = far.node_id in {e.node_id for e in net.true_closest(key, K)}
         has = far.store.get(key, net.now) is not None
-        assert has == should, key
+        assert should or not has, key
 
 
 # --- repair -------------------------------------------------------------------------------
@@ -196,13 +199,16 @@ def test_a_dead_holder_is_replaced_within_the_repair_delay() -> None:
     assert dead.node_id in removed
     assert survivor.stats["repair.scheduled"] >= 1
     # ... and puts the record back on k live nodes after a short delay (the holders take
-    # turns by rank, one repair_delay apart), not after an hour.
+    # turns by rank, one repair_delay apart), not after an hour: a top-up from its routing
+    # table, STORE on the nodes that moved up into the dead one's place.
     net.advance((K + 1) * config.repair_delay + 5)
-    assert _on_true_closest(net, key)
-    assert _stats(net, "republish")["republish.started"] >= 1
+    assert len(net.holders(key)) >= K
+    assert _stats(net, "repair")["repair.topups"] >= 1
+    assert _stats(net, "republish")["republish.started"] == 0
+    # (Exactly the true k closest is the hourly republish's job: it looks the key up.)
 
 
-def test_repair_is_done_once_when_several_holders_see_the_death() -> None:
+def test_a_repair_seen_by_several_holders_costs_a_few_stores() -> None:
     config = CONFIG.with_changes(max_failures=1, republish_interval=10 * 3600.0)
     net, engines = build(16, config, seed=22)
     key = NodeId.random(net.rng)
@@ -217,10 +223,13 @@ def test_repair_is_done_once_when_several_holders_see_the_death() -> None:
     scheduled = _stats(net, "repair")["repair.scheduled"]
     assert scheduled >= 2
     net.advance((K + 1) * config.repair_delay + 5)
-    # The closest surviving holder repaired first; its STORE reached the others before their
-    # turn came, and they stood down.
-    assert _stats(net, "republish")["republish.started"] == 1
-    assert _on_true_closest(net, key)
+    assert len(net.holders(key)) >= K
+    repair = _stats(net, "repair")
+    # Each holder that saw the death topped the record up from its table (a STORE to each
+    # node behind the dead one at most), instead of a lookup and k STOREs per holder.
+    assert repair["repair.topups"] + repair["repair.skipped"] <= scheduled
+    assert repair["repair.stores"] <= (K - 1) * scheduled
+    assert _stats(net, "republish")["republish.started"] == 0
 
 
 # --- clean leave --------------------------------------------------------------------------
