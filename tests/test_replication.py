@@ -18,9 +18,16 @@ from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
+from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import ErrorCode
-from nautilus_kad.core.records import Record, record_expiry
+from nautilus_kad.core.records import (
+    Record,
+    for_transfer,
+    make_immutable,
+    make_signed,
+    record_expiry,
+)
 
 K = 4
 CONFIG = KadConfig(k=K, republish_interval=3600.0, repair_delay=30.0)
@@ -291,20 +298,62 @@ def test_holder_republish_does_not_extend_a_records_life() -> None:
     assert net.holders(key) == []
 
 
-def test_the_publisher_keeps_its_record_alive_past_the_ttl() -> None:
+def _unstamped(kind: str, ttl: int, rng: random.Random) -> Record:
+    """A record without a publication time on the wire: its TTL counts from arrival."""
+    if kind == "immutable":
+        return make_immutable(b"content %d" % rng.getrandbits(32), ttl)
+    return make_signed(Identity.generate(rng), b"salt", b"profile", 1, ttl)
+
+
+@pytest.mark.parametrize("kind", ["immutable", "signed"])
+def test_an_unstamped_record_expires_at_its_publishers_ttl_wherever_it_moved(kind: str) -> None:
+    # Holders republish it, and newcomers closer to the key are handed it: every copy must
+    # still die when the publisher's TTL runs out, not a full TTL after its own arrival.
+    config = CONFIG.with_changes(republish_interval=600.0)
+    net, engines = build(10, config, seed=18)
+    record = _unstamped(kind, 2000, net.rng)
+    _put(net, engines[0], record)
+    net.advance(1000)
+    for _ in range(3):  # closer nodes arrive: the holders hand the record on to them
+        net.join(net.add(node_id_near=record.key, near_bits=12), engines[1])
+        net.advance(150)
+    assert _stats(net, "handoff")["handoff.records"] >= 1
+    assert _stats(net, "republish")["republish.started"] >= 1
+    assert len(net.holders(record.key)) >= K
+    net.advance(2000 - 1450 + config.expire_interval + 1)
+    assert net.holders(record.key) == []
+
+
+def test_a_holder_passes_on_the_time_left_never_more() -> None:
+    record = make_immutable(b"x", 1000)
+    assert for_transfer(record, 1700.9, 1000.0).ttl == 700  # rounded down
+    assert for_transfer(record, 5000.0, 1000.0) is record  # never above the original
+    assert for_transfer(record, 1000.2, 1000.0).ttl == 1
+    stamped = Record(NodeId(1), b"v", 50_000, 1000)  # counts from publication already
+    assert for_transfer(stamped, 60.0, 55.0) is stamped
+
+
+@pytest.mark.parametrize("kind", ["open", "immutable", "signed"])
+def test_the_publisher_keeps_its_record_alive_past_the_ttl(kind: str) -> None:
     config = CONFIG.with_changes(publisher_republish_interval=800.0)
     net, engines = build(10, config, seed=9)
     key = NodeId.random(net.rng)
     publisher = engines[4]
-    _put(net, publisher, net.record(key, b"mine", ttl=1000), republish=True)
-    net.advance(2500)  # two and a half original lifetimes
-    assert len(net.holders(key)) >= K
+    record = net.record(key, b"mine", ttl=1000)
+    if kind != "open":
+        record = _unstamped(kind, 1000, net.rng)
+        key = record.key
+    _put(net, publisher, record, republish=True)
+    for _ in range(25):  # two and a half original lifetimes, never without its k copies
+        net.advance(100)
+        assert len(net.holders(key)) >= K
     assert publisher.stats["publish.republished"] >= 3
     reader = next(e for e in engines if e.store.get(key, net.now) is None)
     reader.get(key, net.now)
     net.deliver()
     (got,) = net.take(reader, GetDone)
-    assert isinstance(got, GetDone) and got.record is not None and got.record.value == b"mine"
+    assert isinstance(got, GetDone) and got.record is not None
+    assert got.record.value == record.value
     # Unpublished, it dies with its current TTL.
     assert publisher.unpublish(key)
     net.advance(2000)

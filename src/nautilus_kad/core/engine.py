@@ -23,6 +23,7 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import hmac
 import logging
@@ -83,7 +84,14 @@ from .messages import (
     Stored,
     Value,
 )
-from .records import Record, RecordKind, check_replace, record_expiry, validate_record
+from .records import (
+    Record,
+    RecordKind,
+    check_replace,
+    for_transfer,
+    record_expiry,
+    validate_record,
+)
 from .replication import DueState, HeldKeys, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
@@ -740,7 +748,9 @@ class KadEngine:
                 token = self._token_for(address)
                 stored = self.store.get(key, now)
                 if stored is not None:
-                    response = Value(address, token, stored.record)
+                    response = Value(
+                        address, token, for_transfer(stored.record, stored.expires_at, now)
+                    )
                 else:
                     response = Nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
@@ -895,8 +905,14 @@ class KadEngine:
         if existing is not None:
             if not replace:
                 # The same record again: another holder republished it. Note the receipt
-                # (it lets our own republish skip a turn); the expiry stays.
-                self.store.put(existing.record, now, existing.expires_at)
+                # (it lets our own republish skip a turn); the expiry stays, unless a
+                # record without a publication time comes with more time left than ours
+                # (its publisher republished it: holders only ever pass on what they have).
+                keep = existing.expires_at
+                if record.timestamp_ms == 0 and expires_at > keep:
+                    keep = expires_at
+                    self.stats["store.extended"] += 1
+                self.store.put(existing.record, now, keep)
                 self.stats["store.refreshed"] += 1
                 return None, ""
             self.store.put(record, now, expires_at)
@@ -1674,8 +1690,12 @@ class KadEngine:
             old = published.record
             # Same publication (timestamp and value), longer life: storers keep the
             # version with the larger TTL, and a newer write by anyone else still wins.
-            ttl = math.ceil(now - old.published_at) + published.base_ttl
-            record = Record(old.key, old.value, old.timestamp_ms, max(old.ttl, ttl), old.kind)
+            # (Without a publication time the TTL counts from arrival: the base TTL again.)
+            if old.timestamp_ms == 0:
+                ttl = published.base_ttl
+            else:
+                ttl = max(old.ttl, math.ceil(now - old.published_at) + published.base_ttl)
+            record = dataclasses.replace(old, ttl=ttl)  # a signed record keeps its signature
             published.record = record
             published.due = now + self.config.publisher_republish_interval
             self._timer_seq += 1
@@ -1839,7 +1859,7 @@ class KadEngine:
                 self._await_token(item, now)
                 continue
             contact = item.contact
-            request = Store(stored.record, token)
+            request = Store(for_transfer(stored.record, stored.expires_at, now), token)
             txid = self._send_request(
                 contact.address, contact.node_id, request, now, _REPLICATION_QID
             )

@@ -91,7 +91,7 @@ def replica_counts(sim: Simulation, keys: Sequence[NodeId], since: float = 0.0) 
     counts = [0] * len(keys)
     for node in sim.nodes.values():
         store = node.engine.store
-        for key in store.keys():
+        for key in store.keys():  # noqa: SIM118 - a RecordStore, not a dict
             i = index.get(key)
             if i is not None and store.get(key, now) is not None:
                 counts[i] += 1
@@ -380,7 +380,7 @@ class ChurnResult:
     datagrams_churn: int
     """Sent while churn ran."""
     node_seconds: float
-    """Live nodes × seconds while churn ran (for a per-node datagram rate)."""
+    """Live nodes times seconds while churn ran (for a per-node datagram rate)."""
     engine_stats: dict[str, int]
     wall_seconds: float
     cpu_seconds: float
