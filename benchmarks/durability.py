@@ -56,7 +56,7 @@ def _histogram(counts: ReplicaCounts) -> str:
     return " ".join(f"{c}:{n}" for c, n in counts.histogram.items())
 
 
-def masskill_table(r: MassKillResult) -> Table:
+def masskill_table(r: MassKillResult) -> tuple[Table, list[str]]:
     spec = r.spec
     table = Table(
         title=f"mass kill: {r.joined} nodes, {r.stored} records, {r.killed} killed at once "
@@ -72,17 +72,15 @@ def masskill_table(r: MassKillResult) -> Table:
         (f"after {r.repair_period:g} s", r.after_repair),
     ):
         table.add_row(label, counts.brief(), _pct(counts.on_k_share), str(counts.lost))
-    table.caption = (
+    return table, [
         f"readable after the repair period: {r.reads_ok}/{r.stored} = {_pct(r.readable_share)}; "
-        f"back on k live nodes: {_pct(r.back_on_k_share)}\n"
+        f"back on k live nodes: {_pct(r.back_on_k_share)}",
         f"datagrams: {r.datagrams_repair} in the repair period, {r.datagrams_total} in all; "
-        f"wall {r.wall_seconds:.1f} s, CPU {r.cpu_seconds:.1f} s"
-    )
-    table.caption_justify = "left"
-    return table
+        f"wall {r.wall_seconds:.1f} s, CPU {r.cpu_seconds:.1f} s",
+    ]
 
 
-def churn_table(r: ChurnResult) -> Table:
+def churn_table(r: ChurnResult) -> tuple[Table, list[str]]:
     spec = r.spec
     table = Table(
         title=f"churn: {spec.nodes} nodes, {r.stored} records, mean session "
@@ -104,15 +102,19 @@ def churn_table(r: ChurnResult) -> Table:
             str(row.datagrams),
         )
     failures = ", ".join(f"{n} {why}" for why, n in r.failures.items()) or "none"
-    table.caption = (
+    return table, [
         f"gets: {r.gets_ok}/{r.gets} = {_pct(r.success_share)} "
-        f"({r.gets_lost} abandoned with their node; failures: {failures})\n"
+        f"({r.gets_lost} abandoned with their node; failures: {failures})",
         f"{r.arrivals} arrivals, {r.departures} departures; "
         f"{r.datagrams_per_node_second:.2f} datagrams per node-second under churn; "
-        f"wall {r.wall_seconds:.1f} s, CPU {r.cpu_seconds:.1f} s"
-    )
-    table.caption_justify = "left"
-    return table
+        f"wall {r.wall_seconds:.1f} s, CPU {r.cpu_seconds:.1f} s",
+    ]
+
+
+def _show(console: Console, table: Table, lines: list[str]) -> None:
+    console.print(table)
+    for line in lines:
+        console.print(line)
 
 
 def _json(result: MassKillResult | ChurnResult) -> dict[str, Any]:
@@ -143,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gets", type=int, default=5000, help="churn: reads over the run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    console = Console(stderr=False)
+    console = Console()
     if not console.is_terminal:
-        console = Console(width=120)
+        console = Console(width=200)  # logs and pipes: room for the tables
 
     def progress(line: str) -> None:
         console.print(f"  {time.strftime('%H:%M:%S')} {line}", style="dim")
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             kill_fraction=args.kill_fraction,
         )
         mass = run_mass_kill(spec, progress)
-        console.print(masskill_table(mass))
+        _show(console, *masskill_table(mass))
         for label, counts in (
             ("before", mass.before),
             ("after kill", mass.after_kill),
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             gets=args.gets,
         )
         churn = run_churn(churn_spec, progress)
-        console.print(churn_table(churn))
+        _show(console, *churn_table(churn))
         out["churn"] = _json(churn)
     console.print(f"peak RSS {peak_rss_mib():.0f} MiB")
     if args.json is not None:
