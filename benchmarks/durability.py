@@ -66,11 +66,9 @@ def masskill_table(r: MassKillResult) -> tuple[Table, list[str]]:
     )
     for name in ("moment", "min/p1/p50/p99/max copies", "on k live", "lost"):
         table.add_column(name, justify="left" if name == "moment" else "right")
-    for label, counts in (
-        ("before the kill", r.before),
-        ("right after", r.after_kill),
-        (f"after {r.repair_period:g} s", r.after_repair),
-    ):
+    moments = [("before the kill", r.before), ("right after", r.after_kill)]
+    moments += [(f"after {counts.at - r.after_kill.at:.0f} s", counts) for counts in r.timeline]
+    for label, counts in moments:
         table.add_row(label, counts.brief(), _pct(counts.on_k_share), str(counts.lost))
     return table, [
         f"readable after the repair period: {r.reads_ok}/{r.stored} = {_pct(r.readable_share)}; "
@@ -125,6 +123,10 @@ def _json(result: MassKillResult | ChurnResult) -> dict[str, Any]:
         data["back_on_k_share"] = result.back_on_k_share
         for name in ("before", "after_kill", "after_repair"):
             data[name] = getattr(result, name).histogram
+        data["timeline"] = [
+            {"after": c.at - result.after_kill.at, "on_k_share": c.on_k_share, "lost": c.lost}
+            for c in result.timeline
+        ]
     else:
         data["success_share"] = result.success_share
         for row, raw in zip(result.rows, data["rows"], strict=True):

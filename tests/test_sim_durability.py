@@ -47,6 +47,8 @@ def test_half_the_nodes_crash_and_one_repair_period_restores_the_records() -> No
     assert result.readable_share >= 0.999
     assert result.back_on_k_share >= 0.99
     assert result.after_repair.lost == 0
+    assert len(result.timeline) == 4 and result.timeline[-1] is result.after_repair
+    assert result.timeline[-1].at - result.after_kill.at == pytest.approx(result.repair_period)
     assert result.reads_lost == 0
     # The repair was the engine's: holders found the dead and re-replicated.
     stats = result.engine_stats

@@ -237,6 +237,9 @@ class MassKillResult:
     """Right after it."""
     after_repair: ReplicaCounts
     """One repair period later."""
+    timeline: list[ReplicaCounts]
+    """Counts every quarter of the repair period after the kill (the last is
+    ``after_repair``)."""
     reads_ok: int
     """Records read back (right value) by a get from a random live node after the repair
     period."""
@@ -281,8 +284,12 @@ def _mass_kill(spec: MassKillSpec, progress: Progress | None) -> MassKillResult:
     run.say(f"killed {len(victims)} nodes: {after_kill.lost} records lost outright")
     period = spec.config.republish_interval if spec.repair_period is None else spec.repair_period
     sent = sim.network.stats.sent
-    sim.run_for(period)
-    after_repair = replica_counts(sim, keys, start)
+    start_repair = sim.now
+    timeline: list[ReplicaCounts] = []
+    for quarter in range(1, 5):
+        sim.run(start_repair + period * quarter / 4)
+        timeline.append(replica_counts(sim, keys, start))
+    after_repair = timeline[-1]
     datagrams_repair = sim.network.stats.sent - sent
     run.say(f"after {period:g} s: {100 * after_repair.on_k_share:.2f}% on k live nodes")
     gets: list[Operation] = []
@@ -305,6 +312,7 @@ def _mass_kill(spec: MassKillSpec, progress: Progress | None) -> MassKillResult:
         before=before,
         after_kill=after_kill,
         after_repair=after_repair,
+        timeline=timeline,
         reads_ok=outcomes.count(True),
         reads_lost=outcomes.count(None),
         datagrams_total=sim.network.stats.sent,
