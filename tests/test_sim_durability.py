@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 K = default_sim_config().k
 
 
+# Wall-clock limits above the suite's default: these take 10-25 s of CPU, and CI shares its
+# cores.
+@pytest.mark.timeout(900)
 def test_half_the_nodes_crash_and_one_repair_period_restores_the_records() -> None:
     result = run_mass_kill(MassKillSpec(nodes=250, records=250, seed=3))
     assert result.joined == 250
@@ -57,10 +60,11 @@ def test_half_the_nodes_crash_and_one_repair_period_restores_the_records() -> No
     assert 0 < result.datagrams_repair < result.datagrams_total
 
 
+@pytest.mark.timeout(900)
 def test_gets_succeed_under_continuous_churn() -> None:
-    spec = ChurnSpec(nodes=200, records=200, hours=2.0, mean_session=1800.0, gets=800, seed=5)
+    spec = ChurnSpec(nodes=150, records=150, hours=2.0, mean_session=1800.0, gets=800, seed=5)
     result = run_churn(spec)
-    assert result.stored >= 199
+    assert result.stored >= 149
     # The population turned over about four times (2 h of 30-minute sessions) and held.
     assert result.departures >= 3 * spec.nodes
     assert abs(result.rows[-1].live - spec.nodes) <= 0.2 * spec.nodes

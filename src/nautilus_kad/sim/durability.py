@@ -35,6 +35,8 @@ from .simulation import Operation, SimNode, Simulation, default_sim_config
 Progress = Callable[[str], None]
 """Called with a line of progress (what the experiment is doing)."""
 
+RECORD_TTL = 86_400
+"""The TTL records are put with (the default, 24 h)."""
 _FORM_SETTLE = 30.0
 """Quiet seconds after the network forms, before any record is put."""
 
@@ -134,7 +136,9 @@ class _Run:
         self.spec = spec
         self.progress = progress
         self.sim = Simulation(spec.seed, config=spec.config, latency=spec.latency, loss=spec.loss)
-        self.every: list[SimNode] = []
+        self.every: dict[int, SimNode] = {}
+        """Nodes added, until they depart for good (then only their counters are kept)."""
+        self.retired: Counter[str] = Counter()
         self.wall = time.perf_counter()
         self.cpu = time.process_time()
 
@@ -144,8 +148,20 @@ class _Run:
 
     def add(self) -> SimNode:
         node = self.sim.add_node()
-        self.every.append(node)
+        self.every[node.index] = node
         return node
+
+    def retire(self, node: SimNode) -> None:
+        """``node`` went down for good: keep its counters, let its engine go (a day of churn
+        brings thousands of nodes, and each engine holds its tables)."""
+        if self.every.pop(node.index, None) is not None:
+            self.retired.update(engine_totals([node], _STAT_PREFIXES))
+
+    def totals(self) -> dict[str, int]:
+        """Engine counters summed over every node the run ever had."""
+        total = Counter(engine_totals(self.every.values(), _STAT_PREFIXES))
+        total.update(self.retired)
+        return dict(sorted(total.items()))
 
     def seeds(self) -> list[tuple[str, int]]:
         sim = self.sim
@@ -317,7 +333,7 @@ def _mass_kill(spec: MassKillSpec, progress: Progress | None) -> MassKillResult:
         reads_lost=outcomes.count(None),
         datagrams_total=sim.network.stats.sent,
         datagrams_repair=datagrams_repair,
-        engine_stats=engine_totals(run.every, _STAT_PREFIXES),
+        engine_stats=run.totals(),
         wall_seconds=wall,
         cpu_seconds=cpu,
         virtual_seconds=sim.now - start,
@@ -366,6 +382,7 @@ class HourRow:
     gets: int
     gets_ok: int
     replicas: ReplicaCounts
+    """Copies of the records still within their TTL."""
     datagrams: int
 
 
@@ -420,6 +437,7 @@ class _Churn(_Run):
         self.departures = 0
         self.keys: list[NodeId] = []
         self.values: list[bytes] = []
+        self.expires: list[float] = []
         self.gets: list[Operation] = []
         self.node_seconds = 0.0
         self._last_count = (0.0, 0)
@@ -459,6 +477,7 @@ class _Churn(_Run):
         else:
             self._tally()
             self.sim.crash(node)
+            self.retire(node)
 
     def _depart(self, node: SimNode) -> None:
         if not self.churning or not node.up:
@@ -469,6 +488,12 @@ class _Churn(_Run):
             self.sim.leave(node)
         else:
             self.sim.crash(node)
+        self.retire(node)
+
+    def _unexpired(self) -> list[NodeId]:
+        """The records still within their TTL (a day-long run outlives the first ones)."""
+        now = self.sim.now
+        return [key for key, end in zip(self.keys, self.expires, strict=True) if end > now]
 
     def _read(self) -> None:
         sim = self.sim
@@ -497,12 +522,14 @@ class _Churn(_Run):
             if len(sim.joined):
                 key = NodeId.random(sim.rng)
                 value = b"record-%d-" % i + sim.rng.randbytes(8)
-                puts.append(sim.put(sim.joined.choice(sim.rng), key, value, on_done=stored))
+                origin = sim.joined.choice(sim.rng)
+                puts.append(sim.put(origin, key, value, ttl=RECORD_TTL, on_done=stored))
 
         def stored(op: Operation) -> None:
             if op.succeeded and op.target is not None:
                 self.keys.append(op.target)
                 self.values.append(op.expect or b"")
+                self.expires.append(op.start + RECORD_TTL)
 
         for i in range(spec.records):
             sched.call_at(start + i * spec.put_window / spec.records, put, i)
@@ -527,7 +554,7 @@ class _Churn(_Run):
                     live=len(sim.nodes),
                     gets=len(finished),
                     gets_ok=sum(1 for op in finished if op.succeeded),
-                    replicas=replica_counts(sim, self.keys, start),
+                    replicas=replica_counts(sim, self._unexpired(), start),
                     datagrams=sim.network.stats.sent - row_sent,
                 )
             )
@@ -559,7 +586,7 @@ class _Churn(_Run):
             datagrams_total=sim.network.stats.sent,
             datagrams_churn=datagrams_churn,
             node_seconds=self.node_seconds,
-            engine_stats=engine_totals(self.every, _STAT_PREFIXES),
+            engine_stats=self.totals(),
             wall_seconds=wall,
             cpu_seconds=cpu,
             virtual_seconds=sim.now - origin,
