@@ -18,9 +18,16 @@ from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
+from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import ErrorCode
-from nautilus_kad.core.records import Record, record_expiry
+from nautilus_kad.core.records import (
+    Record,
+    for_transfer,
+    make_immutable,
+    make_signed,
+    record_expiry,
+)
 
 K = 4
 CONFIG = KadConfig(k=K, republish_interval=3600.0, repair_delay=30.0)
@@ -168,10 +175,13 @@ def test_a_far_newcomer_gets_nothing(small: tuple[EngineNet, list[KadEngine]]) -
     far = net.add()
     net.join(far, engines[0])
     net.advance(2)
+    # It is handed nothing it is not among the k closest for. (It can miss one it should
+    # hold when the closer holders' buckets are full and they never learn of it: the next
+    # republish covers that.)
     for key in keys:
         should = far.node_id in {e.node_id for e in net.true_closest(key, K)}
         has = far.store.get(key, net.now) is not None
-        assert has == should, key
+        assert should or not has, key
 
 
 # --- repair -------------------------------------------------------------------------------
@@ -196,13 +206,16 @@ def test_a_dead_holder_is_replaced_within_the_repair_delay() -> None:
     assert dead.node_id in removed
     assert survivor.stats["repair.scheduled"] >= 1
     # ... and puts the record back on k live nodes after a short delay (the holders take
-    # turns by rank, one repair_delay apart), not after an hour.
+    # turns by rank, one repair_delay apart), not after an hour: a top-up from its routing
+    # table, STORE on the nodes that moved up into the dead one's place.
     net.advance((K + 1) * config.repair_delay + 5)
-    assert _on_true_closest(net, key)
-    assert _stats(net, "republish")["republish.started"] >= 1
+    assert len(net.holders(key)) >= K
+    assert _stats(net, "repair")["repair.topups"] >= 1
+    assert _stats(net, "republish")["republish.started"] == 0
+    # (Exactly the true k closest is the hourly republish's job: it looks the key up.)
 
 
-def test_repair_is_done_once_when_several_holders_see_the_death() -> None:
+def test_a_repair_seen_by_several_holders_costs_a_few_stores() -> None:
     config = CONFIG.with_changes(max_failures=1, republish_interval=10 * 3600.0)
     net, engines = build(16, config, seed=22)
     key = NodeId.random(net.rng)
@@ -217,10 +230,13 @@ def test_repair_is_done_once_when_several_holders_see_the_death() -> None:
     scheduled = _stats(net, "repair")["repair.scheduled"]
     assert scheduled >= 2
     net.advance((K + 1) * config.repair_delay + 5)
-    # The closest surviving holder repaired first; its STORE reached the others before their
-    # turn came, and they stood down.
-    assert _stats(net, "republish")["republish.started"] == 1
-    assert _on_true_closest(net, key)
+    assert len(net.holders(key)) >= K
+    repair = _stats(net, "repair")
+    # Each holder that saw the death topped the record up from its table (a STORE to each
+    # node behind the dead one at most), instead of a lookup and k STOREs per holder.
+    assert repair["repair.topups"] + repair["repair.skipped"] <= scheduled
+    assert repair["repair.stores"] <= (K - 1) * scheduled
+    assert _stats(net, "republish")["republish.started"] == 0
 
 
 # --- clean leave --------------------------------------------------------------------------
@@ -282,20 +298,62 @@ def test_holder_republish_does_not_extend_a_records_life() -> None:
     assert net.holders(key) == []
 
 
-def test_the_publisher_keeps_its_record_alive_past_the_ttl() -> None:
+def _unstamped(kind: str, ttl: int, rng: random.Random) -> Record:
+    """A record without a publication time on the wire: its TTL counts from arrival."""
+    if kind == "immutable":
+        return make_immutable(b"content %d" % rng.getrandbits(32), ttl)
+    return make_signed(Identity.generate(rng), b"salt", b"profile", 1, ttl)
+
+
+@pytest.mark.parametrize("kind", ["immutable", "signed"])
+def test_an_unstamped_record_expires_at_its_publishers_ttl_wherever_it_moved(kind: str) -> None:
+    # Holders republish it, and newcomers closer to the key are handed it: every copy must
+    # still die when the publisher's TTL runs out, not a full TTL after its own arrival.
+    config = CONFIG.with_changes(republish_interval=600.0)
+    net, engines = build(10, config, seed=18)
+    record = _unstamped(kind, 2000, net.rng)
+    _put(net, engines[0], record)
+    net.advance(1000)
+    for _ in range(3):  # closer nodes arrive: the holders hand the record on to them
+        net.join(net.add(node_id_near=record.key, near_bits=12), engines[1])
+        net.advance(150)
+    assert _stats(net, "handoff")["handoff.records"] >= 1
+    assert _stats(net, "republish")["republish.started"] >= 1
+    assert len(net.holders(record.key)) >= K
+    net.advance(2000 - 1450 + config.expire_interval + 1)
+    assert net.holders(record.key) == []
+
+
+def test_a_holder_passes_on_the_time_left_never_more() -> None:
+    record = make_immutable(b"x", 1000)
+    assert for_transfer(record, 1700.9, 1000.0).ttl == 700  # rounded down
+    assert for_transfer(record, 5000.0, 1000.0) is record  # never above the original
+    assert for_transfer(record, 1000.2, 1000.0).ttl == 1
+    stamped = Record(NodeId(1), b"v", 50_000, 1000)  # counts from publication already
+    assert for_transfer(stamped, 60.0, 55.0) is stamped
+
+
+@pytest.mark.parametrize("kind", ["open", "immutable", "signed"])
+def test_the_publisher_keeps_its_record_alive_past_the_ttl(kind: str) -> None:
     config = CONFIG.with_changes(publisher_republish_interval=800.0)
     net, engines = build(10, config, seed=9)
     key = NodeId.random(net.rng)
     publisher = engines[4]
-    _put(net, publisher, net.record(key, b"mine", ttl=1000), republish=True)
-    net.advance(2500)  # two and a half original lifetimes
-    assert len(net.holders(key)) >= K
+    record = net.record(key, b"mine", ttl=1000)
+    if kind != "open":
+        record = _unstamped(kind, 1000, net.rng)
+        key = record.key
+    _put(net, publisher, record, republish=True)
+    for _ in range(25):  # two and a half original lifetimes, never without its k copies
+        net.advance(100)
+        assert len(net.holders(key)) >= K
     assert publisher.stats["publish.republished"] >= 3
     reader = next(e for e in engines if e.store.get(key, net.now) is None)
     reader.get(key, net.now)
     net.deliver()
     (got,) = net.take(reader, GetDone)
-    assert isinstance(got, GetDone) and got.record is not None and got.record.value == b"mine"
+    assert isinstance(got, GetDone) and got.record is not None
+    assert got.record.value == record.value
     # Unpublished, it dies with its current TTL.
     assert publisher.unpublish(key)
     net.advance(2000)

@@ -98,6 +98,10 @@ class KadConfig:
     repair_delay: float = 30.0
     """A holder that finds another holder dead re-replicates after ``U(1, 2)`` times this
     (short, but long enough for one holder to do it and the others to see it done)."""
+    repair_cooldown: float = 600.0
+    """A node forces a repair of one record at most this often (under heavy churn a holder
+    of every record dies every few minutes; between repairs, handoffs to the newcomers that
+    take the dead nodes' places keep the count up)."""
     handoff_redundancy: int = 3
     """A node hands a record to a newcomer among its k closest only if the node itself is
     among the this-many closest known holders (not all k holders send the same record)."""
@@ -108,6 +112,11 @@ class KadConfig:
     """Republish lookups running at once; due records beyond this wait their turn."""
     scan_batch: int = 512
     """Records examined per timer tick when a peer joins or dies (bounded work per step)."""
+    neighbour_check_interval: float = 300.0
+    """A node holding records PINGs those of its k closest neighbours it has not heard from
+    this long. Its neighbours hold the same records: a dead one must stop counting as a
+    holder (or nobody hands records to newcomers in its place), and its failures lead to
+    its eviction and a repair. 0 disables the checks."""
     leave_timeout: float = 5.0
     """How long a clean stop may spend handing records on to the nodes that keep them."""
     state_save_interval: float = 60.0

@@ -22,6 +22,7 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import hmac
@@ -92,11 +93,12 @@ from .records import (
     Record,
     RecordKind,
     check_replace,
+    for_transfer,
     record_expiry,
     record_size,
     validate_record,
 )
-from .replication import HeldKeys, RepublishSchedule
+from .replication import DueState, HeldKeys, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
     HEADER,
@@ -134,6 +136,11 @@ _HARD, _SOFT, _GRACE = 0, 1, 2
 """Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
 _REPLICATION_QID = 0
 """Query id of the replication sink: user query ids start at 1."""
+TOP_UP_MAX = 3
+"""Nodes one repair top-up STOREs on at most."""
+DROP_SHARE = 0.75
+"""A holder outside the k closest lets its copy go once this share of the k closest
+acknowledged the republish (under churn, one of k is often just dying)."""
 
 # Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
 _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
@@ -239,7 +246,7 @@ class _ReplBatch:
     """Replication STOREs started for one reason; something happens when all are answered."""
 
     kind: str
-    """``republish``, ``handoff`` or ``leave``."""
+    """``republish``, ``handoff``, ``repair`` or ``leave``."""
     key: NodeId | None = None
     record: Record | None = None
     """The version a republish started from (only that version may be dropped afterwards)."""
@@ -287,6 +294,50 @@ class _BootstrapQuery:
     lookups_waiting: int = 0
     phase: str = "seeds"
     """seeds (pinging known addresses) → self (own-id lookup) → refresh (farther buckets)."""
+
+
+class _Ranker:
+    """Ranks one peer against many keys without sorting the table for each key.
+
+    In XOR space, whether node ``x`` is closer to key ``K`` than node ``a`` depends only on
+    the highest bit ``p`` where ``x`` and ``a`` differ: ``x`` is closer iff ``K`` differs
+    from ``a`` at bit ``p`` too. So the table is grouped once by that bit (relative to the
+    peer, and relative to us), and a key's count is a sum over the bits set in ``K ^ a``.
+    """
+
+    __slots__ = ("_by_own", "_by_peer", "_own", "_peer")
+
+    def __init__(
+        self,
+        own: NodeId,
+        peer: NodeId,
+        by_peer: list[tuple[int, int]],
+        by_own: list[tuple[int, list[float]]],
+    ) -> None:
+        self._own = own
+        self._peer = peer
+        self._by_peer = by_peer
+        self._by_own = by_own
+
+    def closer_than_peer(self, key: NodeId) -> int:
+        """Known nodes (us included, stale ones too) closer to ``key`` than the peer."""
+        diff = key ^ self._peer
+        return sum(count for bit, count in self._by_peer if diff >> bit & 1)
+
+    def closer_than_us(self, key: NodeId, known_before: float, enough: int) -> int:
+        """Live peers (not the peer) closer to ``key`` than us that entered the table
+        before ``known_before`` (all of them for ``inf``); counting stops at ``enough``."""
+        diff = key ^ self._own
+        total = 0
+        for bit, joined in self._by_own:
+            if diff >> bit & 1:
+                if known_before == math.inf:
+                    total += len(joined)
+                else:
+                    total += bisect.bisect_left(joined, known_before)
+                if total >= enough:
+                    break
+        return total
 
 
 _Query = _PingQuery | _LookupQuery | _PutQuery | _BootstrapQuery | _TokenQuery | _ReplicationSink
@@ -388,6 +439,8 @@ class KadEngine:
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
         self._leaving: _ReplBatch | None = None
         self._starting_republishes = False
+        check = self.config.neighbour_check_interval
+        self._next_neighbour_check = now + check * (0.5 + rng.random()) if check else math.inf
         self._queries[_REPLICATION_QID] = _ReplicationSink()
         self._load_store(now)
 
@@ -411,6 +464,7 @@ class KadEngine:
             self._next_expiry,
             self._schedule.next_deadline(),
             self._scan_wakeup,
+            self._next_neighbour_check,
         )
         timers = self._timers
         pending = self._pending
@@ -732,6 +786,8 @@ class KadEngine:
             if len(self._peer_since) > len(self.table):
                 table = self.table
                 self._peer_since = {n: t for n, t in self._peer_since.items() if n in table}
+        if now >= self._next_neighbour_check:
+            self._check_neighbours(now)
         if self._scans:
             self._run_scans(now)
         self._run_republish_timers(now)
@@ -790,7 +846,9 @@ class KadEngine:
                 token = self._token_for(address)
                 stored = self.store.get(key, now)
                 if stored is not None:
-                    response = Value(address, token, stored.record)
+                    response = Value(
+                        address, token, for_transfer(stored.record, stored.expires_at, now)
+                    )
                 else:
                     response = Nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
@@ -961,8 +1019,14 @@ class KadEngine:
                 return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
             if not replace:
                 # The same record again: another holder republished it. Note the receipt
-                # (it lets our own republish skip a turn); the expiry stays.
-                self.store.put(existing.record, now, existing.expires_at)
+                # (it lets our own republish skip a turn); the expiry stays, unless a
+                # record without a publication time comes with more time left than ours
+                # (its publisher republished it: holders only ever pass on what they have).
+                keep = existing.expires_at
+                if record.timestamp_ms == 0 and expires_at > keep:
+                    keep = expires_at
+                    self.stats["store.extended"] += 1
+                self.store.put(existing.record, now, keep)
                 self.stats["store.refreshed"] += 1
                 return None, ""
             self.store.put(record, now, expires_at)
@@ -1665,25 +1729,72 @@ class KadEngine:
     # --- holder republish ------------------------------------------------------------
 
     def _run_republish_timers(self, now: float) -> None:
-        for key, state in self._schedule.pop_due(now):
+        schedule = self._schedule
+        for key, state in schedule.pop_due(now):
             stored = self.store.get(key, now)
             if stored is None:
                 self._forget_key(key)
                 continue
-            if state.repair_after is not None:
-                fresh = stored.stored_at > state.repair_after
-            else:
-                fresh = stored.stored_at > state.base
-            if fresh:
-                # Another holder re-stored it since we armed the timer: our turn is skipped.
-                self.stats["republish.skipped"] += 1
-                self._schedule.arm(
-                    key, stored.stored_at + self._republish_period(), stored.stored_at
-                )
+            if state.repair_after is not None and now < state.regular:
+                self._repair(key, state, stored.stored_at, now)
                 continue
-            self._schedule.arm(key, now + self._republish_period(), stored.stored_at)
+            if stored.stored_at > state.base and self._among_closest(key):
+                # Another holder re-stored it since we armed the timer: our turn is skipped.
+                # (Only for one of the k closest: a holder outside them republishes anyway,
+                # which hands the record to the k closest and lets its surplus copy go.)
+                self.stats["republish.skipped"] += 1
+                schedule.arm(key, stored.stored_at + self._republish_period(), stored.stored_at)
+                continue
+            schedule.arm(key, now + self._republish_period(), stored.stored_at)
             self._republish_ready.append(key)
         self._start_republishes(now)
+
+    def _among_closest(self, key: NodeId) -> bool:
+        """Whether we are among the k closest live nodes we know to ``key``."""
+        k = self.config.k
+        others = self.table.closest(key, k, include_stale=False)
+        return len(others) < k or self.node_id ^ key < others[-1].node_id ^ key
+
+    def _repair(self, key: NodeId, state: DueState, stored_at: float, now: float) -> None:
+        """A repair came due before the regular republish."""
+        assert state.repair_after is not None
+        if stored_at > state.repair_after:
+            # It reached us again since the death was found: another holder repaired it.
+            self.stats["repair.skipped"] += 1
+            self._schedule.repair_done(key)
+            return
+        state.last_repair = now
+        if state.repair_full:
+            # The last republish fell short of k: a full one (lookup, then k STOREs).
+            self.stats["repair.full"] += 1
+            self._schedule.arm(key, now + self._republish_period(), stored_at)
+            self._republish_ready.append(key)
+            return
+        self._top_up(key, max(1, state.repair_deaths), now)
+        self._schedule.repair_done(key)
+
+    def _top_up(self, key: NodeId, deaths: int, now: float) -> None:
+        """Repair after holders died, from the routing table: STORE on the nodes that moved
+        up into the last places of the k closest live nodes we know, one per death (at
+        most three: beyond that the shortfall is the hourly republish's job). Holders are
+        left alone: a STORE would count as a fresh receipt and postpone their republish,
+        the exact check (a lookup) that also lets surplus copies go. Newcomers get records
+        by handoff. A repairing holder is one of the closest to the key, where its table
+        is most complete."""
+        k = self.config.k
+        others = self.table.closest(key, k, include_stale=False)
+        own_distance = self.node_id ^ key
+        if len(others) >= k and own_distance < others[-1].node_id ^ key:
+            others = others[: k - 1]  # we hold one of the k places ourselves
+        targets = others[len(others) - min(deaths, TOP_UP_MAX, len(others)) :]
+        if not targets:
+            return
+        batch = _ReplBatch("repair", key=key)
+        items = [_ReplItem(c, key, batch) for c in targets]
+        batch.outstanding = len(items)
+        self.stats["repair.topups"] += 1
+        self.stats["repair.stores"] += len(items)
+        self._repl_queue.extend(items)
 
     def _start_republishes(self, now: float) -> None:
         # A lookup can finish inside _start_lookup (nobody to ask) and call back here:
@@ -1746,7 +1857,7 @@ class KadEngine:
         if not among:
             # k nodes closer than us answered: once all of them stored it, our copy is
             # surplus (keeping it would make every former holder republish it for ever).
-            batch.drop_after_acks = k
+            batch.drop_after_acks = math.ceil(DROP_SHARE * k)
         items = [_ReplItem(c.contact, key, batch) for c in targets]
         batch.outstanding = len(items)
         if not items:
@@ -1780,7 +1891,9 @@ class KadEngine:
         self.stats["republish.short"] += 1
         cfg = self.config
         delay = min(cfg.repair_delay * 2 ** (state.shortfalls - 1), cfg.republish_interval)
-        self._schedule.request_repair(key, now, now + delay * (1.0 + self.rng.random()))
+        self._schedule.request_repair(
+            key, now, now + delay * (1.0 + self.rng.random()), cfg.repair_cooldown, full=True
+        )
 
     # --- publisher republish ---------------------------------------------------------
 
@@ -1794,14 +1907,35 @@ class KadEngine:
             old = published.record
             # Same publication (timestamp and value), longer life: storers keep the
             # version with the larger TTL, and a newer write by anyone else still wins.
-            ttl = math.ceil(now - old.published_at) + published.base_ttl
-            record = Record(old.key, old.value, old.timestamp_ms, max(old.ttl, ttl), old.kind)
+            # (Without a publication time the TTL counts from arrival: the base TTL again.)
+            if old.timestamp_ms == 0:
+                ttl = published.base_ttl
+            else:
+                ttl = max(old.ttl, math.ceil(now - old.published_at) + published.base_ttl)
+            record = dataclasses.replace(old, ttl=ttl)  # a signed record keeps its signature
             published.record = record
             published.due = now + self.config.publisher_republish_interval
             self._timer_seq += 1
             heapq.heappush(heap, (published.due, self._timer_seq, key))
             self.stats["publish.started"] += 1
             self._start_lookup(key, now, want_value=False, internal=True, put_record=record)
+
+    # --- liveness of the neighbours ---------------------------------------------------
+
+    def _check_neighbours(self, now: float) -> None:
+        """PING our k closest neighbours not heard from in a check interval (only while we
+        hold records: they are our records' co-holders). A dead co-holder that still looked
+        alive would go on counting as the one who hands records to newcomers."""
+        interval = self.config.neighbour_check_interval
+        self._next_neighbour_check = now + interval * (0.9 + 0.2 * self.rng.random())
+        if not len(self._held) or self.flags & FLAG_CLIENT:
+            return
+        table = self.table
+        for contact in table.closest(self.node_id, self.config.k):
+            entry = table.get(contact.node_id)
+            if entry is not None and now - entry.last_seen >= interval:
+                self.stats["neighbours.checked"] += 1
+                self._check_liveness(contact, now)
 
     # --- handoff and repair scans ----------------------------------------------------
 
@@ -1845,45 +1979,55 @@ class KadEngine:
                 self._scans.popleft()
         self._scan_wakeup = now if self._scans else math.inf
 
-    def _ranks(self, key: NodeId, peer: NodeId, known_before: float) -> tuple[int, int]:
-        """For ``key``: how many known nodes (us included) are closer than ``peer``, and how
-        many live peers closer than us we knew before ``known_before`` (the likely holders:
-        a node that joined since the record last reached us probably lacks it)."""
-        peer_distance = peer ^ key
-        own_distance = self.node_id ^ key
-        before_peer = 1 if own_distance < peer_distance else 0
-        before_us = 0
-        table = self.table
+    def _ranker(self, peer: NodeId) -> _Ranker:
+        """Counts for ranking many keys against ``peer`` (see :class:`_Ranker`)."""
+        own = self.node_id
+        by_peer: dict[int, int] = {(own ^ peer).bit_length(): 1}  # ourselves
+        by_own: dict[int, list[float]] = {}
         since = self._peer_since
-        for contact in table.closest(key, self.config.k + 1):
-            node_id = contact.node_id
+        inf = math.inf
+        for entry in self.table.entries():
+            node_id = entry.contact.node_id
             if node_id == peer:
                 continue
-            d = node_id ^ key
-            if d < peer_distance:
-                before_peer += 1
-            if d < own_distance and since.get(node_id, math.inf) < known_before:
-                entry = table.get(node_id)
-                if entry is not None and not entry.is_stale:
-                    before_us += 1
-        return before_peer, before_us
+            bits = (node_id ^ peer).bit_length()
+            by_peer[bits] = by_peer.get(bits, 0) + 1
+            if not entry.failures:
+                bits = (node_id ^ own).bit_length()
+                joined = since.get(node_id, inf)
+                group = by_own.get(bits)
+                if group is None:
+                    by_own[bits] = [joined]
+                else:
+                    group.append(joined)
+        for group in by_own.values():
+            group.sort()
+        return _Ranker(
+            own,
+            peer,
+            [(bits - 1, count) for bits, count in by_peer.items()],
+            [(bits - 1, group) for bits, group in by_own.items()],
+        )
 
     def _handoff_keys(self, peer: Contact, keys: list[NodeId], now: float) -> None:
         """Hand ``peer`` (new in our table) the records among ``keys`` it should hold: those
         for which it is among the k closest we know, if we are among the
         ``handoff_redundancy`` closest likely holders (so not all k holders send the same
         record; peers that joined after the record last reached us are not counted as
-        holders, or a crowd of newcomers would silence everyone)."""
+        holders, or a crowd of newcomers would silence everyone; a dead holder stops
+        counting once a neighbour check finds it stale)."""
         k = self.config.k
         redundancy = self.config.handoff_redundancy
+        ranker = self._ranker(peer.node_id)
         items: list[_ReplItem] = []
         batch = _ReplBatch("handoff")
         for key in keys:
+            if ranker.closer_than_peer(key) >= k:
+                continue
             stored = self.store.get(key, now)
             if stored is None:
                 continue
-            before_peer, before_us = self._ranks(key, peer.node_id, stored.stored_at)
-            if before_peer < k and before_us < redundancy:
+            if ranker.closer_than_us(key, stored.stored_at, redundancy) < redundancy:
                 items.append(_ReplItem(peer, key, batch))
         if items:
             batch.outstanding = len(items)
@@ -1894,19 +2038,24 @@ class KadEngine:
         """``dead`` failed: re-replicate soon every record among ``keys`` it was among the k
         closest for.
 
-        De-duplicated twice: one timer per record, and the holders take turns by rank. The
+        De-duplicated three ways: one timer per record; the holders take turns by rank (the
         closest live holder goes after ``repair_delay``, the r-th after ``(1 + r)`` delays,
-        by when the first one's STORE has reached it and it stands down (a record that
-        arrived again after the death was found needs no repair). Random jitter alone would
-        let every survivor fire at once when they all see the same deaths."""
+        by when the first one's STORE has reached it and it stands down: a record that
+        arrived again after the death was found needs no repair; random jitter alone would
+        let every survivor fire at once when they all see the same deaths); and a node
+        forces at most one repair per record per ``repair_cooldown``."""
         k = self.config.k
         delay = self.config.repair_delay
+        ranker = self._ranker(dead.node_id)
         for key in keys:
-            before_peer, before_us = self._ranks(key, dead.node_id, math.inf)
-            if before_peer < k:
-                due = now + delay * (1.0 + before_us + 0.5 * self.rng.random())
-                if self._schedule.request_repair(key, now, due):
-                    self.stats["repair.scheduled"] += 1
+            if ranker.closer_than_peer(key) >= k:
+                continue
+            rank = ranker.closer_than_us(key, math.inf, k)
+            due = now + delay * (1.0 + rank + 0.5 * self.rng.random())
+            if self._schedule.request_repair(
+                key, now, due, self.config.repair_cooldown, death=True
+            ):
+                self.stats["repair.scheduled"] += 1
 
     # --- the replication queue -------------------------------------------------------
 
@@ -1927,7 +2076,7 @@ class KadEngine:
                 self._await_token(item, now)
                 continue
             contact = item.contact
-            request = Store(stored.record, token)
+            request = Store(for_transfer(stored.record, stored.expires_at, now), token)
             txid = self._send_request(
                 contact.address, contact.node_id, request, now, _REPLICATION_QID
             )

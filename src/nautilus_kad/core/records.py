@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .auth import verify_signature
 from .config import KadConfig
@@ -135,11 +135,28 @@ def record_expiry(record: Record, now: float, config: KadConfig) -> float:
     ``max_record_ttl`` from now.
 
     Immutable and signed records carry no publication time on the wire (``timestamp_ms`` is
-    0): their TTL counts from their arrival.
+    0): their TTL counts from their arrival, so a holder that passes one on sends the time it
+    has left (:func:`for_transfer`), never the publisher's full TTL.
     """
     if record.timestamp_ms == 0:
         return now + min(record.ttl, config.max_record_ttl)
     return min(record.published_at + record.ttl, now + config.max_record_ttl)
+
+
+def for_transfer(record: Record, expires_at: float, now: float) -> Record:
+    """``record`` as a holder sends it on (replication STORE, FIND_VALUE answer).
+
+    A record without a publication time (immutable, signed) travels with the whole seconds
+    its holder has left as its TTL: holders republish every hour, and a full TTL from every
+    arrival would keep it alive for ever after its publisher stopped republishing it. Rounded
+    down, so hops never add time. Open records count from their publication time already.
+    """
+    if record.timestamp_ms != 0:
+        return record
+    left = max(1, int(expires_at - now))
+    if left >= record.ttl:
+        return record
+    return replace(record, ttl=left)
 
 
 @dataclass(frozen=True, slots=True)

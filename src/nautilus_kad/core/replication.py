@@ -77,18 +77,38 @@ class HeldKeys:
 class DueState:
     """When one held record is next due, and why."""
 
-    __slots__ = ("base", "due", "repair_after", "shortfalls")
+    __slots__ = (
+        "base",
+        "due",
+        "last_repair",
+        "regular",
+        "repair_after",
+        "repair_deaths",
+        "repair_full",
+        "shortfalls",
+    )
 
-    def __init__(self, due: float, base: float) -> None:
-        self.due = due
+    def __init__(self, regular: float, base: float) -> None:
+        self.regular = regular
+        """The next regular republish."""
+        self.due = regular
+        """When the timer fires: the regular time, or sooner for a repair."""
         self.base = base
         """The record's ``stored_at`` when the timer was armed: a later receipt means another
         holder republished it meanwhile, so this node may skip its turn."""
         self.repair_after: float | None = None
-        """Set when a holder was found dead: republish even if fresh, unless the record
-        arrived again after this time (another holder repaired it first)."""
+        """Set when a holder was found dead: repair even if fresh, unless the record arrived
+        again after this time (another holder repaired it first)."""
+        self.repair_deaths = 0
+        """Holders found dead since the last repair: as many nodes moved up into the k
+        closest."""
+        self.repair_full = False
+        """The repair must be a full republish (the last one reached fewer than k nodes),
+        not a top-up from the routing table."""
         self.shortfalls = 0
         """Republishes in a row that reached fewer than k nodes (sets the retry backoff)."""
+        self.last_repair = -math.inf
+        """When this node last ran a repair of the record."""
 
 
 class RepublishSchedule:
@@ -107,29 +127,55 @@ class RepublishSchedule:
     def get(self, key: NodeId) -> DueState | None:
         return self._state.get(key)
 
-    def arm(self, key: NodeId, due: float, base: float) -> DueState:
-        """(Re)arm ``key``'s timer at ``due``; clears a pending repair."""
+    def arm(self, key: NodeId, regular: float, base: float) -> DueState:
+        """(Re)arm ``key``'s regular republish at ``regular``; clears a pending repair."""
         state = self._state.get(key)
         if state is None:
-            state = self._state[key] = DueState(due, base)
+            state = self._state[key] = DueState(regular, base)
         else:
-            state.due = due
+            state.regular = state.due = regular
             state.base = base
             state.repair_after = None
-        self._push(due, key)
+            state.repair_deaths = 0
+            state.repair_full = False
+        self._push(regular, key)
         return state
 
-    def request_repair(self, key: NodeId, now: float, due: float) -> bool:
-        """Republish ``key`` by ``due`` even if fresh; False when not scheduled (not held)."""
+    def request_repair(
+        self,
+        key: NodeId,
+        now: float,
+        due: float,
+        cooldown: float = 0.0,
+        *,
+        full: bool = False,
+        death: bool = False,
+    ) -> bool:
+        """Repair ``key`` by ``due`` even if fresh, but not sooner than ``cooldown`` after
+        this node's last repair of it; False when not scheduled (not held)."""
         state = self._state.get(key)
         if state is None:
             return False
+        due = max(due, state.last_repair + cooldown)
         if state.repair_after is None:
             state.repair_after = now
+        state.repair_full = state.repair_full or full
+        state.repair_deaths += death
         if due < state.due:
             state.due = due
             self._push(due, key)
         return True
+
+    def repair_done(self, key: NodeId) -> None:
+        """The repair ran (or was not needed): back to the regular deadline."""
+        state = self._state.get(key)
+        if state is None:
+            return
+        state.repair_after = None
+        state.repair_deaths = 0
+        state.repair_full = False
+        state.due = state.regular
+        self._push(state.regular, key)
 
     def forget(self, key: NodeId) -> None:
         self._state.pop(key, None)

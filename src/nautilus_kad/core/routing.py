@@ -114,6 +114,11 @@ class RoutingTable:
             for entry in self._buckets[index].entries.values():
                 yield entry.contact
 
+    def entries(self) -> Iterator[Entry]:
+        """Every entry (stale ones included), bucket by bucket."""
+        for bucket in self._buckets.values():
+            yield from bucket.entries.values()
+
     def get(self, node_id: NodeId) -> Entry | None:
         index = self._index.get(node_id)
         if index is None:

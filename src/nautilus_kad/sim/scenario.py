@@ -60,6 +60,16 @@ class ChurnModel:
         if not 0.0 <= self.clean_fraction <= 1.0:
             raise ValueError("clean_fraction must lie in [0, 1]")
 
+    @classmethod
+    def with_mean(
+        cls, mean_session: float, shape: float = 0.5, clean_fraction: float = 0.5
+    ) -> ChurnModel:
+        """The model whose sessions last ``mean_session`` seconds on average."""
+        if not mean_session > 0 or not shape > 0:
+            raise ValueError("the mean session and the Weibull shape must be positive")
+        median = mean_session * math.log(2) ** (1 / shape) / math.gamma(1 + 1 / shape)
+        return cls(median, shape, clean_fraction)
+
     @property
     def scale(self) -> float:
         return self.median_session / float(math.log(2) ** (1 / self.shape))
