@@ -26,6 +26,7 @@ from ..core.events import (
     BootstrapDone,
     Event,
     GetDone,
+    LeaveDone,
     LookupDone,
     PingDone,
     PutDone,
@@ -219,6 +220,7 @@ class SimNode:
         "engine",
         "index",
         "joined",
+        "leave_qid",
         "leaving",
         "node_id",
         "ops",
@@ -242,6 +244,8 @@ class SimNode:
         self.ops: dict[int, Operation] = {}
         self.timer_at = _INF
         self.timer_gen = 0
+        self.leave_qid: int | None = None
+        """The engine's leave, once a clean departure started it."""
         self.endpoint: Endpoint = sim.network.attach(address, self.receive)
 
     def __repr__(self) -> str:
@@ -285,7 +289,9 @@ class SimNode:
                 send(endpoint, data, destination)
         event = engine.next_event()
         while event is not None:
-            if type(event) in _FINAL_EVENTS:
+            if type(event) is LeaveDone and event.query_id == self.leave_qid:
+                sim.scheduler.call_later(0.0, sim.crash, self)  # handed off: now go
+            elif type(event) in _FINAL_EVENTS:
                 op = self.ops.pop(event.query_id, None)  # type: ignore[union-attr]
                 if op is not None:
                     sim._finish(op, event)
@@ -514,20 +520,25 @@ class Simulation:
                     listener(op)
 
     def leave(self, node: SimNode, grace: float = 10.0) -> None:
-        """A clean departure: the node takes no new work, lets its running operations finish
-        (for at most ``grace`` seconds), then goes down.
-
-        The engine has no goodbye message yet, so to its peers this looks like a crash that
-        happens after the node's own queries are done.
-        """
+        """A clean departure, as a daemon's stop does it: the node takes no new work, lets
+        its running operations finish (for at most ``grace`` seconds), then runs the
+        engine's leave (it hands each record it holds to the nodes that keep it once it is
+        gone) and goes down when that is done, or after ``leave_timeout``."""
         if not node.up or node.leaving:
             return
         node.leaving = True
         self.joined.discard(node)
         if not node.ops:
-            self.crash(node)
+            self._hand_off(node)
             return
-        self.scheduler.call_later(grace, self.crash, node)
+        self.scheduler.call_later(grace, self._hand_off, node)
+
+    def _hand_off(self, node: SimNode) -> None:
+        if not node.up or node.leave_qid is not None:
+            return
+        node.leave_qid = node.engine.leave(self.scheduler.now)
+        self.scheduler.call_later(self.config.leave_timeout, self.crash, node)
+        node.flush()
 
     # --- commands -----------------------------------------------------------------------
 

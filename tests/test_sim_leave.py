@@ -1,0 +1,35 @@
+"""A clean leave in the simulator runs the engine's leave: records are handed on first."""
+
+from __future__ import annotations
+
+from nautilus_kad.core.ids import NodeId
+from nautilus_kad.sim import Simulation
+
+
+def copies(sim: Simulation, key: NodeId) -> int:
+    now = sim.scheduler.now
+    return sum(1 for n in sim.nodes.values() if n.engine.store.get(key, now) is not None)
+
+
+def test_leaving_holders_hand_their_records_on_and_crashing_ones_do_not() -> None:
+    sim = Simulation(seed=31)
+    assert all(op.succeeded for op in sim.grow(120))
+    keys = [NodeId.random(sim.rng) for _ in range(2)]
+    puts = [sim.put(sim.joined.choice(sim.rng), key, b"v") for key in keys]
+    assert sim.wait(puts) and all(op.succeeded for op in puts)
+    sim.run_for(5.0)
+    k = sim.config.k
+    assert [copies(sim, key) for key in keys] == [k, k]
+    leaving, crashing = keys
+    now = sim.scheduler.now
+    leavers = [n for n in sim.nodes.values() if n.engine.store.get(leaving, now)][:5]
+    crashers = [n for n in sim.nodes.values() if n.engine.store.get(crashing, now)][:5]
+    for node in leavers:  # one after another, as a rolling restart does
+        sim.leave(node)
+        sim.run_for(5.0)
+        assert not node.up
+    for node in crashers:
+        sim.crash(node)
+    sim.run_for(25.0)  # less than any repair delay or republish interval
+    assert copies(sim, leaving) == k  # each leaver handed its copy to the next in line
+    assert copies(sim, crashing) == k - 5
