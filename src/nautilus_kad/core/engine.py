@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from .addresses import Scope, address_scope, is_public, is_usable
+from .addresses import is_public, is_usable
 from .amplification import AmplificationBudget
 from .auth import Authenticator, ReplayFilter
 from .codec import (
@@ -1174,7 +1174,7 @@ class KadEngine:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_soft_timeout(pending.node_id)
-            self._retransmit(pending, now)
+            self._retransmit(pending)
             grace = self.config.slow_grace
             if grace > 0:
                 self._push_timer(now + grace, pending.txid, _GRACE)
@@ -1192,7 +1192,7 @@ class KadEngine:
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
 
-    def _retransmit(self, pending: _Pending, now: float) -> None:
+    def _retransmit(self, pending: _Pending) -> None:
         """Send a lookup request that passed its soft timeout once more: on a lossy path
         the copy usually gets through while the lookup is still waiting (a lost datagram
         would otherwise cost the lookup its grace and the peer a failure in our table).
@@ -1367,17 +1367,13 @@ class KadEngine:
         addresses (unspecified, multicast), and loopback or private ones only from a peer
         that is itself local (a public peer listing them points us at our own LAN, or
         invents them), and only if ``allow_private_addresses``."""
-        local_ok = self.config.allow_private_addresses and address_scope(via) is not Scope.PUBLIC
+        local_ok = self.config.allow_private_addresses and not is_public(via)
+        acceptable = is_usable if local_ok else is_public
         # The common case (every contact acceptable) in C-level iteration: this runs for
         # every contact of every NODES answer.
-        if all(map(is_usable if local_ok else is_public, map(_HOST, contacts))):
+        if all(map(acceptable, map(_HOST, contacts))):
             return contacts
-        kept = tuple(
-            c
-            for c in contacts
-            if (scope := address_scope(c.host)) is Scope.PUBLIC
-            or (scope is Scope.LOCAL and local_ok)
-        )
+        kept = tuple(c for c in contacts if acceptable(c.host))
         if len(kept) != len(contacts):
             self.stats["lookup.contacts_refused"] += len(contacts) - len(kept)
         return kept

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .addresses import Scope, address_scope
+from .addresses import is_public
 from .config import KadConfig
 
 RATE_LIMITED = "rate_limited"
@@ -78,7 +78,7 @@ class SourceRateLimiter:
         buckets = self._buckets
         bucket = buckets.get(host)
         if bucket is None:
-            if not self.police_local and address_scope(host) is not Scope.PUBLIC:
+            if not self.police_local and not is_public(host):
                 return None
             bucket = _Bucket(self.burst, now)
             buckets[host] = bucket
