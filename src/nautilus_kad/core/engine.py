@@ -1182,10 +1182,16 @@ class KadEngine:
                 query.lookup.on_give_up(pending.node_id)
             self._advance(query, now)
         elif isinstance(query, _PutQuery):
-            # A put does not wait on a slow replica; a late STORED still counts if it comes
-            # before the put is reported.
-            query.waiting.discard(pending.txid)
-            self._put_progress(query)
+            # A slow replica gets the same grace as a slow peer of a lookup (and one more
+            # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
+            # put that stops counting at the soft timeout reports fewer copies than it made.
+            self._retransmit(pending)
+            grace = self.config.slow_grace
+            if grace > 0:
+                self._push_timer(now + grace, pending.txid, _GRACE)
+            else:
+                query.waiting.discard(pending.txid)
+                self._put_progress(query)
         elif isinstance(query, _ReplicationSink):
             # A slow STORE keeps its window slot until it is answered or fails for good:
             # when peers are slow (a loaded network), the sender slows down with them
@@ -1193,37 +1199,41 @@ class KadEngine:
             self.stats["replicate.slow"] += 1
 
     def _retransmit(self, pending: _Pending) -> None:
-        """Send a lookup request that passed its soft timeout once more: on a lossy path
-        the copy usually gets through while the lookup is still waiting (a lost datagram
-        would otherwise cost the lookup its grace and the peer a failure in our table).
-        Only signed requests without a session offer: the copy must be a fresh datagram
-        (one byte more padding, so a new signature the peer's replay filter lets through
-        if it did get the original but its answer was lost)."""
+        """Send a lookup or store request that passed its soft timeout once more: on a lossy
+        path the copy usually gets through while the query is still waiting (a lost datagram
+        would otherwise cost a lookup its grace, a put one replica, and the peer a failure in
+        our table). Only signed requests without a session offer: the copy must be a fresh
+        datagram (FIND requests get one byte more padding, a STORE the empty padding field it
+        went without), so a new signature the peer's replay filter lets through if it did get
+        the original but its answer was lost. A STORE stays idempotent: the same record again."""
+        request = pending.request
         if (
             pending.retransmitted
             or pending.session is not None
             or pending.offer is not None
-            or not isinstance(pending.request, FindNode | FindValue)
+            or not isinstance(request, FindNode | FindValue | Store)
         ):
             return
         pending.retransmitted = True
-        data = encode_message(
-            pending.request,
-            pending.txid,
-            self.auth,
-            self.flags,
-            pad_to=min(MAX_DATAGRAM, self._pad_to + 1),
-        )
+        pad_to = 1 if isinstance(request, Store) else min(MAX_DATAGRAM, self._pad_to + 1)
+        try:
+            data = encode_message(request, pending.txid, self.auth, self.flags, pad_to=pad_to)
+        except EncodeError:  # a STORE filling the datagram has no room for the padding field
+            return
         self.stats["tx.retransmits"] += 1
         self.stats["tx.signed"] += 1
         self._queue(data, pending.address)
 
     def _on_grace_over(self, pending: _Pending, now: float) -> None:
-        """A slow peer of a lookup used up its grace: the lookup may finish without it."""
+        """A slow peer of a lookup used up its grace: the lookup may finish without it (a
+        put, likewise, without that replica's answer)."""
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_give_up(pending.node_id)
             self._advance(query, now)
+        elif isinstance(query, _PutQuery):
+            query.waiting.discard(pending.txid)
+            self._put_progress(query)
 
     def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
         self._forget_pending(pending)
