@@ -46,8 +46,9 @@ class KadConfig:
     slot at once (the search goes on, and the request is sent once more in case it was
     lost); the grace keeps a peer on a long link in the result: without it ~1% of lookups
     on the simulator's log-normal wide-area latency missed one of the true k closest (0.1%
-    with 0.5 s, none with 1 s, at no cost in median or p99 latency). A dead peer delays a
-    lookup by at most this much. 0 never waits."""
+    with 0.5 s, none with 1 s, at no cost in median or p99 latency). A put waits as long for
+    a slow replica's STORED (a loaded machine answering 50 ms late must not cost a copy in
+    the count). A dead peer delays a lookup or a put by at most this much. 0 never waits."""
     initial_rtt: float = 0.5
     """Round-trip guess for a network we know nothing about yet."""
 
