@@ -26,7 +26,7 @@ from nautilus_kad.core.codec import (
 from nautilus_kad.core.config import MAX_DATAGRAM, KadConfig
 from nautilus_kad.core.engine import FLAG_CLIENT, KadEngine
 from nautilus_kad.core.errors import DecodeError
-from nautilus_kad.core.events import PingDone, QueryFailed
+from nautilus_kad.core.events import LookupDone, PingDone, QueryFailed
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.limits import MAX_SEQ, VALUE_LIMITS
@@ -453,6 +453,36 @@ def test_notice_from_another_address_is_ignored() -> None:
 
 
 # --- expiry and bounds -----------------------------------------------------------------------
+
+
+def test_a_lost_lookup_request_in_a_session_is_sent_again_with_the_next_counter() -> None:
+    """Peers that talk often talk in sessions, so a lost datagram there must be recovered
+    like a signed one: once past the soft timeout, the request goes again, sealed with a
+    fresh counter (the peer's replay window would drop a byte-for-byte copy)."""
+    net, a, b = pair()
+    mine, _ = establish(net, a, b)
+    dropped: list[bytes] = []
+
+    def lose_first_request(data: bytes, source: Address, destination: Address) -> bytes | None:
+        if source == net.address_of(a) and not dropped:
+            dropped.append(data)
+            return None
+        return data
+
+    net.filter = lose_first_request
+    counter = mine.send_counter
+    started = net.now
+    event = net.wait_for(a, a.find_node(NodeId(4242), net.now))
+    assert isinstance(event, LookupDone)
+    assert [c.node_id for c in event.contacts] == [b.node_id]
+    assert dropped and dropped[0][0] == SESSION_MAGIC
+    assert parse_session_header(dropped[0])[2] == counter + 1
+    assert mine.send_counter == counter + 2  # the copy went in the same session
+    assert a.stats["tx.retransmits"] == 1
+    # Answered after the soft timeout, well before the grace or the hard deadline run out.
+    assert net.now - started < a.config.slow_grace
+    entry = a.table.get(b.node_id)
+    assert entry is not None and entry.failures == 0
 
 
 def test_idle_sessions_expire_and_are_replaced() -> None:

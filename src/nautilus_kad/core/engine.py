@@ -1174,7 +1174,7 @@ class KadEngine:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_soft_timeout(pending.node_id)
-            self._retransmit(pending)
+            self._retransmit(pending, now)
             grace = self.config.slow_grace
             if grace > 0:
                 self._push_timer(now + grace, pending.txid, _GRACE)
@@ -1185,7 +1185,7 @@ class KadEngine:
             # A slow replica gets the same grace as a slow peer of a lookup (and one more
             # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
             # put that stops counting at the soft timeout reports fewer copies than it made.
-            self._retransmit(pending)
+            self._retransmit(pending, now)
             grace = self.config.slow_grace
             if grace > 0:
                 self._push_timer(now + grace, pending.txid, _GRACE)
@@ -1198,30 +1198,42 @@ class KadEngine:
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
 
-    def _retransmit(self, pending: _Pending) -> None:
+    def _retransmit(self, pending: _Pending, now: float) -> None:
         """Send a lookup or store request that passed its soft timeout once more: on a lossy
         path the copy usually gets through while the query is still waiting (a lost datagram
         would otherwise cost a lookup its grace, a put one replica, and the peer a failure in
-        our table). Only signed requests without a session offer: the copy must be a fresh
-        datagram (FIND requests get one byte more padding, a STORE the empty padding field it
-        went without), so a new signature the peer's replay filter lets through if it did get
-        the original but its answer was lost. A STORE stays idempotent: the same record again."""
+        our table). The copy must be a fresh datagram the peer's replay protection lets
+        through if it did get the original but its answer was lost: in a session, the next
+        counter; signed, a new signature (FIND requests get one byte more padding, a STORE
+        the empty padding field it went without). Not for requests carrying a session offer
+        (a second offer would start a second handshake). A STORE stays idempotent: the same
+        record again."""
         request = pending.request
         if (
             pending.retransmitted
-            or pending.session is not None
             or pending.offer is not None
             or not isinstance(request, FindNode | FindValue | Store)
         ):
             return
         pending.retransmitted = True
-        pad_to = 1 if isinstance(request, Store) else min(MAX_DATAGRAM, self._pad_to + 1)
-        try:
-            data = encode_message(request, pending.txid, self.auth, self.flags, pad_to=pad_to)
-        except EncodeError:  # a STORE filling the datagram has no room for the padding field
-            return
+        session = pending.session
+        if session is not None:
+            if self.sessions.for_send(pending.address, pending.node_id, now) is not session:
+                return  # expired or replaced since: the hard timeout will tell
+            by_notice = self._by_notice
+            by_notice.pop((pending.address, session.remote_sid, pending.counter), None)
+            data = encode_session_message(request, pending.txid, session, self.flags)
+            pending.counter = session.send_counter
+            by_notice[(pending.address, session.remote_sid, session.send_counter)] = pending.txid
+            self.stats["tx.session"] += 1
+        else:
+            pad_to = 1 if isinstance(request, Store) else min(MAX_DATAGRAM, self._pad_to + 1)
+            try:
+                data = encode_message(request, pending.txid, self.auth, self.flags, pad_to=pad_to)
+            except EncodeError:  # a STORE filling the datagram has no room for the padding
+                return
+            self.stats["tx.signed"] += 1
         self.stats["tx.retransmits"] += 1
-        self.stats["tx.signed"] += 1
         self._queue(data, pending.address)
 
     def _on_grace_over(self, pending: _Pending, now: float) -> None:
