@@ -536,6 +536,24 @@ def test_a_put_gives_up_on_a_silent_replica_after_its_grace() -> None:
     assert done.acks == 1  # its own copy: the put does not wait for the hard timeout
 
 
+def test_a_leaving_peer_is_dropped_and_gets_no_copy() -> None:
+    net = bootstrapped(3, seed=33)
+    first, leaver, publisher = net.engines()
+    assert leaver.node_id in publisher.table
+    leaver.leave(net.now)  # holds nothing: done at once, but it says it is leaving from now on
+    record = open_record(b"not-on-the-leaver", b"v")
+    done = net.result(publisher, publisher.put(record, net.now))
+    assert isinstance(done, PutDone)
+    assert {c.node_id for c in done.stored_on} == {first.node_id, publisher.node_id}
+    assert leaver.store.get(record.key, net.now) is None
+    assert leaver.node_id not in publisher.table
+    assert publisher.stats["peer.departed"] == 1
+    assert PeerRemoved(Contact(leaver.node_id, *addr(leaver))) in net.events[addr(publisher)]
+    # It still reads while it leaves (its own get is answered by the others).
+    got = net.result(leaver, leaver.get(record.key, net.now))
+    assert isinstance(got, GetDone) and got.record == record
+
+
 def test_get_missing_key(net30: Net) -> None:
     engine = net30.engines()[7]
     key = key_id(b"nobody stored this")

@@ -334,6 +334,26 @@ def test_failure_states() -> None:
     assert d not in result_ids(lookup)
 
 
+def test_a_departing_peer_refers_but_is_never_among_the_closest() -> None:
+    world = World(30, 17)
+    target = NodeId.random(world.rng)
+    truth = world.truth(target, 30)
+    nearest = world.contacts[truth[0]]
+    far = [world.contacts[n] for n in truth[-3:]]
+    lookup = Lookup(target, world.own, k=3, alpha=1, seeds=far[:1])
+    (first,) = lookup.next_queries()
+    lookup.on_departing(first.node_id, [nearest], b"tok")  # leaving, but it knows the way
+    assert lookup.responses == 1 and lookup.in_flight == 0
+    cand = lookup.candidate(first.node_id)
+    assert cand is not None and cand.state is CandidateState.FAILED
+    (second,) = lookup.next_queries()
+    assert second == nearest  # its referral is used
+    lookup.on_response(nearest.node_id, [])
+    lookup.on_departing(nearest.node_id, [])  # too late to undo an answer
+    assert first.node_id not in result_ids(lookup)
+    assert result_ids(lookup) == [nearest.node_id]
+
+
 def test_unknown_peers_are_ignored() -> None:
     world = World(20, 16)
     target = NodeId.random(world.rng)

@@ -152,6 +152,20 @@ def test_record_failure_swaps_freshest_spare_in() -> None:
     assert len(table) == SMALL.k
 
 
+def test_a_departing_peer_leaves_at_once_and_the_freshest_spare_takes_its_place() -> None:
+    table, members = _full_table()
+    spares = [c for c in _bucket_contacts(10, seed=7) if c not in members][:2]
+    table.observe(spares[0], 10.0)
+    table.observe(spares[1], 11.0)
+    assert table.depart(members[2].node_id) == members[2]  # no failures needed
+    assert members[2].node_id not in table
+    assert spares[1].node_id in table and len(table) == SMALL.k
+    # A departing spare is forgotten too: it is never promoted later.
+    assert table.depart(spares[0].node_id) is None
+    assert table.record_failure(members[0].node_id) is None  # no spare left: only stale
+    assert table.depart(members[2].node_id) is None  # gone already
+
+
 def test_replacement_cache_is_bounded() -> None:
     table, members = _full_table()
     spares = [c for c in _bucket_contacts(20, seed=11) if c not in members][:6]

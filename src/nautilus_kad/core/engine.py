@@ -128,6 +128,11 @@ _DECLINE_BACKOFF = 600.0
 """How long we stop offering sessions to a peer that answered an offer without accepting."""
 FLAG_CLIENT = 0x01
 """Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
+FLAG_LEAVING = 0x02
+"""Sender flag: the sender is shutting down cleanly and handing its records on. Receivers drop
+it from their tables at once, and lookups use its answers' contacts but neither store on it
+nor count it as a holder: several holders of one record leaving at the same time would
+otherwise each count the others as keeping it, and hand it to nobody."""
 TOKEN_REUSE = 0.9
 """A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
 token stays valid for one to two rotation periods at its issuer)."""
@@ -628,6 +633,7 @@ class KadEngine:
         self._scans.clear()
         self._scan_wakeup = math.inf
         self._leaving = batch
+        self.flags |= FLAG_LEAVING  # every datagram from now on says so
         self._republish_ready.extend(keys)
         if not keys:
             self._events.append(LeaveDone(qid, 0, 0, 0))
@@ -826,7 +832,9 @@ class KadEngine:
         # A stranger's verification PING comes out of its budget first; padded requests
         # leave room for it and a full answer (see ``_pad_to``).
         entry = self.table.get(sender)
-        if entry is not None and entry.contact.address == address:
+        if envelope.flags & FLAG_LEAVING:
+            self._peer_departing(sender)  # serve its handoff, but it is no peer any more
+        elif entry is not None and entry.contact.address == address:
             entry.last_seen = now
         elif entry is None and not envelope.flags & FLAG_CLIENT:
             self._maybe_verify(Contact(sender, address[0], address[1]), now)
@@ -1119,7 +1127,10 @@ class KadEngine:
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
-        if not envelope.flags & FLAG_CLIENT:
+        departing = bool(envelope.flags & FLAG_LEAVING)
+        if departing:
+            self._peer_departing(contact.node_id)
+        elif not envelope.flags & FLAG_CLIENT:
             added, to_ping = self.table.observe(contact, now)
             if added:
                 self._peer_added(contact, now)
@@ -1147,10 +1158,12 @@ class KadEngine:
                 query.seeds_waiting -= 1
                 self._bootstrap_progress(query, now)
             case _LookupQuery():
-                self._lookup_response(query, contact, message, now)
+                self._lookup_response(query, contact, message, now, departing)
             case _PutQuery():
                 query.waiting.discard(envelope.txid)
-                if isinstance(message, Stored):
+                if departing:  # a copy that leaves with it (its handoff may be past this key)
+                    self.stats["put.store_departing"] += 1
+                elif isinstance(message, Stored):
                     query.acks.append(contact)
                 else:
                     self.stats["put.store_refused"] += 1
@@ -1160,7 +1173,7 @@ class KadEngine:
             case _ReplicationSink():
                 item = self._repl_inflight.pop(envelope.txid, None)
                 if item is not None:
-                    stored = isinstance(message, Stored)
+                    stored = isinstance(message, Stored) and not departing
                     if not stored:
                         self.stats["replicate.refused"] += 1
                     self._repl_item_done(item, stored, now)
@@ -1342,13 +1355,21 @@ class KadEngine:
         return qid
 
     def _lookup_response(
-        self, query: _LookupQuery, contact: Contact, message: Message, now: float
+        self,
+        query: _LookupQuery,
+        contact: Contact,
+        message: Message,
+        now: float,
+        departing: bool = False,
     ) -> None:
         lookup = query.lookup
+        # A leaving peer's answer is used (its contacts, a value it returns) but it does not
+        # count among the closest: nothing is stored on it and it holds nothing for a leave.
+        answered = lookup.on_departing if departing else lookup.on_response
         if isinstance(message, Nodes):
             # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
             contacts = self._acceptable(message.contacts[: self.config.k], contact.host)
-            lookup.on_response(contact.node_id, contacts, message.token)
+            answered(contact.node_id, contacts, message.token)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -1364,17 +1385,19 @@ class KadEngine:
                 self.stats["get.invalid_value"] += 1
                 self._penalise(contact.node_id)
                 query.holders.add(contact.node_id)  # and no copy of ours goes to it either
-                lookup.on_response(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token)
             elif query.kind is not None and record.kind is not query.kind:
                 self.stats["get.wrong_kind"] += 1
-                lookup.on_response(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token)
             elif query.leave is not None:
                 # A leave wants to know who holds it, not just the value: keep going.
-                lookup.on_response(contact.node_id, (), message.token)
-                query.holders.add(contact.node_id)
+                answered(contact.node_id, (), message.token)
+                if not departing:
+                    query.holders.add(contact.node_id)
             else:
-                lookup.on_response(contact.node_id, (), message.token)
-                query.holders.add(contact.node_id)
+                answered(contact.node_id, (), message.token)
+                if not departing:
+                    query.holders.add(contact.node_id)
                 query.answers.append((contact, record, message.token))
                 if query.found is None or record.supersedes(query.found):
                     query.found = record
@@ -1669,6 +1692,16 @@ class KadEngine:
             return
         if self._send_request(contact.address, contact.node_id, Ping(), now, None):
             self._verifying.add(contact.node_id)
+
+    def _peer_departing(self, node_id: NodeId) -> None:
+        """A peer said it is leaving: out of the table now, a spare in its place. No repair
+        scan: a clean leaver hands its records on itself."""
+        removed = self.table.depart(node_id)
+        if removed is not None:
+            self.stats["peer.departed"] += 1
+            self._events.append(PeerRemoved(removed))
+            self._peer_tokens.pop(node_id, None)
+            self._peer_since.pop(node_id, None)
 
     def _peer_added(self, contact: Contact, now: float) -> None:
         self._events.append(PeerAdded(contact))

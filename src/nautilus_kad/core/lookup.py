@@ -140,6 +140,24 @@ class Lookup:
         self.responses += 1
         self.add_contacts(contacts, cand.hop + 1)
 
+    def on_departing(
+        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+    ) -> None:
+        """``node_id`` answered but is leaving the network: its contacts are used, but it
+        does not count among the closest (nothing should be stored on it, and a lookup
+        must not report it as one of the k nodes that keep a key)."""
+        cand = self._get(node_id)
+        if cand is None or cand.state is _RESPONDED or cand.state is _FAILED:
+            return
+        if cand.state is _IN_FLIGHT:
+            self.in_flight -= 1
+        elif cand.state is _SLOW:
+            self.slow -= 1
+        cand.state = _FAILED
+        cand.token = token
+        self.responses += 1
+        self.add_contacts(contacts, cand.hop + 1)
+
     def on_soft_timeout(self, node_id: NodeId) -> None:
         """``node_id`` is slow: free its slot, stop counting it among the closest."""
         cand = self._get(node_id)
@@ -321,6 +339,13 @@ class DisjointLookup:
         path = self._path_of(node_id)
         if path is not None:
             path.on_failure(node_id)
+
+    def on_departing(
+        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+    ) -> None:
+        path = self._path_of(node_id)
+        if path is not None:
+            path.on_departing(node_id, contacts, token)
 
     # --- driving --------------------------------------------------------------------------
 

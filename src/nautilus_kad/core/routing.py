@@ -260,6 +260,29 @@ class RoutingTable:
             return entry.contact
         return None
 
+    def depart(self, node_id: NodeId) -> Contact | None:
+        """``node_id`` said it is leaving (a clean shutdown): out of the table at once, its
+        place taken by the freshest verified spare that fits. Returns its contact if it was
+        in the table."""
+        index = self._index.get(node_id)
+        if index is None:
+            self._drop_spare(node_id)
+            return None
+        bucket = self._buckets[index]
+        entry = bucket.entries[node_id]
+        self._evict(bucket, node_id)
+        for spare_id in reversed(bucket.replacements):
+            spare = bucket.replacements[spare_id]
+            if self._subnet_allows(bucket, spare.host):
+                self._insert(bucket, index, spare, entry.last_seen)
+                break
+        return entry.contact
+
+    def _drop_spare(self, node_id: NodeId) -> None:
+        bucket = self._buckets.get(self.bucket_of(node_id))
+        if bucket is not None:
+            bucket.replacements.pop(node_id, None)
+
     def remove(self, node_id: NodeId) -> bool:
         index = self._index.get(node_id)
         if index is None:
