@@ -149,14 +149,8 @@ class Lookup:
         cand = self._get(node_id)
         if cand is None or cand.state is _RESPONDED or cand.state is _FAILED:
             return
-        if cand.state is _IN_FLIGHT:
-            self.in_flight -= 1
-        elif cand.state is _SLOW:
-            self.slow -= 1
+        self.on_response(node_id, contacts, token)
         cand.state = _FAILED
-        cand.token = token
-        self.responses += 1
-        self.add_contacts(contacts, cand.hop + 1)
 
     def on_soft_timeout(self, node_id: NodeId) -> None:
         """``node_id`` is slow: free its slot, stop counting it among the closest."""
