@@ -1187,22 +1187,14 @@ class KadEngine:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_soft_timeout(pending.node_id)
-            self._retransmit(pending, now)
-            grace = self.config.slow_grace
-            if grace > 0:
-                self._push_timer(now + grace, pending.txid, _GRACE)
-            else:
+            if not self._resend_and_wait(pending, now):
                 query.lookup.on_give_up(pending.node_id)
             self._advance(query, now)
         elif isinstance(query, _PutQuery):
             # A slow replica gets the same grace as a slow peer of a lookup (and one more
             # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
             # put that stops counting at the soft timeout reports fewer copies than it made.
-            self._retransmit(pending, now)
-            grace = self.config.slow_grace
-            if grace > 0:
-                self._push_timer(now + grace, pending.txid, _GRACE)
-            else:
+            if not self._resend_and_wait(pending, now):
                 query.waiting.discard(pending.txid)
                 self._put_progress(query)
         elif isinstance(query, _ReplicationSink):
@@ -1210,6 +1202,17 @@ class KadEngine:
             # when peers are slow (a loaded network), the sender slows down with them
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
+
+    def _resend_and_wait(self, pending: _Pending, now: float) -> bool:
+        """A lookup's or a put's request passed its soft timeout: send it once more and
+        wait ``slow_grace`` for an answer (then :meth:`_on_grace_over`). False when the
+        configuration gives no grace: the caller stops waiting now."""
+        self._retransmit(pending, now)
+        grace = self.config.slow_grace
+        if grace <= 0:
+            return False
+        self._push_timer(now + grace, pending.txid, _GRACE)
+        return True
 
     def _retransmit(self, pending: _Pending, now: float) -> None:
         """Send a lookup or store request that passed its soft timeout once more: on a lossy
