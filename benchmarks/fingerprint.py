@@ -316,7 +316,10 @@ def run_at(rev: str, quick: bool, names: tuple[str, ...]) -> dict[str, dict[str,
             if quick:
                 args.append("--quick")
             subprocess.run(args, cwd=ROOT, env=env, check=True)
-            result: dict[str, dict[str, str]] = json.loads(out.read_text())["digests"]
+            data = json.loads(out.read_text())
+            if not str(data["source"]).startswith(str(tree)):
+                raise RuntimeError(f"the child ran {data['source']}, not the sources of {rev}")
+            result: dict[str, dict[str, str]] = data["digests"]
             return result
         finally:
             subprocess.run(
