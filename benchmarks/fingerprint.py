@@ -311,7 +311,7 @@ def run_at(rev: str, quick: bool, names: tuple[str, ...]) -> dict[str, dict[str,
         try:
             out = Path(tmp) / "out.json"
             env = dict(os.environ, PYTHONPATH=str(tree / "src"), PYTHONHASHSEED="0")
-            args = [sys.executable, str(Path(__file__).resolve()), "--json", str(out), "--at-src"]
+            args = [sys.executable, "-m", "benchmarks.fingerprint", "--json", str(out), "--at-src"]
             args += ["--only", ",".join(names)]
             if quick:
                 args.append("--quick")
