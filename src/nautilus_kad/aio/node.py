@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -120,6 +120,7 @@ class Node:
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._table_changed = False
+        self._listeners: list[Callable[[Event], None]] = []
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -578,7 +579,22 @@ class Node:
         self._protocol.flush()
         return await future
 
+    def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener`` with every engine event (peers added and removed, queries done)
+        as it happens, before the node acts on it; returns a function that removes it.
+
+        A listener must be quick and must not raise: it runs inside datagram handling.
+        The daemon's live view and metrics are built on it.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
     def _on_event(self, event: Event) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("event listener %r failed", listener)
         if isinstance(event, PeerAdded | PeerRemoved):
             self._table_changed = True
             return
