@@ -66,7 +66,7 @@ def test_a_clean_stop_hands_records_on_and_a_data_dir_has_one_user(tmp_path: Pat
 
         second = kad("run", "--port", "0", "--data-dir", str(data_dir))
         assert second.returncode == 1
-        assert "in use by another process" in err(second)
+        assert f"is in use by pid {node.process.pid}" in err(second)
         assert "Traceback" not in err(second)
 
         result = kad("put", "handed", "over", "--bootstrap", node.address)

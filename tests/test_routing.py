@@ -412,3 +412,20 @@ def test_rtt_estimator_follows_rfc6298() -> None:
     assert est.timeout(0.0, 100.0) == pytest.approx(est.srtt + 4 * est.rttvar)
     assert est.timeout(0.0, 1.0) == 1.0
     assert est.timeout(50.0, 100.0) == 50.0
+
+
+def test_rtt_observer_sees_every_sample_and_buckets_list_spares() -> None:
+    table, contacts = _full_table()
+    seen: list[float] = []
+    table.rtt_observer = seen.append
+    table.record_rtt(contacts[0].node_id, 0.25)
+    table.record_rtt(NodeId(12345), 0.5)  # not in the table: still a round trip measured
+    assert seen == [0.25, 0.5]
+    spare = _bucket_contacts(SMALL.k + 2)[-2:]
+    for contact in spare:
+        table.observe(contact, 1.0)
+    listed = list(table.buckets())
+    assert [(i, len(entries), spares) for i, entries, spares in listed] == [
+        (table.bucket_of(contacts[0].node_id), SMALL.k, 2)
+    ]
+    assert listed[0][1][0].rtt.srtt == 0.25

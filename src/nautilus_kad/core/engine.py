@@ -537,6 +537,14 @@ class KadEngine:
         ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this lookup."""
         return self._start_lookup(target, now, want_value=False, paths=paths)
 
+    def lookup_state(self, query_id: int) -> AnyLookup | None:
+        """The state machine of the running lookup or get ``query_id`` (None once it ended,
+        or for other operations). For observation only (the simulator scores each disjoint
+        path from it); the caller must not drive it. It stays readable after the operation
+        ended if the caller kept it."""
+        query = self._queries.get(query_id)
+        return query.lookup if isinstance(query, _LookupQuery) else None
+
     def get(
         self,
         key: NodeId,

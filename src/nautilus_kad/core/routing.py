@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .addresses import subnet_of
 from .config import KadConfig
@@ -100,6 +100,9 @@ class RoutingTable:
         """Entries per public /24 or /48 in the whole table."""
         self.refused_subnet = 0
         """Verified contacts refused by the subnet limits (a metric)."""
+        self.rtt_observer: Callable[[float], None] | None = None
+        """Called with every round-trip time sampled (a driver's RTT histogram); the table
+        only calls it, so the core stays free of any metrics library."""
 
     # --- inspection ------------------------------------------------------------------
 
@@ -128,6 +131,14 @@ class RoutingTable:
     def bucket_sizes(self) -> dict[int, int]:
         """Non-empty buckets by index: how full the table is, for displays and tests."""
         return {i: len(b) for i, b in sorted(self._buckets.items()) if b.entries}
+
+    def buckets(self) -> Iterator[tuple[int, list[Entry], int]]:
+        """Each non-empty bucket (or one with spares): its index, its entries from least to
+        most recently seen, and how many replacements wait in its cache. For displays."""
+        for index in sorted(self._buckets):
+            bucket = self._buckets[index]
+            if bucket.entries or bucket.replacements:
+                yield index, list(bucket.entries.values()), len(bucket.replacements)
 
     def has_room_for(self, node_id: NodeId) -> bool:
         """Whether ``node_id`` could enter the table now (its bucket has a free or stale
@@ -294,6 +305,8 @@ class RoutingTable:
 
     def record_rtt(self, node_id: NodeId, rtt: float) -> None:
         self._global_rtt.sample(rtt)
+        if self.rtt_observer is not None:
+            self.rtt_observer(rtt)
         entry = self.get(node_id)
         if entry is not None:
             entry.rtt.sample(rtt)

@@ -4,7 +4,8 @@ Layout::
 
     DIR/node.key        Ed25519 private key, PKCS#8 PEM, mode 0600 (the node id derives from it)
     DIR/node.sqlite3    records, published records and the routing table (WAL mode)
-    DIR/lock            held (flock) while a node uses the directory
+    DIR/lock            held (flock) while a node uses the directory; holds its pid
+    DIR/api             the running daemon's API address and token (mode 0600)
 
 Two processes on one directory would corrupt each other's view of the records, so the second
 one is refused. The lock is an advisory ``flock``: the kernel drops it when the holder dies,
@@ -84,10 +85,13 @@ class DataDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            holder = _read_pid(fd)
             os.close(fd)
-            raise DataDirLockedError(
-                f"data directory {self.path} is in use by another process"
-            ) from exc
+            who = f"pid {holder}" if holder is not None else "another process"
+            raise DataDirLockedError(f"data directory {self.path} is in use by {who}") from exc
+        # The holder's pid, so the next one to try can say who holds it.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
     def __enter__(self) -> DataDir:
@@ -98,3 +102,12 @@ class DataDir:
 
     def __repr__(self) -> str:
         return f"DataDir({str(self.path)!r})"
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid a lock holder wrote into the lock file, if it did."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
