@@ -60,6 +60,7 @@ from .events import (
     GetDone,
     LeaveDone,
     LookupDone,
+    NodesAnswered,
     PeerAdded,
     PeerRemoved,
     PingDone,
@@ -528,6 +529,14 @@ class KadEngine:
         qid = self._new_query_id()
         self._queries[qid] = _PingQuery(qid)
         if not self._send_request(address, None, Ping(), now, qid):
+            self._fail(qid, "too many requests in flight")
+        return qid
+
+    def find_node_at(self, address: Address, target: NodeId, now: float) -> int:
+        """One FIND_NODE to one address (no lookup): ends with :class:`NodesAnswered`."""
+        qid = self._new_query_id()
+        self._queries[qid] = _PingQuery(qid)
+        if not self._send_request(address, None, FindNode(target), now, qid):
             self._fail(qid, "too many requests in flight")
         return qid
 
@@ -1191,7 +1200,11 @@ class KadEngine:
         match query:
             case _PingQuery():
                 del self._queries[query.query_id]
-                if not query.internal:
+                if isinstance(message, Nodes):  # find_node_at
+                    self._events.append(
+                        NodesAnswered(query.query_id, contact, message.contacts, rtt)
+                    )
+                elif not query.internal:
                     self._events.append(PingDone(query.query_id, contact, rtt))
             case _BootstrapQuery():
                 query.seeds_waiting -= 1
