@@ -38,6 +38,7 @@ from ..core.events import (
     GetDone,
     LeaveDone,
     LookupDone,
+    NodesAnswered,
     PeerAdded,
     PeerRemoved,
     PingDone,
@@ -451,6 +452,17 @@ class Node:
         if isinstance(event, QueryFailed):
             raise QueryError(f"lookup failed: {event.reason}")
         assert isinstance(event, LookupDone)
+        return list(event.contacts)
+
+    async def find_node_at(self, address: AddressLike, node_id: NodeId | int) -> list[Contact]:
+        """Ask the node at ``address`` alone (one FIND_NODE, no lookup) for the contacts it
+        knows closest to ``node_id``; raises :class:`QueryError` when nothing answers."""
+        where = await _resolve(address, self._family)
+        target = NodeId(int(node_id))
+        event = await self._run(lambda now: self._engine.find_node_at(where, target, now))
+        if isinstance(event, QueryFailed):
+            raise QueryError(event.reason)
+        assert isinstance(event, NodesAnswered)
         return list(event.contacts)
 
     async def ping(self, address: AddressLike) -> PingResult:
