@@ -38,6 +38,7 @@ from ..core.events import (
     GetDone,
     LeaveDone,
     LookupDone,
+    NodesAnswered,
     PeerAdded,
     PeerRemoved,
     PingDone,
@@ -121,6 +122,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._table_changed = False
         self._listeners: list[Callable[[Event], None]] = []
+        self._join_addresses: list[AddressLike] = []
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class Node:
             node._tasks.append(loop.create_task(node._save_periodically()))
         protocol.flush()
         seeds = list(bootstrap)
+        node._join_addresses = [*seeds, *saved]
         try:
             if seeds:
                 await node.bootstrap([*seeds, *saved])
@@ -189,9 +192,7 @@ class Node:
                     await node.bootstrap(saved)
                 except NoPeersError:
                     _log.warning("none of %d saved peers answered; retrying", len(saved))
-                    node._tasks.append(
-                        loop.create_task(node._rejoin(saved), name="nautilus-kad rejoin")
-                    )
+                    node._start_rejoining()
         except BaseException:
             await node.stop(handoff=False)
             raise
@@ -453,6 +454,17 @@ class Node:
         assert isinstance(event, LookupDone)
         return list(event.contacts)
 
+    async def find_node_at(self, address: AddressLike, node_id: NodeId | int) -> list[Contact]:
+        """Ask the node at ``address`` alone (one FIND_NODE, no lookup) for the contacts it
+        knows closest to ``node_id``; raises :class:`QueryError` when nothing answers."""
+        where = await _resolve(address, self._family)
+        target = NodeId(int(node_id))
+        event = await self._run(lambda now: self._engine.find_node_at(where, target, now))
+        if isinstance(event, QueryFailed):
+            raise QueryError(event.reason)
+        assert isinstance(event, NodesAnswered)
+        return list(event.contacts)
+
     async def ping(self, address: AddressLike) -> PingResult:
         """PING an address; raises :class:`QueryError` when nothing answers in time."""
         target = await _resolve(address, self._family)
@@ -504,7 +516,8 @@ class Node:
 
     @property
     def rejoining(self) -> bool:
-        """Whether none of its saved peers answered at start and it is still retrying them."""
+        """Whether its table is empty and it is retrying the addresses it joined through
+        (none of its saved peers answered at start, or every peer it knew stopped answering)."""
         return any(not t.done() for t in self._tasks if t.get_name() == "nautilus-kad rejoin")
 
     def holds(self, key: bytes) -> bool:
@@ -550,13 +563,26 @@ class Node:
                 assert self._data_dir is not None
                 _log.exception("could not save the node's state to %s", self._data_dir.path)
 
-    async def _rejoin(self, saved: list[Address]) -> None:
-        """Retry the saved peers until one answers (they may just be restarting too)."""
+    def _start_rejoining(self) -> None:
+        """Keep trying the addresses the node joined through while its table is empty.
+
+        A node whose every peer stopped answering (its own link went down, the laptop slept,
+        the process was starved) ends with an empty table; nobody it knows is left to ask,
+        so without this it would stay alone for good. The bootstrap seeds and saved peers
+        are the only way back in."""
+        if self._stopped or not self._join_addresses or self.rejoining:
+            return
+        self._tasks = [t for t in self._tasks if not t.done()]
+        task = asyncio.get_running_loop().create_task(self._rejoin(), name="nautilus-kad rejoin")
+        self._tasks.append(task)
+
+    async def _rejoin(self) -> None:
+        """Retry the join addresses until one answers (they may just be restarting too)."""
         interval = self._engine.config.rejoin_interval
-        while not len(self._engine.table):
+        while not len(self._engine.table) and not self._stopped:
             await asyncio.sleep(interval)
             with contextlib.suppress(NoPeersError, QueryError):
-                await self.bootstrap(saved)
+                await self.bootstrap(self._join_addresses)
 
     def __repr__(self) -> str:
         host, port = self._address
@@ -597,6 +623,8 @@ class Node:
                 _log.exception("event listener %r failed", listener)
         if isinstance(event, PeerAdded | PeerRemoved):
             self._table_changed = True
+            if isinstance(event, PeerRemoved) and not len(self._engine.table):
+                self._start_rejoining()
             return
         if isinstance(event, LeaveDone):
             _log.info(
