@@ -25,7 +25,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
-import hmac
 import logging
 import math
 import random
@@ -43,9 +42,9 @@ from .codec import (
     decode_session_datagram,
     encode_message,
     encode_session_message,
-    pack_ip,
 )
 from .config import MAX_DATAGRAM, KadConfig
+from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .errors import (
     BadSignatureError,
     CasMismatchError,
@@ -114,10 +113,12 @@ from .session import (
     unknown_session_notice,
 )
 from .storage import MemoryStore, RecordStore
+from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
+
+__all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngine"]
 
 _log = logging.getLogger("nautilus_kad.engine")
 
-TOKEN_BYTES = 8
 _unpack_header = HEADER.unpack_from
 _RECENT_SIGNED = 256
 _STRIKES = 4096
@@ -126,16 +127,6 @@ _ANSWERED_PEERS = 4096
 _DECLINED = 1024
 _DECLINE_BACKOFF = 600.0
 """How long we stop offering sessions to a peer that answered an offer without accepting."""
-FLAG_CLIENT = 0x01
-"""Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
-FLAG_LEAVING = 0x02
-"""Sender flag: the sender is shutting down cleanly and handing its records on. Receivers drop
-it from their tables at once, and lookups use its answers' contacts but neither store on it
-nor count it as a holder: several holders of one record leaving at the same time would
-otherwise each count the others as keeping it, and hand it to nobody."""
-TOKEN_REUSE = 0.9
-"""A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
-token stays valid for one to two rotation periods at its issuer)."""
 _HOST = attrgetter("host")
 _HARD, _SOFT, _GRACE = 0, 1, 2
 """Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
@@ -361,15 +352,22 @@ class KadEngine:
         store: RecordStore | None = None,
         client_mode: bool = False,
     ) -> None:
-        self.config = config or KadConfig()
+        config = config or KadConfig()
         self.identity = identity
         self.node_id: NodeId = identity.node_id
-        self.auth = Authenticator(identity, self.config.verify_cache_size)
-        self.sessions = SessionTable(self.config)
-        self.replays = ReplayFilter(2 * self.config.token_rotation, self.config.max_replay_entries)
-        self.table = RoutingTable(self.node_id, self.config, now)
-        self.store: RecordStore = store if store is not None else MemoryStore()
-        self.stats: Counter[str] = Counter()
+        self.table = RoutingTable(self.node_id, config, now)
+        self._ctx = ctx = NodeContext(
+            identity,
+            config,
+            rng,
+            Authenticator(identity, config.verify_cache_size),
+            SessionTable(config),
+            self.table,
+            store if store is not None else MemoryStore(),
+            FLAG_CLIENT if client_mode else 0,
+        )
+        self.replays = ReplayFilter(2 * config.token_rotation, config.max_replay_entries)
+        self.stats: Counter[str] = ctx.stats
         self.ingress = SourceRateLimiter(self.config)
         """Per-source-IP token buckets: checked before any decoding (see core/ratelimit.py)."""
         self.budget = AmplificationBudget(
@@ -377,14 +375,9 @@ class KadEngine:
         )
         """Bytes we may still send to each unverified address (core/amplification.py)."""
         self.rng = rng
-        self.flags = FLAG_CLIENT if client_mode else 0
-        self.observed_address: Address | None = None
-        """Our address as the last peer to answer us saw it."""
-        self.address: Address | None = None
-        """Our bound address, set by the driver once known."""
 
         self._outbox: list[tuple[bytes, Address]] = []
-        self._events: deque[Event] = deque()
+        self._events: deque[Event] = ctx.events
         self._pending: dict[bytes, _Pending] = {}
         self._timers: list[tuple[float, int, bytes, int]] = []
         self._timer_seq = 0
@@ -411,11 +404,7 @@ class KadEngine:
         us yet may answer them in full under the anti-amplification rule, and still afford
         the PING that verifies our address."""
 
-        self._token_secret = rng.randbytes(16)
-        self._previous_secret = self._token_secret
-        self._last_token = ("", b"")
-        """(requester IP, its token under the current secret) of the last FIND_* answer."""
-        self._next_rotation = now + self.config.token_rotation
+        self.tokens = WriteTokens(ctx, now)
         self._next_refresh_check = now + self.config.refresh_check_interval
         self._next_expiry = now + self.config.expire_interval
 
@@ -431,8 +420,6 @@ class KadEngine:
         self.stored_bytes = 0
         self._published: dict[NodeId, _Published] = {}
         self._publish_heap: list[tuple[float, int, NodeId]] = []
-        self._peer_tokens: dict[NodeId, tuple[bytes, float]] = {}
-        """The last write token each peer gave us, and when."""
         self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
         self._repl_queue: deque[_ReplItem] = deque()
         self._repl_inflight: dict[bytes, _ReplItem] = {}
@@ -449,6 +436,68 @@ class KadEngine:
         self._queries[_REPLICATION_QID] = _ReplicationSink()
         self._load_store(now)
 
+    # --- shared state that drivers and tests may replace ---------------------------------
+
+    @property
+    def config(self) -> KadConfig:
+        return self._ctx.config
+
+    @config.setter
+    def config(self, value: KadConfig) -> None:
+        self._ctx.config = value
+
+    @property
+    def auth(self) -> Authenticator:
+        """Signs and verifies datagrams (the simulator swaps in a cheap stand-in)."""
+        return self._ctx.auth
+
+    @auth.setter
+    def auth(self, value: Authenticator) -> None:
+        self._ctx.auth = value
+
+    @property
+    def sessions(self) -> SessionTable:
+        return self._ctx.sessions
+
+    @sessions.setter
+    def sessions(self, value: SessionTable) -> None:
+        self._ctx.sessions = value
+
+    @property
+    def store(self) -> RecordStore:
+        return self._ctx.store
+
+    @store.setter
+    def store(self, value: RecordStore) -> None:
+        self._ctx.store = value
+
+    @property
+    def flags(self) -> int:
+        """Sender flags of every datagram we send (FLAG_CLIENT, FLAG_LEAVING)."""
+        return self._ctx.flags
+
+    @flags.setter
+    def flags(self, value: int) -> None:
+        self._ctx.flags = value
+
+    @property
+    def address(self) -> Address | None:
+        """Our bound address, set by the driver once known."""
+        return self._ctx.address
+
+    @address.setter
+    def address(self, value: Address | None) -> None:
+        self._ctx.address = value
+
+    @property
+    def observed_address(self) -> Address | None:
+        """Our address as the last peer to answer us saw it."""
+        return self._ctx.observed_address
+
+    @observed_address.setter
+    def observed_address(self, value: Address | None) -> None:
+        self._ctx.observed_address = value
+
     # ======================================================================================
     # Outputs
     # ======================================================================================
@@ -464,7 +513,7 @@ class KadEngine:
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
         deadline = min(
-            self._next_rotation,
+            self.tokens.next_rotation,
             self._next_refresh_check,
             self._next_expiry,
             self._schedule.next_deadline(),
@@ -770,12 +819,8 @@ class KadEngine:
                 self._on_hard_timeout(pending, now)
             else:
                 self._on_grace_over(pending, now)
-        if now >= self._next_rotation:
-            self._previous_secret = self._token_secret
-            self._token_secret = self.rng.randbytes(16)
-            self._last_token = ("", b"")
-            self._next_rotation = now + self.config.token_rotation
-            self._prune_tokens(now)
+        if now >= self.tokens.next_rotation:
+            self.tokens.rotate(now)
         if now >= self._next_expiry:
             expired = self.store.expire(now)
             for key in expired:
@@ -821,7 +866,7 @@ class KadEngine:
         verified = envelope.session is not None or self._address_verified(sender, address, now)
         if not verified:
             self.budget.received(address, request_size)
-        if type(request) is Store and not self._token_valid(request.token, address):
+        if type(request) is Store and not self.tokens.valid(request.token, address):
             # Refused before anything changes: no routing-table check of the sender, no
             # session accepted (a forged source cannot hold the token of the address).
             self.stats["store.rejected.token"] += 1
@@ -848,10 +893,10 @@ class KadEngine:
             case Ping():
                 response = Pong(address)
             case FindNode(target=target):
-                token = self._token_for(address)
+                token = self.tokens.issue(address)
                 response = Nodes(address, token, self._closest_for(target, sender))
             case FindValue(key=key):
-                token = self._token_for(address)
+                token = self.tokens.issue(address)
                 stored = self.store.get(key, now)
                 if stored is not None:
                     response = Value(
@@ -968,7 +1013,7 @@ class KadEngine:
         address: Address,
         now: float,
     ) -> Message:
-        if not self._token_valid(token, address):
+        if not self.tokens.valid(token, address):
             self.stats["store.rejected.token"] += 1
             return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
         code, text = self._store_record(record, expected_seq, now, validate=True, source=address[0])
@@ -1075,26 +1120,6 @@ class KadEngine:
         self.stats["store.accepted"] += 1
         return None, ""
 
-    # --- write tokens (BEP 5) ------------------------------------------------------------
-
-    def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
-        if secret is None:
-            # Every FIND_* answer carries one, and a requester often asks several in a row:
-            # remember the last one (no more, a table per requester would cost memory).
-            last_ip, token = self._last_token
-            if last_ip != address[0]:
-                token = self._token_for(address, self._token_secret)
-                self._last_token = (address[0], token)
-            return token
-        return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
-
-    def _token_valid(self, token: bytes, address: Address) -> bool:
-        if len(token) != TOKEN_BYTES:
-            return False
-        return hmac.compare_digest(token, self._token_for(address)) or hmac.compare_digest(
-            token, self._token_for(address, self._previous_secret)
-        )
-
     # ======================================================================================
     # Handling responses
     # ======================================================================================
@@ -1142,7 +1167,7 @@ class KadEngine:
         if observed is not None:
             self.observed_address = observed
         if isinstance(message, Nodes | Value) and message.token:
-            self._peer_tokens[contact.node_id] = (message.token, now)
+            self.tokens.remember(contact.node_id, message.token, now)
 
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
@@ -1703,7 +1728,7 @@ class KadEngine:
         if removed is not None:
             self.stats["peer.departed"] += 1
             self._events.append(PeerRemoved(removed))
-            self._peer_tokens.pop(node_id, None)
+            self.tokens.forget(node_id)
             self._peer_since.pop(node_id, None)
 
     def _peer_added(self, contact: Contact, now: float) -> None:
@@ -1718,7 +1743,7 @@ class KadEngine:
         """A peer failed and left the routing table: the records it held with us need a
         prompt repair."""
         self._events.append(PeerRemoved(contact))
-        self._peer_tokens.pop(contact.node_id, None)
+        self.tokens.forget(contact.node_id)
         self._peer_since.pop(contact.node_id, None)
         if len(self._held):
             self._start_scan(contact, False, now)
@@ -2125,7 +2150,7 @@ class KadEngine:
             if stored is None:
                 self._repl_item_done(item, False, now)
                 continue
-            token = self._fresh_token(item.contact.node_id, now)
+            token = self.tokens.fresh(item.contact.node_id, now)
             if token is None:
                 self._await_token(item, now)
                 continue
@@ -2155,18 +2180,6 @@ class KadEngine:
         elif batch.kind == "republish":
             self._republish_outcome(batch, now)
 
-    def _fresh_token(self, node_id: NodeId, now: float) -> bytes | None:
-        entry = self._peer_tokens.get(node_id)
-        if entry is None or now - entry[1] > TOKEN_REUSE * self.config.token_rotation:
-            return None
-        return entry[0]
-
-    def _prune_tokens(self, now: float) -> None:
-        horizon = TOKEN_REUSE * self.config.token_rotation
-        stale = [nid for nid, (_, at) in self._peer_tokens.items() if now - at > horizon]
-        for node_id in stale:
-            del self._peer_tokens[node_id]
-
     def _await_token(self, item: _ReplItem, now: float) -> None:
         """Park ``item`` until its peer gives us a write token (one FIND_NODE per peer)."""
         node_id = item.contact.node_id
@@ -2187,7 +2200,7 @@ class KadEngine:
     def _token_arrived(self, node_id: NodeId, now: float) -> None:
         """A token request was answered (or failed): release the items parked on it."""
         waiters = self._token_waiters.pop(node_id, [])
-        if self._fresh_token(node_id, now) is None:
+        if self.tokens.fresh(node_id, now) is None:
             for item in waiters:
                 self._repl_item_done(item, False, now)
         else:
