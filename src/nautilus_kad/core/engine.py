@@ -46,11 +46,7 @@ from .codec import (
 from .config import MAX_DATAGRAM, KadConfig
 from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .errors import (
-    BadSignatureError,
-    CasMismatchError,
     DecodeError,
-    RecordConflictError,
-    StaleSequenceError,
     ValidationError,
 )
 from .events import (
@@ -65,6 +61,7 @@ from .events import (
     PutDone,
     QueryFailed,
 )
+from .holdings import Holdings
 from .identity import Identity
 from .ids import ID_BITS, NodeId, random_id_in_bucket
 from .limits import MAX_PING_BYTES
@@ -94,10 +91,9 @@ from .records import (
     check_replace,
     for_transfer,
     record_expiry,
-    record_size,
     validate_record,
 )
-from .replication import DueState, HeldKeys, RepublishSchedule
+from .replication import DueState, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
     HEADER,
@@ -409,15 +405,11 @@ class KadEngine:
         self._next_expiry = now + self.config.expire_interval
 
         # --- durability ----------------------------------------------------------------
-        self._held = HeldKeys(self.node_id)
         self._schedule = RepublishSchedule()
-        self._sources: dict[NodeId, str] = {}
-        """The address each record we hold first came from (for per-source quotas)."""
-        self._source_counts: Counter[str] = Counter()
-        self._source_bytes: Counter[str] = Counter()
-        self._sizes: dict[NodeId, int] = {}
-        """What each held record counts against the byte limits (records.record_size)."""
-        self.stored_bytes = 0
+        self.holdings = Holdings(
+            ctx, lambda key, now: self._arm(key, now, now), self._schedule.forget
+        )
+        self._held = self.holdings.held
         self._published: dict[NodeId, _Published] = {}
         self._publish_heap: list[tuple[float, int, NodeId]] = []
         self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
@@ -434,7 +426,7 @@ class KadEngine:
         check = self.config.neighbour_check_interval
         self._next_neighbour_check = now + check * (0.5 + rng.random()) if check else math.inf
         self._queries[_REPLICATION_QID] = _ReplicationSink()
-        self._load_store(now)
+        self.holdings.load(now, lambda key, stored_at: self._loaded(key, stored_at, now))
 
     # --- shared state that drivers and tests may replace ---------------------------------
 
@@ -539,6 +531,11 @@ class KadEngine:
         return len(self._repl_queue) + len(self._repl_inflight) + waiting + len(self._scans)
 
     @property
+    def stored_bytes(self) -> int:
+        """What the records we hold count against ``max_store_bytes``."""
+        return self.holdings.stored_bytes
+
+    @property
     def pending_requests(self) -> int:
         return len(self._pending)
 
@@ -555,7 +552,7 @@ class KadEngine:
         out["routing.peers"] = len(self.table)
         out["routing.refused.subnet"] = self.table.refused_subnet
         out["store.records"] = len(self.store)
-        out["store.bytes"] = self.stored_bytes
+        out["store.bytes"] = self.holdings.stored_bytes
         out["limit.rate_limit"] = cfg.rate_limit
         out["limit.rate_burst"] = cfg.rate_burst
         out["limit.rate_penalty"] = cfg.rate_penalty
@@ -824,7 +821,7 @@ class KadEngine:
         if now >= self._next_expiry:
             expired = self.store.expire(now)
             for key in expired:
-                self._forget_key(key)
+                self.holdings.forget(key)
             self.stats["store.expired"] += len(expired)
             self.stats["session.expired"] += self.sessions.expire(now)
             cutoff = now - _DECLINE_BACKOFF
@@ -1016,109 +1013,12 @@ class KadEngine:
         if not self.tokens.valid(token, address):
             self.stats["store.rejected.token"] += 1
             return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
-        code, text = self._store_record(record, expected_seq, now, validate=True, source=address[0])
+        code, text = self.holdings.accept(
+            record, expected_seq, now, validate=True, source=address[0]
+        )
         if code is None:
             return Stored(address)
         return Error(address, code, text)
-
-    def _store_record(
-        self,
-        record: Record,
-        expected_seq: int | None,
-        now: float,
-        *,
-        validate: bool,
-        source: str | None = None,
-    ) -> tuple[ErrorCode | None, str]:
-        """Apply the storer's rules (validity, age, conflicts, compare-and-swap, fullness,
-        per-source quota) and keep ``record`` if they allow it. Returns ``(None, "")`` or the
-        refusal's code and text. ``source`` is the sender's host (None: our own put)."""
-        cfg = self.config
-        expires_at = record_expiry(record, now, cfg)
-        try:
-            if validate:
-                validate_record(record, cfg)
-            if record.published_at > now + cfg.max_clock_skew:
-                self.stats["store.rejected.future"] += 1
-                return ErrorCode.INVALID_RECORD, "record timestamp is in the future"
-            if expires_at <= now:
-                self.stats["store.rejected.expired"] += 1
-                return ErrorCode.INVALID_RECORD, "record has expired"
-            existing = self.store.get(record.key, now)
-            replace = check_replace(
-                existing.record if existing is not None else None, record, expected_seq
-            )
-        except BadSignatureError as exc:
-            self.stats["store.rejected.signature"] += 1
-            return ErrorCode.BAD_SIGNATURE, str(exc)
-        except ValidationError as exc:
-            self.stats["store.rejected.invalid"] += 1
-            return ErrorCode.INVALID_RECORD, str(exc)
-        except CasMismatchError as exc:
-            self.stats["store.rejected.cas"] += 1
-            return ErrorCode.CAS_MISMATCH, str(exc)
-        except StaleSequenceError as exc:
-            self.stats["store.rejected.stale"] += 1
-            return ErrorCode.STALE_SEQUENCE, str(exc)
-        except RecordConflictError as exc:
-            self.stats["store.rejected.stale"] += 1
-            return ErrorCode.STALE_RECORD, str(exc)
-        key = record.key
-        size = record_size(record)
-        if existing is not None:
-            growth = size - self._sizes.get(key, size)
-            if replace and growth > 0 and self.stored_bytes + growth > cfg.max_store_bytes:
-                self.stats["store.rejected.full"] += 1
-                return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
-            if not replace:
-                # The same record again: another holder republished it. Note the receipt
-                # (it lets our own republish skip a turn); the expiry stays, unless a
-                # record without a publication time comes with more time left than ours
-                # (its publisher republished it: holders only ever pass on what they have).
-                keep = existing.expires_at
-                if record.timestamp_ms == 0 and expires_at > keep:
-                    keep = expires_at
-                    self.stats["store.extended"] += 1
-                self.store.put(existing.record, now, keep)
-                self.stats["store.refreshed"] += 1
-                return None, ""
-            self.store.put(record, now, expires_at)
-            self._resize(key, size)
-            self.stats["store.accepted"] += 1
-            return None, ""
-        if key in self._held:  # expired, not swept yet: it no longer counts
-            self.store.remove(key)
-            self._forget_key(key)
-        # A full store, or a source over its quota, refuses *new* keys only: what is already
-        # held is never evicted for a newcomer, and updates of held keys always go through.
-        if len(self.store) >= cfg.max_records:
-            self.stats["store.rejected.full"] += 1
-            return ErrorCode.STORE_FULL, f"store is full ({cfg.max_records} records)"
-        if self.stored_bytes + size > cfg.max_store_bytes:
-            self.stats["store.rejected.full"] += 1
-            return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
-        if source is not None:
-            if self._source_counts[source] >= cfg.max_records_per_source:
-                self.stats["store.rejected.quota"] += 1
-                return (
-                    ErrorCode.QUOTA_EXCEEDED,
-                    f"quota of {cfg.max_records_per_source} records from {source} reached",
-                )
-            if self._source_bytes[source] + size > cfg.max_bytes_per_source:
-                self.stats["store.rejected.quota"] += 1
-                return (
-                    ErrorCode.QUOTA_EXCEEDED,
-                    f"quota of {cfg.max_bytes_per_source} bytes from {source} reached",
-                )
-        self.store.put(record, now, expires_at)
-        self._held.add(key)
-        self._arm(key, now, now)
-        if source is not None:
-            self._sources[key] = source
-            self._source_counts[source] += 1
-        self._resize(key, size)
-        self.stats["store.accepted"] += 1
-        return None, ""
 
     # ======================================================================================
     # Handling responses
@@ -1552,7 +1452,7 @@ class KadEngine:
                 self._send_request(contact.address, contact.node_id, Store(best, token), now, None)
                 repaired += 1
         if query.local is not None and best.seq > query.local.seq:
-            self._store_record(best, None, now, validate=False)
+            self.holdings.accept(best, None, now, validate=False)
         self.stats["get.repaired"] += repaired
         return repaired
 
@@ -1611,7 +1511,7 @@ class KadEngine:
             len(targets) < self.config.k or own_distance < targets[-1].distance
         ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
-            code, text = self._store_record(record, query.put_cas, now, validate=False)
+            code, text = self.holdings.accept(record, query.put_cas, now, validate=False)
             if code is None:
                 put.acks.append(own)
             else:
@@ -1752,19 +1652,13 @@ class KadEngine:
     # Durability: republish, handoff, repair, leave
     # ======================================================================================
 
-    def _load_store(self, now: float) -> None:
-        """Index what a persistent store already holds (a restart): every record gets a
-        republish timer; those overdue are spread over the next ``repair_delay``s."""
-        for key in list(self.store.keys()):
-            stored = self.store.get(key, now)
-            if stored is None:
-                continue
-            self._held.add(key)
-            self._resize(key, record_size(stored.record))
-            due = stored.stored_at + self._republish_period()
-            if due <= now:
-                due = now + self.config.repair_delay * self.rng.random()
-            self._schedule.arm(key, due, stored.stored_at)
+    def _loaded(self, key: NodeId, stored_at: float, now: float) -> None:
+        """A record found in a persistent store at start-up gets a republish timer; those
+        overdue are spread over the next ``repair_delay`` seconds."""
+        due = stored_at + self._republish_period()
+        if due <= now:
+            due = now + self.config.repair_delay * self.rng.random()
+        self._schedule.arm(key, due, stored_at)
 
     def _republish_period(self) -> float:
         cfg = self.config
@@ -1773,38 +1667,6 @@ class KadEngine:
     def _arm(self, key: NodeId, base: float, now: float) -> None:
         self._schedule.arm(key, now + self._republish_period(), base)
 
-    def _resize(self, key: NodeId, size: int) -> None:
-        """``key`` now holds a record of ``size`` bytes (records.record_size)."""
-        growth = size - self._sizes.get(key, 0)
-        self._sizes[key] = size
-        self.stored_bytes += growth
-        source = self._sources.get(key)
-        if source is not None:
-            self._source_bytes[source] += growth
-
-    def _forget_key(self, key: NodeId) -> None:
-        """``key`` left the store (expired, dropped): drop its bookkeeping."""
-        self._held.discard(key)
-        self._schedule.forget(key)
-        size = self._sizes.pop(key, 0)
-        self.stored_bytes -= size
-        source = self._sources.pop(key, None)
-        if source is not None:
-            left = self._source_counts[source] - 1
-            if left > 0:
-                self._source_counts[source] = left
-            else:
-                del self._source_counts[source]
-            left_bytes = self._source_bytes[source] - size
-            if left_bytes > 0:
-                self._source_bytes[source] = left_bytes
-            else:
-                del self._source_bytes[source]
-
-    def _remove_local(self, key: NodeId) -> None:
-        self.store.remove(key)
-        self._forget_key(key)
-
     # --- holder republish ------------------------------------------------------------
 
     def _run_republish_timers(self, now: float) -> None:
@@ -1812,7 +1674,7 @@ class KadEngine:
         for key, state in schedule.pop_due(now):
             stored = self.store.get(key, now)
             if stored is None:
-                self._forget_key(key)
+                self.holdings.forget(key)
                 continue
             if state.repair_after is not None and now < state.regular:
                 self._repair(key, state, stored.stored_at, now)
@@ -1955,7 +1817,7 @@ class KadEngine:
         if batch.drop_after_acks and batch.acks >= batch.drop_after_acks:
             current = self.store.get(key, now)
             if current is not None and current.record == batch.record:
-                self._remove_local(key)
+                self.holdings.remove(key)
                 self.stats["republish.handed_over"] += 1
             return
         state = self._schedule.get(key)
