@@ -232,7 +232,7 @@ def test_a_padded_stranger_gets_a_full_answer_and_a_verification_ping() -> None:
     server = make_server()
     populate(server, 30)
     newcomer = Peer(("8.8.8.8", 4000), 99)
-    request = newcomer.request(FindNode(NodeId(5)), pad_to=server._pad_to)
+    request = newcomer.request(FindNode(NodeId(5)), pad_to=server.wire.pad_to)
     assert len(request) * 3 >= MAX_DATAGRAM + MAX_PING_BYTES
     server.receive_datagram(request, newcomer.address, NOW)
     out = [decode_datagram(d, newcomer.auth) for d in sent_to(server, newcomer.address)]

@@ -34,19 +34,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from .addresses import is_public, is_usable
-from .amplification import AmplificationBudget
-from .auth import Authenticator, ReplayFilter
-from .codec import (
-    EncodeError,
-    decode_datagram,
-    decode_session_datagram,
-    encode_message,
-    encode_session_message,
-)
+from .auth import Authenticator
 from .config import MAX_DATAGRAM, KadConfig
 from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .errors import (
-    DecodeError,
     ValidationError,
 )
 from .events import (
@@ -84,7 +75,7 @@ from .messages import (
     Stored,
     Value,
 )
-from .ratelimit import SourceRateLimiter
+from .pending import Pending
 from .records import (
     Record,
     RecordKind,
@@ -96,33 +87,18 @@ from .records import (
 from .replication import DueState, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
-    HEADER,
-    HEADER_BYTES,
-    KIND_DATA,
-    KIND_UNKNOWN_SESSION,
-    MIN_DATA_DATAGRAM,
-    SESSION_MAGIC,
-    HandshakeAccept,
-    HandshakeOffer,
-    Session,
     SessionTable,
-    unknown_session_notice,
 )
 from .storage import MemoryStore, RecordStore
 from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
+from .wire import Wire
 
 __all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngine"]
 
 _log = logging.getLogger("nautilus_kad.engine")
 
-_unpack_header = HEADER.unpack_from
 _RECENT_SIGNED = 256
 _STRIKES = 4096
-_ANSWERED_PEERS = 4096
-"""Addresses that answered us recently: the peers worth a session handshake."""
-_DECLINED = 1024
-_DECLINE_BACKOFF = 600.0
-"""How long we stop offering sessions to a peer that answered an offer without accepting."""
 _HOST = attrgetter("host")
 _HARD, _SOFT, _GRACE = 0, 1, 2
 """Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
@@ -143,28 +119,6 @@ _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A request we sent and whose answer we may still accept."""
-
-    txid: bytes
-    address: Address
-    node_id: NodeId | None
-    request: Request
-    sent_at: float
-    query_id: int | None
-    slow: bool = False
-    session: Session | None = None
-    """The session the request went out in (None: signed)."""
-    counter: int = 0
-    offer: HandshakeOffer | None = None
-    """The session offer the signed request carried."""
-    retried: bool = False
-    retransmitted: bool = False
-    """Already sent a second time after its soft timeout."""
-    """Already re-sent once after an unknown-session notice."""
 
 
 @dataclass(slots=True)
@@ -362,19 +316,17 @@ class KadEngine:
             store if store is not None else MemoryStore(),
             FLAG_CLIENT if client_mode else 0,
         )
-        self.replays = ReplayFilter(2 * config.token_rotation, config.max_replay_entries)
         self.stats: Counter[str] = ctx.stats
-        self.ingress = SourceRateLimiter(self.config)
-        """Per-source-IP token buckets: checked before any decoding (see core/ratelimit.py)."""
-        self.budget = AmplificationBudget(
-            self.config.amplification_factor, self.config.amplification_addresses
-        )
-        """Bytes we may still send to each unverified address (core/amplification.py)."""
         self.rng = rng
-
-        self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = ctx.events
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes, Pending] = {}
+        # Looked up at each call, not bound now: the simulator's hostile nodes override
+        # _closest_for on a subclass the engine's class is switched to at run time.
+        closest_for = lambda t, r: self._closest_for(t, r)  # noqa: E731, PLW0108
+        self.wire = Wire(ctx, self._pending.get, closest_for)
+        self.replays = self.wire.replays
+        self.ingress = self.wire.ingress
+        self.budget = self.wire.budget
         self._timers: list[tuple[float, int, bytes, int]] = []
         self._timer_seq = 0
         self._queries: dict[int, _Query] = {}
@@ -388,17 +340,6 @@ class KadEngine:
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
         """Invalid values (bad signature, wrong key hash …) each peer served us, for the
         most recent offenders."""
-        self._answered: dict[Address, int] = {}
-        """How many answers each recent peer address sent us, least recent first: peers that
-        keep answering are worth a session handshake."""
-        self._declined: OrderedDict[Address, float] = OrderedDict()
-        self._by_notice: dict[tuple[Address, int, int], bytes] = {}
-        """(address, session id, counter) of requests sent in a session → their txid."""
-        factor = self.config.amplification_factor
-        self._pad_to = min(MAX_DATAGRAM, -(-(MAX_DATAGRAM + MAX_PING_BYTES) // factor))
-        """Signed FIND_* requests are padded to this size so that a peer that does not know
-        us yet may answer them in full under the anti-amplification rule, and still afford
-        the PING that verifies our address."""
 
         self.tokens = WriteTokens(ctx, now)
         self._next_refresh_check = now + self.config.refresh_check_interval
@@ -496,8 +437,7 @@ class KadEngine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Everything queued for the network since the last call."""
-        out, self._outbox = self._outbox, []
-        return out
+        return self.wire.drain()
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -723,33 +663,8 @@ class KadEngine:
         unknown-session notice, unauthenticated by nature, which can only make us re-send a
         request it names with a fresh handshake (core/session.py).
         """
-        stats = self.stats
-        stats["rx.datagrams"] += 1
-        stats["rx.bytes"] += len(data)
-        if len(data) > MAX_DATAGRAM:
-            stats["rx.dropped"] += 1
-            stats["rx.dropped.oversize"] += 1
-            return
-        refused = self.ingress.admit(address[0], now)
-        if refused is not None:
-            stats["rx.dropped"] += 1
-            stats["rx.dropped." + refused] += 1
-            return
-        try:
-            if data and data[0] == SESSION_MAGIC:
-                opened = self._open_session_datagram(data, address, now)
-                if opened is None:
-                    return
-                envelope = opened
-            else:
-                envelope = decode_datagram(data, self.auth)
-        except DecodeError as exc:
-            self.stats["rx.dropped"] += 1
-            self.stats[f"rx.dropped.{exc.reason}"] += 1
-            return
-        if envelope.sender_id == self.node_id:
-            self.stats["rx.dropped"] += 1
-            self.stats["rx.dropped.self"] += 1
+        envelope = self.wire.open(data, address, now)
+        if envelope is None:
             return
         message = envelope.message
         if type(message) in _REQUEST_CLASSES:
@@ -762,45 +677,6 @@ class KadEngine:
             self._handle_request(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
-
-    def _open_session_datagram(self, data: bytes, address: Address, now: float) -> Envelope | None:
-        """Authenticate a session datagram; handle an unknown-session notice (None)."""
-        size = len(data)
-        if size < HEADER_BYTES or size > MAX_DATAGRAM:
-            raise DecodeError("undersize" if size < HEADER_BYTES else "oversize")
-        _, kind, sid, counter = _unpack_header(data)
-        if kind == KIND_UNKNOWN_SESSION:
-            if len(data) != HEADER_BYTES:
-                raise DecodeError("session.schema")
-            self._on_unknown_session(sid, counter, address, now)
-            return None
-        if kind != KIND_DATA:
-            raise DecodeError("session.schema")
-        session = self.sessions.receive(sid, address, now)
-        if session is None:
-            if len(data) >= MIN_DATA_DATAGRAM:
-                # Smaller than what arrived: nothing to amplify. The sender will handshake anew.
-                self._outbox.append((unknown_session_notice(sid, counter), address))
-                self.stats["tx.session_notices"] += 1
-            raise DecodeError("session.unknown")
-        envelope = decode_session_datagram(data, session, counter, now)
-        self.stats["rx.session"] += 1
-        return envelope
-
-    def _on_unknown_session(self, sid: int, counter: int, address: Address, now: float) -> None:
-        """A peer says it does not know the session our request went out in: forget the
-        session and send the request again, signed and with a fresh offer (once)."""
-        txid = self._by_notice.pop((address, sid, counter), None)
-        pending = self._pending.get(txid) if txid is not None else None
-        if pending is None or pending.session is None or pending.retried:
-            self.stats["rx.dropped"] += 1
-            self.stats["rx.dropped.session.notice"] += 1
-            return
-        self.stats["session.lost_by_peer"] += 1
-        self.sessions.remove(pending.session)
-        pending.retried = True
-        pending.session = None
-        self._transmit_request(pending, now, recover=True)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
@@ -823,10 +699,7 @@ class KadEngine:
             for key in expired:
                 self.holdings.forget(key)
             self.stats["store.expired"] += len(expired)
-            self.stats["session.expired"] += self.sessions.expire(now)
-            cutoff = now - _DECLINE_BACKOFF
-            while self._declined and next(iter(self._declined.values())) < cutoff:
-                self._declined.popitem(last=False)
+            self.wire.expire(now)
             self._next_expiry = now + self.config.expire_interval
         if now >= self._next_refresh_check:
             self._next_refresh_check = now + self.config.refresh_check_interval
@@ -860,7 +733,7 @@ class KadEngine:
                 "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
             )
         sender = envelope.sender_id
-        verified = envelope.session is not None or self._address_verified(sender, address, now)
+        verified = envelope.session is not None or self.wire.address_verified(sender, address, now)
         if not verified:
             self.budget.received(address, request_size)
         if type(request) is Store and not self.tokens.valid(request.token, address):
@@ -869,7 +742,7 @@ class KadEngine:
             self.stats["store.rejected.token"] += 1
             refusal = Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
             plain = dataclasses.replace(envelope, handshake=None)
-            self._respond(plain, refusal, address, now, request_size, verified)
+            self.wire.respond(plain, refusal, address, now, request_size, verified)
             return
         # A stranger's verification PING comes out of its budget first; padded requests
         # leave room for it and a full answer (see ``_pad_to``).
@@ -903,97 +776,7 @@ class KadEngine:
                     response = Nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
                 response = self._handle_store(record, token, expected_seq, address, now)
-        self._respond(envelope, response, address, now, request_size, verified)
-
-    def _respond(
-        self,
-        envelope: Envelope,
-        response: Message,
-        address: Address,
-        now: float,
-        request_size: int,
-        verified: bool = True,
-    ) -> None:
-        """Answer in the framing the request came in: its session, or signed (accepting a
-        session offer if it carried one). A signed answer to a source whose address nothing
-        has verified is at most ``amplification_factor`` times the request's size, and at
-        most what the address's byte budget has left."""
-        session = envelope.session
-        if session is not None:
-            self._queue(
-                encode_session_message(response, envelope.txid, session, self.flags), address
-            )
-            return
-        accept: HandshakeAccept | None = None
-        new_session: Session | None = None
-        offer = envelope.handshake
-        if isinstance(offer, HandshakeOffer) and self.config.sessions:
-            accepted = self.sessions.accept(
-                offer,
-                peer_id=envelope.sender_id,
-                peer_key=envelope.sender_key,
-                address=address,
-                own_id=self.node_id,
-                auth=self.auth,
-                rng=self.rng,
-                now=now,
-            )
-            if accepted is not None:
-                accept, new_session = accepted
-        limit = MAX_DATAGRAM
-        if not verified:
-            limit = min(
-                limit,
-                request_size * self.config.amplification_factor,
-                self.budget.allowance(address),
-            )
-        data = self._encode_within(response, envelope.txid, accept, limit)
-        if data is None and accept is not None:
-            # No room for the accept (a maximal VALUE): answer now, agree a session later.
-            accept = new_session = None
-            data = self._encode_within(response, envelope.txid, None, limit)
-        if data is None and isinstance(response, Value):
-            # Too large for what the requester sent (it did not pad): it gets the closest
-            # nodes instead and may ask again, padded.
-            self.stats["tx.value_withheld"] += 1
-            nodes = Nodes(
-                response.observed,
-                response.token,
-                self._closest_for(response.record.key, envelope.sender_id),
-            )
-            data = self._encode_within(nodes, envelope.txid, None, limit)
-        if data is None:
-            self.stats["tx.refused.amplification"] += 1
-            return
-        if new_session is not None:
-            self.sessions.add(new_session)
-            self.stats["session.accepted"] += 1
-        self._queue(data, address)
-
-    def _encode_within(
-        self, response: Message, txid: bytes, accept: HandshakeAccept | None, limit: int
-    ) -> bytes | None:
-        """A signed answer of at most ``limit`` bytes (NODES trimmed to fit), or None."""
-        try:
-            return encode_message(
-                response, txid, self.auth, self.flags, handshake=accept, max_size=limit
-            )
-        except EncodeError:
-            return None
-
-    def _address_verified(self, node_id: NodeId, address: Address, now: float) -> bool:
-        """Whether ``node_id`` is known to be reachable at ``address`` (it answered a request
-        of ours there, or talks to us in a session bound to it): no need to limit our
-        answer."""
-        entry = self.table.get(node_id)
-        if (entry is not None and entry.contact.address == address) or address in self._answered:
-            self.budget.verified(address)
-            return True
-        session = self.sessions.for_send(address, node_id, now)
-        if session is not None and session.confirmed:
-            self.budget.verified(address)
-            return True
-        return False
+        self.wire.respond(envelope, response, address, now, request_size, verified)
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         k = self.config.k
@@ -1041,14 +824,9 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         self._forget_pending(pending)
-        self.budget.verified(address)  # it echoed our random txid: it receives there
-        answered = self._answered
-        count = answered.pop(address, 0)
-        if not count and len(answered) >= _ANSWERED_PEERS:
-            del answered[next(iter(answered))]
-        answered[address] = count + 1  # most recent last
+        self.wire.answered_from(address)
         if pending.offer is not None:
-            self._finish_handshake(pending.offer, envelope, address, now)
+            self.wire.finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
@@ -1107,7 +885,7 @@ class KadEngine:
                 del self._queries[query.query_id]
                 self._token_arrived(query.node_id, now)
 
-    def _on_soft_timeout(self, pending: _Pending, now: float) -> None:
+    def _on_soft_timeout(self, pending: Pending, now: float) -> None:
         pending.slow = True
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
@@ -1128,56 +906,18 @@ class KadEngine:
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
 
-    def _resend_and_wait(self, pending: _Pending, now: float) -> bool:
+    def _resend_and_wait(self, pending: Pending, now: float) -> bool:
         """A lookup's or a put's request passed its soft timeout: send it once more and
         wait ``slow_grace`` for an answer (then :meth:`_on_grace_over`). False when the
         configuration gives no grace: the caller stops waiting now."""
-        self._retransmit(pending, now)
+        self.wire.retransmit(pending, now)
         grace = self.config.slow_grace
         if grace <= 0:
             return False
         self._push_timer(now + grace, pending.txid, _GRACE)
         return True
 
-    def _retransmit(self, pending: _Pending, now: float) -> None:
-        """Send a lookup or store request that passed its soft timeout once more: on a lossy
-        path the copy usually gets through while the query is still waiting (a lost datagram
-        would otherwise cost a lookup its grace, a put one replica, and the peer a failure in
-        our table). The copy must be a fresh datagram the peer's replay protection lets
-        through if it did get the original but its answer was lost: in a session, the next
-        counter; signed, a new signature (FIND requests get one byte more padding, a STORE
-        the empty padding field it went without). Not for requests carrying a session offer
-        (a second offer would start a second handshake). A STORE stays idempotent: the same
-        record again."""
-        request = pending.request
-        if (
-            pending.retransmitted
-            or pending.offer is not None
-            or not isinstance(request, FindNode | FindValue | Store)
-        ):
-            return
-        pending.retransmitted = True
-        session = pending.session
-        if session is not None:
-            if self.sessions.for_send(pending.address, pending.node_id, now) is not session:
-                return  # expired or replaced since: the hard timeout will tell
-            by_notice = self._by_notice
-            by_notice.pop((pending.address, session.remote_sid, pending.counter), None)
-            data = encode_session_message(request, pending.txid, session, self.flags)
-            pending.counter = session.send_counter
-            by_notice[(pending.address, session.remote_sid, session.send_counter)] = pending.txid
-            self.stats["tx.session"] += 1
-        else:
-            pad_to = 1 if isinstance(request, Store) else min(MAX_DATAGRAM, self._pad_to + 1)
-            try:
-                data = encode_message(request, pending.txid, self.auth, self.flags, pad_to=pad_to)
-            except EncodeError:  # a STORE filling the datagram has no room for the padding
-                return
-            self.stats["tx.signed"] += 1
-        self.stats["tx.retransmits"] += 1
-        self._queue(data, pending.address)
-
-    def _on_grace_over(self, pending: _Pending, now: float) -> None:
+    def _on_grace_over(self, pending: Pending, now: float) -> None:
         """A slow peer of a lookup used up its grace: the lookup may finish without it (a
         put, likewise, without that replica's answer)."""
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
@@ -1188,7 +928,7 @@ class KadEngine:
             query.waiting.discard(pending.txid)
             self._put_progress(query)
 
-    def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
+    def _on_hard_timeout(self, pending: Pending, now: float) -> None:
         self._forget_pending(pending)
         if pending.offer is not None:
             self.sessions.cancel_offer(pending.offer)
@@ -2073,78 +1813,7 @@ class KadEngine:
     # Sending
     # ======================================================================================
 
-    def _queue(self, data: bytes, address: Address) -> None:
-        self.budget.spend(address, len(data))
-        self._outbox.append((data, address))
-        self.stats["tx.datagrams"] += 1
-        self.stats["tx.bytes"] += len(data)
-
-    def _transmit_request(self, pending: _Pending, now: float, *, recover: bool = False) -> None:
-        """Send (or re-send) a pending request: in a live session with its peer if there is
-        one, else signed, offering a handshake to peers we talk to repeatedly."""
-        address = pending.address
-        request = pending.request
-        session = None
-        if self.config.sessions and not recover:
-            session = self.sessions.for_send(address, pending.node_id, now)
-        if session is not None:
-            data = encode_session_message(request, pending.txid, session, self.flags)
-            pending.session = session
-            pending.counter = session.send_counter
-            self._by_notice[(address, session.remote_sid, session.send_counter)] = pending.txid
-            self.stats["tx.session"] += 1
-        else:
-            offer = None
-            if self._should_offer(address, pending.node_id, request, recover):
-                offer = self.sessions.make_offer(address, self.auth, self.rng, now)
-                pending.offer = offer
-                self.stats["session.offered"] += 1
-            pad = self._pad_to if isinstance(request, FindNode | FindValue) else 0
-            data = encode_message(
-                request, pending.txid, self.auth, self.flags, handshake=offer, pad_to=pad
-            )
-            self.stats["tx.signed"] += 1
-        self._queue(data, address)
-
-    def _should_offer(
-        self, address: Address, node_id: NodeId | None, request: Request, recover: bool
-    ) -> bool:
-        """Offer a session to peers that keep answering us (``session_after_answers`` times
-        already), or that lost our session: a key agreement costs about one signed exchange,
-        so it pays only with a peer we talk to again and again."""
-        if not self.config.sessions or isinstance(request, Store):
-            return False  # a maximal STORE has no room for an offer
-        if not recover and self._answered.get(address, 0) < self.config.session_after_answers:
-            return False
-        return not self.sessions.offering(address) and address not in self._declined
-
-    def _finish_handshake(
-        self, offer: HandshakeOffer, envelope: Envelope, address: Address, now: float
-    ) -> None:
-        accept = envelope.handshake
-        observed = getattr(envelope.message, "observed", None)
-        if isinstance(accept, HandshakeAccept) and envelope.session is None and observed:
-            session = self.sessions.complete(
-                offer,
-                accept,
-                peer_id=envelope.sender_id,
-                peer_key=envelope.sender_key,
-                own_id=self.node_id,
-                observed=observed,
-                auth=self.auth,
-                now=now,
-            )
-            if session is not None:
-                self.stats["session.established"] += 1
-                return
-        self.sessions.cancel_offer(offer)
-        self.stats["session.declined"] += 1
-        self._declined[address] = now
-        self._declined.move_to_end(address)
-        if len(self._declined) > _DECLINED:
-            self._declined.popitem(last=False)
-
-    def _forget_pending(self, pending: _Pending) -> None:
+    def _forget_pending(self, pending: Pending) -> None:
         del self._pending[pending.txid]
         node_id = pending.node_id
         if node_id is not None:
@@ -2153,10 +1822,7 @@ class KadEngine:
                 self._awaiting[node_id] = left
             else:
                 del self._awaiting[node_id]
-        if pending.session is not None:
-            self._by_notice.pop(
-                (pending.address, pending.session.remote_sid, pending.counter), None
-            )
+        self.wire.forget(pending)
 
     def _send_request(
         self,
@@ -2174,12 +1840,12 @@ class KadEngine:
         txid = self.rng.randbytes(8)
         while txid in self._pending:
             txid = self.rng.randbytes(8)
-        pending = _Pending(txid, address, node_id, request, now, query_id)
+        pending = Pending(txid, address, node_id, request, now, query_id)
         self._pending[txid] = pending
         if node_id is not None:
             self._awaiting[node_id] = self._awaiting.get(node_id, 0) + 1
         self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
-        self._transmit_request(pending, now)
+        self.wire.transmit(pending, now)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)
         else:
