@@ -11,6 +11,7 @@ from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.lookup import DisjointLookup, Lookup, new_lookup
 from nautilus_kad.core.messages import Contact
+from nautilus_kad.sim import Simulation
 
 
 def drive_paths(
@@ -171,3 +172,19 @@ def test_a_slow_node_holds_only_its_own_path_until_given_up() -> None:
     lookup.on_give_up(slow.node_id)
     cand = owner.candidate(slow.node_id)
     assert cand is not None and not cand.awaited
+
+
+def test_the_engine_shows_a_running_lookups_state_machine() -> None:
+    """``KadEngine.lookup_state``: the simulator's window on each path of a lookup."""
+    sim = Simulation(4)
+    assert all(op.succeeded for op in sim.grow(30))
+    node = sim.nodes[0]
+    qid = node.engine.find_node(NodeId(77), sim.now, paths=2)
+    state = node.engine.lookup_state(qid)
+    assert isinstance(state, DisjointLookup) and len(state.paths) == 2
+    assert node.engine.lookup_state(qid + 1000) is None
+    ping = node.engine.ping(sim.nodes[1].address, sim.now)
+    assert node.engine.lookup_state(ping) is None
+    sim.run_for(10.0)
+    assert node.engine.lookup_state(qid) is None  # it ended
+    assert state.is_done and state.closest_responded()  # what the caller kept stays readable

@@ -355,8 +355,11 @@ def test_flood_of_bad_datagrams(
         f"{dict(outcome.dropped_reasons)} in {outcome.flood_seconds:.2f}s"
     )
     # Counted: every kind of bad datagram lands under rx.dropped.<reason>; UDP may lose a few.
+    # The upper bound catches counting a datagram twice (that would be ~2x); its slack is for
+    # the honest traffic running beside the flood: on a loaded machine a few answers arrive
+    # after their request gave up and are dropped as unsolicited too (CI saw 10 006).
     assert outcome.dropped >= 0.9 * FLOOD_SIZE, summary
-    assert outcome.dropped <= FLOOD_SIZE + 5, summary
+    assert outcome.dropped <= FLOOD_SIZE + FLOOD_SIZE // 100, summary
     assert outcome.total_dropped_counter == outcome.dropped, summary
     reasons = outcome.dropped_reasons
     assert reasons["unsolicited"] >= 0.9 * outcome.sent["unsolicited"], summary

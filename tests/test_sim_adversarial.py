@@ -12,10 +12,12 @@ from nautilus_kad.core.codec import decode_datagram, encode_message
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import FindNode, FindValue, Nodes
+from nautilus_kad.core.lookup import Lookup
+from nautilus_kad.core.messages import Contact, FindNode, FindValue, Nodes
 from nautilus_kad.core.records import make_immutable
 from nautilus_kad.sim import SimAuthenticator, Simulation
 from nautilus_kad.sim.adversarial import AdversarialSpec, run_adversarial
+from nautilus_kad.sim.adversarial_scoring import get_ok_strict, lookup_ok_strict
 from nautilus_kad.sim.adversary import (
     MISROUTE,
     SILENT,
@@ -25,7 +27,8 @@ from nautilus_kad.sim.adversary import (
     turn_honest,
     turn_hostile,
 )
-from nautilus_kad.sim.simulation import default_sim_config
+from nautilus_kad.sim.hostile import FORGE, SCATTER, SCATTER_FORGE, forged_address
+from nautilus_kad.sim.simulation import SimNode, default_sim_config
 
 
 def _network(n: int = 40, seed: int = 3) -> Simulation:
@@ -77,6 +80,82 @@ def test_misrouting_nodes_name_only_colluders_and_never_serve_values() -> None:
     assert bad[0].node_id not in colluders
 
 
+def _conspiracy(sim: Simulation, bad: list[SimNode], behaviour: str) -> Colluders:
+    """``bad`` turn hostile with ``behaviour``; the oracle is the simulation's ground truth."""
+    by_id = {n.node_id: n for n in sim.nodes.values()}
+    bad_ids = {n.node_id for n in bad}
+
+    def honest(target: NodeId) -> list[Contact]:
+        ids = [i for i in sim.live.closest(target, len(sim.live)) if i not in bad_ids]
+        return [Contact(i, *by_id[i].address) for i in ids[: sim.config.k]]
+
+    colluders = Colluders(sim.config.k, honest=honest)
+    for node in bad:
+        turn_hostile(node, behaviour, colluders)
+    return colluders
+
+
+def test_scattering_colluders_never_name_a_colluder_twice_to_one_requester() -> None:
+    sim = _network(60, seed=8)
+    nodes = sorted(sim.nodes.values(), key=lambda n: n.index)
+    bad = nodes[10:40]  # 30 colluders, k = 20
+    _conspiracy(sim, bad, SCATTER)
+    bad_ids = {n.node_id for n in bad}
+    asker, other = Identity.generate(random.Random(9)), Identity.generate(random.Random(10))
+    target = NodeId.random(random.Random(4))
+    first = [c.node_id for c in _ask(sim, asker, bad[0].index, FindNode(target)).contacts]
+    second = [c.node_id for c in _ask(sim, asker, bad[1].index, FindNode(target)).contacts]
+    assert first and set(first) <= bad_ids and set(second) <= bad_ids
+    assert not set(first) & set(second)  # a second colluder names fresh ones
+    assert bad[0].node_id not in first and bad[1].node_id not in second
+    # Another requester, or another target, starts afresh: the nearest colluders again.
+    again = [c.node_id for c in _ask(sim, other, bad[1].index, FindNode(target)).contacts]
+    assert set(again) & set(first)
+    assert len(first) == sim.config.k
+
+
+def test_forging_colluders_name_the_true_honest_neighbours_at_false_addresses() -> None:
+    sim = _network(60, seed=8)
+    nodes = sorted(sim.nodes.values(), key=lambda n: n.index)
+    bad = nodes[10:40]
+    colluders = _conspiracy(sim, bad, FORGE)
+    assert colluders.honest is not None
+    asker = Identity.generate(random.Random(9))
+    target = NodeId.random(random.Random(4))
+    truth = colluders.honest(target)
+    answer = _ask(sim, asker, bad[0].index, FindNode(target)).contacts
+    assert [c.node_id for c in answer] == [c.node_id for c in truth]
+    real = {c.node_id: c.address for c in truth}
+    for contact in answer:
+        assert contact.address != real[contact.node_id]
+        assert contact.host == real[contact.node_id][0]  # its host, a dead port
+        assert contact.address == forged_address(Contact(contact.node_id, *real[contact.node_id]))
+    # Scatter-forge: half forged neighbours, half fresh colluders, interleaved.
+    for node in bad:
+        turn_hostile(node, SCATTER_FORGE, colluders)
+    mixed = _ask(sim, asker, bad[2].index, FindNode(target)).contacts
+    bad_ids = {n.node_id for n in bad}
+    forged = [c for c in mixed if c.node_id in real]
+    assert len(forged) == 10 and all(c.address != real[c.node_id] for c in forged)
+    assert len([c for c in mixed if c.node_id in bad_ids]) == 10
+    assert mixed[0].node_id in real and mixed[1].node_id in bad_ids
+
+
+def test_strict_scoring_counts_a_path_only_until_it_meets_a_hostile_node() -> None:
+    own, goal, bad, other = NodeId(1), NodeId(2), NodeId(3), NodeId(4)
+    lookup = Lookup(NodeId(0), own, 3, 3, [Contact(n, "10.0.0.9", 1) for n in (goal, bad, other)])
+    assert [c.node_id for c in lookup.next_queries()] == [goal, bad, other]
+    lookup.on_response(goal)
+    lookup.on_response(bad)
+    assert lookup_ok_strict(lookup, {bad}, [goal])  # reached before the hostile node
+    assert get_ok_strict(lookup, {bad}, {goal})
+    assert not lookup_ok_strict(lookup, {goal}, [other])  # another hostile node came first
+    assert not get_ok_strict(lookup, {bad}, {other})  # asked, but it has not answered
+    lookup.on_response(other)
+    assert get_ok_strict(lookup, {5}, {other})
+    assert not get_ok_strict(lookup, {bad}, {other})
+
+
 def test_silent_nodes_drop_everything() -> None:
     sim = _network(20, seed=5)
     node = sim.nodes[3]
@@ -113,6 +192,7 @@ def test_disjoint_paths_hold_against_20_percent_misrouting() -> None:
     minutes), 20% colluding misrouting nodes. One path loses lookups; four hold >= 99%."""
     spec = AdversarialSpec(
         nodes=800,
+        behaviours=(MISROUTE,),
         levels=(0.2,),
         paths=(1, 4),
         lookups=200,
@@ -142,3 +222,16 @@ def test_command_prints_the_table() -> None:
     assert "20%" in result.output
     bad = CliRunner().invoke(cli, ["sim-adversarial", "--malicious", "x"])
     assert bad.exit_code == 2
+    paper = CliRunner().invoke(
+        cli,
+        ["sim-adversarial", "--nodes", "60", "--lookups", "4", "--malicious", "0.2",
+         "--paths", "2", "--k", "8", "--alpha", "1", "--behaviour", "scatter-forge,scatter",
+         "-q"],
+    )  # fmt: skip
+    assert paper.exit_code == 0, paper.output
+    assert "k = 8, alpha = 1" in paper.output
+    assert "scatter-forge" in paper.output and "strict" in paper.output
+    for wrong in (["--behaviour", "nice"], ["--behaviour", "sybil,misroute"], ["--k", "0"]):
+        out = CliRunner().invoke(cli, ["sim-adversarial", "--nodes", "60", *wrong])
+        assert out.exit_code == 2, out.output
+        assert "Traceback" not in out.output

@@ -123,7 +123,8 @@ class KadConfig:
     state_save_interval: float = 60.0
     """How often a node with a data dir saves its routing table and published records."""
     rejoin_interval: float = 30.0
-    """A restarted node none of whose saved peers answered retries them this often."""
+    """A node with an empty routing table (a restart none of whose saved peers answered, or
+    every peer it knew stopped answering) retries its bootstrap and saved peers this often."""
 
     store_quorum: int = 1
     """Acknowledged STOREs for a put to count as successful."""

@@ -46,6 +46,7 @@ from .events import (
     GetDone,
     LeaveDone,
     LookupDone,
+    NodesAnswered,
     PeerAdded,
     PeerRemoved,
     PingDone,
@@ -517,11 +518,27 @@ class KadEngine:
             self._fail(qid, "too many requests in flight")
         return qid
 
+    def find_node_at(self, address: Address, target: NodeId, now: float) -> int:
+        """One FIND_NODE to one address (no lookup): ends with :class:`NodesAnswered`."""
+        qid = self._new_query_id()
+        self._queries[qid] = _PingQuery(qid)
+        if not self._send_request(address, None, FindNode(target), now, qid):
+            self._fail(qid, "too many requests in flight")
+        return qid
+
     def find_node(self, target: NodeId, now: float, *, paths: int | None = None) -> int:
         """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered).
 
         ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this lookup."""
         return self._start_lookup(target, now, want_value=False, paths=paths)
+
+    def lookup_state(self, query_id: int) -> AnyLookup | None:
+        """The state machine of the running lookup or get ``query_id`` (None once it ended,
+        or for other operations). For observation only (the simulator scores each disjoint
+        path from it); the caller must not drive it. It stays readable after the operation
+        ended if the caller kept it."""
+        query = self._queries.get(query_id)
+        return query.lookup if isinstance(query, _LookupQuery) else None
 
     def get(
         self,
@@ -583,6 +600,37 @@ class KadEngine:
             self._published.pop(record.key, None)
         qid = self._start_lookup(record.key, now, want_value=False, put_record=record, put_cas=cas)
         return qid
+
+    def store_at(
+        self, record: Record, contacts: Iterable[Contact], now: float, *, republish: bool = False
+    ) -> int:
+        """STORE ``record`` on ``contacts`` without a lookup: ends with :class:`PutDone`.
+
+        For a driver that already knows the k closest to the key: the pieces of a large
+        value share the lookups that found their neighbourhoods (core/blobflow.py). Each
+        STORE carries the write token the contact gave us within ``TOKEN_REUSE`` of a
+        rotation (tokens bind our address, not a key); a contact without one is skipped and
+        counted in ``put.no_token``. As :meth:`put`, this node stores too when it is closer
+        than the farthest contact; ``republish`` makes it the record's publisher.
+        """
+        validate_record(record, self.config)
+        if record_expiry(record, now, self.config) <= now:
+            raise ValidationError("the record has already expired")
+        if republish:
+            self.publish_later(record, now + self.config.publisher_republish_interval)
+        targets: list[Candidate] = []
+        for contact in contacts:
+            token = self.tokens.fresh(contact.node_id, now)
+            if token is None or contact.node_id == self.node_id:
+                self.stats["put.no_token"] += token is None
+                continue
+            cand = Candidate(contact, int(contact.node_id ^ record.key), 0)
+            cand.token = token
+            targets.append(cand)
+        targets.sort(key=lambda cand: cand.distance)
+        put = _PutQuery(self._new_query_id(), record, 0)
+        self._stores_on(put, None, targets, now)
+        return put.query_id
 
     def publish_later(self, record: Record, due: float, base_ttl: int | None = None) -> None:
         """Remember ``record`` as ours and re-put it at ``due`` (then every
@@ -855,7 +903,11 @@ class KadEngine:
         match query:
             case _PingQuery():
                 del self._queries[query.query_id]
-                if not query.internal:
+                if isinstance(message, Nodes):  # find_node_at
+                    self._events.append(
+                        NodesAnswered(query.query_id, contact, message.contacts, rtt)
+                    )
+                elif not query.internal:
                     self._events.append(PingDone(query.query_id, contact, rtt))
             case _BootstrapQuery():
                 query.seeds_waiting -= 1
@@ -1242,8 +1294,15 @@ class KadEngine:
         record = query.put_record
         assert record is not None
         put = _PutQuery(query.query_id, record, query.lookup.queries_sent, internal=query.internal)
+        self._stores_on(put, query.put_cas, [cand for cand in closest if cand.token], now)
+
+    def _stores_on(
+        self, put: _PutQuery, cas: int | None, targets: list[Candidate], now: float
+    ) -> None:
+        """STORE ``put.record`` on ``targets`` (nearest first, each with a token), and on
+        this node when it is among them."""
+        record = put.record
         self._queries[put.query_id] = put
-        targets = [cand for cand in closest if cand.token]
         # We store too when we are among the k closest (in a small network we may be one of
         # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = self.node_id ^ record.key
@@ -1251,7 +1310,7 @@ class KadEngine:
             len(targets) < self.config.k or own_distance < targets[-1].distance
         ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
-            code, text = self.holdings.accept(record, query.put_cas, now, validate=False)
+            code, text = self.holdings.accept(record, cas, now, validate=False)
             if code is None:
                 put.acks.append(own)
             else:
@@ -1262,7 +1321,7 @@ class KadEngine:
             txid = self._send_request(
                 cand.contact.address,
                 cand.contact.node_id,
-                Store(record, cand.token, query.put_cas),
+                Store(record, cand.token, cas),
                 now,
                 put.query_id,
             )

@@ -20,6 +20,17 @@ class PingDone:
 
 
 @dataclass(frozen=True, slots=True)
+class NodesAnswered:
+    """One peer's answer to a single FIND_NODE (``KadEngine.find_node_at``): the contacts it
+    knows closest to the target, as it sent them (a client's view of one server)."""
+
+    query_id: int
+    contact: Contact
+    contacts: tuple[Contact, ...]
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
 class LookupDone:
     query_id: int
     target: NodeId
@@ -87,6 +98,7 @@ class PeerRemoved:
 
 Event = (
     PingDone
+    | NodesAnswered
     | LookupDone
     | GetDone
     | PutDone

@@ -84,6 +84,9 @@ class Lookup:
         self.slow = 0
         self.queries_sent = 0
         self.responses = 0
+        self.queried: list[NodeId] = []
+        """Every node this lookup (this path) sent a request to, in order (for observers:
+        the simulator's scoring asks whether a path touched a hostile node)."""
         self.finished = False
         self._owners = owners
         """Shared by the paths of a :class:`DisjointLookup`: which path queried each node."""
@@ -205,6 +208,7 @@ class Lookup:
                         continue
                 cand.state = _IN_FLIGHT
                 chosen.append(cand.contact)
+                self.queried.append(cand.contact.node_id)
                 if len(chosen) == free:
                     break
             seen += 1

@@ -13,7 +13,11 @@ arrives:
 * **partitions** — :meth:`Network.partition` splits endpoints into groups that cannot reach
   each other until :meth:`Network.heal`;
 * **down hosts** — datagrams to an endpoint that is down (or unknown) vanish, including those
-  already in flight when it went down, exactly as UDP to a dead host does.
+  already in flight when it went down, exactly as UDP to a dead host does;
+* **NATs** — hosts attached behind a :class:`~.nat.NatBox` send through it (the receiver
+  sees the box's external address) and receive only what its mapping and filter let in; a
+  private address behind a box cannot be reached from outside it. Without boxes, nothing
+  of this runs (the same seeds give the same runs as before boxes existed).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from statistics import NormalDist
 from typing import Protocol
 
 from ..core.messages import Address
+from .nat import NatBox
 from .scheduler import Scheduler
 
 _MASK64 = (1 << 64) - 1
@@ -150,16 +155,20 @@ Receiver = Callable[[bytes, Address], None]
 
 
 class Endpoint:
-    """One attached address: its receiver, whether it is up, and its partition group."""
+    """One attached address: its receiver, whether it is up, its partition group, and the
+    NAT it sits behind (None: directly on the network)."""
 
-    __slots__ = ("address", "group", "index", "receiver", "up")
+    __slots__ = ("address", "group", "index", "nat", "receiver", "up")
 
-    def __init__(self, address: Address, index: int, receiver: Receiver) -> None:
+    def __init__(
+        self, address: Address, index: int, receiver: Receiver, nat: NatBox | None = None
+    ) -> None:
         self.address = address
         self.index = index
         self.receiver = receiver
         self.up = True
         self.group = 0
+        self.nat = nat
 
 
 @dataclass(slots=True)
@@ -174,6 +183,9 @@ class NetworkStats:
     partitioned: int = 0
     """Dropped because a partition separated the two ends."""
     bytes_sent: int = 0
+    nat_dropped: int = 0
+    """Dropped by a NAT: no mapping, filtered, no hairpinning, or a private address
+    addressed from outside its NAT."""
 
 
 class Network:
@@ -201,6 +213,7 @@ class Network:
         self.stats = NetworkStats()
         self._seed = _mix64(seed & _MASK64)
         self._endpoints: dict[Address, Endpoint] = {}
+        self._nats: dict[str, NatBox] = {}
         self._next_index = 0
         self._trace: hashlib._Hash | None = None
 
@@ -249,11 +262,23 @@ class Network:
 
     # --- endpoints -------------------------------------------------------------------
 
-    def attach(self, address: Address, receiver: Receiver) -> Endpoint:
-        """Put a new host on the network at ``address`` (which must be free)."""
-        if address in self._endpoints:
+    def add_nat(self, box: NatBox) -> None:
+        """Put a NAT on the network: from now on it owns every port of ``box.ip``."""
+        if box.ip in self._nats or any(a[0] == box.ip for a in self._endpoints):
+            raise ValueError(f"address {box.ip} is already in use")
+        self._nats[box.ip] = box
+
+    def nat(self, ip: str) -> NatBox | None:
+        return self._nats.get(ip)
+
+    def attach(self, address: Address, receiver: Receiver, nat: NatBox | None = None) -> Endpoint:
+        """Put a new host on the network at ``address`` (which must be free), behind ``nat``
+        if given (``address`` is then its private address inside that NAT)."""
+        if address in self._endpoints or address[0] in self._nats:
             raise ValueError(f"address {address} is already attached")
-        endpoint = Endpoint(address, self._next_index, receiver)
+        if nat is not None and self._nats.get(nat.ip) is not nat:
+            raise ValueError("add the NAT to the network first")
+        endpoint = Endpoint(address, self._next_index, receiver, nat)
         self._next_index += 1
         self._endpoints[address] = endpoint
         return endpoint
@@ -310,6 +335,8 @@ class Network:
         stats = self.stats
         stats.sent += 1
         stats.bytes_sent += len(data)
+        if self._nats and self._send_nat(source, data, destination):
+            return
         target = self._endpoints.get(destination)
         if target is None or not target.up:
             stats.to_down += 1
@@ -334,6 +361,79 @@ class Network:
             fate = 3
         if self._trace is not None:
             self._record(source, target, fate, data)
+
+    def _send_nat(self, source: Endpoint, data: bytes, destination: Address) -> bool:
+        """Carry a datagram that crosses a NAT (True), or leave it to the plain path."""
+        now = self.scheduler.now
+        inside = source.nat
+        apparent = source.address
+        if inside is not None:
+            target = self._endpoints.get(destination)
+            if target is not None and target.nat is inside:  # the same LAN
+                self._carry(source, target, data, apparent)
+                return True
+            if destination[0] == inside.ip and not inside.type.hairpin:
+                self._nat_drop(source, data)
+                return True
+            apparent = inside.outbound(source.address, destination, now)
+        box = self._nats.get(destination[0])
+        if box is not None:
+            internal = box.inbound(apparent, destination[1], now)
+            target = self._endpoints.get(internal) if internal is not None else None
+            if target is None:
+                self._nat_drop(source, data)
+                return True
+        else:
+            target = self._endpoints.get(destination)
+            if target is not None and target.nat is not None:
+                self._nat_drop(source, data)  # a private address, from outside its NAT
+                return True
+            if inside is None:
+                return False
+        self._carry(source, target, data, apparent)
+        return True
+
+    def _nat_drop(self, source: Endpoint, data: bytes) -> None:
+        self.stats.nat_dropped += 1
+        if self._trace is not None:
+            self._record(source, None, 4, data)
+
+    def _carry(
+        self, source: Endpoint, target: Endpoint | None, data: bytes, apparent: Address
+    ) -> None:
+        """:meth:`send`'s fates for a datagram the receiver sees coming from ``apparent``."""
+        stats = self.stats
+        if target is None or not target.up:
+            stats.to_down += 1
+            fate = 0
+        elif target.group != source.group:
+            stats.partitioned += 1
+            fate = 1
+        elif self._loss and self.rng.random() < self._loss:
+            stats.lost += 1
+            fate = 2
+        else:
+            delay = self.link_delay(source, target)
+            if self._jitter:
+                delay *= 1.0 + self._jitter * self.rng.random()
+            self.scheduler.post(
+                self.scheduler.now + delay, self._deliver_from, source, target, data, apparent
+            )
+            fate = 3
+        if self._trace is not None:
+            self._record(source, target, fate, data)
+
+    def _deliver_from(
+        self, source: Endpoint, target: Endpoint, data: bytes, apparent: Address
+    ) -> None:
+        if not target.up:
+            self.stats.to_down += 1
+            return
+        if target.group != source.group:
+            self.stats.partitioned += 1
+            return
+        self.stats.delivered += 1
+        target.receiver(data, apparent)
 
     def _deliver(self, source: Endpoint, target: Endpoint, data: bytes) -> None:
         if not target.up:

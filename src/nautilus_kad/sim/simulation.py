@@ -37,6 +37,7 @@ from ..core.ids import ID_BITS, NodeId
 from ..core.messages import Address
 from ..core.records import Record
 from .auth import SimAuthenticator, SimKeyring
+from .nat import NatBox, NatType
 from .network import Endpoint, LatencyModel, Network
 from .scheduler import Scheduler
 
@@ -52,6 +53,21 @@ def sim_address(index: int) -> Address:
     """The address of the ``index``-th simulated host: 10.0.0.1, 10.0.0.2, … port 4000."""
     ip = (10 << 24) + index + 1
     return (f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}", 4000)
+
+
+def _dotted(ip: int) -> str:
+    return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
+
+
+def private_address(index: int) -> Address:
+    """The address of the ``index``-th host when it sits behind a NAT: 100.64.0.1, … port
+    4000 (shared address space, unique across NATs so the network can tell hosts apart)."""
+    return (_dotted((100 << 24) + (64 << 16) + index + 1), 4000)
+
+
+def nat_ip(number: int) -> str:
+    """The external IP of the ``number``-th NAT box: 172.16.0.1, 172.16.0.2, …"""
+    return _dotted((172 << 24) + (16 << 16) + number + 1)
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -231,7 +247,14 @@ class SimNode:
         "up",
     )
 
-    def __init__(self, sim: Simulation, index: int, engine: KadEngine, address: Address) -> None:
+    def __init__(
+        self,
+        sim: Simulation,
+        index: int,
+        engine: KadEngine,
+        address: Address,
+        nat: NatBox | None = None,
+    ) -> None:
         self.sim = sim
         self.scheduler = sim.scheduler
         self.index = index
@@ -246,7 +269,7 @@ class SimNode:
         self.timer_gen = 0
         self.leave_qid: int | None = None
         """The engine's leave, once a clean departure started it."""
-        self.endpoint: Endpoint = sim.network.attach(address, self.receive)
+        self.endpoint: Endpoint = sim.network.attach(address, self.receive, nat)
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
@@ -399,6 +422,9 @@ class Simulation:
         self._identity_rng = random.Random(master.getrandbits(64))
         self._engine_rng = random.Random(master.getrandbits(64))
         self.keyring = SimKeyring(master.randbytes(32))
+        self._nat_rng = random.Random(master.getrandbits(64))
+        """Seeds of NAT boxes (drawn last from ``master``: runs without NATs are unchanged)."""
+        self.nats: list[NatBox] = []
         self.real_crypto = real_crypto
         self.phase = "main"
         """Label stamped on operations started from now on (a scenario's current phase)."""
@@ -454,9 +480,25 @@ class Simulation:
 
     # --- membership --------------------------------------------------------------------
 
-    def add_node(self, *, client_mode: bool = False, identity: Identity | None = None) -> SimNode:
+    def add_nat(self, nat_type: NatType) -> NatBox:
+        """A new NAT box with an external IP of its own (put hosts behind it with
+        ``add_node(nat=box)``)."""
+        box = NatBox(nat_ip(len(self.nats)), nat_type, self._nat_rng.getrandbits(64))
+        self.network.add_nat(box)
+        self.nats.append(box)
+        return box
+
+    def add_node(
+        self,
+        *,
+        client_mode: bool = False,
+        identity: Identity | None = None,
+        nat: NatType | NatBox | None = None,
+    ) -> SimNode:
         """Bring a new host up (not joined yet: call :meth:`join`). ``identity`` defaults to
-        a fresh one from the seed."""
+        a fresh one from the seed. ``nat``: put the host behind that box, or behind a new
+        box of its own of that type; it then has a private address (:func:`private_address`)
+        and the world sees it at the box's."""
         index = self._next_index
         self._next_index += 1
         if identity is None:
@@ -470,9 +512,10 @@ class Simulation:
         )
         if not self.real_crypto:
             engine.auth = SimAuthenticator(identity, self.keyring)
-        address = sim_address(index)
+        box = self.add_nat(nat) if isinstance(nat, NatType) else nat
+        address = sim_address(index) if box is None else private_address(index)
         engine.address = address
-        node = SimNode(self, index, engine, address)
+        node = SimNode(self, index, engine, address, box)
         self.nodes[index] = node
         self.live.add(node.node_id)
         node.flush()

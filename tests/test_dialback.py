@@ -1,0 +1,265 @@
+"""The reachability messages (core/natwire.py), the dial-back rules (core/dialback.py) and
+the NAT state that ties them together (core/nat.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nautilus_kad.core.dialback import ContactedIps, Helper, Prober, ServeLimiter, Verdict
+from nautilus_kad.core.errors import DecodeError
+from nautilus_kad.core.messages import MessageType
+from nautilus_kad.core.nat import NatState
+from nautilus_kad.core.natclass import NatClass
+from nautilus_kad.core.natconfig import NatConfig
+from nautilus_kad.core.natwire import (
+    NAT_TYPES,
+    Dialback,
+    DialbackReply,
+    NatMessage,
+    NatMessageType,
+    Probe,
+    ProbeRelay,
+    ProbeRelayReply,
+    ProbeStatus,
+    decode_nat_body,
+    encode_nat_body,
+)
+from nautilus_kad.core.reachability import Mode
+
+CFG = NatConfig()
+A = ("198.51.100.7", 40000)  # the requester's observed address
+B = ("192.0.2.10", 4000)
+C = ("203.0.113.20", 4000)
+
+# --- wire ---------------------------------------------------------------------------------
+
+nonces = st.binary(min_size=8, max_size=8)
+ips = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str))
+addresses = st.tuples(ips, st.integers(1, 65535))
+messages = st.one_of(
+    st.builds(Dialback, nonces),
+    st.builds(Probe, nonces),
+    st.builds(ProbeRelay, nonces, addresses),
+    st.builds(DialbackReply, addresses, st.sampled_from(ProbeStatus)),
+    st.builds(ProbeRelayReply, addresses, st.sampled_from(ProbeStatus)),
+)
+
+
+def roundtrip(message: NatMessage) -> NatMessage:
+    raw = msgpack.packb(encode_nat_body(message), use_bin_type=True)
+    body = msgpack.unpackb(raw, raw=False, use_list=True)
+    return decode_nat_body(message.TYPE, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages)
+def test_every_message_roundtrips(message: NatMessage) -> None:
+    decoded = roundtrip(message)
+    if isinstance(message, ProbeRelay | DialbackReply | ProbeRelayReply):
+        # Addresses come back in canonical text form.
+        assert type(decoded) is type(message)
+    else:
+        assert decoded == message
+    assert len(msgpack.packb(encode_nat_body(message))) <= 40  # tiny next to the 1200-byte datagram
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(list(NatMessageType)),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.binary(max_size=20)
+        | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=4),
+        max_leaves=10,
+    ),
+)
+def test_garbage_raises_only_decode_errors(msg_type: NatMessageType, body: Any) -> None:
+    with contextlib.suppress(DecodeError):
+        decode_nat_body(msg_type, body)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body"),
+    [
+        (NatMessageType.DIALBACK, [b"1234567"]),
+        (NatMessageType.DIALBACK, [b"12345678", b"extra"]),
+        (NatMessageType.PROBE, [True]),
+        (NatMessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03", 80]]),
+        (NatMessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03\x04", 0]]),
+        (NatMessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03\x04", True]]),
+        (NatMessageType.DIALBACK_REPLY, [[b"\x01\x02\x03\x04", 80], 99]),
+        (NatMessageType.PROBE_RELAY_REPLY, [[b"\x01\x02\x03\x04", 80], False]),
+        (NatMessageType.DIALBACK_REPLY, "not a list"),
+    ],
+)
+def test_strict_decoding(msg_type: NatMessageType, body: Any) -> None:
+    with pytest.raises(DecodeError):
+        decode_nat_body(msg_type, body)
+
+
+def test_type_codes_do_not_clash_with_kademlia() -> None:
+    assert not set(NAT_TYPES) & {int(t) for t in MessageType}
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+def test_serve_limiter_per_key_and_total() -> None:
+    limiter = ServeLimiter(per_key=3, total=5, period=60.0, capacity=100)
+    assert [limiter.allow(("a",), 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow(("b",), 1.0) and limiter.allow(("c",), 1.0)
+    assert not limiter.allow(("d",), 2.0)  # the total is spent
+    assert limiter.allow(("a",), 61.0)  # a new period
+    capped = ServeLimiter(per_key=1, total=10**6, period=60.0, capacity=8)
+    for n in range(1000):
+        capped.allow((str(n),), 0.0)
+    assert len(capped) == 8
+
+
+# --- helper (B) ---------------------------------------------------------------------------
+
+
+def test_helper_probes_only_the_requesters_address_through_a_third_node() -> None:
+    helper = Helper(CFG, random.Random(1))
+    servers = [A, B, (A[0], 9999), C]
+    for n in range(3):
+        decision = helper.on_dialback(A, servers, own_ip=B[0], now=float(n))
+        assert decision.status is ProbeStatus.ARRANGED
+        assert decision.target == A  # always where the request came from
+        assert decision.prober == C  # neither the requester's IP nor our own
+    assert helper.on_dialback(A, servers, B[0], 3.0).status is ProbeStatus.RATE_LIMITED
+    assert helper.on_dialback(("192.0.2.99", 1), [B], B[0], 3.0).status is ProbeStatus.NO_PROBER
+    assert helper.stats["dialback.refused.rate"] == 1
+
+
+def test_helper_flood_is_bounded_globally() -> None:
+    helper = Helper(CFG, random.Random(1))
+    arranged = sum(
+        helper.on_dialback((f"10.{n // 256}.{n % 256}.1", 5), [C], B[0], 1.0).status
+        is ProbeStatus.ARRANGED
+        for n in range(10_000)
+    )
+    assert arranged == CFG.serve_global
+
+
+# --- prober (C) ---------------------------------------------------------------------------
+
+
+def test_prober_rules() -> None:
+    prober = Prober(CFG)
+    ok = prober.on_relay(B, True, A, C, request_size=200, probe_size=100, now=0.0)
+    assert ok.status is ProbeStatus.ARRANGED and ok.copies == 2
+    # No larger than the request: a small relay request buys one copy, or none.
+    assert prober.on_relay(B, True, A, C, 150, 100, 0.0).copies == 1
+    assert prober.on_relay(B, True, A, C, 99, 100, 0.0).status is ProbeStatus.REFUSED
+    # Only from a node of our table; never at the relayer itself or at ourselves.
+    assert prober.on_relay(B, False, A, C, 500, 100, 0.0).status is ProbeStatus.REFUSED
+    assert prober.on_relay(B, True, (B[0], 7), C, 500, 100, 0.0).status is ProbeStatus.REFUSED
+    assert prober.on_relay(B, True, C, C, 500, 100, 0.0).status is ProbeStatus.REFUSED
+    assert prober.stats["relay.refused.unknown"] == 1
+    assert prober.stats["relay.refused.target"] == 2
+
+
+def test_many_relayers_cannot_aim_probes_at_one_victim() -> None:
+    prober = Prober(CFG)
+    victim = ("198.51.100.200", 53)
+    probed = sum(
+        prober.on_relay((f"192.0.{n}.1", 4000), True, victim, C, 500, 100, 0.0).status
+        is ProbeStatus.ARRANGED
+        for n in range(200)
+    )
+    assert probed == CFG.serve_per_requester
+
+
+# --- requester (A) and the whole state ----------------------------------------------------
+
+
+def test_contacted_ips_window_and_capacity() -> None:
+    contacted = ContactedIps(window=300.0, capacity=4)
+    contacted.sent("192.0.2.1", 0.0)
+    assert contacted.recently("192.0.2.1", 299.0)
+    assert not contacted.recently("192.0.2.1", 300.0)
+    assert not contacted.recently("192.0.2.2", 0.0)
+    for n in range(10):
+        contacted.sent(f"10.0.0.{n}", 100.0)
+    # "192.0.2.1" was forgotten for room while it could still have been in the window.
+    assert contacted.recently("192.0.2.1", 200.0)
+    assert len(contacted) == 4
+
+
+def observe_all(state: NatState, seen: Any, now: float) -> None:
+    for n in range(6):
+        state.observed((f"192.0.{n}.10", 4000), seen, now)
+
+
+def test_a_full_round_promotes_and_demotes() -> None:
+    state = NatState(CFG, random.Random(5), 0.0)
+    observe_all(state, A, 0.0)
+    assert state.voters[4].address == A
+    assert state.classes[4] is NatClass.ENDPOINT_INDEPENDENT
+    assert state.is_client and state.rounds_wanted(0.0) == CFG.max_rounds_in_flight
+    helpers = [(f"192.0.{n}.10", 4000) for n in range(5)]
+    nonces = [state.start_round(h, 0.0, answer_timeout=2.0) for h in helpers]
+    for h in helpers:
+        state.sent_to(h[0], 0.0)
+    for nonce in nonces:
+        state.dialback_answered(nonce, ProbeStatus.ARRANGED, 1.0)
+    # A probe from a helper's IP, or from an IP we contacted, proves nothing.
+    assert state.probe_arrived(helpers[0], nonces[0], 1.5) is Verdict.TAINTED
+    assert state.probe_arrived((helpers[1][0], 7777), nonces[0], 1.5) is Verdict.TAINTED
+    assert state.probe_arrived(C, b"\x00" * 8, 1.5) is Verdict.UNKNOWN
+    for n, nonce in enumerate(nonces[:3]):
+        assert state.probe_arrived((f"203.0.113.{n}", 4000), nonce, 2.0) is Verdict.SUCCESS
+        assert state.probe_arrived((f"203.0.113.{n}", 4000), nonce, 2.0) is Verdict.UNKNOWN
+    assert state.mode is Mode.SERVER
+    state.handle_timer(1.0 + CFG.probe_timeout)  # the other two rounds fail
+    assert state.tracker.failures_in_row == 2 and state.mode is Mode.SERVER
+    snap = state.snapshot(10.0)
+    assert snap["mode"] == "server" and snap["nat_class"]["ipv4"] == "endpoint-independent"
+    assert snap["external"]["ipv4"]["address"] == A
+    assert snap["stats"]["probes.answered"] == 3
+    assert snap["stats"]["probes.tainted"] == 2
+    # The address changes: demoted at once, whatever the dwell.
+    t = 10.0 + CFG.vote_change_interval
+    new = ("198.51.100.8", 41000)
+    for n in range(6):
+        state.observed((f"192.0.{n}.10", 4000), new, t)
+    assert state.voters[4].address == new
+    assert state.mode is Mode.CLIENT
+    kinds = [type(c).__name__ for c in state.changes]
+    assert kinds.count("ModeChange") == 2 and "AddressChange" in kinds
+
+
+def test_unarranged_rounds_are_inconclusive() -> None:
+    state = NatState(CFG, random.Random(5), 0.0)
+    nonce = state.start_round(B, 0.0, answer_timeout=2.0)
+    state.dialback_answered(nonce, ProbeStatus.NO_PROBER, 1.0)
+    other = state.start_round(C, 1.0, answer_timeout=2.0)
+    state.handle_timer(5.0)  # the helper never answered
+    assert other not in state.rounds.rounds
+    assert list(state.tracker.results) == []
+    assert state.stats()["rounds.inconclusive"] == 2
+
+
+def test_fixed_modes() -> None:
+    assert NatState(CFG, random.Random(1), 0.0, mode="server").mode is Mode.SERVER
+    client = NatState(CFG, random.Random(1), 0.0, mode="client")
+    assert client.is_client and client.rounds_wanted(1e9) == 0
+    with pytest.raises(ValueError, match="mode"):
+        NatState(CFG, random.Random(1), 0.0, mode="sometimes")
+
+
+def test_public_class_needs_the_bound_address() -> None:
+    state = NatState(CFG, random.Random(1), 0.0, local=A)
+    observe_all(state, A, 0.0)
+    assert state.classes[4] is NatClass.PUBLIC
