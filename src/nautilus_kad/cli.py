@@ -39,6 +39,9 @@ from rich.table import Table
 from . import __version__
 from .aio.node import Node
 from .aio.runner import run as run_coroutine
+from .clidaemon import call, choice, daemon_options, find_daemon
+from .clierrors import CommandFailed
+from .clierrors import describe_os_error as _describe_os_error
 from .core.addresses import AddressError, format_address, parse_address
 from .core.config import KadConfig
 from .core.errors import KadError, NoPeersError
@@ -47,6 +50,7 @@ from .core.ids import NodeId, distance
 from .core.limits import MAX_SALT_BYTES, MAX_SEQ
 from .core.messages import Address, Contact
 from .core.records import RecordKind, value_limit
+from .daemon_commands import status_command, stop_command, table_command
 from .sim.adversarial_command import adversarial_command
 from .sim.command import sim_command
 
@@ -56,7 +60,6 @@ PROG_NAME = "nautilus-kad"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEMO_SUCCESS_AFTER_KILL = 0.99
@@ -70,15 +73,6 @@ _log = logging.getLogger("nautilus_kad.cli")
 # ==========================================================================================
 # Errors and exit codes
 # ==========================================================================================
-
-
-class CommandFailed(click.ClickException):
-    """A network or runtime failure: ``error: ...`` on stderr, exit status 1."""
-
-    exit_code: ClassVar[int] = EXIT_FAILURE
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
 
 
 class ArgumentError(click.ClickException):
@@ -146,16 +140,6 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         raise CommandFailed(str(exc) or type(exc).__name__) from None
     except OSError as exc:
         raise CommandFailed(_describe_os_error(exc)) from None
-
-
-def _describe_os_error(exc: OSError) -> str:
-    """``address already in use`` rather than uvloop's wrapper text or an errno tuple."""
-    cause: BaseException = exc
-    while isinstance(cause, OSError) and not cause.strerror and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror[:1].lower() + cause.strerror[1:]
-    return str(exc)
 
 
 # ==========================================================================================
@@ -246,7 +230,21 @@ class NodeIdType(_NodeIdParamType):
             self.fail(f"{value!r} is not a node id (expected 64 hex digits)", param, ctx)
 
 
+class ListenAddressType(AddressType):
+    """``HOST:PORT`` to listen on: port 0 (a free one) is allowed."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Address:
+        text = value if isinstance(value, tuple) else str(value).strip()
+        if isinstance(text, str) and text.endswith(":0"):
+            host, _port = super().convert(text[:-1] + "1", param, ctx)
+            return (host, 0)
+        return super().convert(value, param, ctx)
+
+
 ADDRESS = AddressType()
+LISTEN_ADDRESS = ListenAddressType()
 NODE_ID = NodeIdType()
 PORT = click.IntRange(0, 65535)
 
@@ -256,9 +254,20 @@ _bootstrap_required = click.option(
     "bootstrap",
     type=ADDRESS,
     multiple=True,
-    required=True,
-    help="A node of the network to join through (repeatable).",
+    help="A node of the network to join through (repeatable), when no daemon is used.",
 )
+
+
+def _need_bootstrap(ctx: click.Context, bootstrap: Sequence[Address]) -> None:
+    """Without a daemon, a short-lived node can only join through ``--bootstrap``."""
+    if not bootstrap:
+        raise click.UsageError(
+            "no daemon is running and no --bootstrap given: start one with "
+            "'nautilus-kad run', or join through a node with --bootstrap HOST:PORT",
+            ctx,
+        )
+
+
 _host_option = click.option(
     "--host",
     default="127.0.0.1",
@@ -415,10 +424,46 @@ def _encode_arg(text: str) -> bytes:
 # ==========================================================================================
 
 
+def _load_run_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    """``--config FILE`` (eager): the file's settings become the defaults of the other flags,
+    below the command line and the environment."""
+    if value is None:
+        return
+    from .daemon.config import ConfigError, load_config  # noqa: PLC0415
+
+    known = [p.name for p in ctx.command.params if p.name and p.name not in ("config", "help")]
+    try:
+        settings = load_config(value, known)
+    except ConfigError as exc:
+        raise CommandFailed(str(exc)) from None
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+
+
+def _env(name: str) -> str:
+    return f"NAUTILUS_KAD_{name.upper()}"
+
+
 @cli.command("run")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
-    "--port", type=PORT, default=7400, show_default=True, help="UDP port (0 picks a free one)."
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_run_config,
+    envvar=_env("config"),
+    help="A TOML file of these settings (keys = flag names). Flags and NAUTILUS_KAD_<KEY> "
+    "environment variables override it.",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, envvar=_env("host"), help="Address to bind."
+)
+@click.option(
+    "--port",
+    type=PORT,
+    default=7400,
+    show_default=True,
+    envvar=_env("port"),
+    help="UDP port (0 picks a free one).",
 )
 @click.option(
     "--bootstrap",
@@ -426,27 +471,53 @@ def _encode_arg(text: str) -> bytes:
     "bootstrap",
     type=ADDRESS,
     multiple=True,
+    envvar=_env("bootstrap"),
     help="A node to join through (repeatable); without one this node starts a new network.",
 )
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("key_file"),
     help="Ed25519 key file, created on first use: keeps the node id across restarts.",
 )
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    envvar=_env("data_dir"),
     help=(
         "Keep the records (SQLite), the routing table and the key (DIR/node.key unless "
         "--key-file) here: a restart keeps the node id, serves the same records and rejoins "
-        "through the peers it knew, without --bootstrap.  [default: in memory]"
+        "through the peers it knew, without --bootstrap. The api file goes here too.  "
+        "[default: in memory]"
     ),
 )
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=None,
+    envvar=_env("log_level"),
     help="Logging threshold on stderr.  [default: INFO]",
+)
+@click.option(
+    "--api-listen",
+    type=LISTEN_ADDRESS,
+    default=None,
+    envvar=_env("api_listen"),
+    help="TCP address of the local API, page and /metrics.  [default: 127.0.0.1:PORT+1, "
+    "a free port when --port is 0]",
+)
+@click.option("--no-api", is_flag=True, envvar=_env("no_api"), help="Serve no API at all.")
+@click.option(
+    "--api-allow-remote",
+    is_flag=True,
+    envvar=_env("api_allow_remote"),
+    help="Allow --api-listen on a non-loopback address (prefer an SSH tunnel).",
+)
+@click.option(
+    "--api-allowed-host",
+    multiple=True,
+    envvar=_env("api_allowed_host"),
+    help="Another HOST:PORT the API answers to (Host header allowlist; repeatable).",
 )
 @_profile_option
 @click.pass_context
@@ -458,13 +529,20 @@ def run_command(
     key_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
+    api_listen: Address | None,
+    no_api: bool,
+    api_allow_remote: bool,
+    api_allowed_host: tuple[str, ...],
     profile: str,
 ) -> None:
-    """Run a node in the foreground until Ctrl-C or SIGTERM.
+    """Run a node in the foreground with its local API, until Ctrl-C, SIGTERM or `stop`.
 
-    On SIGINT or SIGTERM the node hands the records it holds to the nodes that keep them
-    once it is gone, then stops.
+    Once it serves, the API's address and a fresh token are in the api file (DATA_DIR/api,
+    else ~/.local/state/nautilus-kad/api), where put, get, ping, lookup, status, table and
+    stop find it. Stopping hands the records it holds to the nodes that keep them.
     """
+    from .daemon.service import ApiSettings, serve  # noqa: PLC0415 - aiohttp only for run
+
     _setup_logging(ctx, logging.INFO, log_level)
     if data_dir is not None:
         try:
@@ -475,83 +553,23 @@ def run_command(
         if key_file is None:
             key_file = data_dir / "node.key"
     identity = _load_identity(key_file) if key_file is not None else Identity.generate()
+    api = ApiSettings(
+        enabled=not no_api,
+        host=api_listen[0] if api_listen else "127.0.0.1",
+        port=api_listen[1] if api_listen else None,
+        allow_remote=api_allow_remote,
+        allowed_hosts=api_allowed_host,
+    )
     goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
+    config = profile_config(profile)
     try:
-        signum = _run(_serve(host, port, bootstrap, identity, data_dir, profile_config(profile)))
+        signum = _run(serve(host, port, bootstrap, identity, data_dir, config, api, click.echo))
     except Interrupted:  # Ctrl-C before the signal handlers were in place
         click.echo(goodbye)
         raise Interrupted("") from None
-    if signum == signal.SIGINT:
-        if sys.stdout.isatty():
-            click.echo()  # end the line the terminal's "^C" echo started
-        click.echo(goodbye)
-        raise Interrupted("")
+    if signum == signal.SIGINT and sys.stdout.isatty():
+        click.echo()  # end the line the terminal's "^C" echo started
     click.echo(goodbye)
-
-
-async def _serve(
-    host: str,
-    port: int,
-    bootstrap: Sequence[Address],
-    identity: Identity,
-    data_dir: Path | None = None,
-    config: KadConfig | None = None,
-) -> int:
-    """Run a node until SIGINT or SIGTERM; return the signal that stopped it.
-
-    Both signals are handled here rather than left to the loop runner, so a node started with
-    SIGINT ignored (a background job of a script) still stops on ``kill -INT``.
-    """
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if not received:
-            received.append(signum)
-            main_task.cancel()
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
-            loop.add_signal_handler(sig, on_signal, int(sig))
-            installed.append(sig)
-    try:
-        node = await _start_node(host, port, identity, data_dir=data_dir, config=config)
-        try:
-            click.echo(f"node id {node.node_id.hex()}")
-            click.echo(f"public key {node.public_key.hex()}")
-            click.echo(f"listening on {format_address(node.address)}")
-            if data_dir is not None:
-                held = len(node.engine.store)
-                click.echo(f"data dir {data_dir}: {held} record{'' if held == 1 else 's'}")
-            known = len(node.routing_table)
-            if bootstrap:
-                size = await _join(node, bootstrap)
-                peers = f"{size} peer{'' if size == 1 else 's'}"
-                click.echo(f"joined through {_join_list(bootstrap)}: {peers} in the routing table")
-            elif known:
-                peers = f"{known} peer{'' if known == 1 else 's'}"
-                click.echo(f"rejoined through saved peers: {peers} in the routing table")
-            elif node.rejoining:
-                click.echo("none of the saved peers answered: retrying them in the background")
-            else:
-                click.echo("no --bootstrap given: this is the first node of a new network")
-            _log.info("node %s up at %s", node.node_id.short(), format_address(node.address))
-            await loop.create_future()  # until a signal cancels us
-        finally:
-            await node.stop()
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        main_task.uncancel()
-        _log.info("%s received, node stopped", signal.Signals(received[0]).name)
-        return received[0]
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ==========================================================================================
@@ -597,9 +615,13 @@ _key_file_option = click.option(
     help="Lifetime in seconds (storers cap it at 24 h).  [default: 24 h]",
 )
 @_profile_option
+@daemon_options
 @click.pass_context
 def put_command(
     ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
     key: str,
     value: str | None,
     bootstrap: tuple[Address, ...],
@@ -658,6 +680,30 @@ def put_command(
     if signed and seq is not None and cas is not None and seq <= cas:
         raise click.BadParameter("must be greater than --cas", param_hint="--seq")
     owner = _load_identity(key_file) if key_file is not None else None
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    if daemon is not None:
+        body: dict[str, Any] = {"value": data.hex(), "ttl": ttl}
+        if owner is not None:
+            assert key_file is not None
+            body.update(kind="signed", name=name.hex(), seq=seq, cas=cas)
+            body["key_file"] = str(key_file.resolve())
+        elif immutable:
+            body["kind"] = "immutable"
+        else:
+            body["key"] = name.hex()
+        answer = call(daemon, "put", body)
+        if owner is not None:
+            click.echo(f"key    {answer['key']}")
+            click.echo(f"owner  {answer['owner']}")
+            click.echo(f"seq    {answer['seq']}")
+            click.echo(f"acks   {answer['acks']}")
+        elif immutable:
+            click.echo(f"key   {answer['key']}")
+        else:
+            click.echo(f"key   {answer['key']}")
+            click.echo(f"acks  {answer['acks']}")
+        return
+    _need_bootstrap(ctx, bootstrap)
 
     async def put() -> None:
         # The client node has an identity of its own: the key file may well be that of a
@@ -700,9 +746,13 @@ def put_command(
 @click.option("--hex", "as_hex", is_flag=True, help="Print the value as hex.")
 @click.option("--raw", "as_raw", is_flag=True, help="Write the value's bytes unchanged.")
 @_profile_option
+@daemon_options
 @click.pass_context
 def get_command(
     ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
     key: str,
     name: str | None,
     bootstrap: tuple[Address, ...],
@@ -739,23 +789,66 @@ def get_command(
     elif immutable:
         target = NodeId.from_bytes_exact(_hex_argument(key, 32, "KEY", "an immutable key"))
     seq: list[int] = []
+    value: bytes | None
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    if daemon is not None:
+        if signed:
+            assert name is not None
+            body = {"kind": "signed", "owner": owner.hex(), "name": _encode_arg(name).hex()}
+        elif target is not None:
+            body = {"kind": "immutable", "key": target.hex()}
+        else:
+            body = {"key": _encode_arg(key).hex()}
+        answer = call(daemon, "get", body)
+        value = bytes.fromhex(answer["value"]) if answer.get("found") else None
+        if value is not None and signed:
+            seq.append(int(answer["seq"]))
+    else:
+        _need_bootstrap(ctx, bootstrap)
+        value = _run(_get_with_node(host, bootstrap, profile, key, name, owner, target, seq))
+    _print_value(
+        key, name, value, signed=signed, show_seq=show_seq, seq=seq, as_raw=as_raw, as_hex=as_hex
+    )
 
-    async def get() -> bytes | None:
-        async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            if signed:
-                assert name is not None
-                record = await node.get_signed(owner, _encode_arg(name))
-                if record is None:
-                    return None
-                seq.append(record.seq)
-                return record.value
-            if target is not None:
-                return await node.get_immutable(target)
-            result = await node.get_record(_encode_arg(key))
-        _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
-        return None if result.record is None else result.record.value
 
-    value = _run(get())
+async def _get_with_node(
+    host: str,
+    bootstrap: Sequence[Address],
+    profile: str,
+    key: str,
+    name: str | None,
+    owner: bytes,
+    target: NodeId | None,
+    seq: list[int],
+) -> bytes | None:
+    """``get`` through a short-lived node (no daemon)."""
+    async with _client_node(host, bootstrap, profile_config(profile)) as node:
+        if owner:
+            assert name is not None
+            record = await node.get_signed(owner, _encode_arg(name))
+            if record is None:
+                return None
+            seq.append(record.seq)
+            return record.value
+        if target is not None:
+            return await node.get_immutable(target)
+        result = await node.get_record(_encode_arg(key))
+    _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
+    return None if result.record is None else result.record.value
+
+
+def _print_value(
+    key: str,
+    name: str | None,
+    value: bytes | None,
+    *,
+    signed: bool,
+    show_seq: bool,
+    seq: list[int],
+    as_raw: bool,
+    as_hex: bool,
+) -> None:
+    """What ``get`` prints: the value as text when it decodes, else hex (or as asked)."""
     if value is None:
         what = f"signed record {name!r} of {key}" if signed else repr(key)
         raise CommandFailed(f"{what} not found")
@@ -777,10 +870,25 @@ def get_command(
 @cli.command("ping")
 @click.argument("address", type=ADDRESS)
 @_host_option
+@daemon_options
 @click.pass_context
-def ping_command(ctx: click.Context, address: Address, host: str) -> None:
+def ping_command(
+    ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
+    address: Address,
+    host: str,
+) -> None:
     """Ping the node at ADDRESS (HOST:PORT) and print its id and round-trip time."""
     _setup_logging(ctx, logging.WARNING)
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    if daemon is not None and daemon.info.get("udp_address") == format_address(address):
+        daemon = None  # the daemon's own address: measure it from outside, as before
+    if daemon is not None:
+        answer = call(daemon, "ping", {"address": format_address(address)})
+        click.echo(f"{answer['node_id']} at {answer['address']}: rtt {answer['rtt_ms']:.2f} ms")
+        return
 
     async def ping() -> None:
         async with _client_node(host, ()) as node:
@@ -802,32 +910,49 @@ def ping_command(ctx: click.Context, address: Address, host: str) -> None:
 @_bootstrap_required
 @_host_option
 @_profile_option
+@daemon_options
 @click.pass_context
 def lookup_command(
-    ctx: click.Context, node_id: NodeId, bootstrap: tuple[Address, ...], host: str, profile: str
+    ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
+    node_id: NodeId,
+    bootstrap: tuple[Address, ...],
+    host: str,
+    profile: str,
 ) -> None:
     """Find the k nodes closest to NODE_ID (64 hex digits)."""
     _setup_logging(ctx, logging.WARNING)
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    rows: list[tuple[str, str, int]]
+    if daemon is not None:
+        answer = call(daemon, "lookup", {"target": node_id.hex()})
+        rows = [(c["node_id"], c["address"], c["distance_bits"]) for c in answer["contacts"]]
+    else:
+        _need_bootstrap(ctx, bootstrap)
 
-    async def lookup() -> list[Contact]:
-        async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            return list(await node.find_node(node_id))
+        async def lookup() -> list[Contact]:
+            async with _client_node(host, bootstrap, profile_config(profile)) as node:
+                return list(await node.find_node(node_id))
 
-    contacts = _run(lookup())
-    if not contacts:
+        rows = [
+            (
+                c.node_id.hex(),
+                format_address(c.address),
+                distance(node_id, c.node_id).bit_length(),
+            )
+            for c in _run(lookup())
+        ]
+    if not rows:
         raise CommandFailed("the lookup found no nodes")
-    table = Table(title=f"{len(contacts)} nodes closest to {node_id.short()}…")
+    table = Table(title=f"{len(rows)} nodes closest to {node_id.short()}…")
     table.add_column("#", justify="right")
     table.add_column("node id", no_wrap=True)
     table.add_column("address", no_wrap=True)
     table.add_column("distance (bits)", justify="right")
-    for rank, contact in enumerate(contacts, 1):
-        table.add_row(
-            str(rank),
-            contact.node_id.hex(),
-            format_address(contact.address),
-            str(distance(node_id, contact.node_id).bit_length()),
-        )
+    for rank, (hex_id, where, bits) in enumerate(rows, 1):
+        table.add_row(str(rank), hex_id, where, str(bits))
     _stdout_console().print(table)
 
 
@@ -1213,3 +1338,6 @@ def _demo_table(report: DemoReport) -> Table:
 # keeps one `nautilus-kad` entry point.
 cli.add_command(sim_command)
 cli.add_command(adversarial_command)
+cli.add_command(status_command)
+cli.add_command(table_command)
+cli.add_command(stop_command)
