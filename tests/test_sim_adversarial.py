@@ -129,7 +129,10 @@ def test_forging_colluders_name_the_true_honest_neighbours_at_false_addresses() 
     for contact in answer:
         assert contact.address != real[contact.node_id]
         assert contact.host == real[contact.node_id][0]  # its host, a dead port
-        assert contact.address == forged_address(Contact(contact.node_id, *real[contact.node_id]))
+        honest = Contact(contact.node_id, *real[contact.node_id])
+        assert contact.address == forged_address(honest, bad[0].node_id)
+    other_lie = _ask(sim, asker, bad[3].index, FindNode(target)).contacts
+    assert {c.address for c in other_lie}.isdisjoint({c.address for c in answer})
     # Scatter-forge: half forged neighbours, half fresh colluders, interleaved.
     for node in bad:
         turn_hostile(node, SCATTER_FORGE, colluders)
