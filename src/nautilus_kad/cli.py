@@ -230,7 +230,21 @@ class NodeIdType(_NodeIdParamType):
             self.fail(f"{value!r} is not a node id (expected 64 hex digits)", param, ctx)
 
 
+class ListenAddressType(AddressType):
+    """``HOST:PORT`` to listen on: port 0 (a free one) is allowed."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Address:
+        text = value if isinstance(value, tuple) else str(value).strip()
+        if isinstance(text, str) and text.endswith(":0"):
+            host, _port = super().convert(text[:-1] + "1", param, ctx)
+            return (host, 0)
+        return super().convert(value, param, ctx)
+
+
 ADDRESS = AddressType()
+LISTEN_ADDRESS = ListenAddressType()
 NODE_ID = NodeIdType()
 PORT = click.IntRange(0, 65535)
 
@@ -486,7 +500,7 @@ def _env(name: str) -> str:
 )
 @click.option(
     "--api-listen",
-    type=ADDRESS,
+    type=LISTEN_ADDRESS,
     default=None,
     envvar=_env("api_listen"),
     help="TCP address of the local API, page and /metrics.  [default: 127.0.0.1:PORT+1, "

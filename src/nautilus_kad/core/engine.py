@@ -25,7 +25,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
-import hmac
 import logging
 import math
 import random
@@ -35,23 +34,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from .addresses import is_public, is_usable
-from .amplification import AmplificationBudget
-from .auth import Authenticator, ReplayFilter
-from .codec import (
-    EncodeError,
-    decode_datagram,
-    decode_session_datagram,
-    encode_message,
-    encode_session_message,
-    pack_ip,
-)
+from .auth import Authenticator
 from .config import MAX_DATAGRAM, KadConfig
+from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .errors import (
-    BadSignatureError,
-    CasMismatchError,
-    DecodeError,
-    RecordConflictError,
-    StaleSequenceError,
     ValidationError,
 )
 from .events import (
@@ -67,6 +53,7 @@ from .events import (
     PutDone,
     QueryFailed,
 )
+from .holdings import Holdings
 from .identity import Identity
 from .ids import ID_BITS, NodeId, random_id_in_bucket
 from .limits import MAX_PING_BYTES
@@ -89,54 +76,30 @@ from .messages import (
     Stored,
     Value,
 )
-from .ratelimit import SourceRateLimiter
+from .pending import Pending
 from .records import (
     Record,
     RecordKind,
     check_replace,
     for_transfer,
     record_expiry,
-    record_size,
     validate_record,
 )
-from .replication import DueState, HeldKeys, RepublishSchedule
+from .replication import DueState, RepublishSchedule
 from .routing import RoutingTable
 from .session import (
-    HEADER,
-    HEADER_BYTES,
-    KIND_DATA,
-    KIND_UNKNOWN_SESSION,
-    MIN_DATA_DATAGRAM,
-    SESSION_MAGIC,
-    HandshakeAccept,
-    HandshakeOffer,
-    Session,
     SessionTable,
-    unknown_session_notice,
 )
 from .storage import MemoryStore, RecordStore
+from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
+from .wire import Wire
+
+__all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngine"]
 
 _log = logging.getLogger("nautilus_kad.engine")
 
-TOKEN_BYTES = 8
-_unpack_header = HEADER.unpack_from
 _RECENT_SIGNED = 256
 _STRIKES = 4096
-_ANSWERED_PEERS = 4096
-"""Addresses that answered us recently: the peers worth a session handshake."""
-_DECLINED = 1024
-_DECLINE_BACKOFF = 600.0
-"""How long we stop offering sessions to a peer that answered an offer without accepting."""
-FLAG_CLIENT = 0x01
-"""Sender flag: the sender does not accept requests (client mode); keep it out of tables."""
-FLAG_LEAVING = 0x02
-"""Sender flag: the sender is shutting down cleanly and handing its records on. Receivers drop
-it from their tables at once, and lookups use its answers' contacts but neither store on it
-nor count it as a holder: several holders of one record leaving at the same time would
-otherwise each count the others as keeping it, and hand it to nobody."""
-TOKEN_REUSE = 0.9
-"""A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
-token stays valid for one to two rotation periods at its issuer)."""
 _HOST = attrgetter("host")
 _HARD, _SOFT, _GRACE = 0, 1, 2
 """Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
@@ -157,28 +120,6 @@ _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A request we sent and whose answer we may still accept."""
-
-    txid: bytes
-    address: Address
-    node_id: NodeId | None
-    request: Request
-    sent_at: float
-    query_id: int | None
-    slow: bool = False
-    session: Session | None = None
-    """The session the request went out in (None: signed)."""
-    counter: int = 0
-    offer: HandshakeOffer | None = None
-    """The session offer the signed request carried."""
-    retried: bool = False
-    retransmitted: bool = False
-    """Already sent a second time after its soft timeout."""
-    """Already re-sent once after an unknown-session notice."""
 
 
 @dataclass(slots=True)
@@ -362,31 +303,31 @@ class KadEngine:
         store: RecordStore | None = None,
         client_mode: bool = False,
     ) -> None:
-        self.config = config or KadConfig()
+        config = config or KadConfig()
         self.identity = identity
         self.node_id: NodeId = identity.node_id
-        self.auth = Authenticator(identity, self.config.verify_cache_size)
-        self.sessions = SessionTable(self.config)
-        self.replays = ReplayFilter(2 * self.config.token_rotation, self.config.max_replay_entries)
-        self.table = RoutingTable(self.node_id, self.config, now)
-        self.store: RecordStore = store if store is not None else MemoryStore()
-        self.stats: Counter[str] = Counter()
-        self.ingress = SourceRateLimiter(self.config)
-        """Per-source-IP token buckets: checked before any decoding (see core/ratelimit.py)."""
-        self.budget = AmplificationBudget(
-            self.config.amplification_factor, self.config.amplification_addresses
+        self.table = RoutingTable(self.node_id, config, now)
+        self._ctx = ctx = NodeContext(
+            identity,
+            config,
+            rng,
+            Authenticator(identity, config.verify_cache_size),
+            SessionTable(config),
+            self.table,
+            store if store is not None else MemoryStore(),
+            FLAG_CLIENT if client_mode else 0,
         )
-        """Bytes we may still send to each unverified address (core/amplification.py)."""
+        self.stats: Counter[str] = ctx.stats
         self.rng = rng
-        self.flags = FLAG_CLIENT if client_mode else 0
-        self.observed_address: Address | None = None
-        """Our address as the last peer to answer us saw it."""
-        self.address: Address | None = None
-        """Our bound address, set by the driver once known."""
-
-        self._outbox: list[tuple[bytes, Address]] = []
-        self._events: deque[Event] = deque()
-        self._pending: dict[bytes, _Pending] = {}
+        self._events: deque[Event] = ctx.events
+        self._pending: dict[bytes, Pending] = {}
+        # Looked up at each call, not bound now: the simulator's hostile nodes override
+        # _closest_for on a subclass the engine's class is switched to at run time.
+        closest_for = lambda t, r: self._closest_for(t, r)  # noqa: E731, PLW0108
+        self.wire = Wire(ctx, self._pending.get, closest_for)
+        self.replays = self.wire.replays
+        self.ingress = self.wire.ingress
+        self.budget = self.wire.budget
         self._timers: list[tuple[float, int, bytes, int]] = []
         self._timer_seq = 0
         self._queries: dict[int, _Query] = {}
@@ -400,40 +341,19 @@ class KadEngine:
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
         """Invalid values (bad signature, wrong key hash …) each peer served us, for the
         most recent offenders."""
-        self._answered: dict[Address, int] = {}
-        """How many answers each recent peer address sent us, least recent first: peers that
-        keep answering are worth a session handshake."""
-        self._declined: OrderedDict[Address, float] = OrderedDict()
-        self._by_notice: dict[tuple[Address, int, int], bytes] = {}
-        """(address, session id, counter) of requests sent in a session → their txid."""
-        factor = self.config.amplification_factor
-        self._pad_to = min(MAX_DATAGRAM, -(-(MAX_DATAGRAM + MAX_PING_BYTES) // factor))
-        """Signed FIND_* requests are padded to this size so that a peer that does not know
-        us yet may answer them in full under the anti-amplification rule, and still afford
-        the PING that verifies our address."""
 
-        self._token_secret = rng.randbytes(16)
-        self._previous_secret = self._token_secret
-        self._last_token = ("", b"")
-        """(requester IP, its token under the current secret) of the last FIND_* answer."""
-        self._next_rotation = now + self.config.token_rotation
+        self.tokens = WriteTokens(ctx, now)
         self._next_refresh_check = now + self.config.refresh_check_interval
         self._next_expiry = now + self.config.expire_interval
 
         # --- durability ----------------------------------------------------------------
-        self._held = HeldKeys(self.node_id)
         self._schedule = RepublishSchedule()
-        self._sources: dict[NodeId, str] = {}
-        """The address each record we hold first came from (for per-source quotas)."""
-        self._source_counts: Counter[str] = Counter()
-        self._source_bytes: Counter[str] = Counter()
-        self._sizes: dict[NodeId, int] = {}
-        """What each held record counts against the byte limits (records.record_size)."""
-        self.stored_bytes = 0
+        self.holdings = Holdings(
+            ctx, lambda key, now: self._arm(key, now, now), self._schedule.forget
+        )
+        self._held = self.holdings.held
         self._published: dict[NodeId, _Published] = {}
         self._publish_heap: list[tuple[float, int, NodeId]] = []
-        self._peer_tokens: dict[NodeId, tuple[bytes, float]] = {}
-        """The last write token each peer gave us, and when."""
         self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
         self._repl_queue: deque[_ReplItem] = deque()
         self._repl_inflight: dict[bytes, _ReplItem] = {}
@@ -448,7 +368,69 @@ class KadEngine:
         check = self.config.neighbour_check_interval
         self._next_neighbour_check = now + check * (0.5 + rng.random()) if check else math.inf
         self._queries[_REPLICATION_QID] = _ReplicationSink()
-        self._load_store(now)
+        self.holdings.load(now, lambda key, stored_at: self._loaded(key, stored_at, now))
+
+    # --- shared state that drivers and tests may replace ---------------------------------
+
+    @property
+    def config(self) -> KadConfig:
+        return self._ctx.config
+
+    @config.setter
+    def config(self, value: KadConfig) -> None:
+        self._ctx.config = value
+
+    @property
+    def auth(self) -> Authenticator:
+        """Signs and verifies datagrams (the simulator swaps in a cheap stand-in)."""
+        return self._ctx.auth
+
+    @auth.setter
+    def auth(self, value: Authenticator) -> None:
+        self._ctx.auth = value
+
+    @property
+    def sessions(self) -> SessionTable:
+        return self._ctx.sessions
+
+    @sessions.setter
+    def sessions(self, value: SessionTable) -> None:
+        self._ctx.sessions = value
+
+    @property
+    def store(self) -> RecordStore:
+        return self._ctx.store
+
+    @store.setter
+    def store(self, value: RecordStore) -> None:
+        self._ctx.store = value
+
+    @property
+    def flags(self) -> int:
+        """Sender flags of every datagram we send (FLAG_CLIENT, FLAG_LEAVING)."""
+        return self._ctx.flags
+
+    @flags.setter
+    def flags(self, value: int) -> None:
+        self._ctx.flags = value
+
+    @property
+    def address(self) -> Address | None:
+        """Our bound address, set by the driver once known."""
+        return self._ctx.address
+
+    @address.setter
+    def address(self, value: Address | None) -> None:
+        self._ctx.address = value
+
+    @property
+    def observed_address(self) -> Address | None:
+        """Our address as the last peer to answer us saw it."""
+        return self._ctx.observed_address
+
+    @observed_address.setter
+    def observed_address(self, value: Address | None) -> None:
+        self._ctx.observed_address = value
 
     # ======================================================================================
     # Outputs
@@ -456,8 +438,7 @@ class KadEngine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Everything queued for the network since the last call."""
-        out, self._outbox = self._outbox, []
-        return out
+        return self.wire.drain()
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -465,7 +446,7 @@ class KadEngine:
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
         deadline = min(
-            self._next_rotation,
+            self.tokens.next_rotation,
             self._next_refresh_check,
             self._next_expiry,
             self._schedule.next_deadline(),
@@ -491,6 +472,11 @@ class KadEngine:
         return len(self._repl_queue) + len(self._repl_inflight) + waiting + len(self._scans)
 
     @property
+    def stored_bytes(self) -> int:
+        """What the records we hold count against ``max_store_bytes``."""
+        return self.holdings.stored_bytes
+
+    @property
     def pending_requests(self) -> int:
         return len(self._pending)
 
@@ -507,7 +493,7 @@ class KadEngine:
         out["routing.peers"] = len(self.table)
         out["routing.refused.subnet"] = self.table.refused_subnet
         out["store.records"] = len(self.store)
-        out["store.bytes"] = self.stored_bytes
+        out["store.bytes"] = self.holdings.stored_bytes
         out["limit.rate_limit"] = cfg.rate_limit
         out["limit.rate_burst"] = cfg.rate_burst
         out["limit.rate_penalty"] = cfg.rate_penalty
@@ -634,7 +620,7 @@ class KadEngine:
             self.publish_later(record, now + self.config.publisher_republish_interval)
         targets: list[Candidate] = []
         for contact in contacts:
-            token = self._fresh_token(contact.node_id, now)
+            token = self.tokens.fresh(contact.node_id, now)
             if token is None or contact.node_id == self.node_id:
                 self.stats["put.no_token"] += token is None
                 continue
@@ -725,33 +711,8 @@ class KadEngine:
         unknown-session notice, unauthenticated by nature, which can only make us re-send a
         request it names with a fresh handshake (core/session.py).
         """
-        stats = self.stats
-        stats["rx.datagrams"] += 1
-        stats["rx.bytes"] += len(data)
-        if len(data) > MAX_DATAGRAM:
-            stats["rx.dropped"] += 1
-            stats["rx.dropped.oversize"] += 1
-            return
-        refused = self.ingress.admit(address[0], now)
-        if refused is not None:
-            stats["rx.dropped"] += 1
-            stats["rx.dropped." + refused] += 1
-            return
-        try:
-            if data and data[0] == SESSION_MAGIC:
-                opened = self._open_session_datagram(data, address, now)
-                if opened is None:
-                    return
-                envelope = opened
-            else:
-                envelope = decode_datagram(data, self.auth)
-        except DecodeError as exc:
-            self.stats["rx.dropped"] += 1
-            self.stats[f"rx.dropped.{exc.reason}"] += 1
-            return
-        if envelope.sender_id == self.node_id:
-            self.stats["rx.dropped"] += 1
-            self.stats["rx.dropped.self"] += 1
+        envelope = self.wire.open(data, address, now)
+        if envelope is None:
             return
         message = envelope.message
         if type(message) in _REQUEST_CLASSES:
@@ -764,45 +725,6 @@ class KadEngine:
             self._handle_request(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
-
-    def _open_session_datagram(self, data: bytes, address: Address, now: float) -> Envelope | None:
-        """Authenticate a session datagram; handle an unknown-session notice (None)."""
-        size = len(data)
-        if size < HEADER_BYTES or size > MAX_DATAGRAM:
-            raise DecodeError("undersize" if size < HEADER_BYTES else "oversize")
-        _, kind, sid, counter = _unpack_header(data)
-        if kind == KIND_UNKNOWN_SESSION:
-            if len(data) != HEADER_BYTES:
-                raise DecodeError("session.schema")
-            self._on_unknown_session(sid, counter, address, now)
-            return None
-        if kind != KIND_DATA:
-            raise DecodeError("session.schema")
-        session = self.sessions.receive(sid, address, now)
-        if session is None:
-            if len(data) >= MIN_DATA_DATAGRAM:
-                # Smaller than what arrived: nothing to amplify. The sender will handshake anew.
-                self._outbox.append((unknown_session_notice(sid, counter), address))
-                self.stats["tx.session_notices"] += 1
-            raise DecodeError("session.unknown")
-        envelope = decode_session_datagram(data, session, counter, now)
-        self.stats["rx.session"] += 1
-        return envelope
-
-    def _on_unknown_session(self, sid: int, counter: int, address: Address, now: float) -> None:
-        """A peer says it does not know the session our request went out in: forget the
-        session and send the request again, signed and with a fresh offer (once)."""
-        txid = self._by_notice.pop((address, sid, counter), None)
-        pending = self._pending.get(txid) if txid is not None else None
-        if pending is None or pending.session is None or pending.retried:
-            self.stats["rx.dropped"] += 1
-            self.stats["rx.dropped.session.notice"] += 1
-            return
-        self.stats["session.lost_by_peer"] += 1
-        self.sessions.remove(pending.session)
-        pending.retried = True
-        pending.session = None
-        self._transmit_request(pending, now, recover=True)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
@@ -818,21 +740,14 @@ class KadEngine:
                 self._on_hard_timeout(pending, now)
             else:
                 self._on_grace_over(pending, now)
-        if now >= self._next_rotation:
-            self._previous_secret = self._token_secret
-            self._token_secret = self.rng.randbytes(16)
-            self._last_token = ("", b"")
-            self._next_rotation = now + self.config.token_rotation
-            self._prune_tokens(now)
+        if now >= self.tokens.next_rotation:
+            self.tokens.rotate(now)
         if now >= self._next_expiry:
             expired = self.store.expire(now)
             for key in expired:
-                self._forget_key(key)
+                self.holdings.forget(key)
             self.stats["store.expired"] += len(expired)
-            self.stats["session.expired"] += self.sessions.expire(now)
-            cutoff = now - _DECLINE_BACKOFF
-            while self._declined and next(iter(self._declined.values())) < cutoff:
-                self._declined.popitem(last=False)
+            self.wire.expire(now)
             self._next_expiry = now + self.config.expire_interval
         if now >= self._next_refresh_check:
             self._next_refresh_check = now + self.config.refresh_check_interval
@@ -866,16 +781,16 @@ class KadEngine:
                 "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
             )
         sender = envelope.sender_id
-        verified = envelope.session is not None or self._address_verified(sender, address, now)
+        verified = envelope.session is not None or self.wire.address_verified(sender, address, now)
         if not verified:
             self.budget.received(address, request_size)
-        if type(request) is Store and not self._token_valid(request.token, address):
+        if type(request) is Store and not self.tokens.valid(request.token, address):
             # Refused before anything changes: no routing-table check of the sender, no
             # session accepted (a forged source cannot hold the token of the address).
             self.stats["store.rejected.token"] += 1
             refusal = Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
             plain = dataclasses.replace(envelope, handshake=None)
-            self._respond(plain, refusal, address, now, request_size, verified)
+            self.wire.respond(plain, refusal, address, now, request_size, verified)
             return
         # A stranger's verification PING comes out of its budget first; padded requests
         # leave room for it and a full answer (see ``_pad_to``).
@@ -896,10 +811,10 @@ class KadEngine:
             case Ping():
                 response = Pong(address)
             case FindNode(target=target):
-                token = self._token_for(address)
+                token = self.tokens.issue(address)
                 response = Nodes(address, token, self._closest_for(target, sender))
             case FindValue(key=key):
-                token = self._token_for(address)
+                token = self.tokens.issue(address)
                 stored = self.store.get(key, now)
                 if stored is not None:
                     response = Value(
@@ -909,97 +824,7 @@ class KadEngine:
                     response = Nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
                 response = self._handle_store(record, token, expected_seq, address, now)
-        self._respond(envelope, response, address, now, request_size, verified)
-
-    def _respond(
-        self,
-        envelope: Envelope,
-        response: Message,
-        address: Address,
-        now: float,
-        request_size: int,
-        verified: bool = True,
-    ) -> None:
-        """Answer in the framing the request came in: its session, or signed (accepting a
-        session offer if it carried one). A signed answer to a source whose address nothing
-        has verified is at most ``amplification_factor`` times the request's size, and at
-        most what the address's byte budget has left."""
-        session = envelope.session
-        if session is not None:
-            self._queue(
-                encode_session_message(response, envelope.txid, session, self.flags), address
-            )
-            return
-        accept: HandshakeAccept | None = None
-        new_session: Session | None = None
-        offer = envelope.handshake
-        if isinstance(offer, HandshakeOffer) and self.config.sessions:
-            accepted = self.sessions.accept(
-                offer,
-                peer_id=envelope.sender_id,
-                peer_key=envelope.sender_key,
-                address=address,
-                own_id=self.node_id,
-                auth=self.auth,
-                rng=self.rng,
-                now=now,
-            )
-            if accepted is not None:
-                accept, new_session = accepted
-        limit = MAX_DATAGRAM
-        if not verified:
-            limit = min(
-                limit,
-                request_size * self.config.amplification_factor,
-                self.budget.allowance(address),
-            )
-        data = self._encode_within(response, envelope.txid, accept, limit)
-        if data is None and accept is not None:
-            # No room for the accept (a maximal VALUE): answer now, agree a session later.
-            accept = new_session = None
-            data = self._encode_within(response, envelope.txid, None, limit)
-        if data is None and isinstance(response, Value):
-            # Too large for what the requester sent (it did not pad): it gets the closest
-            # nodes instead and may ask again, padded.
-            self.stats["tx.value_withheld"] += 1
-            nodes = Nodes(
-                response.observed,
-                response.token,
-                self._closest_for(response.record.key, envelope.sender_id),
-            )
-            data = self._encode_within(nodes, envelope.txid, None, limit)
-        if data is None:
-            self.stats["tx.refused.amplification"] += 1
-            return
-        if new_session is not None:
-            self.sessions.add(new_session)
-            self.stats["session.accepted"] += 1
-        self._queue(data, address)
-
-    def _encode_within(
-        self, response: Message, txid: bytes, accept: HandshakeAccept | None, limit: int
-    ) -> bytes | None:
-        """A signed answer of at most ``limit`` bytes (NODES trimmed to fit), or None."""
-        try:
-            return encode_message(
-                response, txid, self.auth, self.flags, handshake=accept, max_size=limit
-            )
-        except EncodeError:
-            return None
-
-    def _address_verified(self, node_id: NodeId, address: Address, now: float) -> bool:
-        """Whether ``node_id`` is known to be reachable at ``address`` (it answered a request
-        of ours there, or talks to us in a session bound to it): no need to limit our
-        answer."""
-        entry = self.table.get(node_id)
-        if (entry is not None and entry.contact.address == address) or address in self._answered:
-            self.budget.verified(address)
-            return True
-        session = self.sessions.for_send(address, node_id, now)
-        if session is not None and session.confirmed:
-            self.budget.verified(address)
-            return True
-        return False
+        self.wire.respond(envelope, response, address, now, request_size, verified)
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         k = self.config.k
@@ -1016,132 +841,15 @@ class KadEngine:
         address: Address,
         now: float,
     ) -> Message:
-        if not self._token_valid(token, address):
+        if not self.tokens.valid(token, address):
             self.stats["store.rejected.token"] += 1
             return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
-        code, text = self._store_record(record, expected_seq, now, validate=True, source=address[0])
+        code, text = self.holdings.accept(
+            record, expected_seq, now, validate=True, source=address[0]
+        )
         if code is None:
             return Stored(address)
         return Error(address, code, text)
-
-    def _store_record(
-        self,
-        record: Record,
-        expected_seq: int | None,
-        now: float,
-        *,
-        validate: bool,
-        source: str | None = None,
-    ) -> tuple[ErrorCode | None, str]:
-        """Apply the storer's rules (validity, age, conflicts, compare-and-swap, fullness,
-        per-source quota) and keep ``record`` if they allow it. Returns ``(None, "")`` or the
-        refusal's code and text. ``source`` is the sender's host (None: our own put)."""
-        cfg = self.config
-        expires_at = record_expiry(record, now, cfg)
-        try:
-            if validate:
-                validate_record(record, cfg)
-            if record.published_at > now + cfg.max_clock_skew:
-                self.stats["store.rejected.future"] += 1
-                return ErrorCode.INVALID_RECORD, "record timestamp is in the future"
-            if expires_at <= now:
-                self.stats["store.rejected.expired"] += 1
-                return ErrorCode.INVALID_RECORD, "record has expired"
-            existing = self.store.get(record.key, now)
-            replace = check_replace(
-                existing.record if existing is not None else None, record, expected_seq
-            )
-        except BadSignatureError as exc:
-            self.stats["store.rejected.signature"] += 1
-            return ErrorCode.BAD_SIGNATURE, str(exc)
-        except ValidationError as exc:
-            self.stats["store.rejected.invalid"] += 1
-            return ErrorCode.INVALID_RECORD, str(exc)
-        except CasMismatchError as exc:
-            self.stats["store.rejected.cas"] += 1
-            return ErrorCode.CAS_MISMATCH, str(exc)
-        except StaleSequenceError as exc:
-            self.stats["store.rejected.stale"] += 1
-            return ErrorCode.STALE_SEQUENCE, str(exc)
-        except RecordConflictError as exc:
-            self.stats["store.rejected.stale"] += 1
-            return ErrorCode.STALE_RECORD, str(exc)
-        key = record.key
-        size = record_size(record)
-        if existing is not None:
-            growth = size - self._sizes.get(key, size)
-            if replace and growth > 0 and self.stored_bytes + growth > cfg.max_store_bytes:
-                self.stats["store.rejected.full"] += 1
-                return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
-            if not replace:
-                # The same record again: another holder republished it. Note the receipt
-                # (it lets our own republish skip a turn); the expiry stays, unless a
-                # record without a publication time comes with more time left than ours
-                # (its publisher republished it: holders only ever pass on what they have).
-                keep = existing.expires_at
-                if record.timestamp_ms == 0 and expires_at > keep:
-                    keep = expires_at
-                    self.stats["store.extended"] += 1
-                self.store.put(existing.record, now, keep)
-                self.stats["store.refreshed"] += 1
-                return None, ""
-            self.store.put(record, now, expires_at)
-            self._resize(key, size)
-            self.stats["store.accepted"] += 1
-            return None, ""
-        if key in self._held:  # expired, not swept yet: it no longer counts
-            self.store.remove(key)
-            self._forget_key(key)
-        # A full store, or a source over its quota, refuses *new* keys only: what is already
-        # held is never evicted for a newcomer, and updates of held keys always go through.
-        if len(self.store) >= cfg.max_records:
-            self.stats["store.rejected.full"] += 1
-            return ErrorCode.STORE_FULL, f"store is full ({cfg.max_records} records)"
-        if self.stored_bytes + size > cfg.max_store_bytes:
-            self.stats["store.rejected.full"] += 1
-            return ErrorCode.STORE_FULL, f"store is full ({cfg.max_store_bytes} bytes)"
-        if source is not None:
-            if self._source_counts[source] >= cfg.max_records_per_source:
-                self.stats["store.rejected.quota"] += 1
-                return (
-                    ErrorCode.QUOTA_EXCEEDED,
-                    f"quota of {cfg.max_records_per_source} records from {source} reached",
-                )
-            if self._source_bytes[source] + size > cfg.max_bytes_per_source:
-                self.stats["store.rejected.quota"] += 1
-                return (
-                    ErrorCode.QUOTA_EXCEEDED,
-                    f"quota of {cfg.max_bytes_per_source} bytes from {source} reached",
-                )
-        self.store.put(record, now, expires_at)
-        self._held.add(key)
-        self._arm(key, now, now)
-        if source is not None:
-            self._sources[key] = source
-            self._source_counts[source] += 1
-        self._resize(key, size)
-        self.stats["store.accepted"] += 1
-        return None, ""
-
-    # --- write tokens (BEP 5) ------------------------------------------------------------
-
-    def _token_for(self, address: Address, secret: bytes | None = None) -> bytes:
-        if secret is None:
-            # Every FIND_* answer carries one, and a requester often asks several in a row:
-            # remember the last one (no more, a table per requester would cost memory).
-            last_ip, token = self._last_token
-            if last_ip != address[0]:
-                token = self._token_for(address, self._token_secret)
-                self._last_token = (address[0], token)
-            return token
-        return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
-
-    def _token_valid(self, token: bytes, address: Address) -> bool:
-        if len(token) != TOKEN_BYTES:
-            return False
-        return hmac.compare_digest(token, self._token_for(address)) or hmac.compare_digest(
-            token, self._token_for(address, self._previous_secret)
-        )
 
     # ======================================================================================
     # Handling responses
@@ -1164,14 +872,9 @@ class KadEngine:
             self.stats["rx.dropped.mismatch"] += 1
             return
         self._forget_pending(pending)
-        self.budget.verified(address)  # it echoed our random txid: it receives there
-        answered = self._answered
-        count = answered.pop(address, 0)
-        if not count and len(answered) >= _ANSWERED_PEERS:
-            del answered[next(iter(answered))]
-        answered[address] = count + 1  # most recent last
+        self.wire.answered_from(address)
         if pending.offer is not None:
-            self._finish_handshake(pending.offer, envelope, address, now)
+            self.wire.finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
@@ -1190,7 +893,7 @@ class KadEngine:
         if observed is not None:
             self.observed_address = observed
         if isinstance(message, Nodes | Value) and message.token:
-            self._peer_tokens[contact.node_id] = (message.token, now)
+            self.tokens.remember(contact.node_id, message.token, now)
 
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
@@ -1234,7 +937,7 @@ class KadEngine:
                 del self._queries[query.query_id]
                 self._token_arrived(query.node_id, now)
 
-    def _on_soft_timeout(self, pending: _Pending, now: float) -> None:
+    def _on_soft_timeout(self, pending: Pending, now: float) -> None:
         pending.slow = True
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
@@ -1255,56 +958,18 @@ class KadEngine:
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
 
-    def _resend_and_wait(self, pending: _Pending, now: float) -> bool:
+    def _resend_and_wait(self, pending: Pending, now: float) -> bool:
         """A lookup's or a put's request passed its soft timeout: send it once more and
         wait ``slow_grace`` for an answer (then :meth:`_on_grace_over`). False when the
         configuration gives no grace: the caller stops waiting now."""
-        self._retransmit(pending, now)
+        self.wire.retransmit(pending, now)
         grace = self.config.slow_grace
         if grace <= 0:
             return False
         self._push_timer(now + grace, pending.txid, _GRACE)
         return True
 
-    def _retransmit(self, pending: _Pending, now: float) -> None:
-        """Send a lookup or store request that passed its soft timeout once more: on a lossy
-        path the copy usually gets through while the query is still waiting (a lost datagram
-        would otherwise cost a lookup its grace, a put one replica, and the peer a failure in
-        our table). The copy must be a fresh datagram the peer's replay protection lets
-        through if it did get the original but its answer was lost: in a session, the next
-        counter; signed, a new signature (FIND requests get one byte more padding, a STORE
-        the empty padding field it went without). Not for requests carrying a session offer
-        (a second offer would start a second handshake). A STORE stays idempotent: the same
-        record again."""
-        request = pending.request
-        if (
-            pending.retransmitted
-            or pending.offer is not None
-            or not isinstance(request, FindNode | FindValue | Store)
-        ):
-            return
-        pending.retransmitted = True
-        session = pending.session
-        if session is not None:
-            if self.sessions.for_send(pending.address, pending.node_id, now) is not session:
-                return  # expired or replaced since: the hard timeout will tell
-            by_notice = self._by_notice
-            by_notice.pop((pending.address, session.remote_sid, pending.counter), None)
-            data = encode_session_message(request, pending.txid, session, self.flags)
-            pending.counter = session.send_counter
-            by_notice[(pending.address, session.remote_sid, session.send_counter)] = pending.txid
-            self.stats["tx.session"] += 1
-        else:
-            pad_to = 1 if isinstance(request, Store) else min(MAX_DATAGRAM, self._pad_to + 1)
-            try:
-                data = encode_message(request, pending.txid, self.auth, self.flags, pad_to=pad_to)
-            except EncodeError:  # a STORE filling the datagram has no room for the padding
-                return
-            self.stats["tx.signed"] += 1
-        self.stats["tx.retransmits"] += 1
-        self._queue(data, pending.address)
-
-    def _on_grace_over(self, pending: _Pending, now: float) -> None:
+    def _on_grace_over(self, pending: Pending, now: float) -> None:
         """A slow peer of a lookup used up its grace: the lookup may finish without it (a
         put, likewise, without that replica's answer)."""
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
@@ -1315,7 +980,7 @@ class KadEngine:
             query.waiting.discard(pending.txid)
             self._put_progress(query)
 
-    def _on_hard_timeout(self, pending: _Pending, now: float) -> None:
+    def _on_hard_timeout(self, pending: Pending, now: float) -> None:
         self._forget_pending(pending)
         if pending.offer is not None:
             self.sessions.cancel_offer(pending.offer)
@@ -1579,7 +1244,7 @@ class KadEngine:
                 self._send_request(contact.address, contact.node_id, Store(best, token), now, None)
                 repaired += 1
         if query.local is not None and best.seq > query.local.seq:
-            self._store_record(best, None, now, validate=False)
+            self.holdings.accept(best, None, now, validate=False)
         self.stats["get.repaired"] += repaired
         return repaired
 
@@ -1645,7 +1310,7 @@ class KadEngine:
             len(targets) < self.config.k or own_distance < targets[-1].distance
         ):
             own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
-            code, text = self._store_record(record, cas, now, validate=False)
+            code, text = self.holdings.accept(record, cas, now, validate=False)
             if code is None:
                 put.acks.append(own)
             else:
@@ -1762,7 +1427,7 @@ class KadEngine:
         if removed is not None:
             self.stats["peer.departed"] += 1
             self._events.append(PeerRemoved(removed))
-            self._peer_tokens.pop(node_id, None)
+            self.tokens.forget(node_id)
             self._peer_since.pop(node_id, None)
 
     def _peer_added(self, contact: Contact, now: float) -> None:
@@ -1777,7 +1442,7 @@ class KadEngine:
         """A peer failed and left the routing table: the records it held with us need a
         prompt repair."""
         self._events.append(PeerRemoved(contact))
-        self._peer_tokens.pop(contact.node_id, None)
+        self.tokens.forget(contact.node_id)
         self._peer_since.pop(contact.node_id, None)
         if len(self._held):
             self._start_scan(contact, False, now)
@@ -1786,19 +1451,13 @@ class KadEngine:
     # Durability: republish, handoff, repair, leave
     # ======================================================================================
 
-    def _load_store(self, now: float) -> None:
-        """Index what a persistent store already holds (a restart): every record gets a
-        republish timer; those overdue are spread over the next ``repair_delay``s."""
-        for key in list(self.store.keys()):
-            stored = self.store.get(key, now)
-            if stored is None:
-                continue
-            self._held.add(key)
-            self._resize(key, record_size(stored.record))
-            due = stored.stored_at + self._republish_period()
-            if due <= now:
-                due = now + self.config.repair_delay * self.rng.random()
-            self._schedule.arm(key, due, stored.stored_at)
+    def _loaded(self, key: NodeId, stored_at: float, now: float) -> None:
+        """A record found in a persistent store at start-up gets a republish timer; those
+        overdue are spread over the next ``repair_delay`` seconds."""
+        due = stored_at + self._republish_period()
+        if due <= now:
+            due = now + self.config.repair_delay * self.rng.random()
+        self._schedule.arm(key, due, stored_at)
 
     def _republish_period(self) -> float:
         cfg = self.config
@@ -1807,38 +1466,6 @@ class KadEngine:
     def _arm(self, key: NodeId, base: float, now: float) -> None:
         self._schedule.arm(key, now + self._republish_period(), base)
 
-    def _resize(self, key: NodeId, size: int) -> None:
-        """``key`` now holds a record of ``size`` bytes (records.record_size)."""
-        growth = size - self._sizes.get(key, 0)
-        self._sizes[key] = size
-        self.stored_bytes += growth
-        source = self._sources.get(key)
-        if source is not None:
-            self._source_bytes[source] += growth
-
-    def _forget_key(self, key: NodeId) -> None:
-        """``key`` left the store (expired, dropped): drop its bookkeeping."""
-        self._held.discard(key)
-        self._schedule.forget(key)
-        size = self._sizes.pop(key, 0)
-        self.stored_bytes -= size
-        source = self._sources.pop(key, None)
-        if source is not None:
-            left = self._source_counts[source] - 1
-            if left > 0:
-                self._source_counts[source] = left
-            else:
-                del self._source_counts[source]
-            left_bytes = self._source_bytes[source] - size
-            if left_bytes > 0:
-                self._source_bytes[source] = left_bytes
-            else:
-                del self._source_bytes[source]
-
-    def _remove_local(self, key: NodeId) -> None:
-        self.store.remove(key)
-        self._forget_key(key)
-
     # --- holder republish ------------------------------------------------------------
 
     def _run_republish_timers(self, now: float) -> None:
@@ -1846,7 +1473,7 @@ class KadEngine:
         for key, state in schedule.pop_due(now):
             stored = self.store.get(key, now)
             if stored is None:
-                self._forget_key(key)
+                self.holdings.forget(key)
                 continue
             if state.repair_after is not None and now < state.regular:
                 self._repair(key, state, stored.stored_at, now)
@@ -1989,7 +1616,7 @@ class KadEngine:
         if batch.drop_after_acks and batch.acks >= batch.drop_after_acks:
             current = self.store.get(key, now)
             if current is not None and current.record == batch.record:
-                self._remove_local(key)
+                self.holdings.remove(key)
                 self.stats["republish.handed_over"] += 1
             return
         state = self._schedule.get(key)
@@ -2184,7 +1811,7 @@ class KadEngine:
             if stored is None:
                 self._repl_item_done(item, False, now)
                 continue
-            token = self._fresh_token(item.contact.node_id, now)
+            token = self.tokens.fresh(item.contact.node_id, now)
             if token is None:
                 self._await_token(item, now)
                 continue
@@ -2214,18 +1841,6 @@ class KadEngine:
         elif batch.kind == "republish":
             self._republish_outcome(batch, now)
 
-    def _fresh_token(self, node_id: NodeId, now: float) -> bytes | None:
-        entry = self._peer_tokens.get(node_id)
-        if entry is None or now - entry[1] > TOKEN_REUSE * self.config.token_rotation:
-            return None
-        return entry[0]
-
-    def _prune_tokens(self, now: float) -> None:
-        horizon = TOKEN_REUSE * self.config.token_rotation
-        stale = [nid for nid, (_, at) in self._peer_tokens.items() if now - at > horizon]
-        for node_id in stale:
-            del self._peer_tokens[node_id]
-
     def _await_token(self, item: _ReplItem, now: float) -> None:
         """Park ``item`` until its peer gives us a write token (one FIND_NODE per peer)."""
         node_id = item.contact.node_id
@@ -2246,7 +1861,7 @@ class KadEngine:
     def _token_arrived(self, node_id: NodeId, now: float) -> None:
         """A token request was answered (or failed): release the items parked on it."""
         waiters = self._token_waiters.pop(node_id, [])
-        if self._fresh_token(node_id, now) is None:
+        if self.tokens.fresh(node_id, now) is None:
             for item in waiters:
                 self._repl_item_done(item, False, now)
         else:
@@ -2257,78 +1872,7 @@ class KadEngine:
     # Sending
     # ======================================================================================
 
-    def _queue(self, data: bytes, address: Address) -> None:
-        self.budget.spend(address, len(data))
-        self._outbox.append((data, address))
-        self.stats["tx.datagrams"] += 1
-        self.stats["tx.bytes"] += len(data)
-
-    def _transmit_request(self, pending: _Pending, now: float, *, recover: bool = False) -> None:
-        """Send (or re-send) a pending request: in a live session with its peer if there is
-        one, else signed, offering a handshake to peers we talk to repeatedly."""
-        address = pending.address
-        request = pending.request
-        session = None
-        if self.config.sessions and not recover:
-            session = self.sessions.for_send(address, pending.node_id, now)
-        if session is not None:
-            data = encode_session_message(request, pending.txid, session, self.flags)
-            pending.session = session
-            pending.counter = session.send_counter
-            self._by_notice[(address, session.remote_sid, session.send_counter)] = pending.txid
-            self.stats["tx.session"] += 1
-        else:
-            offer = None
-            if self._should_offer(address, pending.node_id, request, recover):
-                offer = self.sessions.make_offer(address, self.auth, self.rng, now)
-                pending.offer = offer
-                self.stats["session.offered"] += 1
-            pad = self._pad_to if isinstance(request, FindNode | FindValue) else 0
-            data = encode_message(
-                request, pending.txid, self.auth, self.flags, handshake=offer, pad_to=pad
-            )
-            self.stats["tx.signed"] += 1
-        self._queue(data, address)
-
-    def _should_offer(
-        self, address: Address, node_id: NodeId | None, request: Request, recover: bool
-    ) -> bool:
-        """Offer a session to peers that keep answering us (``session_after_answers`` times
-        already), or that lost our session: a key agreement costs about one signed exchange,
-        so it pays only with a peer we talk to again and again."""
-        if not self.config.sessions or isinstance(request, Store):
-            return False  # a maximal STORE has no room for an offer
-        if not recover and self._answered.get(address, 0) < self.config.session_after_answers:
-            return False
-        return not self.sessions.offering(address) and address not in self._declined
-
-    def _finish_handshake(
-        self, offer: HandshakeOffer, envelope: Envelope, address: Address, now: float
-    ) -> None:
-        accept = envelope.handshake
-        observed = getattr(envelope.message, "observed", None)
-        if isinstance(accept, HandshakeAccept) and envelope.session is None and observed:
-            session = self.sessions.complete(
-                offer,
-                accept,
-                peer_id=envelope.sender_id,
-                peer_key=envelope.sender_key,
-                own_id=self.node_id,
-                observed=observed,
-                auth=self.auth,
-                now=now,
-            )
-            if session is not None:
-                self.stats["session.established"] += 1
-                return
-        self.sessions.cancel_offer(offer)
-        self.stats["session.declined"] += 1
-        self._declined[address] = now
-        self._declined.move_to_end(address)
-        if len(self._declined) > _DECLINED:
-            self._declined.popitem(last=False)
-
-    def _forget_pending(self, pending: _Pending) -> None:
+    def _forget_pending(self, pending: Pending) -> None:
         del self._pending[pending.txid]
         node_id = pending.node_id
         if node_id is not None:
@@ -2337,10 +1881,7 @@ class KadEngine:
                 self._awaiting[node_id] = left
             else:
                 del self._awaiting[node_id]
-        if pending.session is not None:
-            self._by_notice.pop(
-                (pending.address, pending.session.remote_sid, pending.counter), None
-            )
+        self.wire.forget(pending)
 
     def _send_request(
         self,
@@ -2358,12 +1899,12 @@ class KadEngine:
         txid = self.rng.randbytes(8)
         while txid in self._pending:
             txid = self.rng.randbytes(8)
-        pending = _Pending(txid, address, node_id, request, now, query_id)
+        pending = Pending(txid, address, node_id, request, now, query_id)
         self._pending[txid] = pending
         if node_id is not None:
             self._awaiting[node_id] = self._awaiting.get(node_id, 0) + 1
         self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
-        self._transmit_request(pending, now)
+        self.wire.transmit(pending, now)
         if node_id is not None:
             soft = self.table.soft_timeout(node_id)
         else:

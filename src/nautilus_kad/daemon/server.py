@@ -71,8 +71,8 @@ class Daemon:
         self.hub = EventHub() if max_event_clients is None else EventHub(max_event_clients)
         self.activity = Activity(self.hub.publish, self._operation_done)
         self.traffic = Traffic()
-        self.metrics = NodeMetrics(node, self._in_flight_by_kind)
         self.guard = Guard(frozenset(), self.token)
+        self.metrics = NodeMetrics(node, self._in_flight_by_kind, lambda: dict(self.guard.refused))
         self.url = ""
         self.info: ApiInfo | None = None
         self._runner: web.AppRunner | None = None
