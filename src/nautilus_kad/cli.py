@@ -39,6 +39,7 @@ from rich.table import Table
 from . import __version__
 from .aio.node import Node
 from .aio.runner import run as run_coroutine
+from .cli_values import check_size, read_value_file, transfer_bar, write_value_file
 from .clidaemon import call, choice, daemon_options, find_daemon
 from .clierrors import CommandFailed
 from .clierrors import describe_os_error as _describe_os_error
@@ -49,7 +50,6 @@ from .core.identity import PUBLIC_KEY_BYTES, Identity
 from .core.ids import NodeId, distance
 from .core.limits import MAX_SALT_BYTES, MAX_SEQ
 from .core.messages import Address, Contact
-from .core.records import RecordKind, value_limit
 from .daemon_commands import status_command, stop_command, table_command
 from .sim.adversarial_command import adversarial_command
 from .sim.command import sim_command
@@ -586,7 +586,7 @@ _key_file_option = click.option(
 
 
 @cli.command("put")
-@click.argument("key")
+@click.argument("key", required=False)
 @click.argument("value", required=False)
 @_bootstrap_required
 @_host_option
@@ -609,6 +609,13 @@ _key_file_option = click.option(
 )
 @click.option("--hex", "value_is_hex", is_flag=True, help="VALUE is given as hex digits.")
 @click.option(
+    "--file",
+    "value_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default=None,
+    help="Store the bytes of this file (up to 1 MiB; - reads stdin) instead of VALUE.",
+)
+@click.option(
     "--ttl",
     type=click.IntRange(min=1),
     default=None,
@@ -622,7 +629,7 @@ def put_command(
     api_url: str | None,
     no_daemon: bool,
     daemon_data_dir: Path | None,
-    key: str,
+    key: str | None,
     value: str | None,
     bootstrap: tuple[Address, ...],
     host: str,
@@ -632,6 +639,7 @@ def put_command(
     seq: int | None,
     cas: int | None,
     value_is_hex: bool,
+    value_file: Path | None,
     ttl: int | None,
     profile: str,
 ) -> None:
@@ -642,6 +650,9 @@ def put_command(
     put --signed NAME VALUE --key-file F  F's signed record NAME (get it with
                                           get --signed OWNER NAME)
     put --immutable VALUE                 stored under SHA-256(VALUE): prints the key
+    put KEY --file PATH                   the bytes of a file (also with --signed NAME
+                                          or --immutable), up to 1 MiB; values larger
+                                          than a datagram go in pieces, with a progress bar
     """
     _setup_logging(ctx, logging.WARNING)
     if signed and immutable:
@@ -650,27 +661,36 @@ def put_command(
         raise click.UsageError("--seq and --cas apply to --signed records only", ctx)
     if signed and key_file is None:
         raise click.UsageError("--signed needs --key-file (the owner's key)", ctx)
-    if immutable:
+    if value_file is not None:
+        if value_is_hex:
+            raise click.UsageError("--hex and --file exclude each other", ctx)
+        if immutable and key is not None:
+            raise click.UsageError("put --immutable --file takes no argument", ctx)
+        if value is not None:
+            raise click.UsageError("VALUE and --file exclude each other", ctx)
+        value = ""
+    elif immutable:
+        if key is None:
+            raise click.UsageError("Missing argument 'VALUE'.", ctx)
         if value is not None:
             raise click.UsageError("put --immutable takes one argument, VALUE", ctx)
         key, value = "", key
     elif value is None:
-        raise click.UsageError("Missing argument 'VALUE'.", ctx)
-    if value_is_hex:
+        raise click.UsageError(f"Missing argument '{'VALUE' if key else 'KEY'}'.", ctx)
+    if key is None:
+        if not immutable:
+            raise click.UsageError("Missing argument 'KEY'.", ctx)
+        key = ""
+    if value_file is not None:
+        data = read_value_file(value_file)
+    elif value_is_hex:
         try:
             data = bytes.fromhex(value)
         except ValueError:
             raise click.BadParameter("not valid hex", param_hint="VALUE") from None
     else:
         data = _encode_arg(value)
-    kind = RecordKind.SIGNED if signed else RecordKind.IMMUTABLE if immutable else RecordKind.OPEN
-    limit = value_limit(kind, KadConfig())
-    if len(data) > limit:
-        what = "a value" if kind is RecordKind.OPEN else f"a {kind.name.lower()} value"
-        raise click.BadParameter(
-            f"{len(data)} bytes is more than the {limit}-byte limit of {what}",
-            param_hint="VALUE",
-        )
+    check_size(data, "VALUE")
     name = _encode_arg(key)
     if signed and len(name) > MAX_SALT_BYTES:
         raise click.BadParameter(
@@ -708,25 +728,35 @@ def put_command(
     async def put() -> None:
         # The client node has an identity of its own: the key file may well be that of a
         # running node, and two nodes must not share one node id.
-        async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            # A client-mode node keeps no copy itself: every ack is a node of the network.
-            if owner is not None:
-                done = await node.put_signed_record(
-                    name, data, seq=seq, cas=cas, ttl=ttl, owner=owner
-                )
-                click.echo(f"key    {done.key.hex()}")
-                click.echo(f"owner  {owner.public_key.hex()}")
-                click.echo(f"seq    {done.seq}")
-                click.echo(f"acks   {done.acks}")
-                return
-            if immutable:
-                click.echo(f"key   {(await node.put_immutable(data, ttl=ttl)).hex()}")
-                return
-            result = await node.put(name, data, ttl=ttl)
+        with transfer_bar("storing", len(data)) as bar:
+            async with _client_node(host, bootstrap, profile_config(profile)) as node:
+                # A client-mode node keeps no copy itself: every ack is a node of the network.
+                if owner is not None:
+                    done = await node.put_signed_record(
+                        name, data, seq=seq, cas=cas, ttl=ttl, owner=owner, progress=bar
+                    )
+                    click.echo(f"key    {done.key.hex()}")
+                    click.echo(f"owner  {owner.public_key.hex()}")
+                    click.echo(f"seq    {done.seq}")
+                    click.echo(f"acks   {done.acks}")
+                    _echo_pieces(done.piece_acks, "   ")
+                    return
+                if immutable:
+                    cid = await node.put_immutable(data, ttl=ttl, progress=bar)
+                    click.echo(f"key   {cid.hex()}")
+                    return
+                result = await node.put(name, data, ttl=ttl, progress=bar)
         click.echo(f"key   {result.key.hex()}")
         click.echo(f"acks  {result.acks}")
+        _echo_pieces(result.piece_acks, "  ")
 
     _run(put())
+
+
+def _echo_pieces(piece_acks: Sequence[int], pad: str) -> None:
+    """For a value stored in pieces: how many, and the fewest nodes any of them reached."""
+    if piece_acks:
+        click.echo(f"pieces{pad}{len(piece_acks)} (each on at least {min(piece_acks)} nodes)")
 
 
 @cli.command("get")
@@ -745,6 +775,13 @@ def put_command(
 @click.option("--show-seq", is_flag=True, help="With --signed: print 'seq N' first.")
 @click.option("--hex", "as_hex", is_flag=True, help="Print the value as hex.")
 @click.option("--raw", "as_raw", is_flag=True, help="Write the value's bytes unchanged.")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    default=None,
+    help="Write the value's bytes to this file (whole or not at all).",
+)
 @_profile_option
 @daemon_options
 @click.pass_context
@@ -762,6 +799,7 @@ def get_command(
     show_seq: bool,
     as_hex: bool,
     as_raw: bool,
+    out_file: Path | None,
     profile: str,
 ) -> None:
     """Print the value stored under KEY (UTF-8 text when it decodes, else hex).
@@ -770,10 +808,14 @@ def get_command(
     get KEY                       an open record
     get --signed OWNER NAME       OWNER's newest signed record NAME (a quorum read)
     get --immutable KEY           the value whose SHA-256 is KEY
+    get KEY --out PATH            write the value to a file (any kind; a value stored
+                                  in pieces shows a progress bar)
     """
     _setup_logging(ctx, logging.WARNING)
     if as_hex and as_raw:
         raise click.UsageError("--hex and --raw exclude each other", ctx)
+    if out_file is not None and (as_hex or as_raw):
+        raise click.UsageError("--out writes the bytes: no --hex or --raw with it", ctx)
     if signed and immutable:
         raise click.UsageError("--signed and --immutable exclude each other", ctx)
     if show_seq and not signed:
@@ -806,6 +848,12 @@ def get_command(
     else:
         _need_bootstrap(ctx, bootstrap)
         value = _run(_get_with_node(host, bootstrap, profile, key, name, owner, target, seq))
+    if out_file is not None and value is not None:
+        write_value_file(out_file, value)
+        if show_seq:
+            click.echo(f"seq {seq[0]}")
+        click.echo(f"wrote {len(value)} bytes to {out_file}")
+        return
     _print_value(
         key, name, value, signed=signed, show_seq=show_seq, seq=seq, as_raw=as_raw, as_hex=as_hex
     )
@@ -822,19 +870,22 @@ async def _get_with_node(
     seq: list[int],
 ) -> bytes | None:
     """``get`` through a short-lived node (no daemon)."""
-    async with _client_node(host, bootstrap, profile_config(profile)) as node:
-        if owner:
-            assert name is not None
-            record = await node.get_signed(owner, _encode_arg(name))
-            if record is None:
+    with transfer_bar("fetching", None) as bar:
+        async with _client_node(host, bootstrap, profile_config(profile)) as node:
+            if owner:
+                assert name is not None
+                record = await node.get_signed(owner, _encode_arg(name), progress=bar)
+                if record is None:
+                    return None
+                seq.append(record.seq)
+                return record.value
+            if target is not None:
+                return await node.get_immutable(target, progress=bar)
+            result = await node.get_record(_encode_arg(key))
+            _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
+            if result.record is None:
                 return None
-            seq.append(record.seq)
-            return record.value
-        if target is not None:
-            return await node.get_immutable(target)
-        result = await node.get_record(_encode_arg(key))
-    _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
-    return None if result.record is None else result.record.value
+            return await node.value_of(result.record, progress=bar)
 
 
 def _print_value(
