@@ -941,9 +941,9 @@ class KadEngine:
         pending.slow = True
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
-            query.lookup.on_soft_timeout(pending.node_id)
+            query.lookup.on_soft_timeout(pending.node_id, pending.address)
             if not self._resend_and_wait(pending, now):
-                query.lookup.on_give_up(pending.node_id)
+                query.lookup.on_give_up(pending.node_id, pending.address)
             self._advance(query, now)
         elif isinstance(query, _PutQuery):
             # A slow replica gets the same grace as a slow peer of a lookup (and one more
@@ -974,7 +974,7 @@ class KadEngine:
         put, likewise, without that replica's answer)."""
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
-            query.lookup.on_give_up(pending.node_id)
+            query.lookup.on_give_up(pending.node_id, pending.address)
             self._advance(query, now)
         elif isinstance(query, _PutQuery):
             query.waiting.discard(pending.txid)
@@ -987,9 +987,16 @@ class KadEngine:
         self.stats["tx.timeouts"] += 1
         if pending.node_id is not None:
             self._verifying.discard(pending.node_id)
-            removed = self.table.record_failure(pending.node_id)
-            if removed is not None:
-                self._peer_removed(removed, now)
+            # A failure counts against the node only at the address the table holds for
+            # it: silence at another address (one a hostile peer named it at, or a new one
+            # being checked) says nothing about the node where we know it.
+            entry = self.table.get(pending.node_id)
+            if entry is not None and entry.contact.address == pending.address:
+                removed = self.table.record_failure(pending.node_id)
+                if removed is not None:
+                    self._peer_removed(removed, now)
+            elif entry is not None:
+                self.stats["tx.timeouts.other_address"] += 1
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
             return
@@ -1004,7 +1011,7 @@ class KadEngine:
                 self._bootstrap_progress(query, now)
             case _LookupQuery():
                 if pending.node_id is not None:
-                    query.lookup.on_failure(pending.node_id)
+                    query.lookup.on_failure(pending.node_id, pending.address)
                 self._advance(query, now)
             case _PutQuery():
                 query.waiting.discard(pending.txid)
@@ -1089,7 +1096,7 @@ class KadEngine:
         if isinstance(message, Nodes):
             # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
             contacts = self._acceptable(message.contacts[: self.config.k], contact.host)
-            answered(contact.node_id, contacts, message.token)
+            answered(contact.node_id, contacts, message.token, contact.address)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -1105,17 +1112,17 @@ class KadEngine:
                 self.stats["get.invalid_value"] += 1
                 self._penalise(contact.node_id)
                 query.holders.add(contact.node_id)  # and no copy of ours goes to it either
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
             elif query.kind is not None and record.kind is not query.kind:
                 self.stats["get.wrong_kind"] += 1
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
             elif query.leave is not None:
                 # A leave wants to know who holds it, not just the value: keep going.
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
                 if not departing:
                     query.holders.add(contact.node_id)
             else:
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
                 if not departing:
                     query.holders.add(contact.node_id)
                 query.answers.append((contact, record, message.token))
@@ -1124,7 +1131,7 @@ class KadEngine:
                 if len(query.answers) >= query.quorum:
                     lookup.finish()
         else:  # an ERROR answer: the peer is alive but useless for this lookup
-            lookup.on_failure(contact.node_id)
+            lookup.on_failure(contact.node_id, contact.address, final=True)
         self._advance(query, now)
 
     def _acceptable(self, contacts: tuple[Contact, ...], via: str) -> tuple[Contact, ...]:
@@ -1153,7 +1160,7 @@ class KadEngine:
                 if not self._send_request(
                     contact.address, contact.node_id, request, now, query.query_id
                 ):
-                    lookup.on_failure(contact.node_id)
+                    lookup.on_failure(contact.node_id, contact.address, final=True)
                     query.overloaded = True
             if query.overloaded and lookup.in_flight == 0 and lookup.slow == 0:
                 # Refused by the request limit with nothing left in flight: no answer will

@@ -166,7 +166,7 @@ async def _start_api(
     request_stop: Callable[[], None],
     echo: Callable[[str], None],
 ) -> Daemon:
-    api_port = api.port if api.port is not None else (port + 1 if port else 0)
+    api_port = api.port if api.port is not None else (port + 1 if 0 < port < 65535 else 0)
     default = api_file_path(data_dir)
     path: Path | None = default
     if data_dir is None:
