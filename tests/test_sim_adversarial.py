@@ -195,7 +195,8 @@ def test_disjoint_paths_hold_against_20_percent_misrouting_and_forging() -> None
     fresh colluders per requester plus the true honest neighbours at false addresses). Four
     paths hold 99% or better (98% for scatter-forge lookups); one path does measurably
     worse. Before lookups tried other addresses and let a path take over a node another path
-    asked at a false address, four paths got 56% of lookups against scatter-forge here: a
+    asked at a false address, four paths got 56% of lookups against scatter-forge here (all
+    colluders then told the same lie per id): a
     regression in path isolation fails this."""
     spec = AdversarialSpec(
         nodes=800,
