@@ -87,6 +87,7 @@ from .records import (
 )
 from .replication import DueState, RepublishSchedule
 from .routing import RoutingTable
+from .rpc import Requests
 from .session import (
     SessionTable,
 )
@@ -101,8 +102,6 @@ _log = logging.getLogger("nautilus_kad.engine")
 _RECENT_SIGNED = 256
 _STRIKES = 4096
 _HOST = attrgetter("host")
-_HARD, _SOFT, _GRACE = 0, 1, 2
-"""Kinds of request timer: the hard deadline, the soft timeout, a lookup's slow grace."""
 _REPLICATION_QID = 0
 """Query id of the replication sink: user query ids start at 1."""
 TOP_UP_MAX = 3
@@ -320,22 +319,23 @@ class KadEngine:
         self.stats: Counter[str] = ctx.stats
         self.rng = rng
         self._events: deque[Event] = ctx.events
-        self._pending: dict[bytes, Pending] = {}
         # Looked up at each call, not bound now: the simulator's hostile nodes override
         # _closest_for on a subclass the engine's class is switched to at run time.
         closest_for = lambda t, r: self._closest_for(t, r)  # noqa: E731, PLW0108
-        self.wire = Wire(ctx, self._pending.get, closest_for)
+        pending: dict[bytes, Pending] = {}
+        self.wire = Wire(ctx, pending.get, closest_for)
         self.replays = self.wire.replays
         self.ingress = self.wire.ingress
         self.budget = self.wire.budget
-        self._timers: list[tuple[float, int, bytes, int]] = []
-        self._timer_seq = 0
+        self.requests = Requests(
+            ctx, self.wire, pending, self._on_soft_timeout, self._on_hard_timeout,
+            self._on_grace_over,
+        )  # fmt: skip
+        self._pending = self.requests.pending
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
         self._verifying: set[NodeId] = set()
-        self._awaiting: dict[NodeId, int] = {}
-        """Requests in flight per peer: a peer we await an answer from needs no PING of
-        its own when it writes to us (its answer is the proof)."""
+        self._awaiting = self.requests.awaiting
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
@@ -354,6 +354,7 @@ class KadEngine:
         self._held = self.holdings.held
         self._published: dict[NodeId, _Published] = {}
         self._publish_heap: list[tuple[float, int, NodeId]] = []
+        self._publish_seq = 0
         self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
         self._repl_queue: deque[_ReplItem] = deque()
         self._repl_inflight: dict[bytes, _ReplItem] = {}
@@ -453,14 +454,7 @@ class KadEngine:
             self._scan_wakeup,
             self._next_neighbour_check,
         )
-        timers = self._timers
-        pending = self._pending
-        # Timers of requests already answered would only wake the driver for nothing
-        # (handle_timer skips them): drop them from the top of the heap first.
-        while timers and timers[0][2] not in pending:
-            heapq.heappop(timers)
-        if timers:
-            deadline = min(deadline, timers[0][0])
+        deadline = min(deadline, self.requests.next_deadline())
         if self._publish_heap:
             deadline = min(deadline, self._publish_heap[0][0])
         return deadline
@@ -514,7 +508,7 @@ class KadEngine:
         """PING an address (its node id need not be known)."""
         qid = self._new_query_id()
         self._queries[qid] = _PingQuery(qid)
-        if not self._send_request(address, None, Ping(), now, qid):
+        if not self.requests.send(address, None, Ping(), now, qid):
             self._fail(qid, "too many requests in flight")
         return qid
 
@@ -522,7 +516,7 @@ class KadEngine:
         """One FIND_NODE to one address (no lookup): ends with :class:`NodesAnswered`."""
         qid = self._new_query_id()
         self._queries[qid] = _PingQuery(qid)
-        if not self._send_request(address, None, FindNode(target), now, qid):
+        if not self.requests.send(address, None, FindNode(target), now, qid):
             self._fail(qid, "too many requests in flight")
         return qid
 
@@ -638,8 +632,8 @@ class KadEngine:
         restart; ``base_ttl`` is the lifetime each re-put grants from then on."""
         ttl = record.ttl if base_ttl is None else base_ttl
         self._published[record.key] = _Published(record, ttl, due)
-        self._timer_seq += 1
-        heapq.heappush(self._publish_heap, (due, self._timer_seq, record.key))
+        self._publish_seq += 1
+        heapq.heappush(self._publish_heap, (due, self._publish_seq, record.key))
 
     def unpublish(self, key: NodeId) -> bool:
         """Stop republishing ``key`` (its copies then expire with their TTL)."""
@@ -682,7 +676,7 @@ class KadEngine:
         query = _BootstrapQuery(qid, seeds_waiting=0)
         self._queries[qid] = query
         for address in seed_list:
-            if self._send_request(address, None, Ping(), now, qid):
+            if self.requests.send(address, None, Ping(), now, qid):
                 query.seeds_waiting += 1
         if query.seeds_waiting == 0:
             if len(self.table):
@@ -728,18 +722,7 @@ class KadEngine:
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, txid, kind = heapq.heappop(timers)
-            pending = self._pending.get(txid)
-            if pending is None:
-                continue
-            if kind == _SOFT:
-                self._on_soft_timeout(pending, now)
-            elif kind == _HARD:
-                self._on_hard_timeout(pending, now)
-            else:
-                self._on_grace_over(pending, now)
+        self.requests.run(now)
         if now >= self.tokens.next_rotation:
             self.tokens.rotate(now)
         if now >= self._next_expiry:
@@ -858,20 +841,10 @@ class KadEngine:
     def _handle_response(
         self, envelope: Envelope, message: Message, address: Address, now: float
     ) -> None:
-        pending = self._pending.get(envelope.txid)
-        if (
-            pending is None
-            or pending.address != address
-            or (pending.node_id is not None and pending.node_id != envelope.sender_id)
-        ):
-            self.stats["rx.dropped"] += 1
-            self.stats["rx.dropped.unsolicited"] += 1
+        pending = self.requests.match(envelope, message, address)
+        if pending is None:
             return
-        if not _answers(pending.request, message):
-            self.stats["rx.dropped"] += 1
-            self.stats["rx.dropped.mismatch"] += 1
-            return
-        self._forget_pending(pending)
+        self.requests.forget(pending)
         self.wire.answered_from(address)
         if pending.offer is not None:
             self.wire.finish_handshake(pending.offer, envelope, address, now)
@@ -942,14 +915,14 @@ class KadEngine:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if isinstance(query, _LookupQuery) and pending.node_id is not None:
             query.lookup.on_soft_timeout(pending.node_id)
-            if not self._resend_and_wait(pending, now):
+            if not self.requests.resend_and_wait(pending, now):
                 query.lookup.on_give_up(pending.node_id)
             self._advance(query, now)
         elif isinstance(query, _PutQuery):
             # A slow replica gets the same grace as a slow peer of a lookup (and one more
             # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
             # put that stops counting at the soft timeout reports fewer copies than it made.
-            if not self._resend_and_wait(pending, now):
+            if not self.requests.resend_and_wait(pending, now):
                 query.waiting.discard(pending.txid)
                 self._put_progress(query)
         elif isinstance(query, _ReplicationSink):
@@ -957,17 +930,6 @@ class KadEngine:
             # when peers are slow (a loaded network), the sender slows down with them
             # instead of piling on more.
             self.stats["replicate.slow"] += 1
-
-    def _resend_and_wait(self, pending: Pending, now: float) -> bool:
-        """A lookup's or a put's request passed its soft timeout: send it once more and
-        wait ``slow_grace`` for an answer (then :meth:`_on_grace_over`). False when the
-        configuration gives no grace: the caller stops waiting now."""
-        self.wire.retransmit(pending, now)
-        grace = self.config.slow_grace
-        if grace <= 0:
-            return False
-        self._push_timer(now + grace, pending.txid, _GRACE)
-        return True
 
     def _on_grace_over(self, pending: Pending, now: float) -> None:
         """A slow peer of a lookup used up its grace: the lookup may finish without it (a
@@ -981,7 +943,7 @@ class KadEngine:
             self._put_progress(query)
 
     def _on_hard_timeout(self, pending: Pending, now: float) -> None:
-        self._forget_pending(pending)
+        self.requests.forget(pending)
         if pending.offer is not None:
             self.sessions.cancel_offer(pending.offer)
         self.stats["tx.timeouts"] += 1
@@ -1150,7 +1112,7 @@ class KadEngine:
                 request: Request = (
                     FindValue(lookup.target) if query.want_value else FindNode(lookup.target)
                 )
-                if not self._send_request(
+                if not self.requests.send(
                     contact.address, contact.node_id, request, now, query.query_id
                 ):
                     lookup.on_failure(contact.node_id)
@@ -1241,7 +1203,7 @@ class KadEngine:
         repaired = 0
         for contact, record, token in query.answers:
             if record.seq < best.seq and token:
-                self._send_request(contact.address, contact.node_id, Store(best, token), now, None)
+                self.requests.send(contact.address, contact.node_id, Store(best, token), now, None)
                 repaired += 1
         if query.local is not None and best.seq > query.local.seq:
             self.holdings.accept(best, None, now, validate=False)
@@ -1259,7 +1221,7 @@ class KadEngine:
             and record.seq < best.seq
             and message.token
         ):
-            self._send_request(
+            self.requests.send(
                 contact.address, contact.node_id, Store(best, message.token), now, None
             )
             self.stats["get.repaired"] += 1
@@ -1280,7 +1242,7 @@ class KadEngine:
         """Store a found value at the closest node that answered without it (paper §2.3)."""
         for cand in query.lookup.closest_responded():
             if cand.token and cand.contact.node_id not in query.holders:
-                self._send_request(
+                self.requests.send(
                     cand.contact.address, cand.contact.node_id, Store(record, cand.token), now, None
                 )
                 self.stats["get.cached"] += 1
@@ -1318,7 +1280,7 @@ class KadEngine:
             if len(targets) >= self.config.k:
                 targets = targets[:-1]
         for cand in targets:
-            txid = self._send_request(
+            txid = self.requests.send(
                 cand.contact.address,
                 cand.contact.node_id,
                 Store(record, cand.token, cas),
@@ -1417,7 +1379,7 @@ class KadEngine:
         if address in self.budget and self.budget.allowance(address) < MAX_PING_BYTES:
             self.stats["verify.skipped.amplification"] += 1
             return
-        if self._send_request(contact.address, contact.node_id, Ping(), now, None):
+        if self.requests.send(contact.address, contact.node_id, Ping(), now, None):
             self._verifying.add(contact.node_id)
 
     def _peer_departing(self, node_id: NodeId) -> None:
@@ -1655,8 +1617,8 @@ class KadEngine:
             record = dataclasses.replace(old, ttl=ttl)  # a signed record keeps its signature
             published.record = record
             published.due = now + self.config.publisher_republish_interval
-            self._timer_seq += 1
-            heapq.heappush(heap, (published.due, self._timer_seq, key))
+            self._publish_seq += 1
+            heapq.heappush(heap, (published.due, self._publish_seq, key))
             self.stats["publish.started"] += 1
             self._start_lookup(key, now, want_value=False, internal=True, put_record=record)
 
@@ -1817,7 +1779,7 @@ class KadEngine:
                 continue
             contact = item.contact
             request = Store(for_transfer(stored.record, stored.expires_at, now), token)
-            txid = self._send_request(
+            txid = self.requests.send(
                 contact.address, contact.node_id, request, now, _REPLICATION_QID
             )
             if not txid:  # too many requests in flight: try again on the next tick
@@ -1851,7 +1813,7 @@ class KadEngine:
         qid = self._new_query_id()
         self._queries[qid] = _TokenQuery(qid, node_id)
         contact = item.contact
-        if not self._send_request(contact.address, node_id, FindNode(self.node_id), now, qid):
+        if not self.requests.send(contact.address, node_id, FindNode(self.node_id), now, qid):
             del self._queries[qid]
             self._repl_item_done(item, False, now)
             return
@@ -1872,51 +1834,6 @@ class KadEngine:
     # Sending
     # ======================================================================================
 
-    def _forget_pending(self, pending: Pending) -> None:
-        del self._pending[pending.txid]
-        node_id = pending.node_id
-        if node_id is not None:
-            left = self._awaiting[node_id] - 1
-            if left:
-                self._awaiting[node_id] = left
-            else:
-                del self._awaiting[node_id]
-        self.wire.forget(pending)
-
-    def _send_request(
-        self,
-        address: Address,
-        node_id: NodeId | None,
-        request: Request,
-        now: float,
-        query_id: int | None,
-    ) -> bytes:
-        """Send a request and arm its timers; returns its txid, or b"" if over the limit."""
-        if len(self._pending) >= self.config.max_pending_requests:
-            self.stats["tx.refused.pending_limit"] += 1
-            return b""
-        self.ingress.expect(address[0])  # its answer is paid for
-        txid = self.rng.randbytes(8)
-        while txid in self._pending:
-            txid = self.rng.randbytes(8)
-        pending = Pending(txid, address, node_id, request, now, query_id)
-        self._pending[txid] = pending
-        if node_id is not None:
-            self._awaiting[node_id] = self._awaiting.get(node_id, 0) + 1
-        self.stats[_TX_REQUEST_KEY[request.TYPE]] += 1
-        self.wire.transmit(pending, now)
-        if node_id is not None:
-            soft = self.table.soft_timeout(node_id)
-        else:
-            soft = self.config.max_soft_timeout
-        self._push_timer(now + soft, txid, _SOFT)
-        self._push_timer(now + self.config.request_timeout, txid, _HARD)
-        return txid
-
-    def _push_timer(self, deadline: float, txid: bytes, kind: int) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, txid, kind))
-
     def _new_query_id(self) -> int:
         qid = self._next_query_id
         self._next_query_id += 1
@@ -1925,19 +1842,3 @@ class KadEngine:
     def _fail(self, qid: int, reason: str) -> None:
         self._queries.pop(qid, None)
         self._events.append(QueryFailed(qid, reason))
-
-
-def _answers(request: Request, response: Message) -> bool:
-    """Whether ``response`` is a legal answer to ``request`` (ERROR always is)."""
-    if isinstance(response, Error):
-        return True
-    match request:
-        case Ping():
-            return isinstance(response, Pong)
-        case FindNode():
-            return isinstance(response, Nodes)
-        case FindValue():
-            return isinstance(response, Nodes | Value)
-        case Store():
-            return isinstance(response, Stored)
-    return False
