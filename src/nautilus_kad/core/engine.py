@@ -24,40 +24,36 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import heapq
+import functools
 import logging
 import math
 import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 
-from .addresses import is_public, is_usable
 from .auth import Authenticator
+from .bootstrap import Bootstrap, ProbeQuery
 from .config import MAX_DATAGRAM, KadConfig
 from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .errors import (
     ValidationError,
 )
 from .events import (
-    BootstrapDone,
     Event,
-    GetDone,
     LeaveDone,
     LookupDone,
-    NodesAnswered,
     PeerAdded,
     PeerRemoved,
-    PingDone,
-    PutDone,
-    QueryFailed,
 )
+from .gets import Gets
 from .holdings import Holdings
 from .identity import Identity
 from .ids import ID_BITS, NodeId, random_id_in_bucket
 from .limits import MAX_PING_BYTES
-from .lookup import AnyLookup, Candidate, new_lookup
+from .lookup import AnyLookup, Candidate
+from .lookups import LookupQuery, Lookups, nothing
 from .messages import (
     Address,
     Contact,
@@ -77,6 +73,7 @@ from .messages import (
     Value,
 )
 from .pending import Pending
+from .put import Publisher, Puts
 from .records import (
     Record,
     RecordKind,
@@ -87,7 +84,7 @@ from .records import (
 )
 from .replication import DueState, RepublishSchedule
 from .routing import RoutingTable
-from .rpc import Requests
+from .rpc import Queries, Requests
 from .session import (
     SessionTable,
 )
@@ -121,70 +118,66 @@ _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 # --- bookkeeping for what we are waiting on ---------------------------------------------
 
 
-@dataclass(slots=True)
-class _PingQuery:
-    query_id: int
-    internal: bool = False
-
-
-@dataclass(slots=True)
-class _LookupQuery:
-    query_id: int
-    lookup: AnyLookup
-    want_value: bool
-    internal: bool = False
-    found: Record | None = None
-    holders: set[NodeId] = field(default_factory=set)
-    """Peers that answered with the value (no point caching it back at them)."""
-    put_record: Record | None = None
-    put_cas: int | None = None
-    bootstrap: _BootstrapQuery | None = None
-    overloaded: bool = False
-    """A request was refused by ``max_pending_requests``: the result may be incomplete."""
-    kind: RecordKind | None = None
-    """The record kind a get accepts (None: any valid record)."""
-    quorum: int = 1
-    """Valid answers a get collects before it stops (more than 1 for signed records)."""
-    answers: list[tuple[Contact, Record, bytes]] = field(default_factory=list)
-    """Valid (peer, record, token) answers of a quorum get."""
-    local: Record | None = None
-    """A signed get's own stored copy: one more answer, and corrected if it lags."""
-    republish: bool = False
-    """A holder's republish: STORE on the k closest found through the replication queue."""
-    leave: _ReplBatch | None = None
-    """A leaving node's lookup for one of its keys: a FIND_VALUE that does not stop at the
-    value but notes who has it, then STOREs on those of the k closest who do not."""
-
-
-@dataclass(slots=True)
-class _PutQuery:
-    query_id: int
-    record: Record
-    queries: int
-    waiting: set[bytes] = field(default_factory=set)
-    acks: list[Contact] = field(default_factory=list)
-    errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
-    internal: bool = False
-    """The publisher's own republish: no event; a STALE answer ends the republishing."""
-
-
-_SUPERSEDED = frozenset({ErrorCode.STALE_RECORD, ErrorCode.STALE_SEQUENCE})
-"""Refusals that mean a newer version is stored: the publisher stops republishing its own."""
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _TokenQuery:
     """A FIND_NODE sent only to get a peer's write token (for a handoff or a leave)."""
 
     query_id: int
     node_id: NodeId
+    engine: KadEngine
+
+    def on_answer(
+        self, pending: Pending, contact: Contact, message: Message, rtt: float, departing: bool,
+        now: float,
+    ) -> None:  # fmt: skip
+        self.on_timeout(pending, now)
+
+    def on_slow(self, pending: Pending, now: float) -> None:
+        pass
+
+    def on_grace_over(self, pending: Pending, now: float) -> None:
+        pass
+
+    def on_timeout(self, pending: Pending, now: float) -> None:
+        del self.engine._queries[self.query_id]
+        self.engine._token_arrived(self.node_id, now)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _ReplicationSink:
     """Receives the answers to every replication STORE (one shared query)."""
 
+    engine: KadEngine
     query_id: int = _REPLICATION_QID
+
+    def on_answer(
+        self, pending: Pending, contact: Contact, message: Message, rtt: float, departing: bool,
+        now: float,
+    ) -> None:  # fmt: skip
+        engine = self.engine
+        item = engine._repl_inflight.pop(pending.txid, None)
+        if item is not None:
+            stored = isinstance(message, Stored) and not departing
+            if not stored:
+                engine.stats["replicate.refused"] += 1
+            engine._repl_item_done(item, stored, now)
+            engine._pump_replication(now)
+
+    def on_slow(self, pending: Pending, now: float) -> None:
+        # A slow STORE keeps its window slot until it is answered or fails for good:
+        # when peers are slow (a loaded network), the sender slows down with them
+        # instead of piling on more.
+        self.engine.stats["replicate.slow"] += 1
+
+    def on_grace_over(self, pending: Pending, now: float) -> None:
+        pass
+
+    def on_timeout(self, pending: Pending, now: float) -> None:
+        engine = self.engine
+        item = engine._repl_inflight.pop(pending.txid, None)
+        if item is not None:
+            engine._repl_item_done(item, False, now)
+            engine._pump_replication(now)
 
 
 @dataclass(slots=True, eq=False)
@@ -222,24 +215,6 @@ class _Scan:
     peer: Contact
     joined: bool
     next_distance: int
-
-
-@dataclass(slots=True, eq=False)
-class _Published:
-    """A record this node's user put: re-put every ``publisher_republish_interval``."""
-
-    record: Record
-    base_ttl: int
-    due: float
-
-
-@dataclass(slots=True)
-class _BootstrapQuery:
-    query_id: int
-    seeds_waiting: int
-    lookups_waiting: int = 0
-    phase: str = "seeds"
-    """seeds (pinging known addresses) → self (own-id lookup) → refresh (farther buckets)."""
 
 
 class _Ranker:
@@ -286,9 +261,6 @@ class _Ranker:
         return total
 
 
-_Query = _PingQuery | _LookupQuery | _PutQuery | _BootstrapQuery | _TokenQuery | _ReplicationSink
-
-
 class KadEngine:
     """One Kademlia node's protocol state."""
 
@@ -332,12 +304,9 @@ class KadEngine:
             self._on_grace_over,
         )  # fmt: skip
         self._pending = self.requests.pending
-        self._queries: dict[int, _Query] = {}
-        self._next_query_id = 1
+        self._queries = Queries(ctx)
         self._verifying: set[NodeId] = set()
         self._awaiting = self.requests.awaiting
-        self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
-        """Newest signed records of recent gets: late answers older than these get fixed."""
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
         """Invalid values (bad signature, wrong key hash …) each peer served us, for the
         most recent offenders."""
@@ -352,9 +321,6 @@ class KadEngine:
             ctx, lambda key, now: self._arm(key, now, now), self._schedule.forget
         )
         self._held = self.holdings.held
-        self._published: dict[NodeId, _Published] = {}
-        self._publish_heap: list[tuple[float, int, NodeId]] = []
-        self._publish_seq = 0
         self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
         self._repl_queue: deque[_ReplItem] = deque()
         self._repl_inflight: dict[bytes, _ReplItem] = {}
@@ -368,7 +334,13 @@ class KadEngine:
         self._starting_republishes = False
         check = self.config.neighbour_check_interval
         self._next_neighbour_check = now + check * (0.5 + rng.random()) if check else math.inf
-        self._queries[_REPLICATION_QID] = _ReplicationSink()
+        self.lookups = Lookups(ctx, self._queries, self.requests, self._penalise)
+        self.gets = Gets(ctx, self.lookups, self.requests, self.holdings)
+        self.publisher = Publisher(ctx)
+        self.puts = Puts(ctx, self.lookups, self.requests, self.holdings, self.publisher.superseded)
+        self.publisher.attach(self.puts)
+        self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
+        self._queries[_REPLICATION_QID] = _ReplicationSink(self)
         self.holdings.load(now, lambda key, stored_at: self._loaded(key, stored_at, now))
 
     # --- shared state that drivers and tests may replace ---------------------------------
@@ -455,8 +427,7 @@ class KadEngine:
             self._next_neighbour_check,
         )
         deadline = min(deadline, self.requests.next_deadline())
-        if self._publish_heap:
-            deadline = min(deadline, self._publish_heap[0][0])
+        deadline = min(deadline, self.publisher.next_deadline())
         return deadline
 
     @property
@@ -506,25 +477,25 @@ class KadEngine:
 
     def ping(self, address: Address, now: float) -> int:
         """PING an address (its node id need not be known)."""
-        qid = self._new_query_id()
-        self._queries[qid] = _PingQuery(qid)
+        qid = self._queries.new_id()
+        self._queries[qid] = ProbeQuery(qid, self._queries, self._ctx)
         if not self.requests.send(address, None, Ping(), now, qid):
-            self._fail(qid, "too many requests in flight")
+            self._queries.fail(qid, "too many requests in flight")
         return qid
 
     def find_node_at(self, address: Address, target: NodeId, now: float) -> int:
         """One FIND_NODE to one address (no lookup): ends with :class:`NodesAnswered`."""
-        qid = self._new_query_id()
-        self._queries[qid] = _PingQuery(qid)
+        qid = self._queries.new_id()
+        self._queries[qid] = ProbeQuery(qid, self._queries, self._ctx)
         if not self.requests.send(address, None, FindNode(target), now, qid):
-            self._fail(qid, "too many requests in flight")
+            self._queries.fail(qid, "too many requests in flight")
         return qid
 
     def find_node(self, target: NodeId, now: float, *, paths: int | None = None) -> int:
         """Iterative FIND_NODE: ends with :class:`LookupDone` (the k closest that answered).
 
         ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this lookup."""
-        return self._start_lookup(target, now, want_value=False, paths=paths)
+        return self.lookups.start(target, now, want_value=False, on_done=self._found, paths=paths)
 
     def lookup_state(self, query_id: int) -> AnyLookup | None:
         """The state machine of the running lookup or get ``query_id`` (None once it ended,
@@ -532,7 +503,7 @@ class KadEngine:
         path from it); the caller must not drive it. It stays readable after the operation
         ended if the caller kept it."""
         query = self._queries.get(query_id)
-        return query.lookup if isinstance(query, _LookupQuery) else None
+        return query.lookup if isinstance(query, LookupQuery) else None
 
     def get(
         self,
@@ -550,26 +521,7 @@ class KadEngine:
         that served an older one. Invalid values count against the peer that sent them.
         ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this get.
         """
-        local = self.store.get(key, now)
-        qid = self._new_query_id()
-        if kind is RecordKind.SIGNED:
-            held = local.record if local is not None and local.record.kind is kind else None
-            return self._start_lookup(
-                target=key,
-                now=now,
-                want_value=True,
-                qid=qid,
-                kind=kind,
-                quorum=min(self.config.signed_get_quorum, self.config.k),
-                local=held,
-                paths=paths,
-            )
-        if local is not None and (kind is None or local.record.kind is kind):
-            self._events.append(GetDone(qid, key, local.record, 0, 0))
-            return qid
-        return self._start_lookup(
-            target=key, now=now, want_value=True, qid=qid, kind=kind, paths=paths
-        )
+        return self.gets.get(key, now, kind, paths)
 
     def put(
         self, record: Record, now: float, *, cas: int | None = None, republish: bool = False
@@ -591,9 +543,8 @@ class KadEngine:
         if republish:
             self.publish_later(record, now + self.config.publisher_republish_interval)
         else:
-            self._published.pop(record.key, None)
-        qid = self._start_lookup(record.key, now, want_value=False, put_record=record, put_cas=cas)
-        return qid
+            self.publisher.unpublish(record.key)
+        return self.puts.start(record, cas, now, internal=False)
 
     def store_at(
         self, record: Record, contacts: Iterable[Contact], now: float, *, republish: bool = False
@@ -622,26 +573,23 @@ class KadEngine:
             cand.token = token
             targets.append(cand)
         targets.sort(key=lambda cand: cand.distance)
-        put = _PutQuery(self._new_query_id(), record, 0)
-        self._stores_on(put, None, targets, now)
+        put = self.puts.new(record)
+        self.puts.store_on(put, None, targets, now)
         return put.query_id
 
     def publish_later(self, record: Record, due: float, base_ttl: int | None = None) -> None:
         """Remember ``record`` as ours and re-put it at ``due`` (then every
         ``publisher_republish_interval``). Drivers use it to restore published records after a
         restart; ``base_ttl`` is the lifetime each re-put grants from then on."""
-        ttl = record.ttl if base_ttl is None else base_ttl
-        self._published[record.key] = _Published(record, ttl, due)
-        self._publish_seq += 1
-        heapq.heappush(self._publish_heap, (due, self._publish_seq, record.key))
+        self.publisher.publish_later(record, due, base_ttl)
 
     def unpublish(self, key: NodeId) -> bool:
         """Stop republishing ``key`` (its copies then expire with their TTL)."""
-        return self._published.pop(key, None) is not None
+        return self.publisher.unpublish(key)
 
     def published(self) -> list[tuple[Record, int]]:
         """The records this node republishes as their publisher, with their base TTL."""
-        return [(p.record, p.base_ttl) for p in self._published.values()]
+        return self.publisher.published()
 
     def leave(self, now: float) -> int:
         """Hand every record on to the nodes that keep it once we are gone.
@@ -652,7 +600,7 @@ class KadEngine:
         peers it has talked to.) Ends with :class:`LeaveDone` when every lookup finished and
         every STORE was answered or timed out; the driver bounds the wait
         (``leave_timeout``)."""
-        qid = self._new_query_id()
+        qid = self._queries.new_id()
         keys = self._held.all()
         batch = _ReplBatch("leave", query_id=qid, records=len(keys), outstanding=len(keys))
         # Leaving supersedes any replication still waiting: it is about to be cut off.
@@ -671,25 +619,13 @@ class KadEngine:
     def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
         """Join through known addresses: ping them, look up our own id, refresh farther
         buckets. Ends with :class:`BootstrapDone` or :class:`QueryFailed`."""
-        qid = self._new_query_id()
-        seed_list = list(dict.fromkeys(seeds))
-        query = _BootstrapQuery(qid, seeds_waiting=0)
-        self._queries[qid] = query
-        for address in seed_list:
-            if self.requests.send(address, None, Ping(), now, qid):
-                query.seeds_waiting += 1
-        if query.seeds_waiting == 0:
-            if len(self.table):
-                self._bootstrap_lookups(query, now)
-            else:
-                self._fail(qid, "no bootstrap address to contact")
-        return qid
+        return self.bootstrapper.start(seeds, now)
 
     def refresh(self, now: float) -> None:
         """Look up a random id in every bucket idle for ``refresh_interval``."""
         for index in self.table.buckets_to_refresh(now):
             target = random_id_in_bucket(self.node_id, index, self.rng)
-            self._start_lookup(target, now, want_value=False, internal=True)
+            self.lookups.start(target, now, want_value=False, on_done=nothing)
 
     # ======================================================================================
     # Inputs
@@ -743,7 +679,7 @@ class KadEngine:
         if self._scans:
             self._run_scans(now)
         self._run_republish_timers(now)
-        self._run_publisher_timers(now)
+        self.publisher.run(now)
         self._pump_replication(now)
 
     # ======================================================================================
@@ -871,76 +807,20 @@ class KadEngine:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
             if isinstance(message, Value):
-                self._late_value(contact, message, now)
+                self.gets.late_value(contact, message, now)
             return
-        match query:
-            case _PingQuery():
-                del self._queries[query.query_id]
-                if isinstance(message, Nodes):  # find_node_at
-                    self._events.append(
-                        NodesAnswered(query.query_id, contact, message.contacts, rtt)
-                    )
-                elif not query.internal:
-                    self._events.append(PingDone(query.query_id, contact, rtt))
-            case _BootstrapQuery():
-                query.seeds_waiting -= 1
-                self._bootstrap_progress(query, now)
-            case _LookupQuery():
-                self._lookup_response(query, contact, message, now, departing)
-            case _PutQuery():
-                query.waiting.discard(envelope.txid)
-                if departing:  # a copy that leaves with it (its handoff may be past this key)
-                    self.stats["put.store_departing"] += 1
-                elif isinstance(message, Stored):
-                    query.acks.append(contact)
-                else:
-                    self.stats["put.store_refused"] += 1
-                    if isinstance(message, Error):
-                        query.errors.append((message.code, message.message))
-                self._put_progress(query)
-            case _ReplicationSink():
-                item = self._repl_inflight.pop(envelope.txid, None)
-                if item is not None:
-                    stored = isinstance(message, Stored) and not departing
-                    if not stored:
-                        self.stats["replicate.refused"] += 1
-                    self._repl_item_done(item, stored, now)
-                    self._pump_replication(now)
-            case _TokenQuery():
-                del self._queries[query.query_id]
-                self._token_arrived(query.node_id, now)
+        query.on_answer(pending, contact, message, rtt, departing, now)
 
     def _on_soft_timeout(self, pending: Pending, now: float) -> None:
         pending.slow = True
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
-        if isinstance(query, _LookupQuery) and pending.node_id is not None:
-            query.lookup.on_soft_timeout(pending.node_id)
-            if not self.requests.resend_and_wait(pending, now):
-                query.lookup.on_give_up(pending.node_id)
-            self._advance(query, now)
-        elif isinstance(query, _PutQuery):
-            # A slow replica gets the same grace as a slow peer of a lookup (and one more
-            # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
-            # put that stops counting at the soft timeout reports fewer copies than it made.
-            if not self.requests.resend_and_wait(pending, now):
-                query.waiting.discard(pending.txid)
-                self._put_progress(query)
-        elif isinstance(query, _ReplicationSink):
-            # A slow STORE keeps its window slot until it is answered or fails for good:
-            # when peers are slow (a loaded network), the sender slows down with them
-            # instead of piling on more.
-            self.stats["replicate.slow"] += 1
+        if query is not None:
+            query.on_slow(pending, now)
 
     def _on_grace_over(self, pending: Pending, now: float) -> None:
-        """A slow peer of a lookup used up its grace: the lookup may finish without it (a
-        put, likewise, without that replica's answer)."""
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
-        if isinstance(query, _LookupQuery) and pending.node_id is not None:
-            query.lookup.on_give_up(pending.node_id)
-            self._advance(query, now)
-        elif isinstance(query, _PutQuery):
-            query.waiting.discard(pending.txid)
-            self._put_progress(query)
+        if query is not None:
+            query.on_grace_over(pending, now)
 
     def _on_hard_timeout(self, pending: Pending, now: float) -> None:
         self.requests.forget(pending)
@@ -953,278 +833,23 @@ class KadEngine:
             if removed is not None:
                 self._peer_removed(removed, now)
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
-        if query is None:
+        if query is not None:
+            query.on_timeout(pending, now)
+
+    def _found(self, query: LookupQuery, closest: list[Candidate], now: float) -> None:
+        """A user's :meth:`find_node` ended."""
+        if self.lookups.failed(query):
             return
-        match query:
-            case _PingQuery():
-                del self._queries[query.query_id]
-                if not query.internal:
-                    host, port = pending.address
-                    self._fail(query.query_id, f"no answer from {host}:{port}")
-            case _BootstrapQuery():
-                query.seeds_waiting -= 1
-                self._bootstrap_progress(query, now)
-            case _LookupQuery():
-                if pending.node_id is not None:
-                    query.lookup.on_failure(pending.node_id)
-                self._advance(query, now)
-            case _PutQuery():
-                query.waiting.discard(pending.txid)
-                self._put_progress(query)
-            case _ReplicationSink():
-                item = self._repl_inflight.pop(pending.txid, None)
-                if item is not None:
-                    self._repl_item_done(item, False, now)
-                    self._pump_replication(now)
-            case _TokenQuery():
-                del self._queries[query.query_id]
-                self._token_arrived(query.node_id, now)
-
-    # ======================================================================================
-    # Lookups
-    # ======================================================================================
-
-    def _start_lookup(
-        self,
-        target: NodeId,
-        now: float,
-        *,
-        want_value: bool,
-        internal: bool = False,
-        put_record: Record | None = None,
-        put_cas: int | None = None,
-        qid: int | None = None,
-        bootstrap: _BootstrapQuery | None = None,
-        kind: RecordKind | None = None,
-        quorum: int = 1,
-        local: Record | None = None,
-        republish: bool = False,
-        leave: _ReplBatch | None = None,
-        paths: int | None = None,
-    ) -> int:
-        if qid is None:
-            qid = self._new_query_id()
-        # Seed with more than k: when the closest entries turn out dead (their failures are
-        # not known yet), the lookup falls back on the next ones we know instead of ending
-        # with fewer than k answers. Extra seeds cost nothing unless they are needed.
-        seeds = self.table.closest(target, 2 * self.config.k)
-        self.table.touch(target, now)
-        lookup = new_lookup(
-            target,
-            self.node_id,
-            self.config.k,
-            self.config.alpha,
-            seeds,
-            self.config.disjoint_paths if paths is None else paths,
-        )
-        query = _LookupQuery(
-            qid,
-            lookup,
-            want_value,
-            internal,
-            put_record=put_record,
-            put_cas=put_cas,
-            kind=kind,
-            quorum=quorum,
-            local=local,
-            bootstrap=bootstrap,
-            republish=republish,
-            leave=leave,
-        )
-        self._queries[qid] = query
-        self.stats["lookups.started"] += 1
-        self._advance(query, now)
-        return qid
-
-    def _lookup_response(
-        self,
-        query: _LookupQuery,
-        contact: Contact,
-        message: Message,
-        now: float,
-        departing: bool = False,
-    ) -> None:
         lookup = query.lookup
-        # A leaving peer's answer is used (its contacts, a value it returns) but it does not
-        # count among the closest: nothing is stored on it and it holds nothing for a leave.
-        answered = lookup.on_departing if departing else lookup.on_response
-        if isinstance(message, Nodes):
-            # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
-            contacts = self._acceptable(message.contacts[: self.config.k], contact.host)
-            answered(contact.node_id, contacts, message.token)
-        elif isinstance(message, Value):
-            record = message.record
-            valid = record.key == lookup.target
-            if valid:
-                try:
-                    validate_record(record, self.config)
-                except ValidationError:
-                    valid = False
-                else:
-                    valid = record_expiry(record, now, self.config) > now
-            if not valid:
-                # Honest storers validate what they keep: an invalid value is the peer's fault.
-                self.stats["get.invalid_value"] += 1
-                self._penalise(contact.node_id)
-                query.holders.add(contact.node_id)  # and no copy of ours goes to it either
-                answered(contact.node_id, (), message.token)
-            elif query.kind is not None and record.kind is not query.kind:
-                self.stats["get.wrong_kind"] += 1
-                answered(contact.node_id, (), message.token)
-            elif query.leave is not None:
-                # A leave wants to know who holds it, not just the value: keep going.
-                answered(contact.node_id, (), message.token)
-                if not departing:
-                    query.holders.add(contact.node_id)
-            else:
-                answered(contact.node_id, (), message.token)
-                if not departing:
-                    query.holders.add(contact.node_id)
-                query.answers.append((contact, record, message.token))
-                if query.found is None or record.supersedes(query.found):
-                    query.found = record
-                if len(query.answers) >= query.quorum:
-                    lookup.finish()
-        else:  # an ERROR answer: the peer is alive but useless for this lookup
-            lookup.on_failure(contact.node_id)
-        self._advance(query, now)
-
-    def _acceptable(self, contacts: tuple[Contact, ...], via: str) -> tuple[Contact, ...]:
-        """The contacts of a NODES answer from host ``via`` worth asking: never unusable
-        addresses (unspecified, multicast), and loopback or private ones only from a peer
-        that is itself local (a public peer listing them points us at our own LAN, or
-        invents them), and only if ``allow_private_addresses``."""
-        local_ok = self.config.allow_private_addresses and not is_public(via)
-        acceptable = is_usable if local_ok else is_public
-        # The common case (every contact acceptable) in C-level iteration: this runs for
-        # every contact of every NODES answer.
-        if all(map(acceptable, map(_HOST, contacts))):
-            return contacts
-        kept = tuple(c for c in contacts if acceptable(c.host))
-        if len(kept) != len(contacts):
-            self.stats["lookup.contacts_refused"] += len(contacts) - len(kept)
-        return kept
-
-    def _advance(self, query: _LookupQuery, now: float) -> None:
-        lookup = query.lookup
-        if not lookup.finished:
-            for contact in lookup.next_queries():
-                request: Request = (
-                    FindValue(lookup.target) if query.want_value else FindNode(lookup.target)
-                )
-                if not self.requests.send(
-                    contact.address, contact.node_id, request, now, query.query_id
-                ):
-                    lookup.on_failure(contact.node_id)
-                    query.overloaded = True
-            if query.overloaded and lookup.in_flight == 0 and lookup.slow == 0:
-                # Refused by the request limit with nothing left in flight: no answer will
-                # ever advance it again, so it ends here (and reports the overload).
-                lookup.finish()
-        if lookup.finished or lookup.is_done:
-            # Answers still in flight come from outside the final k and cannot change it.
-            self._finish_lookup(query, now)
-
-    def _finish_lookup(self, query: _LookupQuery, now: float) -> None:
-        qid = query.query_id
-        if self._queries.get(qid) is not query:
-            return
-        del self._queries[qid]
-        lookup = query.lookup
-        lookup.finish()
-        closest = lookup.closest_responded()
-        if query.bootstrap is not None:
-            self._bootstrap_lookup_done(query.bootstrap, now)
-            return
-        if query.republish:
-            self._republishing -= 1
-            self._republish_stores(lookup.target, closest, now, query)
-            self._start_republishes(now)
-            return
-        if query.internal and query.put_record is None:
-            return
-        if query.local is not None and (query.found is None or query.local.supersedes(query.found)):
-            query.found = query.local
-        if (
-            not query.internal
-            and query.found is None
-            and (query.overloaded or (lookup.responses == 0 and lookup.queries_sent > 0))
-        ):
-            # A search that asked peers and heard from none (or was cut short) proves nothing:
-            # "not found" or "stored" would be a lie, so the caller gets a failure to retry.
-            # A node that knows no peer at all is a network of one and answers from itself.
-            reason = (
-                "too many requests in flight; retry later"
-                if query.overloaded
-                else "no peer answered"
-            )
-            self._events.append(QueryFailed(qid, reason))
-            return
-        if query.put_record is not None:  # a user's put, or the publisher's own re-put
-            self._start_stores(query, closest, now)
-            return
-        if query.want_value:
-            repaired = 0
-            if query.found is not None:
-                repaired = self._repair_replicas(query, query.found, now)
-                self._cache_value(query, query.found, now)
-            self._events.append(
-                GetDone(
-                    qid,
-                    lookup.target,
-                    query.found,
-                    lookup.hops,
-                    lookup.queries_sent,
-                    answers=len(query.answers),
-                    repaired=repaired,
-                )
-            )
-            return
         self._events.append(
             LookupDone(
-                qid,
+                query.query_id,
                 lookup.target,
                 tuple(c.contact for c in closest),
                 lookup.hops,
                 lookup.queries_sent,
             )
         )
-
-    def _repair_replicas(self, query: _LookupQuery, best: Record, now: float) -> int:
-        """Write the newest signed record back to the replicas that answered with an older
-        one (each gave us a write token with its answer), and to our own store."""
-        if best.kind is not RecordKind.SIGNED:
-            return 0
-        recent = self._recent_signed
-        recent[best.key] = best
-        recent.move_to_end(best.key)
-        if len(recent) > _RECENT_SIGNED:
-            recent.popitem(last=False)
-        repaired = 0
-        for contact, record, token in query.answers:
-            if record.seq < best.seq and token:
-                self.requests.send(contact.address, contact.node_id, Store(best, token), now, None)
-                repaired += 1
-        if query.local is not None and best.seq > query.local.seq:
-            self.holdings.accept(best, None, now, validate=False)
-        self.stats["get.repaired"] += repaired
-        return repaired
-
-    def _late_value(self, contact: Contact, message: Value, now: float) -> None:
-        """A replica answered a signed get that already returned: if its copy is older than
-        what the get found, correct it too."""
-        record = message.record
-        best = self._recent_signed.get(record.key)
-        if (
-            best is not None
-            and record.kind is RecordKind.SIGNED
-            and record.seq < best.seq
-            and message.token
-        ):
-            self.requests.send(
-                contact.address, contact.node_id, Store(best, message.token), now, None
-            )
-            self.stats["get.repaired"] += 1
 
     def _penalise(self, node_id: NodeId) -> None:
         """``node_id`` sent us something provably bad: a strike against it (see
@@ -1237,122 +862,6 @@ class KadEngine:
         removed = self.table.record_failure(node_id)
         if removed is not None:
             self._events.append(PeerRemoved(removed))
-
-    def _cache_value(self, query: _LookupQuery, record: Record, now: float) -> None:
-        """Store a found value at the closest node that answered without it (paper §2.3)."""
-        for cand in query.lookup.closest_responded():
-            if cand.token and cand.contact.node_id not in query.holders:
-                self.requests.send(
-                    cand.contact.address, cand.contact.node_id, Store(record, cand.token), now, None
-                )
-                self.stats["get.cached"] += 1
-                return
-
-    # ======================================================================================
-    # Puts
-    # ======================================================================================
-
-    def _start_stores(self, query: _LookupQuery, closest: list[Candidate], now: float) -> None:
-        record = query.put_record
-        assert record is not None
-        put = _PutQuery(query.query_id, record, query.lookup.queries_sent, internal=query.internal)
-        self._stores_on(put, query.put_cas, [cand for cand in closest if cand.token], now)
-
-    def _stores_on(
-        self, put: _PutQuery, cas: int | None, targets: list[Candidate], now: float
-    ) -> None:
-        """STORE ``put.record`` on ``targets`` (nearest first, each with a token), and on
-        this node when it is among them."""
-        record = put.record
-        self._queries[put.query_id] = put
-        # We store too when we are among the k closest (in a small network we may be one of
-        # the nodes that should hold the record) unless we are a client that will not serve.
-        own_distance = self.node_id ^ record.key
-        if not self.flags & FLAG_CLIENT and (
-            len(targets) < self.config.k or own_distance < targets[-1].distance
-        ):
-            own = Contact(self.node_id, *(self.address or self.observed_address or ("0.0.0.0", 1)))
-            code, text = self.holdings.accept(record, cas, now, validate=False)
-            if code is None:
-                put.acks.append(own)
-            else:
-                put.errors.append((code, text))
-            if len(targets) >= self.config.k:
-                targets = targets[:-1]
-        for cand in targets:
-            txid = self.requests.send(
-                cand.contact.address,
-                cand.contact.node_id,
-                Store(record, cand.token, cas),
-                now,
-                put.query_id,
-            )
-            if txid:
-                put.waiting.add(txid)
-        self._put_progress(put)
-
-    def _put_progress(self, put: _PutQuery) -> None:
-        if put.waiting or self._queries.get(put.query_id) is not put:
-            return
-        del self._queries[put.query_id]
-        if put.internal:
-            self.stats["publish.republished"] += 1
-            if any(code in _SUPERSEDED for code, _ in put.errors):
-                # Somebody published a newer version under this key: ours is history.
-                published = self._published.get(put.record.key)
-                if published is not None and published.record == put.record:
-                    del self._published[put.record.key]
-                    self.stats["publish.superseded"] += 1
-            return
-        self._events.append(
-            PutDone(
-                put.query_id,
-                put.record.key,
-                len(put.acks),
-                tuple(put.acks),
-                put.queries,
-                tuple(put.errors),
-            )
-        )
-
-    # ======================================================================================
-    # Bootstrap
-    # ======================================================================================
-
-    def _bootstrap_progress(self, query: _BootstrapQuery, now: float) -> None:
-        """A seed answered or timed out. The first answer is enough to start the lookups;
-        later answers still enter the table."""
-        if query.phase != "seeds" or self._queries.get(query.query_id) is not query:
-            return
-        if len(self.table):
-            self._bootstrap_lookups(query, now)
-        elif query.seeds_waiting == 0:
-            self._fail(query.query_id, "no bootstrap peer answered")
-
-    def _bootstrap_lookups(self, query: _BootstrapQuery, now: float) -> None:
-        query.phase = "self"
-        query.lookups_waiting = 1
-        self._start_lookup(self.node_id, now, want_value=False, internal=True, bootstrap=query)
-
-    def _bootstrap_lookup_done(self, query: _BootstrapQuery, now: float) -> None:
-        query.lookups_waiting -= 1
-        if query.lookups_waiting > 0:
-            return
-        if query.phase == "self" and self.config.join_refresh:
-            # Our own neighbourhood is known; now refresh every bucket farther than our
-            # nearest neighbour, so the table covers the whole id space.
-            query.phase = "refresh"
-            sizes = self.table.bucket_sizes()
-            nearest = max(sizes) if sizes else 0
-            targets = [random_id_in_bucket(self.node_id, i, self.rng) for i in range(nearest)]
-            query.lookups_waiting = len(targets)
-            for target in targets:
-                self._start_lookup(target, now, want_value=False, internal=True, bootstrap=query)
-            if targets:
-                return
-        if query.lookups_waiting <= 0 and self._queries.get(query.query_id) is query:
-            del self._queries[query.query_id]
-            self._events.append(BootstrapDone(query.query_id, len(self.table)))
 
     # ======================================================================================
     # Routing-table upkeep
@@ -1515,25 +1024,39 @@ class KadEngine:
                     continue
                 self._republishing += 1
                 self.stats["leave.lookups" if leaving else "republish.started"] += 1
-                self._start_lookup(
+                self.lookups.start(
                     key,
                     now,
                     want_value=leaving is not None,
-                    internal=True,
-                    republish=True,
-                    leave=leaving,
+                    holders_only=leaving is not None,
+                    on_done=functools.partial(self._republish_found, leave=leaving),
                 )
         finally:
             self._starting_republishes = False
 
+    def _republish_found(
+        self,
+        query: LookupQuery,
+        closest: list[Candidate],
+        now: float,
+        leave: _ReplBatch | None,
+    ) -> None:
+        self._republishing -= 1
+        self._republish_stores(query.lookup.target, closest, now, query, leave)
+        self._start_republishes(now)
+
     def _republish_stores(
-        self, key: NodeId, closest: list[Candidate], now: float, query: _LookupQuery
+        self,
+        key: NodeId,
+        closest: list[Candidate],
+        now: float,
+        query: LookupQuery,
+        leave: _ReplBatch | None,
     ) -> None:
         """The republish lookup for ``key`` found ``closest``: STORE on the k closest (when
         leaving: on those of them that answered without the value)."""
         stored = self.store.get(key, now)
         k = self.config.k
-        leave = query.leave
         if leave is not None:
             holders = query.holders
             items = (
@@ -1596,31 +1119,6 @@ class KadEngine:
         self._schedule.request_repair(
             key, now, now + delay * (1.0 + self.rng.random()), cfg.repair_cooldown, full=True
         )
-
-    # --- publisher republish ---------------------------------------------------------
-
-    def _run_publisher_timers(self, now: float) -> None:
-        heap = self._publish_heap
-        while heap and heap[0][0] <= now:
-            due, _, key = heapq.heappop(heap)
-            published = self._published.get(key)
-            if published is None or published.due != due:
-                continue
-            old = published.record
-            # Same publication (timestamp and value), longer life: storers keep the
-            # version with the larger TTL, and a newer write by anyone else still wins.
-            # (Without a publication time the TTL counts from arrival: the base TTL again.)
-            if old.timestamp_ms == 0:
-                ttl = published.base_ttl
-            else:
-                ttl = max(old.ttl, math.ceil(now - old.published_at) + published.base_ttl)
-            record = dataclasses.replace(old, ttl=ttl)  # a signed record keeps its signature
-            published.record = record
-            published.due = now + self.config.publisher_republish_interval
-            self._publish_seq += 1
-            heapq.heappush(heap, (published.due, self._publish_seq, key))
-            self.stats["publish.started"] += 1
-            self._start_lookup(key, now, want_value=False, internal=True, put_record=record)
 
     # --- liveness of the neighbours ---------------------------------------------------
 
@@ -1810,8 +1308,8 @@ class KadEngine:
         if waiters is not None:
             waiters.append(item)
             return
-        qid = self._new_query_id()
-        self._queries[qid] = _TokenQuery(qid, node_id)
+        qid = self._queries.new_id()
+        self._queries[qid] = _TokenQuery(qid, node_id, self)
         contact = item.contact
         if not self.requests.send(contact.address, node_id, FindNode(self.node_id), now, qid):
             del self._queries[qid]
@@ -1833,12 +1331,3 @@ class KadEngine:
     # ======================================================================================
     # Sending
     # ======================================================================================
-
-    def _new_query_id(self) -> int:
-        qid = self._next_query_id
-        self._next_query_id += 1
-        return qid
-
-    def _fail(self, qid: int, reason: str) -> None:
-        self._queries.pop(qid, None)
-        self._events.append(QueryFailed(qid, reason))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .context import NodeContext
+from .events import QueryFailed
 from .ids import NodeId
 from .messages import (
     Address,
@@ -63,6 +64,26 @@ class Owner(Protocol):
 
     def on_timeout(self, pending: Pending, now: float) -> None:
         """The request failed for good (hard deadline)."""
+
+
+class Queries(dict[int, Owner]):
+    """Every query running, by id (user-visible ids start at 1): the owners that requests
+    report to. A request whose query already ended finds nothing here."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._next_id = 1
+
+    def new_id(self) -> int:
+        qid = self._next_id
+        self._next_id += 1
+        return qid
+
+    def fail(self, qid: int, reason: str) -> None:
+        """End query ``qid`` with :class:`QueryFailed`."""
+        self.pop(qid, None)
+        self._ctx.events.append(QueryFailed(qid, reason))
 
 
 class Requests:
