@@ -22,16 +22,12 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import functools
 import logging
 import math
 import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from operator import attrgetter
 
 from .auth import Authenticator
 from .bootstrap import Bootstrap, ProbeQuery
@@ -42,15 +38,15 @@ from .errors import (
 )
 from .events import (
     Event,
-    LeaveDone,
     LookupDone,
     PeerAdded,
     PeerRemoved,
 )
 from .gets import Gets
+from .handoff import Scans
 from .holdings import Holdings
 from .identity import Identity
-from .ids import ID_BITS, NodeId, random_id_in_bucket
+from .ids import NodeId, random_id_in_bucket
 from .limits import MAX_PING_BYTES
 from .lookup import AnyLookup, Candidate
 from .lookups import LookupQuery, Lookups, nothing
@@ -82,7 +78,8 @@ from .records import (
     record_expiry,
     validate_record,
 )
-from .replication import DueState, RepublishSchedule
+from .replication import RepublishSchedule
+from .replicator import Replicator
 from .routing import RoutingTable
 from .rpc import Queries, Requests
 from .session import (
@@ -90,175 +87,23 @@ from .session import (
 )
 from .storage import MemoryStore, RecordStore
 from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
+from .transfer import Transfers
 from .wire import Wire
 
 __all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngine"]
 
 _log = logging.getLogger("nautilus_kad.engine")
 
-_RECENT_SIGNED = 256
 _STRIKES = 4096
-_HOST = attrgetter("host")
-_REPLICATION_QID = 0
-"""Query id of the replication sink: user query ids start at 1."""
-TOP_UP_MAX = 3
-"""Nodes one repair top-up STOREs on at most."""
-DROP_SHARE = 0.75
-"""A holder outside the k closest lets its copy go once this share of the k closest
-acknowledged the republish (under churn, one of k is often just dying)."""
 
 # Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
 _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
 _RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
-_TX_REQUEST_KEY = {t: f"tx.request.{t.name}" for t in MessageType}
 _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 """The request message classes (``message.TYPE.is_request``, without an enum property)."""
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class _TokenQuery:
-    """A FIND_NODE sent only to get a peer's write token (for a handoff or a leave)."""
-
-    query_id: int
-    node_id: NodeId
-    engine: KadEngine
-
-    def on_answer(
-        self, pending: Pending, contact: Contact, message: Message, rtt: float, departing: bool,
-        now: float,
-    ) -> None:  # fmt: skip
-        self.on_timeout(pending, now)
-
-    def on_slow(self, pending: Pending, now: float) -> None:
-        pass
-
-    def on_grace_over(self, pending: Pending, now: float) -> None:
-        pass
-
-    def on_timeout(self, pending: Pending, now: float) -> None:
-        del self.engine._queries[self.query_id]
-        self.engine._token_arrived(self.node_id, now)
-
-
-@dataclass(slots=True, eq=False)
-class _ReplicationSink:
-    """Receives the answers to every replication STORE (one shared query)."""
-
-    engine: KadEngine
-    query_id: int = _REPLICATION_QID
-
-    def on_answer(
-        self, pending: Pending, contact: Contact, message: Message, rtt: float, departing: bool,
-        now: float,
-    ) -> None:  # fmt: skip
-        engine = self.engine
-        item = engine._repl_inflight.pop(pending.txid, None)
-        if item is not None:
-            stored = isinstance(message, Stored) and not departing
-            if not stored:
-                engine.stats["replicate.refused"] += 1
-            engine._repl_item_done(item, stored, now)
-            engine._pump_replication(now)
-
-    def on_slow(self, pending: Pending, now: float) -> None:
-        # A slow STORE keeps its window slot until it is answered or fails for good:
-        # when peers are slow (a loaded network), the sender slows down with them
-        # instead of piling on more.
-        self.engine.stats["replicate.slow"] += 1
-
-    def on_grace_over(self, pending: Pending, now: float) -> None:
-        pass
-
-    def on_timeout(self, pending: Pending, now: float) -> None:
-        engine = self.engine
-        item = engine._repl_inflight.pop(pending.txid, None)
-        if item is not None:
-            engine._repl_item_done(item, False, now)
-            engine._pump_replication(now)
-
-
-@dataclass(slots=True, eq=False)
-class _ReplBatch:
-    """Replication STOREs started for one reason; something happens when all are answered."""
-
-    kind: str
-    """``republish``, ``handoff``, ``repair`` or ``leave``."""
-    key: NodeId | None = None
-    record: Record | None = None
-    """The version a republish started from (only that version may be dropped afterwards)."""
-    drop_after_acks: int = 0
-    """A holder outside the k closest drops its copy once this many of them stored it."""
-    own_copy: bool = False
-    """A republish by one of the k closest: its own copy counts as one of the k."""
-    query_id: int | None = None
-    records: int = 0
-    outstanding: int = 0
-    sent: int = 0
-    acks: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class _ReplItem:
-    contact: Contact
-    key: NodeId
-    batch: _ReplBatch
-
-
-@dataclass(slots=True, eq=False)
-class _Scan:
-    """Records to examine because ``peer`` joined (handoff) or died (repair), resumed in
-    chunks of ``scan_batch`` from XOR distance ``next_distance`` (from our id)."""
-
-    peer: Contact
-    joined: bool
-    next_distance: int
-
-
-class _Ranker:
-    """Ranks one peer against many keys without sorting the table for each key.
-
-    In XOR space, whether node ``x`` is closer to key ``K`` than node ``a`` depends only on
-    the highest bit ``p`` where ``x`` and ``a`` differ: ``x`` is closer iff ``K`` differs
-    from ``a`` at bit ``p`` too. So the table is grouped once by that bit (relative to the
-    peer, and relative to us), and a key's count is a sum over the bits set in ``K ^ a``.
-    """
-
-    __slots__ = ("_by_own", "_by_peer", "_own", "_peer")
-
-    def __init__(
-        self,
-        own: NodeId,
-        peer: NodeId,
-        by_peer: list[tuple[int, int]],
-        by_own: list[tuple[int, list[float]]],
-    ) -> None:
-        self._own = own
-        self._peer = peer
-        self._by_peer = by_peer
-        self._by_own = by_own
-
-    def closer_than_peer(self, key: NodeId) -> int:
-        """Known nodes (us included, stale ones too) closer to ``key`` than the peer."""
-        diff = key ^ self._peer
-        return sum(count for bit, count in self._by_peer if diff >> bit & 1)
-
-    def closer_than_us(self, key: NodeId, known_before: float, enough: int) -> int:
-        """Live peers (not the peer) closer to ``key`` than us that entered the table
-        before ``known_before`` (all of them for ``inf``); counting stops at ``enough``."""
-        diff = key ^ self._own
-        total = 0
-        for bit, joined in self._by_own:
-            if diff >> bit & 1:
-                if known_before == math.inf:
-                    total += len(joined)
-                else:
-                    total += bisect.bisect_left(joined, known_before)
-                if total >= enough:
-                    break
-        return total
 
 
 class KadEngine:
@@ -316,22 +161,13 @@ class KadEngine:
         self._next_expiry = now + self.config.expire_interval
 
         # --- durability ----------------------------------------------------------------
-        self._schedule = RepublishSchedule()
+        schedule = RepublishSchedule()
         self.holdings = Holdings(
-            ctx, lambda key, now: self._arm(key, now, now), self._schedule.forget
+            ctx, lambda key, now: self.replicator.arm(key, now, now), schedule.forget
         )
         self._held = self.holdings.held
-        self._token_waiters: dict[NodeId, list[_ReplItem]] = {}
-        self._repl_queue: deque[_ReplItem] = deque()
-        self._repl_inflight: dict[bytes, _ReplItem] = {}
-        self._republish_ready: deque[NodeId] = deque()
-        self._republishing = 0
-        self._scans: deque[_Scan] = deque()
-        self._scan_wakeup = math.inf
         self._peer_since: dict[NodeId, float] = {}
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
-        self._leaving: _ReplBatch | None = None
-        self._starting_republishes = False
         check = self.config.neighbour_check_interval
         self._next_neighbour_check = now + check * (0.5 + rng.random()) if check else math.inf
         self.lookups = Lookups(ctx, self._queries, self.requests, self._penalise)
@@ -340,8 +176,10 @@ class KadEngine:
         self.puts = Puts(ctx, self.lookups, self.requests, self.holdings, self.publisher.superseded)
         self.publisher.attach(self.puts)
         self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
-        self._queries[_REPLICATION_QID] = _ReplicationSink(self)
-        self.holdings.load(now, lambda key, stored_at: self._loaded(key, stored_at, now))
+        self.transfers = Transfers(ctx, self._queries, self.requests, self.tokens)
+        self.scans = Scans(ctx, self._held, schedule, self.transfers, lambda: self._peer_since)
+        self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.transfers)
+        self.holdings.load(now, lambda key, stored_at: self.replicator.loaded(key, stored_at, now))
 
     # --- shared state that drivers and tests may replace ---------------------------------
 
@@ -418,23 +256,21 @@ class KadEngine:
 
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
-        deadline = min(
+        return min(
             self.tokens.next_rotation,
             self._next_refresh_check,
             self._next_expiry,
-            self._schedule.next_deadline(),
-            self._scan_wakeup,
+            self.replicator.schedule.next_deadline(),
+            self.scans.wakeup,
             self._next_neighbour_check,
+            self.requests.next_deadline(),
+            self.publisher.next_deadline(),
         )
-        deadline = min(deadline, self.requests.next_deadline())
-        deadline = min(deadline, self.publisher.next_deadline())
-        return deadline
 
     @property
     def replication_backlog(self) -> int:
         """Replication STOREs queued or in flight, plus records still to be examined."""
-        waiting = sum(len(items) for items in self._token_waiters.values())
-        return len(self._repl_queue) + len(self._repl_inflight) + waiting + len(self._scans)
+        return self.transfers.backlog + len(self.scans)
 
     @property
     def stored_bytes(self) -> int:
@@ -601,19 +437,8 @@ class KadEngine:
         every STORE was answered or timed out; the driver bounds the wait
         (``leave_timeout``)."""
         qid = self._queries.new_id()
-        keys = self._held.all()
-        batch = _ReplBatch("leave", query_id=qid, records=len(keys), outstanding=len(keys))
-        # Leaving supersedes any replication still waiting: it is about to be cut off.
-        self._republish_ready.clear()
-        self._repl_queue.clear()
-        self._scans.clear()
-        self._scan_wakeup = math.inf
-        self._leaving = batch
-        self.flags |= FLAG_LEAVING  # every datagram from now on says so
-        self._republish_ready.extend(keys)
-        if not keys:
-            self._events.append(LeaveDone(qid, 0, 0, 0))
-        self._start_republishes(now)
+        self.scans.clear()
+        self.replicator.leave(qid, now)
         return qid
 
     def bootstrap(self, seeds: Iterable[Address], now: float) -> int:
@@ -676,11 +501,11 @@ class KadEngine:
                 self._peer_since = {n: t for n, t in self._peer_since.items() if n in table}
         if now >= self._next_neighbour_check:
             self._check_neighbours(now)
-        if self._scans:
-            self._run_scans(now)
-        self._run_republish_timers(now)
+        if self.scans:
+            self.scans.run(now)
+        self.replicator.run(now)
         self.publisher.run(now)
-        self._pump_replication(now)
+        self.transfers.pump(now)
 
     # ======================================================================================
     # Serving requests
@@ -907,7 +732,7 @@ class KadEngine:
         if _log.isEnabledFor(logging.INFO):
             _log.info("peer %s joined the routing table", contact)
         if len(self._held):
-            self._start_scan(contact, True, now)
+            self.scans.start(contact, True, now)
 
     def _peer_removed(self, contact: Contact, now: float) -> None:
         """A peer failed and left the routing table: the records it held with us need a
@@ -916,209 +741,11 @@ class KadEngine:
         self.tokens.forget(contact.node_id)
         self._peer_since.pop(contact.node_id, None)
         if len(self._held):
-            self._start_scan(contact, False, now)
+            self.scans.start(contact, False, now)
 
     # ======================================================================================
     # Durability: republish, handoff, repair, leave
     # ======================================================================================
-
-    def _loaded(self, key: NodeId, stored_at: float, now: float) -> None:
-        """A record found in a persistent store at start-up gets a republish timer; those
-        overdue are spread over the next ``repair_delay`` seconds."""
-        due = stored_at + self._republish_period()
-        if due <= now:
-            due = now + self.config.repair_delay * self.rng.random()
-        self._schedule.arm(key, due, stored_at)
-
-    def _republish_period(self) -> float:
-        cfg = self.config
-        return cfg.republish_interval * (1.0 - cfg.republish_jitter * self.rng.random())
-
-    def _arm(self, key: NodeId, base: float, now: float) -> None:
-        self._schedule.arm(key, now + self._republish_period(), base)
-
-    # --- holder republish ------------------------------------------------------------
-
-    def _run_republish_timers(self, now: float) -> None:
-        schedule = self._schedule
-        for key, state in schedule.pop_due(now):
-            stored = self.store.get(key, now)
-            if stored is None:
-                self.holdings.forget(key)
-                continue
-            if state.repair_after is not None and now < state.regular:
-                self._repair(key, state, stored.stored_at, now)
-                continue
-            if stored.stored_at > state.base and self._among_closest(key):
-                # Another holder re-stored it since we armed the timer: our turn is skipped.
-                # (Only for one of the k closest: a holder outside them republishes anyway,
-                # which hands the record to the k closest and lets its surplus copy go.)
-                self.stats["republish.skipped"] += 1
-                schedule.arm(key, stored.stored_at + self._republish_period(), stored.stored_at)
-                continue
-            schedule.arm(key, now + self._republish_period(), stored.stored_at)
-            self._republish_ready.append(key)
-        self._start_republishes(now)
-
-    def _among_closest(self, key: NodeId) -> bool:
-        """Whether we are among the k closest live nodes we know to ``key``."""
-        k = self.config.k
-        others = self.table.closest(key, k, include_stale=False)
-        return len(others) < k or self.node_id ^ key < others[-1].node_id ^ key
-
-    def _repair(self, key: NodeId, state: DueState, stored_at: float, now: float) -> None:
-        """A repair came due before the regular republish."""
-        assert state.repair_after is not None
-        if stored_at > state.repair_after:
-            # It reached us again since the death was found: another holder repaired it.
-            self.stats["repair.skipped"] += 1
-            self._schedule.repair_done(key)
-            return
-        state.last_repair = now
-        if state.repair_full:
-            # The last republish fell short of k: a full one (lookup, then k STOREs).
-            self.stats["repair.full"] += 1
-            self._schedule.arm(key, now + self._republish_period(), stored_at)
-            self._republish_ready.append(key)
-            return
-        self._top_up(key, max(1, state.repair_deaths), now)
-        self._schedule.repair_done(key)
-
-    def _top_up(self, key: NodeId, deaths: int, now: float) -> None:
-        """Repair after holders died, from the routing table: STORE on the nodes that moved
-        up into the last places of the k closest live nodes we know, one per death (at
-        most three: beyond that the shortfall is the hourly republish's job). Holders are
-        left alone: a STORE would count as a fresh receipt and postpone their republish,
-        the exact check (a lookup) that also lets surplus copies go. Newcomers get records
-        by handoff. A repairing holder is one of the closest to the key, where its table
-        is most complete."""
-        k = self.config.k
-        others = self.table.closest(key, k, include_stale=False)
-        own_distance = self.node_id ^ key
-        if len(others) >= k and own_distance < others[-1].node_id ^ key:
-            others = others[: k - 1]  # we hold one of the k places ourselves
-        targets = others[len(others) - min(deaths, TOP_UP_MAX, len(others)) :]
-        if not targets:
-            return
-        batch = _ReplBatch("repair", key=key)
-        items = [_ReplItem(c, key, batch) for c in targets]
-        batch.outstanding = len(items)
-        self.stats["repair.topups"] += 1
-        self.stats["repair.stores"] += len(items)
-        self._repl_queue.extend(items)
-
-    def _start_republishes(self, now: float) -> None:
-        # A lookup can finish inside _start_lookup (nobody to ask) and call back here:
-        # the outer loop carries on instead of recursing once per waiting record.
-        if self._starting_republishes:
-            return
-        self._starting_republishes = True
-        try:
-            limit = self.config.max_concurrent_republish
-            leaving = self._leaving
-            while self._republish_ready and self._republishing < limit:
-                key = self._republish_ready.popleft()
-                if key not in self._held:
-                    if leaving is not None:
-                        self._repl_batch_step(leaving, 1, 0, now)
-                    continue
-                self._republishing += 1
-                self.stats["leave.lookups" if leaving else "republish.started"] += 1
-                self.lookups.start(
-                    key,
-                    now,
-                    want_value=leaving is not None,
-                    holders_only=leaving is not None,
-                    on_done=functools.partial(self._republish_found, leave=leaving),
-                )
-        finally:
-            self._starting_republishes = False
-
-    def _republish_found(
-        self,
-        query: LookupQuery,
-        closest: list[Candidate],
-        now: float,
-        leave: _ReplBatch | None,
-    ) -> None:
-        self._republishing -= 1
-        self._republish_stores(query.lookup.target, closest, now, query, leave)
-        self._start_republishes(now)
-
-    def _republish_stores(
-        self,
-        key: NodeId,
-        closest: list[Candidate],
-        now: float,
-        query: LookupQuery,
-        leave: _ReplBatch | None,
-    ) -> None:
-        """The republish lookup for ``key`` found ``closest``: STORE on the k closest (when
-        leaving: on those of them that answered without the value)."""
-        stored = self.store.get(key, now)
-        k = self.config.k
-        if leave is not None:
-            holders = query.holders
-            items = (
-                []
-                if stored is None
-                else [
-                    _ReplItem(c.contact, key, leave)
-                    for c in closest
-                    if c.contact.node_id not in holders
-                ]
-            )
-            leave.outstanding += len(items)
-            self._repl_queue.extendleft(reversed(items))
-            self._repl_batch_step(leave, 1, 0, now)  # the lookup itself is done
-            self._pump_replication(now)
-            return
-        if stored is None:
-            return
-        own_distance = self.node_id ^ key
-        among = len(closest) < k or own_distance < closest[-1].distance
-        targets = closest[: k - 1] if among else closest[:k]
-        batch = _ReplBatch("republish", key=key, record=stored.record, own_copy=among)
-        if not among:
-            # k nodes closer than us answered: once all of them stored it, our copy is
-            # surplus (keeping it would make every former holder republish it for ever).
-            batch.drop_after_acks = math.ceil(DROP_SHARE * k)
-        items = [_ReplItem(c.contact, key, batch) for c in targets]
-        batch.outstanding = len(items)
-        if not items:
-            self._republish_outcome(batch, now)
-            return
-        self._repl_queue.extend(items)
-        self._pump_replication(now)
-
-    def _republish_outcome(self, batch: _ReplBatch, now: float) -> None:
-        """A republish finished. Surplus copy handed over: drop it. Fewer than k copies
-        confirmed while we know k nodes (the lookup lost peers to timeouts right after
-        deaths, or under load): try again after ``repair_delay`` (doubling each time, up to
-        the interval) instead of leaving the record short for a whole interval."""
-        key = batch.key
-        assert key is not None
-        if batch.drop_after_acks and batch.acks >= batch.drop_after_acks:
-            current = self.store.get(key, now)
-            if current is not None and current.record == batch.record:
-                self.holdings.remove(key)
-                self.stats["republish.handed_over"] += 1
-            return
-        state = self._schedule.get(key)
-        if state is None:
-            return
-        k = self.config.k
-        copies = batch.acks + (1 if batch.own_copy else 0)
-        if copies >= k or len(self.table) + 1 < k:
-            state.shortfalls = 0
-            return
-        state.shortfalls += 1
-        self.stats["republish.short"] += 1
-        cfg = self.config
-        delay = min(cfg.repair_delay * 2 ** (state.shortfalls - 1), cfg.republish_interval)
-        self._schedule.request_repair(
-            key, now, now + delay * (1.0 + self.rng.random()), cfg.repair_cooldown, full=True
-        )
 
     # --- liveness of the neighbours ---------------------------------------------------
 
@@ -1136,197 +763,6 @@ class KadEngine:
             if entry is not None and now - entry.last_seen >= interval:
                 self.stats["neighbours.checked"] += 1
                 self._check_liveness(contact, now)
-
-    # --- handoff and repair scans ----------------------------------------------------
-
-    def _start_scan(self, peer: Contact, joined: bool, now: float) -> None:
-        start = self._scan_start(peer.node_id)
-        if start is None:
-            return
-        self._scans.append(_Scan(peer, joined, start))
-        self._scan_wakeup = min(self._scan_wakeup, now)
-
-    def _scan_start(self, peer: NodeId) -> int | None:
-        """The smallest XOR distance (from our id) of a held key for which ``peer`` can be
-        among the k closest known nodes; None when there is none.
-
-        Let ``c`` be the prefix length we share with the peer. Every key sharing more than
-        ``c`` bits with us is closer to us, and to every node in our deeper buckets, than to
-        the peer; if those nodes and we make k, the peer ranks beyond k for all such keys,
-        which are exactly the held keys nearer than ``2**(255-c)``.
-        """
-        cpl = ID_BITS - (self.node_id ^ peer).bit_length()
-        deeper = 1 + sum(size for i, size in self.table.bucket_sizes().items() if i > cpl)
-        start = 0 if deeper < self.config.k else 1 << (ID_BITS - 1 - cpl)
-        return start if self._held.from_distance(start, 1) else None
-
-    def _run_scans(self, now: float) -> None:
-        budget = self.config.scan_batch
-        while self._scans and budget > 0:
-            scan = self._scans[0]
-            if scan.joined and scan.peer.node_id not in self.table:
-                self._scans.popleft()
-                continue
-            keys = self._held.from_distance(scan.next_distance, budget)
-            budget -= len(keys)
-            if keys:
-                scan.next_distance = (keys[-1] ^ self.node_id) + 1
-                if scan.joined:
-                    self._handoff_keys(scan.peer, keys, now)
-                else:
-                    self._repair_keys(scan.peer, keys, now)
-            if budget > 0:  # the scan ran out of keys before the budget ran out
-                self._scans.popleft()
-        self._scan_wakeup = now if self._scans else math.inf
-
-    def _ranker(self, peer: NodeId) -> _Ranker:
-        """Counts for ranking many keys against ``peer`` (see :class:`_Ranker`)."""
-        own = self.node_id
-        by_peer: dict[int, int] = {(own ^ peer).bit_length(): 1}  # ourselves
-        by_own: dict[int, list[float]] = {}
-        since = self._peer_since
-        inf = math.inf
-        for entry in self.table.entries():
-            node_id = entry.contact.node_id
-            if node_id == peer:
-                continue
-            bits = (node_id ^ peer).bit_length()
-            by_peer[bits] = by_peer.get(bits, 0) + 1
-            if not entry.failures:
-                bits = (node_id ^ own).bit_length()
-                joined = since.get(node_id, inf)
-                group = by_own.get(bits)
-                if group is None:
-                    by_own[bits] = [joined]
-                else:
-                    group.append(joined)
-        for group in by_own.values():
-            group.sort()
-        return _Ranker(
-            own,
-            peer,
-            [(bits - 1, count) for bits, count in by_peer.items()],
-            [(bits - 1, group) for bits, group in by_own.items()],
-        )
-
-    def _handoff_keys(self, peer: Contact, keys: list[NodeId], now: float) -> None:
-        """Hand ``peer`` (new in our table) the records among ``keys`` it should hold: those
-        for which it is among the k closest we know, if we are among the
-        ``handoff_redundancy`` closest likely holders (so not all k holders send the same
-        record; peers that joined after the record last reached us are not counted as
-        holders, or a crowd of newcomers would silence everyone; a dead holder stops
-        counting once a neighbour check finds it stale)."""
-        k = self.config.k
-        redundancy = self.config.handoff_redundancy
-        ranker = self._ranker(peer.node_id)
-        items: list[_ReplItem] = []
-        batch = _ReplBatch("handoff")
-        for key in keys:
-            if ranker.closer_than_peer(key) >= k:
-                continue
-            stored = self.store.get(key, now)
-            if stored is None:
-                continue
-            if ranker.closer_than_us(key, stored.stored_at, redundancy) < redundancy:
-                items.append(_ReplItem(peer, key, batch))
-        if items:
-            batch.outstanding = len(items)
-            self.stats["handoff.records"] += len(items)
-            self._repl_queue.extend(items)
-
-    def _repair_keys(self, dead: Contact, keys: list[NodeId], now: float) -> None:
-        """``dead`` failed: re-replicate soon every record among ``keys`` it was among the k
-        closest for.
-
-        De-duplicated three ways: one timer per record; the holders take turns by rank (the
-        closest live holder goes after ``repair_delay``, the r-th after ``(1 + r)`` delays,
-        by when the first one's STORE has reached it and it stands down: a record that
-        arrived again after the death was found needs no repair; random jitter alone would
-        let every survivor fire at once when they all see the same deaths); and a node
-        forces at most one repair per record per ``repair_cooldown``."""
-        k = self.config.k
-        delay = self.config.repair_delay
-        ranker = self._ranker(dead.node_id)
-        for key in keys:
-            if ranker.closer_than_peer(key) >= k:
-                continue
-            rank = ranker.closer_than_us(key, math.inf, k)
-            due = now + delay * (1.0 + rank + 0.5 * self.rng.random())
-            if self._schedule.request_repair(
-                key, now, due, self.config.repair_cooldown, death=True
-            ):
-                self.stats["repair.scheduled"] += 1
-
-    # --- the replication queue -------------------------------------------------------
-
-    def _pump_replication(self, now: float) -> None:
-        """Send queued replication STOREs while fewer than ``replication_window`` are in
-        flight."""
-        queue = self._repl_queue
-        window = self.config.replication_window
-        inflight = self._repl_inflight
-        while queue and len(inflight) < window:
-            item = queue.popleft()
-            stored = self.store.get(item.key, now)
-            if stored is None:
-                self._repl_item_done(item, False, now)
-                continue
-            token = self.tokens.fresh(item.contact.node_id, now)
-            if token is None:
-                self._await_token(item, now)
-                continue
-            contact = item.contact
-            request = Store(for_transfer(stored.record, stored.expires_at, now), token)
-            txid = self.requests.send(
-                contact.address, contact.node_id, request, now, _REPLICATION_QID
-            )
-            if not txid:  # too many requests in flight: try again on the next tick
-                queue.appendleft(item)
-                break
-            item.batch.sent += 1
-            self.stats["replicate.stores"] += 1
-            inflight[txid] = item
-
-    def _repl_item_done(self, item: _ReplItem, stored: bool, now: float) -> None:
-        self._repl_batch_step(item.batch, 1, 1 if stored else 0, now)
-
-    def _repl_batch_step(self, batch: _ReplBatch, done: int, acks: int, now: float) -> None:
-        batch.outstanding -= done
-        batch.acks += acks
-        if batch.outstanding > 0:
-            return
-        if batch.kind == "leave":
-            assert batch.query_id is not None
-            self._events.append(LeaveDone(batch.query_id, batch.records, batch.sent, batch.acks))
-        elif batch.kind == "republish":
-            self._republish_outcome(batch, now)
-
-    def _await_token(self, item: _ReplItem, now: float) -> None:
-        """Park ``item`` until its peer gives us a write token (one FIND_NODE per peer)."""
-        node_id = item.contact.node_id
-        waiters = self._token_waiters.get(node_id)
-        if waiters is not None:
-            waiters.append(item)
-            return
-        qid = self._queries.new_id()
-        self._queries[qid] = _TokenQuery(qid, node_id, self)
-        contact = item.contact
-        if not self.requests.send(contact.address, node_id, FindNode(self.node_id), now, qid):
-            del self._queries[qid]
-            self._repl_item_done(item, False, now)
-            return
-        self.stats["replicate.token_requests"] += 1
-        self._token_waiters[node_id] = [item]
-
-    def _token_arrived(self, node_id: NodeId, now: float) -> None:
-        """A token request was answered (or failed): release the items parked on it."""
-        waiters = self._token_waiters.pop(node_id, [])
-        if self.tokens.fresh(node_id, now) is None:
-            for item in waiters:
-                self._repl_item_done(item, False, now)
-        else:
-            self._repl_queue.extendleft(reversed(waiters))
-        self._pump_replication(now)
 
     # ======================================================================================
     # Sending
