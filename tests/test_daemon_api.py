@@ -212,3 +212,33 @@ def test_reads_show_the_table_records_and_lookups(tmp_path: Path) -> None:
             assert status["contacts"] == len(node.routing_table)
 
     run(tmp_path, test)
+
+
+def test_the_api_benchmark_runs(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    out = tmp_path / "bench.json"
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.daemon_api",
+            "--nodes",
+            "3",
+            "--requests",
+            "5",
+            "--json",
+            str(out),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    numbers = json.loads(out.read_text())
+    assert numbers["/metrics"]["bytes"] > 1000
+    assert "ping rtt, API scraped" in numbers

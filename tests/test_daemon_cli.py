@@ -378,3 +378,51 @@ def test_cli_client_imports_no_server_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_demo_reports_lookup_hops_and_serves_its_page() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nautilus_kad",
+            "demo",
+            "--nodes",
+            "12",
+            "--values",
+            "4",
+            "--lookups",
+            "10",
+            "--seed",
+            "3",
+            "--serve",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        url = None
+        while time.monotonic() < deadline and url is None:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"the live page of node \w+: (http://\S+)/ ", line)
+            url = found.group(1) if found else None
+        assert url is not None, "".join(lines)
+        text = "".join(lines)
+        assert "random-id lookup hops (mean / median / max of 10)" in text
+        assert "random-id lookups by hops" in text
+        with urllib.request.urlopen(url + "/", timeout=5) as page:
+            assert b'data-testid="routing-table"' in page.read()
+        with urllib.request.urlopen(url + "/api/v1/status", timeout=5) as r:
+            assert json.loads(r.read())["contacts"] >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    assert code == 0

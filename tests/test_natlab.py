@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,71 @@ def test_the_lab_cleans_up_also_when_a_test_fails() -> None:
     with pytest.raises(ValueError, match="unknown NAT kind"), NatLab() as lab:
         lab.add_natted("cone-ish")
     assert not any(n.startswith(lab.tag) for n in lab_namespaces())
+
+
+# --- real nodes --------------------------------------------------------------------------
+
+KAD = [sys.executable, "-m", "nautilus_kad"]
+
+
+class Daemon:
+    """``nautilus-kad run`` inside a lab host, with its data dir and its output."""
+
+    def __init__(self, lab: NatLab, host: Host, root: Path, bootstrap: list[Host]) -> None:
+        self.host = host
+        self.data_dir = root / host.netns
+        self.log = root / f"{host.netns}.log"
+        command = [*KAD, "run", "--host", host.ip, "--port", "7400"]
+        command += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
+        for seed in bootstrap:
+            command += ["-b", f"{seed.ip}:7400"]
+        with self.log.open("w") as out:
+            lab.spawn(host, command, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "daemon is ready" in self.log.read_text():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{self.host.netns} not ready:\n{self.log.read_text()}")
+
+    def cli(self, lab: NatLab, *args: str) -> str:
+        return lab.run(self.host, [*KAD, *args, "--data-dir", str(self.data_dir)], timeout=90)
+
+
+def start_network(lab: NatLab, root: Path) -> tuple[list[Daemon], list[Daemon]]:
+    """Four public nodes (the first starts the network), then a node behind each NAT kind."""
+    publics = [lab.add_public() for _ in range(4)]
+    natted = [lab.add_natted(kind) for kind in NAT_KINDS]
+    first = Daemon(lab, publics[0], root, [])
+    first.wait_ready()
+    servers = [first] + [Daemon(lab, p, root, publics[:1]) for p in publics[1:]]
+    for daemon in servers:
+        daemon.wait_ready()
+    clients = [Daemon(lab, h, root, publics[:2]) for h in natted]
+    for daemon in clients:
+        daemon.wait_ready()
+    return servers, clients
+
+
+def test_real_nodes_behind_every_nat_put_and_get(tmp_path: Path) -> None:
+    """``nautilus-kad run`` processes: four public nodes and one behind each kind of NAT.
+    Every NATed node stores a record, and another NATed node reads it; no node behind a NAT
+    that drops unsolicited datagrams is in a public node's table (expected to fail, and
+    reported as such, until the engine decides reachability)."""
+    require_lab()
+    with NatLab() as lab:
+        servers, clients = start_network(lab, tmp_path)
+        for i, daemon in enumerate(clients):
+            assert "acks" in daemon.cli(lab, "put", f"key-{i}", f"from-{daemon.host.nat}")
+        for i, daemon in enumerate(clients):
+            reader = clients[(i + 1) % len(clients)]
+            assert reader.cli(lab, "get", f"key-{i}").strip() == f"from-{daemon.host.nat}"
+        tables = "\n".join(daemon.cli(lab, "table") for daemon in servers)
+        nat_wans = [h.host.wan_ip for h in clients if h.host.nat != "full-cone"]
+        polluted = [ip for ip in nat_wans if ip is not None and f"{ip}:" in tables]
+        if polluted:
+            # Until reachability is wired into the engine (issue 11, part B), nodes behind
+            # NATs that drop unsolicited datagrams still enter public routing tables.
+            pytest.xfail(f"NATed nodes in public routing tables: {polluted}")

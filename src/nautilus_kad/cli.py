@@ -11,34 +11,25 @@ status: 2 for argument problems, 1 for network failures, 130 for Ctrl-C.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
 import random
 import signal
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from . import __version__
 from .aio.node import Node
 from .aio.runner import run as run_coroutine
+from .cli_values import check_size, read_value_file, transfer_bar, write_value_file
 from .clidaemon import call, choice, daemon_options, find_daemon
 from .clierrors import CommandFailed
 from .clierrors import describe_os_error as _describe_os_error
@@ -49,8 +40,16 @@ from .core.identity import PUBLIC_KEY_BYTES, Identity
 from .core.ids import NodeId, distance
 from .core.limits import MAX_SALT_BYTES, MAX_SEQ
 from .core.messages import Address, Contact
-from .core.records import RecordKind, value_limit
 from .daemon_commands import status_command, stop_command, table_command
+from .demo import (
+    DEMO_LOOKUPS,
+    DEMO_NODES,
+    DEMO_REPUBLISH_INTERVAL,
+    DEMO_SUCCESS_AFTER_KILL,
+    DemoReport,
+    demo_table,
+    run_demo,
+)
 from .sim.adversarial_command import adversarial_command
 from .sim.command import sim_command
 
@@ -62,10 +61,6 @@ LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-DEMO_SUCCESS_AFTER_KILL = 0.99
-"""Share of gets that must still succeed after the demo's crash for it to pass."""
-DEMO_REPUBLISH_INTERVAL = 4.0
-"""The demo's republish interval: production's hour, shrunk so repair shows in seconds."""
 
 _log = logging.getLogger("nautilus_kad.cli")
 
@@ -586,7 +581,7 @@ _key_file_option = click.option(
 
 
 @cli.command("put")
-@click.argument("key")
+@click.argument("key", required=False)
 @click.argument("value", required=False)
 @_bootstrap_required
 @_host_option
@@ -609,6 +604,13 @@ _key_file_option = click.option(
 )
 @click.option("--hex", "value_is_hex", is_flag=True, help="VALUE is given as hex digits.")
 @click.option(
+    "--file",
+    "value_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default=None,
+    help="Store the bytes of this file (up to 1 MiB; - reads stdin) instead of VALUE.",
+)
+@click.option(
     "--ttl",
     type=click.IntRange(min=1),
     default=None,
@@ -622,7 +624,7 @@ def put_command(
     api_url: str | None,
     no_daemon: bool,
     daemon_data_dir: Path | None,
-    key: str,
+    key: str | None,
     value: str | None,
     bootstrap: tuple[Address, ...],
     host: str,
@@ -632,6 +634,7 @@ def put_command(
     seq: int | None,
     cas: int | None,
     value_is_hex: bool,
+    value_file: Path | None,
     ttl: int | None,
     profile: str,
 ) -> None:
@@ -642,6 +645,9 @@ def put_command(
     put --signed NAME VALUE --key-file F  F's signed record NAME (get it with
                                           get --signed OWNER NAME)
     put --immutable VALUE                 stored under SHA-256(VALUE): prints the key
+    put KEY --file PATH                   the bytes of a file (also with --signed NAME
+                                          or --immutable), up to 1 MiB; values larger
+                                          than a datagram go in pieces, with a progress bar
     """
     _setup_logging(ctx, logging.WARNING)
     if signed and immutable:
@@ -650,27 +656,36 @@ def put_command(
         raise click.UsageError("--seq and --cas apply to --signed records only", ctx)
     if signed and key_file is None:
         raise click.UsageError("--signed needs --key-file (the owner's key)", ctx)
-    if immutable:
+    if value_file is not None:
+        if value_is_hex:
+            raise click.UsageError("--hex and --file exclude each other", ctx)
+        if immutable and key is not None:
+            raise click.UsageError("put --immutable --file takes no argument", ctx)
+        if value is not None:
+            raise click.UsageError("VALUE and --file exclude each other", ctx)
+        value = ""
+    elif immutable:
+        if key is None:
+            raise click.UsageError("Missing argument 'VALUE'.", ctx)
         if value is not None:
             raise click.UsageError("put --immutable takes one argument, VALUE", ctx)
         key, value = "", key
     elif value is None:
-        raise click.UsageError("Missing argument 'VALUE'.", ctx)
-    if value_is_hex:
+        raise click.UsageError(f"Missing argument '{'VALUE' if key else 'KEY'}'.", ctx)
+    if key is None:
+        if not immutable:
+            raise click.UsageError("Missing argument 'KEY'.", ctx)
+        key = ""
+    if value_file is not None:
+        data = read_value_file(value_file)
+    elif value_is_hex:
         try:
             data = bytes.fromhex(value)
         except ValueError:
             raise click.BadParameter("not valid hex", param_hint="VALUE") from None
     else:
         data = _encode_arg(value)
-    kind = RecordKind.SIGNED if signed else RecordKind.IMMUTABLE if immutable else RecordKind.OPEN
-    limit = value_limit(kind, KadConfig())
-    if len(data) > limit:
-        what = "a value" if kind is RecordKind.OPEN else f"a {kind.name.lower()} value"
-        raise click.BadParameter(
-            f"{len(data)} bytes is more than the {limit}-byte limit of {what}",
-            param_hint="VALUE",
-        )
+    check_size(data, "VALUE")
     name = _encode_arg(key)
     if signed and len(name) > MAX_SALT_BYTES:
         raise click.BadParameter(
@@ -697,36 +712,48 @@ def put_command(
             click.echo(f"owner  {answer['owner']}")
             click.echo(f"seq    {answer['seq']}")
             click.echo(f"acks   {answer['acks']}")
+            _echo_pieces(answer.get("piece_acks", []), "   ")
         elif immutable:
             click.echo(f"key   {answer['key']}")
         else:
             click.echo(f"key   {answer['key']}")
             click.echo(f"acks  {answer['acks']}")
+            _echo_pieces(answer.get("piece_acks", []), "  ")
         return
     _need_bootstrap(ctx, bootstrap)
 
     async def put() -> None:
         # The client node has an identity of its own: the key file may well be that of a
         # running node, and two nodes must not share one node id.
-        async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            # A client-mode node keeps no copy itself: every ack is a node of the network.
-            if owner is not None:
-                done = await node.put_signed_record(
-                    name, data, seq=seq, cas=cas, ttl=ttl, owner=owner
-                )
-                click.echo(f"key    {done.key.hex()}")
-                click.echo(f"owner  {owner.public_key.hex()}")
-                click.echo(f"seq    {done.seq}")
-                click.echo(f"acks   {done.acks}")
-                return
-            if immutable:
-                click.echo(f"key   {(await node.put_immutable(data, ttl=ttl)).hex()}")
-                return
-            result = await node.put(name, data, ttl=ttl)
+        with transfer_bar("storing", len(data)) as bar:
+            async with _client_node(host, bootstrap, profile_config(profile)) as node:
+                # A client-mode node keeps no copy itself: every ack is a node of the network.
+                if owner is not None:
+                    done = await node.put_signed_record(
+                        name, data, seq=seq, cas=cas, ttl=ttl, owner=owner, progress=bar
+                    )
+                    click.echo(f"key    {done.key.hex()}")
+                    click.echo(f"owner  {owner.public_key.hex()}")
+                    click.echo(f"seq    {done.seq}")
+                    click.echo(f"acks   {done.acks}")
+                    _echo_pieces(done.piece_acks, "   ")
+                    return
+                if immutable:
+                    cid = await node.put_immutable(data, ttl=ttl, progress=bar)
+                    click.echo(f"key   {cid.hex()}")
+                    return
+                result = await node.put(name, data, ttl=ttl, progress=bar)
         click.echo(f"key   {result.key.hex()}")
         click.echo(f"acks  {result.acks}")
+        _echo_pieces(result.piece_acks, "  ")
 
     _run(put())
+
+
+def _echo_pieces(piece_acks: Sequence[int], pad: str) -> None:
+    """For a value stored in pieces: how many, and the fewest nodes any of them reached."""
+    if piece_acks:
+        click.echo(f"pieces{pad}{len(piece_acks)} (each on at least {min(piece_acks)} nodes)")
 
 
 @cli.command("get")
@@ -745,6 +772,13 @@ def put_command(
 @click.option("--show-seq", is_flag=True, help="With --signed: print 'seq N' first.")
 @click.option("--hex", "as_hex", is_flag=True, help="Print the value as hex.")
 @click.option("--raw", "as_raw", is_flag=True, help="Write the value's bytes unchanged.")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    default=None,
+    help="Write the value's bytes to this file (whole or not at all).",
+)
 @_profile_option
 @daemon_options
 @click.pass_context
@@ -762,6 +796,7 @@ def get_command(
     show_seq: bool,
     as_hex: bool,
     as_raw: bool,
+    out_file: Path | None,
     profile: str,
 ) -> None:
     """Print the value stored under KEY (UTF-8 text when it decodes, else hex).
@@ -770,10 +805,14 @@ def get_command(
     get KEY                       an open record
     get --signed OWNER NAME       OWNER's newest signed record NAME (a quorum read)
     get --immutable KEY           the value whose SHA-256 is KEY
+    get KEY --out PATH            write the value to a file (any kind; a value stored
+                                  in pieces shows a progress bar)
     """
     _setup_logging(ctx, logging.WARNING)
     if as_hex and as_raw:
         raise click.UsageError("--hex and --raw exclude each other", ctx)
+    if out_file is not None and (as_hex or as_raw):
+        raise click.UsageError("--out writes the bytes: no --hex or --raw with it", ctx)
     if signed and immutable:
         raise click.UsageError("--signed and --immutable exclude each other", ctx)
     if show_seq and not signed:
@@ -806,6 +845,12 @@ def get_command(
     else:
         _need_bootstrap(ctx, bootstrap)
         value = _run(_get_with_node(host, bootstrap, profile, key, name, owner, target, seq))
+    if out_file is not None and value is not None:
+        write_value_file(out_file, value)
+        if show_seq:
+            click.echo(f"seq {seq[0]}")
+        click.echo(f"wrote {len(value)} bytes to {out_file}")
+        return
     _print_value(
         key, name, value, signed=signed, show_seq=show_seq, seq=seq, as_raw=as_raw, as_hex=as_hex
     )
@@ -822,19 +867,22 @@ async def _get_with_node(
     seq: list[int],
 ) -> bytes | None:
     """``get`` through a short-lived node (no daemon)."""
-    async with _client_node(host, bootstrap, profile_config(profile)) as node:
-        if owner:
-            assert name is not None
-            record = await node.get_signed(owner, _encode_arg(name))
-            if record is None:
+    with transfer_bar("fetching", None) as bar:
+        async with _client_node(host, bootstrap, profile_config(profile)) as node:
+            if owner:
+                assert name is not None
+                record = await node.get_signed(owner, _encode_arg(name), progress=bar)
+                if record is None:
+                    return None
+                seq.append(record.seq)
+                return record.value
+            if target is not None:
+                return await node.get_immutable(target, progress=bar)
+            result = await node.get_record(_encode_arg(key))
+            _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
+            if result.record is None:
                 return None
-            seq.append(record.seq)
-            return record.value
-        if target is not None:
-            return await node.get_immutable(target)
-        result = await node.get_record(_encode_arg(key))
-    _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
-    return None if result.record is None else result.record.value
+            return await node.value_of(result.record, progress=bar)
 
 
 def _print_value(
@@ -961,74 +1009,13 @@ def lookup_command(
 # ==========================================================================================
 
 
-@dataclass
-class Phase:
-    """Measurements of one batch of operations."""
-
-    attempts: int = 0
-    successes: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    hops: list[int] = field(default_factory=list)
-    """Hops of the gets that went to the network (local answers are counted in ``local``)."""
-    local: int = 0
-    """Gets answered from the getter's own store (it is one of the k closest to the key)."""
-
-    @property
-    def success_rate(self) -> float:
-        return self.successes / self.attempts if self.attempts else 1.0
-
-    def success_text(self) -> str:
-        return f"{self.successes}/{self.attempts} ({100 * self.success_rate:.1f}%)"
-
-    def latency_text(self) -> str:
-        if not self.latencies_ms:
-            return "-"
-        ordered = sorted(self.latencies_ms)
-        return f"{percentile(ordered, 50):.2f} / {percentile(ordered, 99):.2f} ms"
-
-    def hops_text(self) -> str:
-        if not self.hops:
-            return "-"
-        return f"{statistics.fmean(self.hops):.2f} / {statistics.median(self.hops):g}"
-
-
-@dataclass
-class DemoReport:
-    seed: int
-    nodes_before: int
-    nodes_after: int
-    values: int
-    table_before: float
-    table_after: float
-    dead_entries: float
-    """Mean number of crashed nodes still in a survivor's routing table at the end."""
-    puts: Phase
-    gets_before: Phase
-    gets_after: Phase
-    sample: list[str]
-    seconds: float
-    replicas_before: list[int] = field(default_factory=list)
-    """How many live nodes hold each value, before the crash."""
-    replicas_after: list[int] = field(default_factory=list)
-    """... right after the crash (nothing handed on: the crashed copies are just gone)."""
-    replicas_repaired: list[int] = field(default_factory=list)
-    """... once the survivors have re-replicated (or the wait ran out)."""
-    target: int = 0
-    """The replica count every value should have: k, or every node when fewer live."""
-    target_after: int = 0
-    repair_seconds: float = 0.0
-    gets_repaired: Phase = field(default_factory=Phase)
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 @cli.command("demo")
 @click.option(
-    "--nodes", type=click.IntRange(min=2), default=30, show_default=True, help="Nodes to start."
+    "--nodes",
+    type=click.IntRange(min=2),
+    default=DEMO_NODES,
+    show_default=True,
+    help="Nodes to start.",
 )
 @click.option(
     "--values",
@@ -1036,6 +1023,13 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     default=50,
     show_default=True,
     help="Values to put and get.",
+)
+@click.option(
+    "--lookups",
+    type=click.IntRange(min=0),
+    default=DEMO_LOOKUPS,
+    show_default=True,
+    help="Lookups of random ids (their hops show how deep the network is).",
 )
 @click.option(
     "--seed",
@@ -1058,25 +1052,54 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     help="Seconds between republishes (a real network uses 1 h); repair takes about this long.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the nodes bind.")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Afterwards keep the surviving network up and serve one node's live page and API "
+    "(its URL is printed; Ctrl-C ends it).",
+)
 @click.pass_context
 def demo_command(
     ctx: click.Context,
     nodes: int,
     values: int,
+    lookups: int,
     seed: int | None,
     kill_fraction: float,
     republish_interval: float,
     host: str,
+    serve: bool,
 ) -> None:
     """Run a local network of real UDP nodes, crash some, and show the data survives: every
     value stays readable, and the survivors put it back on k live nodes."""
     _setup_logging(ctx, logging.WARNING)
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 32)
-    report = _run(_demo(host, nodes, values, seed, kill_fraction, republish_interval))
     console = _stdout_console()
-    console.print(f"nodes: {', '.join(report.sample)}")
-    console.print(_demo_table(report))
+
+    def show(report: DemoReport) -> None:
+        console.print(f"nodes: {', '.join(report.sample)}")
+        console.print(demo_table(report))
+
+    async def keep_serving(report: DemoReport, survivors: list[Node]) -> None:
+        from .daemon.service import serve_demo_node  # noqa: PLC0415 - aiohttp only here
+
+        show(report)
+        await serve_demo_node(survivors[0], click.echo)
+
+    main = run_demo(
+        host,
+        nodes,
+        values,
+        seed,
+        kill_fraction,
+        republish_interval,
+        lookups=lookups,
+        serve=keep_serving if serve else None,
+    )
+    report = _run(main)
+    if not serve:
+        show(report)
     before, after = report.gets_before, report.gets_after
     if before.successes < before.attempts:
         raise CommandFailed(
@@ -1087,251 +1110,6 @@ def demo_command(
             f"demo failed: only {after.success_text()} of the gets succeeded after the crash "
             f"(need {DEMO_SUCCESS_AFTER_KILL:.0%})"
         )
-
-
-def demo_config(republish_interval: float) -> KadConfig:
-    """The demo network's configuration: production's, with time compressed.
-
-    Every node shares one process and one core, so besides the interval itself the holders'
-    timers are spread wider (half the interval), each node runs fewer republish lookups at
-    once, and a dead holder is replaced after a tenth of the interval.
-    """
-    return KadConfig(
-        republish_interval=republish_interval,
-        republish_jitter=0.5,
-        repair_delay=republish_interval / 10,
-        max_concurrent_republish=4,
-    )
-
-
-def _replicas(items: Sequence[tuple[bytes, bytes, Node]], nodes: Sequence[Node]) -> list[int]:
-    """How many of ``nodes`` hold each item."""
-    return [sum(1 for n in nodes if n.holds(key)) for key, _, _ in items]
-
-
-async def _demo(
-    host: str,
-    count: int,
-    values: int,
-    seed: int,
-    kill_fraction: float,
-    republish_interval: float = DEMO_REPUBLISH_INTERVAL,
-) -> DemoReport:
-    rng = random.Random(seed)
-    started = time.perf_counter()
-    config = demo_config(republish_interval)
-    nodes: list[Node] = []
-    progress = Progress(
-        TextColumn("{task.description:<26}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
-    try:
-        with progress:
-            # 1. Form the network: node 0 is the seed, every later node joins through up to
-            #    three nodes that are already running.
-            task = progress.add_task("forming the network", total=count)
-            nodes.append(await _start_node(host, 0, config=config))
-            progress.advance(task)
-            for _ in range(1, count):
-                seeds = [n.address for n in rng.sample(nodes, min(3, len(nodes)))]
-                node = await _start_node(host, 0, config=config)
-                nodes.append(node)
-                await _join(node, seeds)
-                progress.advance(task)
-            table_before = statistics.fmean(len(n.routing_table) for n in nodes)
-
-            # 2. Put every value from a random node.
-            items: list[tuple[bytes, bytes, Node]] = []
-            puts = Phase()
-            task = progress.add_task("putting values", total=values)
-            for i in range(values):
-                key = f"demo-key-{i}".encode()
-                value = f"value {i} ({rng.getrandbits(64):016x})".encode()
-                putter = rng.choice(nodes)
-                puts.attempts += 1
-                t0 = time.perf_counter()
-                try:
-                    await putter.put(key, value)
-                except KadError as exc:
-                    _log.warning("put of %r failed: %s", key, exc)
-                else:
-                    puts.successes += 1
-                    puts.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                items.append((key, value, putter))
-                progress.advance(task)
-
-            # 3. Get every value from a different random node.
-            gets_before = await _get_all(items, nodes, rng, progress, "getting values")
-            replicas_before = _replicas(items, nodes)
-
-            # 4. Crash a share of the nodes: close their sockets with no handoff at all.
-            victims = rng.sample(nodes, min(round(count * kill_fraction), count - 1))
-            task = progress.add_task(f"crashing {len(victims)} nodes", total=len(victims))
-            for victim in victims:
-                await victim.stop(handoff=False)
-                progress.advance(task)
-            dead = {id(v) for v in victims}
-            survivors = [n for n in nodes if id(n) not in dead]
-
-            replicas_after = _replicas(items, survivors)
-
-            # 5. Get every value again, from random survivors.
-            gets_after = await _get_all(items, survivors, rng, progress, "getting after the crash")
-
-            # 6. Wait for the survivors to put every value back on k live nodes (each holder
-            #    republishes once per interval; a found-dead holder is replaced sooner).
-            target_after = min(config.k, len(survivors))
-            task = progress.add_task("repairing replicas", total=len(items))
-            repair_start = time.perf_counter()
-            deadline = repair_start + 3 * republish_interval + 5
-            while True:
-                replicas_repaired = _replicas(items, survivors)
-                whole = sum(1 for r in replicas_repaired if r >= target_after)
-                progress.update(task, completed=whole)
-                if whole == len(items) or time.perf_counter() > deadline:
-                    break
-                await asyncio.sleep(0.25)
-            repair_seconds = time.perf_counter() - repair_start
-            gets_repaired = await _get_all(
-                items, survivors, rng, progress, "getting after the repair"
-            )
-            table_after = statistics.fmean(len(n.routing_table) for n in survivors)
-            dead_ids = {v.node_id for v in victims}
-            dead_entries = statistics.fmean(
-                sum(c.node_id in dead_ids for c in n.routing_table) for n in survivors
-            )
-    finally:
-        for node in nodes:
-            await node.stop(handoff=False)
-
-    sample = [f"{n.node_id.short()}@{format_address(n.address)}" for n in nodes[:4]]
-    sample[0] += " (seed)"
-    if count > len(sample):
-        sample.append(f"… {count - len(sample)} more")
-    return DemoReport(
-        seed=seed,
-        nodes_before=count,
-        nodes_after=len(survivors),
-        values=values,
-        table_before=table_before,
-        table_after=table_after,
-        dead_entries=dead_entries,
-        puts=puts,
-        gets_before=gets_before,
-        gets_after=gets_after,
-        sample=sample,
-        seconds=time.perf_counter() - started,
-        replicas_before=replicas_before,
-        replicas_after=replicas_after,
-        replicas_repaired=replicas_repaired,
-        target=min(config.k, count),
-        target_after=target_after,
-        repair_seconds=repair_seconds,
-        gets_repaired=gets_repaired,
-    )
-
-
-async def _get_all(
-    items: Sequence[tuple[bytes, bytes, Node]],
-    nodes: Sequence[Node],
-    rng: random.Random,
-    progress: Progress,
-    description: str,
-) -> Phase:
-    """Get every item from a random node of ``nodes`` other than the one that put it."""
-    phase = Phase()
-    task = progress.add_task(description, total=len(items))
-    for key, value, putter in items:
-        getter = rng.choice(nodes)
-        while getter is putter and len(nodes) > 1:
-            getter = rng.choice(nodes)
-        phase.attempts += 1
-        t0 = time.perf_counter()
-        try:
-            result = await getter.get_record(key)
-        except KadError as exc:
-            _log.warning("get of %r failed: %s", key, exc)
-        else:
-            phase.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            if result.queries == 0:
-                phase.local += 1
-            else:
-                phase.hops.append(result.hops)
-            if result.record is not None and result.record.value == value:
-                phase.successes += 1
-            else:
-                _log.warning("get of %r from %r found %r", key, getter, result.record)
-        progress.advance(task)
-    return phase
-
-
-def _replica_text(counts: Sequence[int]) -> str:
-    if not counts:
-        return "-"
-    return f"{min(counts)} / {statistics.fmean(counts):.1f} / {max(counts)}"
-
-
-def _on_target_text(counts: Sequence[int], target: int) -> str:
-    return f"{sum(1 for c in counts if c >= target)}/{len(counts)}"
-
-
-def _demo_table(report: DemoReport) -> Table:
-    crashed = report.nodes_before - report.nodes_after
-    table = Table(
-        title=f"nautilus-kad demo (seed {report.seed})",
-        caption=f"{report.seconds:.1f} s in all",
-    )
-    table.add_column("", style="bold")
-    table.add_column("before the crash", justify="right")
-    table.add_column("after the crash", justify="right")
-    table.add_column("after repair", justify="right")
-    before, after, repaired = report.gets_before, report.gets_after, report.gets_repaired
-    survivors = f"{report.nodes_after} ({crashed} crashed)"
-    table.add_row("nodes", str(report.nodes_before), survivors, survivors)
-    table.add_row("values", str(report.values), str(report.values), str(report.values))
-    table.add_row("put success", report.puts.success_text(), "", "")
-    table.add_row(
-        "replicas per value (min / mean / max)",
-        _replica_text(report.replicas_before),
-        _replica_text(report.replicas_after),
-        _replica_text(report.replicas_repaired),
-    )
-    table.add_row(
-        f"values on k live nodes (k = {report.target} / {report.target_after})",
-        _on_target_text(report.replicas_before, report.target),
-        _on_target_text(report.replicas_after, report.target_after),
-        f"{_on_target_text(report.replicas_repaired, report.target_after)} "
-        f"in {report.repair_seconds:.1f} s",
-    )
-    table.add_row(
-        "routing table size (mean)",
-        f"{report.table_before:.1f}",
-        f"{report.table_after:.1f} ({report.dead_entries:.1f} crashed)",
-        "",
-    )
-    table.add_row(
-        "gets answered locally",
-        f"{before.local}/{before.attempts}",
-        f"{after.local}/{after.attempts}",
-        f"{repaired.local}/{repaired.attempts}",
-    )
-    table.add_row(
-        "lookup hops (mean / median)", before.hops_text(), after.hops_text(), repaired.hops_text()
-    )
-    table.add_row("put latency p50 / p99", report.puts.latency_text(), "", "")
-    table.add_row(
-        "get latency p50 / p99",
-        before.latency_text(),
-        after.latency_text(),
-        repaired.latency_text(),
-    )
-    table.add_row(
-        "get success", before.success_text(), after.success_text(), repaired.success_text()
-    )
-    return table
 
 
 # The simulator's command lives with the simulator (it drives no socket); registering it here

@@ -400,6 +400,11 @@ class Node:
             )
         return tree.root, tuple(acks)
 
+    async def value_of(self, record: Record, *, progress: Progress | None = None) -> bytes:
+        """The value a record found by :meth:`get_record` stands for: its own value, or for
+        a value larger than a datagram the whole value, fetched and checked piece by piece."""
+        return await self._resolve(record.key, record.value, progress)
+
     async def _resolve(self, key: NodeId, value: bytes, progress: Progress | None) -> bytes:
         """A record's value as the user stored it: fetched piece by piece if it is a root
         manifest (raises ``BlobFormatError`` or ``MissingChunksError``)."""

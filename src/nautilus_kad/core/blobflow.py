@@ -86,7 +86,8 @@ class GetPlan:
         self._manifests: deque[NodeId] = deque()
         self._chunks: deque[NodeId] = deque()
         self._in_flight: set[NodeId] = set()
-        self._missing: dict[NodeId, int] = {}
+        self._missing: dict[NodeId, tuple[int, int]] = {}
+        """Keys nobody had: (places in the tree, value bytes under them)."""
         self.pieces_total = 0
         self.pieces_done = 0
         self.bytes_done = 0
@@ -122,7 +123,7 @@ class GetPlan:
         self._in_flight.discard(key)
         slots = self._waiting.pop(key, [])
         if data is None:
-            self._missing[key] = sum(slot.length for slot in slots)
+            self._missing[key] = (len(slots), sum(slot.length for slot in slots))
             return
         for slot in slots:
             if slot.level < 0:
@@ -141,10 +142,9 @@ class GetPlan:
         """The whole value; raises :class:`MissingChunksError` if pieces were not found."""
         assert self.done, "result() before the plan is done"
         if self._missing:
-            missing_bytes = min(self.length, sum(self._missing.values()))
-            raise MissingChunksError(
-                len(self._missing), self.pieces_total, missing_bytes, self.length
-            )
+            pieces = sum(count for count, _ in self._missing.values())
+            missing_bytes = min(self.length, sum(size for _, size in self._missing.values()))
+            raise MissingChunksError(pieces, self.pieces_total, missing_bytes, self.length)
         out = bytearray()
         self._assemble(0, out)
         if len(out) != self.length:  # pragma: no cover - the per-piece checks prevent it

@@ -12,13 +12,17 @@ from typing import Any
 
 from ..aio.node import Node
 from ..core.addresses import AddressError, format_address, parse_address
+from ..core.blob import BlobConfig
 from ..core.identity import PUBLIC_KEY_BYTES, Identity
 from ..core.ids import NodeId, distance, key_id
 from ..core.limits import MAX_SALT_BYTES, MAX_SEQ
 from ..core.messages import Contact
-from ..core.records import RecordKind, immutable_key, signed_key, value_limit
+from ..core.records import RecordKind, immutable_key, signed_key
 from .activity import Activity
 
+MAX_VALUE = BlobConfig().max_size
+"""The largest value an action carries: what the command line puts (stored in pieces when it
+is over the inline limit)."""
 KINDS = {"open": RecordKind.OPEN, "immutable": RecordKind.IMMUTABLE, "signed": RecordKind.SIGNED}
 
 
@@ -65,9 +69,8 @@ def _kind(body: dict[str, Any]) -> RecordKind:
 async def put(node: Node, activity: Activity, body: dict[str, Any]) -> dict[str, Any]:
     kind = _kind(body)
     value = _hex(body, "value")
-    limit = value_limit(kind, node.engine.config)
-    if len(value) > limit:
-        raise BadRequestError(f"{len(value)} bytes is more than the {limit}-byte limit")
+    if len(value) > MAX_VALUE:
+        raise BadRequestError(f"{len(value)} bytes is more than the {MAX_VALUE}-byte limit")
     ttl = _int(body, "ttl", 1, 1 << 31)
     if kind is RecordKind.IMMUTABLE:
         cid = await activity.run("put", immutable_key(value), node.put_immutable(value, ttl=ttl))
@@ -91,10 +94,11 @@ async def put(node: Node, activity: Activity, body: dict[str, Any]) -> dict[str,
             "owner": identity.public_key.hex(),
             "seq": done.seq,
             "acks": done.acks,
+            "piece_acks": list(done.piece_acks),
         }
     key = _hex(body, "key")
     result = await activity.run("put", key_id(key), node.put(key, value, ttl=ttl))
-    return {"key": result.key.hex(), "acks": result.acks}
+    return {"key": result.key.hex(), "acks": result.acks, "piece_acks": list(result.piece_acks)}
 
 
 def _owner(body: dict[str, Any]) -> Identity | None:

@@ -35,9 +35,14 @@ RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 class NodeMetrics:
     """The registry of one node, with the histograms and counters fed as events happen."""
 
-    def __init__(self, node: Node, in_flight: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        node: Node,
+        in_flight: Callable[[], dict[str, int]],
+        api_refused: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_NodeCollector(node, in_flight, time.time()))
+        self.registry.register(_NodeCollector(node, in_flight, time.time(), api_refused))
         self.queries = Counter(
             P + "queries",
             "Queries this node ran for its user, by kind and result (ok, not_found, failed).",
@@ -102,15 +107,31 @@ def _labelled(stats: dict[str, float], prefix: str) -> Iterator[tuple[str, float
 class _NodeCollector(Collector):
     """Counters and gauges read from the node at scrape time."""
 
-    def __init__(self, node: Node, in_flight: Callable[[], dict[str, int]], started: float):
+    def __init__(
+        self,
+        node: Node,
+        in_flight: Callable[[], dict[str, int]],
+        started: float,
+        api_refused: Callable[[], dict[str, int]],
+    ):
         self._node = node
         self._in_flight = in_flight
         self._started = started
+        self._api_refused = api_refused
 
     def collect(self) -> Iterator[Metric]:
         node = self._node
         stats = node.stats
         yield from _counters(stats)
+        refused = CounterMetricFamily(
+            P + "api_requests_refused",
+            "Local API requests refused, by reason (host, origin, token, method).",
+            labels=["reason"],
+        )
+        counts = self._api_refused()
+        for reason in ("host", "origin", "token", "method"):
+            refused.add_metric([reason], counts.get(reason, 0))
+        yield refused
         yield from _gauges(node, stats, self._in_flight(), self._started)
 
 

@@ -37,8 +37,8 @@ from .security import HEADERS, Guard, allowed_hosts, json_error
 
 _log = logging.getLogger("nautilus_kad.daemon")
 
-MAX_BODY = 64 * 1024
-"""Largest request body: an action carries one record (at most a few KiB as hex)."""
+MAX_BODY = 2 * actions.MAX_VALUE + 64 * 1024
+"""Largest request body: one value of at most the blob limit, as hex, and its fields."""
 SNAPSHOT_INTERVAL = 1.0
 SHUTDOWN_TIMEOUT = 1.0
 STATIC = ("index.html", "app.js", "app.css")
@@ -71,8 +71,8 @@ class Daemon:
         self.hub = EventHub() if max_event_clients is None else EventHub(max_event_clients)
         self.activity = Activity(self.hub.publish, self._operation_done)
         self.traffic = Traffic()
-        self.metrics = NodeMetrics(node, self._in_flight_by_kind)
         self.guard = Guard(frozenset(), self.token)
+        self.metrics = NodeMetrics(node, self._in_flight_by_kind, lambda: dict(self.guard.refused))
         self.url = ""
         self.info: ApiInfo | None = None
         self._runner: web.AppRunner | None = None

@@ -166,7 +166,7 @@ async def _start_api(
     request_stop: Callable[[], None],
     echo: Callable[[str], None],
 ) -> Daemon:
-    api_port = api.port if api.port is not None else (port + 1 if port else 0)
+    api_port = api.port if api.port is not None else (port + 1 if 0 < port < 65535 else 0)
     default = api_file_path(data_dir)
     path: Path | None = default
     if data_dir is None:
@@ -210,3 +210,27 @@ def _live_holder(path: Path) -> int | None:
     if info is None or info.pid == os.getpid() or not pid_alive(info.pid):
         return None
     return info.pid
+
+
+async def serve_demo_node(node: Node, echo: Callable[[str], None]) -> None:
+    """``demo --serve``: one of the demo's nodes gets the API and live page (on a free port,
+    with the per-user api file when no other daemon holds it) until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        daemon = await _start_api(node, node.address[0], 0, None, ApiSettings(), stop.set, echo)
+        try:
+            short = node.node_id.short()
+            echo(f"the live page of node {short}: {daemon.url}/ (Ctrl-C ends the demo)")
+            await stop.wait()
+        finally:
+            await daemon.close()
+            daemon.remove_api_file()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
