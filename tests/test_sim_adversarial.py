@@ -17,7 +17,7 @@ from nautilus_kad.core.messages import Contact, FindNode, FindValue, Nodes
 from nautilus_kad.core.records import make_immutable
 from nautilus_kad.sim import SimAuthenticator, Simulation
 from nautilus_kad.sim.adversarial import AdversarialSpec, run_adversarial
-from nautilus_kad.sim.adversarial_scoring import get_ok_strict, lookup_ok_strict
+from nautilus_kad.sim.adversarial_scoring import strict_ok
 from nautilus_kad.sim.adversary import (
     MISROUTE,
     SILENT,
@@ -129,7 +129,10 @@ def test_forging_colluders_name_the_true_honest_neighbours_at_false_addresses() 
     for contact in answer:
         assert contact.address != real[contact.node_id]
         assert contact.host == real[contact.node_id][0]  # its host, a dead port
-        assert contact.address == forged_address(Contact(contact.node_id, *real[contact.node_id]))
+        honest = Contact(contact.node_id, *real[contact.node_id])
+        assert contact.address == forged_address(honest, bad[0].node_id)
+    other_lie = _ask(sim, asker, bad[3].index, FindNode(target)).contacts
+    assert {c.address for c in other_lie}.isdisjoint({c.address for c in answer})
     # Scatter-forge: half forged neighbours, half fresh colluders, interleaved.
     for node in bad:
         turn_hostile(node, SCATTER_FORGE, colluders)
@@ -147,13 +150,12 @@ def test_strict_scoring_counts_a_path_only_until_it_meets_a_hostile_node() -> No
     assert [c.node_id for c in lookup.next_queries()] == [goal, bad, other]
     lookup.on_response(goal)
     lookup.on_response(bad)
-    assert lookup_ok_strict(lookup, {bad}, [goal])  # reached before the hostile node
-    assert get_ok_strict(lookup, {bad}, {goal})
-    assert not lookup_ok_strict(lookup, {goal}, [other])  # another hostile node came first
-    assert not get_ok_strict(lookup, {bad}, {other})  # asked, but it has not answered
+    assert strict_ok(lookup, {bad}, {goal})  # reached before the hostile node
+    assert not strict_ok(lookup, {goal}, {other})  # another hostile node came first
+    assert not strict_ok(lookup, {bad}, {other})  # asked, but it has not answered
     lookup.on_response(other)
-    assert get_ok_strict(lookup, {5}, {other})
-    assert not get_ok_strict(lookup, {bad}, {other})
+    assert strict_ok(lookup, {5}, {other})
+    assert not strict_ok(lookup, {bad}, {other})  # it answered, but after the hostile one
 
 
 def test_silent_nodes_drop_everything() -> None:

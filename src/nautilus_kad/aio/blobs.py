@@ -32,8 +32,9 @@ async def store_pieces(
     *,
     republish: bool = False,
     progress: Progress | None = None,
-) -> list[int]:
-    """STORE every piece (an immutable record) on its k closest; returns the acks of each."""
+) -> tuple[list[int], int]:
+    """STORE every piece (an immutable record) on its k closest; returns the acks of each
+    and the number of lookups the plan ran."""
     plan = PutPlan([key for key, _ in pieces], engine.config.k, config.in_flight)
     total = sum(len(data) for _, data in pieces)
     done_bytes = 0
@@ -60,7 +61,7 @@ async def store_pieces(
     finally:
         for task in tasks:
             task.cancel()
-    return plan.acks()
+    return plan.acks(), plan.lookups_run
 
 
 def _start(

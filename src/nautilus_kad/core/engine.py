@@ -654,9 +654,16 @@ class KadEngine:
         self.stats["tx.timeouts"] += 1
         if pending.node_id is not None:
             self._verifying.discard(pending.node_id)
-            removed = self.table.record_failure(pending.node_id)
-            if removed is not None:
-                self._peer_removed(removed, now)
+            # A failure counts against the node only at the address the table holds for
+            # it: silence at another address (one a hostile peer named it at, or a new one
+            # being checked) says nothing about the node where we know it.
+            entry = self.table.get(pending.node_id)
+            if entry is not None and entry.contact.address == pending.address:
+                removed = self.table.record_failure(pending.node_id)
+                if removed is not None:
+                    self._peer_removed(removed, now)
+            elif entry is not None:
+                self.stats["tx.timeouts.other_address"] += 1
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is not None:
             query.on_timeout(pending, now)

@@ -75,20 +75,20 @@ class LookupQuery:
 
     def on_slow(self, pending: Pending, now: float) -> None:
         if pending.node_id is not None:
-            self.lookup.on_soft_timeout(pending.node_id)
+            self.lookup.on_soft_timeout(pending.node_id, pending.address)
             if not self.owner.requests.resend_and_wait(pending, now):
-                self.lookup.on_give_up(pending.node_id)
+                self.lookup.on_give_up(pending.node_id, pending.address)
             self.owner.advance(self, now)
 
     def on_grace_over(self, pending: Pending, now: float) -> None:
         """A slow peer used up its grace: the lookup may finish without it."""
         if pending.node_id is not None:
-            self.lookup.on_give_up(pending.node_id)
+            self.lookup.on_give_up(pending.node_id, pending.address)
             self.owner.advance(self, now)
 
     def on_timeout(self, pending: Pending, now: float) -> None:
         if pending.node_id is not None:
-            self.lookup.on_failure(pending.node_id)
+            self.lookup.on_failure(pending.node_id, pending.address)
         self.owner.advance(self, now)
 
 
@@ -172,7 +172,7 @@ class Lookups:
         if isinstance(message, Nodes):
             # The decoder bounds a NODES answer at 32 contacts; we use at most k of them.
             contacts = self.acceptable(message.contacts[: ctx.config.k], contact.host)
-            answered(contact.node_id, contacts, message.token)
+            answered(contact.node_id, contacts, message.token, contact.address)
         elif isinstance(message, Value):
             record = message.record
             valid = record.key == lookup.target
@@ -188,17 +188,17 @@ class Lookups:
                 ctx.stats["get.invalid_value"] += 1
                 self._penalise(contact.node_id)
                 query.holders.add(contact.node_id)  # and no copy of ours goes to it either
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
             elif query.kind is not None and record.kind is not query.kind:
                 ctx.stats["get.wrong_kind"] += 1
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
             elif query.holders_only:
                 # A leave wants to know who holds it, not just the value: keep going.
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
                 if not departing:
                     query.holders.add(contact.node_id)
             else:
-                answered(contact.node_id, (), message.token)
+                answered(contact.node_id, (), message.token, contact.address)
                 if not departing:
                     query.holders.add(contact.node_id)
                 query.answers.append((contact, record, message.token))
@@ -207,7 +207,7 @@ class Lookups:
                 if len(query.answers) >= query.quorum:
                     lookup.finish()
         else:  # an ERROR answer: the peer is alive but useless for this lookup
-            lookup.on_failure(contact.node_id)
+            lookup.on_failure(contact.node_id, contact.address, final=True)
         self.advance(query, now)
 
     def acceptable(self, contacts: tuple[Contact, ...], via: str) -> tuple[Contact, ...]:
@@ -236,7 +236,7 @@ class Lookups:
                 if not self.requests.send(
                     contact.address, contact.node_id, request, now, query.query_id
                 ):
-                    lookup.on_failure(contact.node_id)
+                    lookup.on_failure(contact.node_id, contact.address, final=True)
                     query.overloaded = True
             if query.overloaded and lookup.in_flight == 0 and lookup.slow == 0:
                 # Refused by the request limit with nothing left in flight: no answer will
