@@ -189,12 +189,16 @@ def test_sybil_ids_sit_next_to_their_key_and_join() -> None:
         sybil_identity(key, 300, rng)
 
 
-def test_disjoint_paths_hold_against_20_percent_misrouting() -> None:
+def test_disjoint_paths_hold_against_20_percent_misrouting_and_forging() -> None:
     """The issue's bound at CI scale: 800 nodes with k = 8 (a larger network with k = 20 needs
-    minutes), 20% colluding misrouting nodes. One path loses lookups; four hold >= 99%."""
+    minutes), 20% hostile nodes, misrouting and the strongest behaviour (scatter-forge:
+    fresh colluders per requester plus the true honest neighbours at false addresses). Four
+    paths hold >= 99%; one path does measurably worse. Before lookups tried other addresses
+    and let a path take over a node another path asked at a false address, four paths got
+    56% of lookups against scatter-forge here: a regression in path isolation fails this."""
     spec = AdversarialSpec(
         nodes=800,
-        behaviours=(MISROUTE,),
+        behaviours=(MISROUTE, SCATTER_FORGE),
         levels=(0.2,),
         paths=(1, 4),
         lookups=200,
@@ -202,15 +206,21 @@ def test_disjoint_paths_hold_against_20_percent_misrouting() -> None:
         config=default_sim_config().with_changes(k=8, replacement_cache_size=8),
     )
     result = run_adversarial(spec)
-    one, four = result.cells
-    assert (one.paths, four.paths) == (1, 4)
-    assert four.lookup_rate >= 0.99
-    assert four.get_rate >= 0.99
+    one, four, forge_one, forge_four = result.cells
+    assert [(c.behaviour, c.paths) for c in result.cells] == [
+        (MISROUTE, 1), (MISROUTE, 4), (SCATTER_FORGE, 1), (SCATTER_FORGE, 4)
+    ]  # fmt: skip
+    for cell in (four, forge_four):
+        assert cell.lookup_rate >= 0.99
+        assert cell.get_rate >= 0.99
+        assert cell.malicious == 160
     # The adversary bites: one path does measurably worse, and four paths cost more messages.
-    assert one.lookup_rate < four.lookup_rate
-    assert one.get_rate < four.get_rate
+    assert one.lookup_rate <= 0.96 and one.get_rate <= 0.96
+    assert forge_one.lookup_strict_rate < forge_four.lookup_strict_rate
     assert four.lookup_messages > 2 * one.lookup_messages
-    assert four.malicious == one.malicious == 160
+    # Strict (the paper's): some path reached the target without meeting a hostile node.
+    assert four.lookup_strict_rate > one.lookup_strict_rate + 0.1
+    assert all(c.lookup_strict_rate <= c.lookup_rate for c in result.cells)
 
 
 def test_command_prints_the_table() -> None:
