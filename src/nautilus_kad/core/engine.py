@@ -85,7 +85,6 @@ __all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngi
 
 _log = logging.getLogger("nautilus_kad.engine")
 
-_STRIKES = 4096
 
 # Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
 _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
