@@ -547,6 +547,7 @@ class KadEngine:
         *,
         kind: RecordKind | None = None,
         paths: int | None = None,
+        alpha: int | None = None,
     ) -> int:
         """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found).
 
@@ -554,7 +555,9 @@ class KadEngine:
         stop at the first value: it collects ``signed_get_quorum`` valid answers among the
         closest nodes, returns the highest sequence number and writes it back to the replicas
         that served an older one. Invalid values count against the peer that sent them.
-        ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this get.
+        ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this get, ``alpha`` the
+        requests in flight (1 for the pieces of a large value: many gets run at once, and the
+        nearest node asked first usually holds the piece, so more would only fetch it twice).
         """
         local = self.store.get(key, now)
         qid = self._new_query_id()
@@ -574,7 +577,7 @@ class KadEngine:
             self._events.append(GetDone(qid, key, local.record, 0, 0))
             return qid
         return self._start_lookup(
-            target=key, now=now, want_value=True, qid=qid, kind=kind, paths=paths
+            target=key, now=now, want_value=True, qid=qid, kind=kind, paths=paths, alpha=alpha
         )
 
     def put(
@@ -1046,6 +1049,7 @@ class KadEngine:
         republish: bool = False,
         leave: _ReplBatch | None = None,
         paths: int | None = None,
+        alpha: int | None = None,
     ) -> int:
         if qid is None:
             qid = self._new_query_id()
@@ -1058,7 +1062,7 @@ class KadEngine:
             target,
             self.node_id,
             self.config.k,
-            self.config.alpha,
+            self.config.alpha if alpha is None else alpha,
             seeds,
             self.config.disjoint_paths if paths is None else paths,
         )
