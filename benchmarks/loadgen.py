@@ -122,7 +122,7 @@ class Client:
     def maker(self, mode: str, kind: str, rng: random.Random) -> Callable[[], tuple[bytes, bytes]]:
         """A function that makes one more request: (txid, datagram)."""
         auth = self.engine.auth
-        pad = self.engine._pad_to if kind == "FIND_NODE" else 0  # as engines send them
+        pad = self.engine.wire.pad_to if kind == "FIND_NODE" else 0  # as engines send them
         session = self.session
 
         def make() -> tuple[bytes, bytes]:

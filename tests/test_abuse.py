@@ -196,7 +196,7 @@ def test_a_store_with_a_bad_token_changes_nothing() -> None:
     server = make_server()
     populate(server, 3)
     stranger = Peer(("8.8.8.8", 4000), 77)  # not a client: a valid request would get a PING
-    token = server._token_for(("9.9.9.9", 4000))  # issued to another address
+    token = server.tokens.issue(("9.9.9.9", 4000))  # issued to another address
     server.receive_datagram(stranger.request(Store(_record(1, 10), token)), stranger.address, NOW)
     (answer,) = sent_to(server, stranger.address)  # the refusal, and no PING
     refusal = decode_datagram(answer, stranger.auth).message
@@ -232,7 +232,7 @@ def test_a_padded_stranger_gets_a_full_answer_and_a_verification_ping() -> None:
     server = make_server()
     populate(server, 30)
     newcomer = Peer(("8.8.8.8", 4000), 99)
-    request = newcomer.request(FindNode(NodeId(5)), pad_to=server._pad_to)
+    request = newcomer.request(FindNode(NodeId(5)), pad_to=server.wire.pad_to)
     assert len(request) * 3 >= MAX_DATAGRAM + MAX_PING_BYTES
     server.receive_datagram(request, newcomer.address, NOW)
     out = [decode_datagram(d, newcomer.auth) for d in sent_to(server, newcomer.address)]
@@ -416,7 +416,7 @@ def test_local_peers_may_list_local_addresses() -> None:
 
 
 def _store_from(server: KadEngine, peer: Peer, record: Record) -> Message:
-    token = server._token_for(peer.address)
+    token = server.tokens.issue(peer.address)
     server.receive_datagram(peer.request(Store(record, token)), peer.address, NOW)
     (answer,) = sent_to(server, peer.address)
     return decode_datagram(answer, peer.auth).message

@@ -234,3 +234,22 @@ def test_neighbourhoods_prove_only_what_a_lookup_saw() -> None:
     assert hoods.gap(target, hoods.closest(target)) is not None  # the far side is unknown
     far = NodeId(int(target) ^ (1 << 255))
     assert hoods.gap(far, hoods.closest(far)) is not None
+
+
+def test_a_piece_few_nodes_acknowledged_is_sent_again_at_most_three_times() -> None:
+    nodes = _network(50)
+    keys = [NodeId(1 << 200), NodeId(2 << 200)]
+    plan = PutPlan(keys, 20, in_flight=8)
+    sends: dict[int, int] = {0: 0, 1: 0}
+    while not plan.done:
+        for action in plan.next_actions():
+            if isinstance(action, Lookup):
+                plan.on_lookup(action.target, _true_closest(nodes, action.target, 20))
+            else:
+                assert isinstance(action, Store)
+                sends[action.index] += 1
+                # piece 0: a loaded network answers 3 of 20 the first time, then 15
+                acks = (3 if sends[0] == 1 else 15) if action.index == 0 else 0
+                plan.on_stored(action.index, acks)
+    assert sends == {0: 2, 1: 3}
+    assert plan.acks() == [15, 0] and plan.retries == 3

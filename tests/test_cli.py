@@ -27,6 +27,7 @@ from click.testing import CliRunner, Result
 
 from nautilus_kad import __version__
 from nautilus_kad.cli import cli
+from nautilus_kad.cli_values import BLOB_LIMIT as BLOB
 
 COMMAND_TIMEOUT = 60.0
 """Upper bound for one short command (start a client node, join, one operation, stop)."""
@@ -242,8 +243,18 @@ def test_top_level_help_lists_commands() -> None:
         (["run", "--port", "-1"], "--port"),
         (["lookup", "abcd", "--bootstrap", "127.0.0.1:7400"], "64 hex digits"),
         (["lookup", "zz" + "0" * 62, "--bootstrap", "127.0.0.1:7400"], "64 hex digits"),
-        (["put", "k", "x" * 2000, "--bootstrap", "127.0.0.1:7400"], "2000 bytes"),
-        (["put", "k", "é" * 501, "--bootstrap", "127.0.0.1:7400"], "1002 bytes"),
+        (["put", "k", "x" * (BLOB + 1), "--bootstrap", "127.0.0.1:7400"], f"{BLOB + 1} bytes"),
+        (["put", "k", "é" * (BLOB // 2 + 1), "--bootstrap", "127.0.0.1:7400"], f"{BLOB + 2} bytes"),
+        (["put", "k", "00" * (BLOB + 1), "--hex", "-b", "127.0.0.1:7400"], f"{BLOB}-byte limit"),
+        (["put", "k", "--file", "/no/such/file", "-b", "127.0.0.1:7400"], "cannot read"),
+        (
+            ["put", "k", "v", "--file", "/etc/hostname", "-b", "127.0.0.1:7400"],
+            "exclude each other",
+        ),
+        (["put", "k", "--file", "-", "--hex", "-b", "127.0.0.1:7400"], "exclude each other"),
+        (["put", "--immutable", "k", "--file", "-", "-b", "127.0.0.1:7400"], "no argument"),
+        (["put", "-b", "127.0.0.1:7400"], "KEY"),
+        (["get", "k", "--out", "f", "--hex", "-b", "127.0.0.1:7400"], "--out writes the bytes"),
         (["put", "k", "xyz", "--hex", "--bootstrap", "127.0.0.1:7400"], "not valid hex"),
         (["get", "k", "--hex", "--raw", "--bootstrap", "127.0.0.1:7400"], "exclude each other"),
         (["get", "k"], "--bootstrap"),
@@ -254,8 +265,17 @@ def test_top_level_help_lists_commands() -> None:
         (["put", "k", "v", "--seq", "3", "-b", "127.0.0.1:7400"], "--signed records only"),
         (["put", "k", "v", "--cas", "3", "-b", "127.0.0.1:7400"], "--signed records only"),
         (
-            ["put", "n", "x" * 835, "--signed", "--key-file", "k.pem", "-b", "127.0.0.1:7400"],
-            "834-byte limit of a signed value",
+            [
+                "put",
+                "n",
+                "x" * (BLOB + 1),
+                "--signed",
+                "--key-file",
+                "k.pem",
+                "-b",
+                "127.0.0.1:7400",
+            ],
+            f"{BLOB}-byte limit of a value",
         ),
         (
             ["put", "n" * 65, "v", "--signed", "--key-file", "k.pem", "-b", "127.0.0.1:7400"],
@@ -278,7 +298,7 @@ def test_top_level_help_lists_commands() -> None:
             ],
             "greater than --cas",
         ),
-        (["put", "x" * 1001, "--immutable", "-b", "127.0.0.1:7400"], "1000-byte limit"),
+        (["put", "x" * (BLOB + 1), "--immutable", "-b", "127.0.0.1:7400"], f"{BLOB}-byte limit"),
         (["get", "ab" * 32, "--signed", "--bootstrap", "127.0.0.1:7400"], "NAME"),
         (["get", "abcd", "n", "--signed", "--bootstrap", "127.0.0.1:7400"], "64 hex digits"),
         (["get", "zz", "--immutable", "--bootstrap", "127.0.0.1:7400"], "64 hex digits"),
@@ -447,7 +467,7 @@ def test_one_shot_commands_stay_out_of_routing_tables(network: list[RunningNode]
 @pytest.mark.parametrize(
     ("sig", "status"),
     [
-        pytest.param(signal.SIGINT, 130, id="SIGINT"),
+        pytest.param(signal.SIGINT, 0, id="SIGINT"),
         pytest.param(signal.SIGTERM, 0, id="SIGTERM"),
     ],
 )

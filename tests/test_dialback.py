@@ -12,8 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nautilus_kad.core.auth import Authenticator
+from nautilus_kad.core.codec import decode_datagram, encode_message
 from nautilus_kad.core.dialback import ContactedIps, Helper, Prober, ServeLimiter, Verdict
+from nautilus_kad.core.engine import FLAG_CLIENT, KadEngine
 from nautilus_kad.core.errors import DecodeError
+from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.messages import MessageType
 from nautilus_kad.core.nat import NatState
 from nautilus_kad.core.natclass import NatClass
@@ -23,7 +27,6 @@ from nautilus_kad.core.natwire import (
     Dialback,
     DialbackReply,
     NatMessage,
-    NatMessageType,
     Probe,
     ProbeRelay,
     ProbeRelayReply,
@@ -72,7 +75,7 @@ def test_every_message_roundtrips(message: NatMessage) -> None:
 
 @settings(max_examples=500, deadline=None)
 @given(
-    st.sampled_from(list(NatMessageType)),
+    st.sampled_from(list(NAT_TYPES.values())),
     st.recursive(
         st.none()
         | st.booleans()
@@ -83,7 +86,7 @@ def test_every_message_roundtrips(message: NatMessage) -> None:
         max_leaves=10,
     ),
 )
-def test_garbage_raises_only_decode_errors(msg_type: NatMessageType, body: Any) -> None:
+def test_garbage_raises_only_decode_errors(msg_type: MessageType, body: Any) -> None:
     with contextlib.suppress(DecodeError):
         decode_nat_body(msg_type, body)
 
@@ -91,24 +94,62 @@ def test_garbage_raises_only_decode_errors(msg_type: NatMessageType, body: Any) 
 @pytest.mark.parametrize(
     ("msg_type", "body"),
     [
-        (NatMessageType.DIALBACK, [b"1234567"]),
-        (NatMessageType.DIALBACK, [b"12345678", b"extra"]),
-        (NatMessageType.PROBE, [True]),
-        (NatMessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03", 80]]),
-        (NatMessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03\x04", 0]]),
-        (NatMessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03\x04", True]]),
-        (NatMessageType.DIALBACK_REPLY, [[b"\x01\x02\x03\x04", 80], 99]),
-        (NatMessageType.PROBE_RELAY_REPLY, [[b"\x01\x02\x03\x04", 80], False]),
-        (NatMessageType.DIALBACK_REPLY, "not a list"),
+        (MessageType.DIALBACK, [b"1234567"]),
+        (MessageType.DIALBACK, [b"12345678", b"extra"]),
+        (MessageType.PROBE, [True]),
+        (MessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03", 80]]),
+        (MessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03\x04", 0]]),
+        (MessageType.PROBE_RELAY, [b"12345678", [b"\x01\x02\x03\x04", True]]),
+        (MessageType.DIALBACK_REPLY, [[b"\x01\x02\x03\x04", 80], 99]),
+        (MessageType.PROBE_RELAY_REPLY, [[b"\x01\x02\x03\x04", 80], False]),
+        (MessageType.DIALBACK_REPLY, "not a list"),
     ],
 )
-def test_strict_decoding(msg_type: NatMessageType, body: Any) -> None:
+def test_strict_decoding(msg_type: MessageType, body: Any) -> None:
     with pytest.raises(DecodeError):
         decode_nat_body(msg_type, body)
 
 
-def test_type_codes_do_not_clash_with_kademlia() -> None:
-    assert not set(NAT_TYPES) & {int(t) for t in MessageType}
+def test_type_codes_are_new() -> None:
+    kademlia = {0x01, 0x02, 0x03, 0x04, 0x81, 0x82, 0x83, 0x84, 0x85}
+    assert len(NAT_TYPES) == 5 and not set(NAT_TYPES) & kademlia
+    assert {int(t) for t in MessageType} == kademlia | set(NAT_TYPES)
+
+
+SENDER = Authenticator(Identity.generate(random.Random(11)))
+RECEIVER = Authenticator(Identity.generate(random.Random(12)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages, st.binary(min_size=8, max_size=8))
+def test_signed_envelopes_carry_them(message: NatMessage, txid: bytes) -> None:
+    """Authenticated like every other message: signed, and refused when tampered with."""
+    data = encode_message(message, txid, SENDER, FLAG_CLIENT)
+    envelope = decode_datagram(data, RECEIVER)
+    assert envelope.sender_id == SENDER.identity.node_id and envelope.flags == FLAG_CLIENT
+    assert type(envelope.message) is type(message) and envelope.txid == txid
+    assert encode_nat_body(envelope.message) == encode_nat_body(message)  # type: ignore[arg-type]
+    tampered = bytearray(data)
+    tampered[-70] ^= 1
+    with pytest.raises(DecodeError):
+        decode_datagram(bytes(tampered), RECEIVER)
+
+
+def test_an_engine_that_does_not_serve_them_yet_drops_them() -> None:
+    """Until the engine runs the reachability test it counts and drops these messages, and
+    answers nothing: no traffic to anyone."""
+    engine = KadEngine(Identity.generate(random.Random(13)), rng=random.Random(1), now=0.0)
+    nat_messages: list[NatMessage] = [
+        Dialback(b"n" * 8),
+        ProbeRelay(b"n" * 8, A),
+        Probe(b"n" * 8),
+        DialbackReply(A, ProbeStatus.ARRANGED),
+    ]
+    for n, message in enumerate(nat_messages):
+        engine.receive_datagram(encode_message(message, bytes(8), SENDER), B, float(n))
+    assert engine.datagrams_to_send() == []
+    assert engine.stats["rx.dropped"] == 4
+    assert len(engine.table) == 0
 
 
 # --- limits -------------------------------------------------------------------------------

@@ -573,7 +573,7 @@ def test_node_signed_and_immutable_api() -> None:
             assert await reader.get_immutable(cid.to_bytes32()) == b"some content"
             assert await reader.get_immutable(immutable_key(b"absent")) is None
             with pytest.raises(ValueTooLargeError):
-                await owner.put_signed(b"big", b"x" * (SIGNED_VALUE_LIMIT + 1))
+                await owner.put_signed(b"big", b"x" * (owner.blob_config.max_size + 1))
             with pytest.raises(ValidationError):
                 await owner.put_signed(b"n" * 65, b"x")
 

@@ -11,34 +11,28 @@ status: 2 for argument problems, 1 for network failures, 130 for Ctrl-C.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
 import random
 import signal
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from . import __version__
 from .aio.node import Node
 from .aio.runner import run as run_coroutine
+from .cli_values import check_size, read_value_file, transfer_bar, write_value_file
+from .clidaemon import call, choice, daemon_options, find_daemon
+from .clierrors import CommandFailed
+from .clierrors import describe_os_error as _describe_os_error
 from .core.addresses import AddressError, format_address, parse_address
 from .core.config import KadConfig
 from .core.errors import KadError, NoPeersError
@@ -46,7 +40,16 @@ from .core.identity import PUBLIC_KEY_BYTES, Identity
 from .core.ids import NodeId, distance
 from .core.limits import MAX_SALT_BYTES, MAX_SEQ
 from .core.messages import Address, Contact
-from .core.records import RecordKind, value_limit
+from .daemon_commands import status_command, stop_command, table_command
+from .demo import (
+    DEMO_LOOKUPS,
+    DEMO_NODES,
+    DEMO_REPUBLISH_INTERVAL,
+    DEMO_SUCCESS_AFTER_KILL,
+    DemoReport,
+    demo_table,
+    run_demo,
+)
 from .sim.adversarial_command import adversarial_command
 from .sim.command import sim_command
 
@@ -56,13 +59,8 @@ PROG_NAME = "nautilus-kad"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-DEMO_SUCCESS_AFTER_KILL = 0.99
-"""Share of gets that must still succeed after the demo's crash for it to pass."""
-DEMO_REPUBLISH_INTERVAL = 4.0
-"""The demo's republish interval: production's hour, shrunk so repair shows in seconds."""
 
 _log = logging.getLogger("nautilus_kad.cli")
 
@@ -70,15 +68,6 @@ _log = logging.getLogger("nautilus_kad.cli")
 # ==========================================================================================
 # Errors and exit codes
 # ==========================================================================================
-
-
-class CommandFailed(click.ClickException):
-    """A network or runtime failure: ``error: ...`` on stderr, exit status 1."""
-
-    exit_code: ClassVar[int] = EXIT_FAILURE
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
 
 
 class ArgumentError(click.ClickException):
@@ -146,16 +135,6 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         raise CommandFailed(str(exc) or type(exc).__name__) from None
     except OSError as exc:
         raise CommandFailed(_describe_os_error(exc)) from None
-
-
-def _describe_os_error(exc: OSError) -> str:
-    """``address already in use`` rather than uvloop's wrapper text or an errno tuple."""
-    cause: BaseException = exc
-    while isinstance(cause, OSError) and not cause.strerror and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror[:1].lower() + cause.strerror[1:]
-    return str(exc)
 
 
 # ==========================================================================================
@@ -246,7 +225,21 @@ class NodeIdType(_NodeIdParamType):
             self.fail(f"{value!r} is not a node id (expected 64 hex digits)", param, ctx)
 
 
+class ListenAddressType(AddressType):
+    """``HOST:PORT`` to listen on: port 0 (a free one) is allowed."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Address:
+        text = value if isinstance(value, tuple) else str(value).strip()
+        if isinstance(text, str) and text.endswith(":0"):
+            host, _port = super().convert(text[:-1] + "1", param, ctx)
+            return (host, 0)
+        return super().convert(value, param, ctx)
+
+
 ADDRESS = AddressType()
+LISTEN_ADDRESS = ListenAddressType()
 NODE_ID = NodeIdType()
 PORT = click.IntRange(0, 65535)
 
@@ -256,9 +249,20 @@ _bootstrap_required = click.option(
     "bootstrap",
     type=ADDRESS,
     multiple=True,
-    required=True,
-    help="A node of the network to join through (repeatable).",
+    help="A node of the network to join through (repeatable), when no daemon is used.",
 )
+
+
+def _need_bootstrap(ctx: click.Context, bootstrap: Sequence[Address]) -> None:
+    """Without a daemon, a short-lived node can only join through ``--bootstrap``."""
+    if not bootstrap:
+        raise click.UsageError(
+            "no daemon is running and no --bootstrap given: start one with "
+            "'nautilus-kad run', or join through a node with --bootstrap HOST:PORT",
+            ctx,
+        )
+
+
 _host_option = click.option(
     "--host",
     default="127.0.0.1",
@@ -415,10 +419,46 @@ def _encode_arg(text: str) -> bytes:
 # ==========================================================================================
 
 
+def _load_run_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    """``--config FILE`` (eager): the file's settings become the defaults of the other flags,
+    below the command line and the environment."""
+    if value is None:
+        return
+    from .daemon.config import ConfigError, load_config  # noqa: PLC0415
+
+    known = [p.name for p in ctx.command.params if p.name and p.name not in ("config", "help")]
+    try:
+        settings = load_config(value, known)
+    except ConfigError as exc:
+        raise CommandFailed(str(exc)) from None
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+
+
+def _env(name: str) -> str:
+    return f"NAUTILUS_KAD_{name.upper()}"
+
+
 @cli.command("run")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
-    "--port", type=PORT, default=7400, show_default=True, help="UDP port (0 picks a free one)."
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_run_config,
+    envvar=_env("config"),
+    help="A TOML file of these settings (keys = flag names). Flags and NAUTILUS_KAD_<KEY> "
+    "environment variables override it.",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, envvar=_env("host"), help="Address to bind."
+)
+@click.option(
+    "--port",
+    type=PORT,
+    default=7400,
+    show_default=True,
+    envvar=_env("port"),
+    help="UDP port (0 picks a free one).",
 )
 @click.option(
     "--bootstrap",
@@ -426,27 +466,53 @@ def _encode_arg(text: str) -> bytes:
     "bootstrap",
     type=ADDRESS,
     multiple=True,
+    envvar=_env("bootstrap"),
     help="A node to join through (repeatable); without one this node starts a new network.",
 )
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("key_file"),
     help="Ed25519 key file, created on first use: keeps the node id across restarts.",
 )
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    envvar=_env("data_dir"),
     help=(
         "Keep the records (SQLite), the routing table and the key (DIR/node.key unless "
         "--key-file) here: a restart keeps the node id, serves the same records and rejoins "
-        "through the peers it knew, without --bootstrap.  [default: in memory]"
+        "through the peers it knew, without --bootstrap. The api file goes here too.  "
+        "[default: in memory]"
     ),
 )
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=None,
+    envvar=_env("log_level"),
     help="Logging threshold on stderr.  [default: INFO]",
+)
+@click.option(
+    "--api-listen",
+    type=LISTEN_ADDRESS,
+    default=None,
+    envvar=_env("api_listen"),
+    help="TCP address of the local API, page and /metrics.  [default: 127.0.0.1:PORT+1, "
+    "a free port when --port is 0]",
+)
+@click.option("--no-api", is_flag=True, envvar=_env("no_api"), help="Serve no API at all.")
+@click.option(
+    "--api-allow-remote",
+    is_flag=True,
+    envvar=_env("api_allow_remote"),
+    help="Allow --api-listen on a non-loopback address (prefer an SSH tunnel).",
+)
+@click.option(
+    "--api-allowed-host",
+    multiple=True,
+    envvar=_env("api_allowed_host"),
+    help="Another HOST:PORT the API answers to (Host header allowlist; repeatable).",
 )
 @_profile_option
 @click.pass_context
@@ -458,13 +524,20 @@ def run_command(
     key_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
+    api_listen: Address | None,
+    no_api: bool,
+    api_allow_remote: bool,
+    api_allowed_host: tuple[str, ...],
     profile: str,
 ) -> None:
-    """Run a node in the foreground until Ctrl-C or SIGTERM.
+    """Run a node in the foreground with its local API, until Ctrl-C, SIGTERM or `stop`.
 
-    On SIGINT or SIGTERM the node hands the records it holds to the nodes that keep them
-    once it is gone, then stops.
+    Once it serves, the API's address and a fresh token are in the api file (DATA_DIR/api,
+    else ~/.local/state/nautilus-kad/api), where put, get, ping, lookup, status, table and
+    stop find it. Stopping hands the records it holds to the nodes that keep them.
     """
+    from .daemon.service import ApiSettings, serve  # noqa: PLC0415 - aiohttp only for run
+
     _setup_logging(ctx, logging.INFO, log_level)
     if data_dir is not None:
         try:
@@ -475,83 +548,23 @@ def run_command(
         if key_file is None:
             key_file = data_dir / "node.key"
     identity = _load_identity(key_file) if key_file is not None else Identity.generate()
+    api = ApiSettings(
+        enabled=not no_api,
+        host=api_listen[0] if api_listen else "127.0.0.1",
+        port=api_listen[1] if api_listen else None,
+        allow_remote=api_allow_remote,
+        allowed_hosts=api_allowed_host,
+    )
     goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
+    config = profile_config(profile)
     try:
-        signum = _run(_serve(host, port, bootstrap, identity, data_dir, profile_config(profile)))
+        signum = _run(serve(host, port, bootstrap, identity, data_dir, config, api, click.echo))
     except Interrupted:  # Ctrl-C before the signal handlers were in place
         click.echo(goodbye)
         raise Interrupted("") from None
-    if signum == signal.SIGINT:
-        if sys.stdout.isatty():
-            click.echo()  # end the line the terminal's "^C" echo started
-        click.echo(goodbye)
-        raise Interrupted("")
+    if signum == signal.SIGINT and sys.stdout.isatty():
+        click.echo()  # end the line the terminal's "^C" echo started
     click.echo(goodbye)
-
-
-async def _serve(
-    host: str,
-    port: int,
-    bootstrap: Sequence[Address],
-    identity: Identity,
-    data_dir: Path | None = None,
-    config: KadConfig | None = None,
-) -> int:
-    """Run a node until SIGINT or SIGTERM; return the signal that stopped it.
-
-    Both signals are handled here rather than left to the loop runner, so a node started with
-    SIGINT ignored (a background job of a script) still stops on ``kill -INT``.
-    """
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if not received:
-            received.append(signum)
-            main_task.cancel()
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
-            loop.add_signal_handler(sig, on_signal, int(sig))
-            installed.append(sig)
-    try:
-        node = await _start_node(host, port, identity, data_dir=data_dir, config=config)
-        try:
-            click.echo(f"node id {node.node_id.hex()}")
-            click.echo(f"public key {node.public_key.hex()}")
-            click.echo(f"listening on {format_address(node.address)}")
-            if data_dir is not None:
-                held = len(node.engine.store)
-                click.echo(f"data dir {data_dir}: {held} record{'' if held == 1 else 's'}")
-            known = len(node.routing_table)
-            if bootstrap:
-                size = await _join(node, bootstrap)
-                peers = f"{size} peer{'' if size == 1 else 's'}"
-                click.echo(f"joined through {_join_list(bootstrap)}: {peers} in the routing table")
-            elif known:
-                peers = f"{known} peer{'' if known == 1 else 's'}"
-                click.echo(f"rejoined through saved peers: {peers} in the routing table")
-            elif node.rejoining:
-                click.echo("none of the saved peers answered: retrying them in the background")
-            else:
-                click.echo("no --bootstrap given: this is the first node of a new network")
-            _log.info("node %s up at %s", node.node_id.short(), format_address(node.address))
-            await loop.create_future()  # until a signal cancels us
-        finally:
-            await node.stop()
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        main_task.uncancel()
-        _log.info("%s received, node stopped", signal.Signals(received[0]).name)
-        return received[0]
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ==========================================================================================
@@ -568,7 +581,7 @@ _key_file_option = click.option(
 
 
 @cli.command("put")
-@click.argument("key")
+@click.argument("key", required=False)
 @click.argument("value", required=False)
 @_bootstrap_required
 @_host_option
@@ -591,16 +604,27 @@ _key_file_option = click.option(
 )
 @click.option("--hex", "value_is_hex", is_flag=True, help="VALUE is given as hex digits.")
 @click.option(
+    "--file",
+    "value_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default=None,
+    help="Store the bytes of this file (up to 1 MiB; - reads stdin) instead of VALUE.",
+)
+@click.option(
     "--ttl",
     type=click.IntRange(min=1),
     default=None,
     help="Lifetime in seconds (storers cap it at 24 h).  [default: 24 h]",
 )
 @_profile_option
+@daemon_options
 @click.pass_context
 def put_command(
     ctx: click.Context,
-    key: str,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
+    key: str | None,
     value: str | None,
     bootstrap: tuple[Address, ...],
     host: str,
@@ -610,6 +634,7 @@ def put_command(
     seq: int | None,
     cas: int | None,
     value_is_hex: bool,
+    value_file: Path | None,
     ttl: int | None,
     profile: str,
 ) -> None:
@@ -620,6 +645,9 @@ def put_command(
     put --signed NAME VALUE --key-file F  F's signed record NAME (get it with
                                           get --signed OWNER NAME)
     put --immutable VALUE                 stored under SHA-256(VALUE): prints the key
+    put KEY --file PATH                   the bytes of a file (also with --signed NAME
+                                          or --immutable), up to 1 MiB; values larger
+                                          than a datagram go in pieces, with a progress bar
     """
     _setup_logging(ctx, logging.WARNING)
     if signed and immutable:
@@ -628,27 +656,36 @@ def put_command(
         raise click.UsageError("--seq and --cas apply to --signed records only", ctx)
     if signed and key_file is None:
         raise click.UsageError("--signed needs --key-file (the owner's key)", ctx)
-    if immutable:
+    if value_file is not None:
+        if value_is_hex:
+            raise click.UsageError("--hex and --file exclude each other", ctx)
+        if immutable and key is not None:
+            raise click.UsageError("put --immutable --file takes no argument", ctx)
+        if value is not None:
+            raise click.UsageError("VALUE and --file exclude each other", ctx)
+        value = ""
+    elif immutable:
+        if key is None:
+            raise click.UsageError("Missing argument 'VALUE'.", ctx)
         if value is not None:
             raise click.UsageError("put --immutable takes one argument, VALUE", ctx)
         key, value = "", key
     elif value is None:
-        raise click.UsageError("Missing argument 'VALUE'.", ctx)
-    if value_is_hex:
+        raise click.UsageError(f"Missing argument '{'VALUE' if key else 'KEY'}'.", ctx)
+    if key is None:
+        if not immutable:
+            raise click.UsageError("Missing argument 'KEY'.", ctx)
+        key = ""
+    if value_file is not None:
+        data = read_value_file(value_file)
+    elif value_is_hex:
         try:
             data = bytes.fromhex(value)
         except ValueError:
             raise click.BadParameter("not valid hex", param_hint="VALUE") from None
     else:
         data = _encode_arg(value)
-    kind = RecordKind.SIGNED if signed else RecordKind.IMMUTABLE if immutable else RecordKind.OPEN
-    limit = value_limit(kind, KadConfig())
-    if len(data) > limit:
-        what = "a value" if kind is RecordKind.OPEN else f"a {kind.name.lower()} value"
-        raise click.BadParameter(
-            f"{len(data)} bytes is more than the {limit}-byte limit of {what}",
-            param_hint="VALUE",
-        )
+    check_size(data, "VALUE")
     name = _encode_arg(key)
     if signed and len(name) > MAX_SALT_BYTES:
         raise click.BadParameter(
@@ -658,29 +695,65 @@ def put_command(
     if signed and seq is not None and cas is not None and seq <= cas:
         raise click.BadParameter("must be greater than --cas", param_hint="--seq")
     owner = _load_identity(key_file) if key_file is not None else None
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    if daemon is not None:
+        body: dict[str, Any] = {"value": data.hex(), "ttl": ttl}
+        if owner is not None:
+            assert key_file is not None
+            body.update(kind="signed", name=name.hex(), seq=seq, cas=cas)
+            body["key_file"] = str(key_file.resolve())
+        elif immutable:
+            body["kind"] = "immutable"
+        else:
+            body["key"] = name.hex()
+        answer = call(daemon, "put", body)
+        if owner is not None:
+            click.echo(f"key    {answer['key']}")
+            click.echo(f"owner  {answer['owner']}")
+            click.echo(f"seq    {answer['seq']}")
+            click.echo(f"acks   {answer['acks']}")
+            _echo_pieces(answer.get("piece_acks", []), "   ")
+        elif immutable:
+            click.echo(f"key   {answer['key']}")
+        else:
+            click.echo(f"key   {answer['key']}")
+            click.echo(f"acks  {answer['acks']}")
+            _echo_pieces(answer.get("piece_acks", []), "  ")
+        return
+    _need_bootstrap(ctx, bootstrap)
 
     async def put() -> None:
         # The client node has an identity of its own: the key file may well be that of a
         # running node, and two nodes must not share one node id.
-        async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            # A client-mode node keeps no copy itself: every ack is a node of the network.
-            if owner is not None:
-                done = await node.put_signed_record(
-                    name, data, seq=seq, cas=cas, ttl=ttl, owner=owner
-                )
-                click.echo(f"key    {done.key.hex()}")
-                click.echo(f"owner  {owner.public_key.hex()}")
-                click.echo(f"seq    {done.seq}")
-                click.echo(f"acks   {done.acks}")
-                return
-            if immutable:
-                click.echo(f"key   {(await node.put_immutable(data, ttl=ttl)).hex()}")
-                return
-            result = await node.put(name, data, ttl=ttl)
+        with transfer_bar("storing", len(data)) as bar:
+            async with _client_node(host, bootstrap, profile_config(profile)) as node:
+                # A client-mode node keeps no copy itself: every ack is a node of the network.
+                if owner is not None:
+                    done = await node.put_signed_record(
+                        name, data, seq=seq, cas=cas, ttl=ttl, owner=owner, progress=bar
+                    )
+                    click.echo(f"key    {done.key.hex()}")
+                    click.echo(f"owner  {owner.public_key.hex()}")
+                    click.echo(f"seq    {done.seq}")
+                    click.echo(f"acks   {done.acks}")
+                    _echo_pieces(done.piece_acks, "   ")
+                    return
+                if immutable:
+                    cid = await node.put_immutable(data, ttl=ttl, progress=bar)
+                    click.echo(f"key   {cid.hex()}")
+                    return
+                result = await node.put(name, data, ttl=ttl, progress=bar)
         click.echo(f"key   {result.key.hex()}")
         click.echo(f"acks  {result.acks}")
+        _echo_pieces(result.piece_acks, "  ")
 
     _run(put())
+
+
+def _echo_pieces(piece_acks: Sequence[int], pad: str) -> None:
+    """For a value stored in pieces: how many, and the fewest nodes any of them reached."""
+    if piece_acks:
+        click.echo(f"pieces{pad}{len(piece_acks)} (each on at least {min(piece_acks)} nodes)")
 
 
 @cli.command("get")
@@ -699,10 +772,21 @@ def put_command(
 @click.option("--show-seq", is_flag=True, help="With --signed: print 'seq N' first.")
 @click.option("--hex", "as_hex", is_flag=True, help="Print the value as hex.")
 @click.option("--raw", "as_raw", is_flag=True, help="Write the value's bytes unchanged.")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    default=None,
+    help="Write the value's bytes to this file (whole or not at all).",
+)
 @_profile_option
+@daemon_options
 @click.pass_context
 def get_command(
     ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
     key: str,
     name: str | None,
     bootstrap: tuple[Address, ...],
@@ -712,6 +796,7 @@ def get_command(
     show_seq: bool,
     as_hex: bool,
     as_raw: bool,
+    out_file: Path | None,
     profile: str,
 ) -> None:
     """Print the value stored under KEY (UTF-8 text when it decodes, else hex).
@@ -720,10 +805,14 @@ def get_command(
     get KEY                       an open record
     get --signed OWNER NAME       OWNER's newest signed record NAME (a quorum read)
     get --immutable KEY           the value whose SHA-256 is KEY
+    get KEY --out PATH            write the value to a file (any kind; a value stored
+                                  in pieces shows a progress bar)
     """
     _setup_logging(ctx, logging.WARNING)
     if as_hex and as_raw:
         raise click.UsageError("--hex and --raw exclude each other", ctx)
+    if out_file is not None and (as_hex or as_raw):
+        raise click.UsageError("--out writes the bytes: no --hex or --raw with it", ctx)
     if signed and immutable:
         raise click.UsageError("--signed and --immutable exclude each other", ctx)
     if show_seq and not signed:
@@ -739,23 +828,75 @@ def get_command(
     elif immutable:
         target = NodeId.from_bytes_exact(_hex_argument(key, 32, "KEY", "an immutable key"))
     seq: list[int] = []
+    value: bytes | None
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    if daemon is not None:
+        if signed:
+            assert name is not None
+            body = {"kind": "signed", "owner": owner.hex(), "name": _encode_arg(name).hex()}
+        elif target is not None:
+            body = {"kind": "immutable", "key": target.hex()}
+        else:
+            body = {"key": _encode_arg(key).hex()}
+        answer = call(daemon, "get", body)
+        value = bytes.fromhex(answer["value"]) if answer.get("found") else None
+        if value is not None and signed:
+            seq.append(int(answer["seq"]))
+    else:
+        _need_bootstrap(ctx, bootstrap)
+        value = _run(_get_with_node(host, bootstrap, profile, key, name, owner, target, seq))
+    if out_file is not None and value is not None:
+        write_value_file(out_file, value)
+        if show_seq:
+            click.echo(f"seq {seq[0]}")
+        click.echo(f"wrote {len(value)} bytes to {out_file}")
+        return
+    _print_value(
+        key, name, value, signed=signed, show_seq=show_seq, seq=seq, as_raw=as_raw, as_hex=as_hex
+    )
 
-    async def get() -> bytes | None:
+
+async def _get_with_node(
+    host: str,
+    bootstrap: Sequence[Address],
+    profile: str,
+    key: str,
+    name: str | None,
+    owner: bytes,
+    target: NodeId | None,
+    seq: list[int],
+) -> bytes | None:
+    """``get`` through a short-lived node (no daemon)."""
+    with transfer_bar("fetching", None) as bar:
         async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            if signed:
+            if owner:
                 assert name is not None
-                record = await node.get_signed(owner, _encode_arg(name))
+                record = await node.get_signed(owner, _encode_arg(name), progress=bar)
                 if record is None:
                     return None
                 seq.append(record.seq)
                 return record.value
             if target is not None:
-                return await node.get_immutable(target)
+                return await node.get_immutable(target, progress=bar)
             result = await node.get_record(_encode_arg(key))
-        _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
-        return None if result.record is None else result.record.value
+            _log.info("lookup took %d hops, %d queries", result.hops, result.queries)
+            if result.record is None:
+                return None
+            return await node.value_of(result.record, progress=bar)
 
-    value = _run(get())
+
+def _print_value(
+    key: str,
+    name: str | None,
+    value: bytes | None,
+    *,
+    signed: bool,
+    show_seq: bool,
+    seq: list[int],
+    as_raw: bool,
+    as_hex: bool,
+) -> None:
+    """What ``get`` prints: the value as text when it decodes, else hex (or as asked)."""
     if value is None:
         what = f"signed record {name!r} of {key}" if signed else repr(key)
         raise CommandFailed(f"{what} not found")
@@ -777,10 +918,25 @@ def get_command(
 @cli.command("ping")
 @click.argument("address", type=ADDRESS)
 @_host_option
+@daemon_options
 @click.pass_context
-def ping_command(ctx: click.Context, address: Address, host: str) -> None:
+def ping_command(
+    ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
+    address: Address,
+    host: str,
+) -> None:
     """Ping the node at ADDRESS (HOST:PORT) and print its id and round-trip time."""
     _setup_logging(ctx, logging.WARNING)
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    if daemon is not None and daemon.info.get("udp_address") == format_address(address):
+        daemon = None  # the daemon's own address: measure it from outside, as before
+    if daemon is not None:
+        answer = call(daemon, "ping", {"address": format_address(address)})
+        click.echo(f"{answer['node_id']} at {answer['address']}: rtt {answer['rtt_ms']:.2f} ms")
+        return
 
     async def ping() -> None:
         async with _client_node(host, ()) as node:
@@ -802,32 +958,49 @@ def ping_command(ctx: click.Context, address: Address, host: str) -> None:
 @_bootstrap_required
 @_host_option
 @_profile_option
+@daemon_options
 @click.pass_context
 def lookup_command(
-    ctx: click.Context, node_id: NodeId, bootstrap: tuple[Address, ...], host: str, profile: str
+    ctx: click.Context,
+    api_url: str | None,
+    no_daemon: bool,
+    daemon_data_dir: Path | None,
+    node_id: NodeId,
+    bootstrap: tuple[Address, ...],
+    host: str,
+    profile: str,
 ) -> None:
     """Find the k nodes closest to NODE_ID (64 hex digits)."""
     _setup_logging(ctx, logging.WARNING)
+    daemon = find_daemon(choice(api_url, no_daemon, daemon_data_dir))
+    rows: list[tuple[str, str, int]]
+    if daemon is not None:
+        answer = call(daemon, "lookup", {"target": node_id.hex()})
+        rows = [(c["node_id"], c["address"], c["distance_bits"]) for c in answer["contacts"]]
+    else:
+        _need_bootstrap(ctx, bootstrap)
 
-    async def lookup() -> list[Contact]:
-        async with _client_node(host, bootstrap, profile_config(profile)) as node:
-            return list(await node.find_node(node_id))
+        async def lookup() -> list[Contact]:
+            async with _client_node(host, bootstrap, profile_config(profile)) as node:
+                return list(await node.find_node(node_id))
 
-    contacts = _run(lookup())
-    if not contacts:
+        rows = [
+            (
+                c.node_id.hex(),
+                format_address(c.address),
+                distance(node_id, c.node_id).bit_length(),
+            )
+            for c in _run(lookup())
+        ]
+    if not rows:
         raise CommandFailed("the lookup found no nodes")
-    table = Table(title=f"{len(contacts)} nodes closest to {node_id.short()}…")
+    table = Table(title=f"{len(rows)} nodes closest to {node_id.short()}…")
     table.add_column("#", justify="right")
     table.add_column("node id", no_wrap=True)
     table.add_column("address", no_wrap=True)
     table.add_column("distance (bits)", justify="right")
-    for rank, contact in enumerate(contacts, 1):
-        table.add_row(
-            str(rank),
-            contact.node_id.hex(),
-            format_address(contact.address),
-            str(distance(node_id, contact.node_id).bit_length()),
-        )
+    for rank, (hex_id, where, bits) in enumerate(rows, 1):
+        table.add_row(str(rank), hex_id, where, str(bits))
     _stdout_console().print(table)
 
 
@@ -836,74 +1009,13 @@ def lookup_command(
 # ==========================================================================================
 
 
-@dataclass
-class Phase:
-    """Measurements of one batch of operations."""
-
-    attempts: int = 0
-    successes: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    hops: list[int] = field(default_factory=list)
-    """Hops of the gets that went to the network (local answers are counted in ``local``)."""
-    local: int = 0
-    """Gets answered from the getter's own store (it is one of the k closest to the key)."""
-
-    @property
-    def success_rate(self) -> float:
-        return self.successes / self.attempts if self.attempts else 1.0
-
-    def success_text(self) -> str:
-        return f"{self.successes}/{self.attempts} ({100 * self.success_rate:.1f}%)"
-
-    def latency_text(self) -> str:
-        if not self.latencies_ms:
-            return "-"
-        ordered = sorted(self.latencies_ms)
-        return f"{percentile(ordered, 50):.2f} / {percentile(ordered, 99):.2f} ms"
-
-    def hops_text(self) -> str:
-        if not self.hops:
-            return "-"
-        return f"{statistics.fmean(self.hops):.2f} / {statistics.median(self.hops):g}"
-
-
-@dataclass
-class DemoReport:
-    seed: int
-    nodes_before: int
-    nodes_after: int
-    values: int
-    table_before: float
-    table_after: float
-    dead_entries: float
-    """Mean number of crashed nodes still in a survivor's routing table at the end."""
-    puts: Phase
-    gets_before: Phase
-    gets_after: Phase
-    sample: list[str]
-    seconds: float
-    replicas_before: list[int] = field(default_factory=list)
-    """How many live nodes hold each value, before the crash."""
-    replicas_after: list[int] = field(default_factory=list)
-    """... right after the crash (nothing handed on: the crashed copies are just gone)."""
-    replicas_repaired: list[int] = field(default_factory=list)
-    """... once the survivors have re-replicated (or the wait ran out)."""
-    target: int = 0
-    """The replica count every value should have: k, or every node when fewer live."""
-    target_after: int = 0
-    repair_seconds: float = 0.0
-    gets_repaired: Phase = field(default_factory=Phase)
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 @cli.command("demo")
 @click.option(
-    "--nodes", type=click.IntRange(min=2), default=30, show_default=True, help="Nodes to start."
+    "--nodes",
+    type=click.IntRange(min=2),
+    default=DEMO_NODES,
+    show_default=True,
+    help="Nodes to start.",
 )
 @click.option(
     "--values",
@@ -911,6 +1023,13 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     default=50,
     show_default=True,
     help="Values to put and get.",
+)
+@click.option(
+    "--lookups",
+    type=click.IntRange(min=0),
+    default=DEMO_LOOKUPS,
+    show_default=True,
+    help="Lookups of random ids (their hops show how deep the network is).",
 )
 @click.option(
     "--seed",
@@ -933,25 +1052,54 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     help="Seconds between republishes (a real network uses 1 h); repair takes about this long.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the nodes bind.")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Afterwards keep the surviving network up and serve one node's live page and API "
+    "(its URL is printed; Ctrl-C ends it).",
+)
 @click.pass_context
 def demo_command(
     ctx: click.Context,
     nodes: int,
     values: int,
+    lookups: int,
     seed: int | None,
     kill_fraction: float,
     republish_interval: float,
     host: str,
+    serve: bool,
 ) -> None:
     """Run a local network of real UDP nodes, crash some, and show the data survives: every
     value stays readable, and the survivors put it back on k live nodes."""
     _setup_logging(ctx, logging.WARNING)
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 32)
-    report = _run(_demo(host, nodes, values, seed, kill_fraction, republish_interval))
     console = _stdout_console()
-    console.print(f"nodes: {', '.join(report.sample)}")
-    console.print(_demo_table(report))
+
+    def show(report: DemoReport) -> None:
+        console.print(f"nodes: {', '.join(report.sample)}")
+        console.print(demo_table(report))
+
+    async def keep_serving(report: DemoReport, survivors: list[Node]) -> None:
+        from .daemon.service import serve_demo_node  # noqa: PLC0415 - aiohttp only here
+
+        show(report)
+        await serve_demo_node(survivors[0], click.echo)
+
+    main = run_demo(
+        host,
+        nodes,
+        values,
+        seed,
+        kill_fraction,
+        republish_interval,
+        lookups=lookups,
+        serve=keep_serving if serve else None,
+    )
+    report = _run(main)
+    if not serve:
+        show(report)
     before, after = report.gets_before, report.gets_after
     if before.successes < before.attempts:
         raise CommandFailed(
@@ -964,252 +1112,10 @@ def demo_command(
         )
 
 
-def demo_config(republish_interval: float) -> KadConfig:
-    """The demo network's configuration: production's, with time compressed.
-
-    Every node shares one process and one core, so besides the interval itself the holders'
-    timers are spread wider (half the interval), each node runs fewer republish lookups at
-    once, and a dead holder is replaced after a tenth of the interval.
-    """
-    return KadConfig(
-        republish_interval=republish_interval,
-        republish_jitter=0.5,
-        repair_delay=republish_interval / 10,
-        max_concurrent_republish=4,
-    )
-
-
-def _replicas(items: Sequence[tuple[bytes, bytes, Node]], nodes: Sequence[Node]) -> list[int]:
-    """How many of ``nodes`` hold each item."""
-    return [sum(1 for n in nodes if n.holds(key)) for key, _, _ in items]
-
-
-async def _demo(
-    host: str,
-    count: int,
-    values: int,
-    seed: int,
-    kill_fraction: float,
-    republish_interval: float = DEMO_REPUBLISH_INTERVAL,
-) -> DemoReport:
-    rng = random.Random(seed)
-    started = time.perf_counter()
-    config = demo_config(republish_interval)
-    nodes: list[Node] = []
-    progress = Progress(
-        TextColumn("{task.description:<26}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
-    try:
-        with progress:
-            # 1. Form the network: node 0 is the seed, every later node joins through up to
-            #    three nodes that are already running.
-            task = progress.add_task("forming the network", total=count)
-            nodes.append(await _start_node(host, 0, config=config))
-            progress.advance(task)
-            for _ in range(1, count):
-                seeds = [n.address for n in rng.sample(nodes, min(3, len(nodes)))]
-                node = await _start_node(host, 0, config=config)
-                nodes.append(node)
-                await _join(node, seeds)
-                progress.advance(task)
-            table_before = statistics.fmean(len(n.routing_table) for n in nodes)
-
-            # 2. Put every value from a random node.
-            items: list[tuple[bytes, bytes, Node]] = []
-            puts = Phase()
-            task = progress.add_task("putting values", total=values)
-            for i in range(values):
-                key = f"demo-key-{i}".encode()
-                value = f"value {i} ({rng.getrandbits(64):016x})".encode()
-                putter = rng.choice(nodes)
-                puts.attempts += 1
-                t0 = time.perf_counter()
-                try:
-                    await putter.put(key, value)
-                except KadError as exc:
-                    _log.warning("put of %r failed: %s", key, exc)
-                else:
-                    puts.successes += 1
-                    puts.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                items.append((key, value, putter))
-                progress.advance(task)
-
-            # 3. Get every value from a different random node.
-            gets_before = await _get_all(items, nodes, rng, progress, "getting values")
-            replicas_before = _replicas(items, nodes)
-
-            # 4. Crash a share of the nodes: close their sockets with no handoff at all.
-            victims = rng.sample(nodes, min(round(count * kill_fraction), count - 1))
-            task = progress.add_task(f"crashing {len(victims)} nodes", total=len(victims))
-            for victim in victims:
-                await victim.stop(handoff=False)
-                progress.advance(task)
-            dead = {id(v) for v in victims}
-            survivors = [n for n in nodes if id(n) not in dead]
-
-            replicas_after = _replicas(items, survivors)
-
-            # 5. Get every value again, from random survivors.
-            gets_after = await _get_all(items, survivors, rng, progress, "getting after the crash")
-
-            # 6. Wait for the survivors to put every value back on k live nodes (each holder
-            #    republishes once per interval; a found-dead holder is replaced sooner).
-            target_after = min(config.k, len(survivors))
-            task = progress.add_task("repairing replicas", total=len(items))
-            repair_start = time.perf_counter()
-            deadline = repair_start + 3 * republish_interval + 5
-            while True:
-                replicas_repaired = _replicas(items, survivors)
-                whole = sum(1 for r in replicas_repaired if r >= target_after)
-                progress.update(task, completed=whole)
-                if whole == len(items) or time.perf_counter() > deadline:
-                    break
-                await asyncio.sleep(0.25)
-            repair_seconds = time.perf_counter() - repair_start
-            gets_repaired = await _get_all(
-                items, survivors, rng, progress, "getting after the repair"
-            )
-            table_after = statistics.fmean(len(n.routing_table) for n in survivors)
-            dead_ids = {v.node_id for v in victims}
-            dead_entries = statistics.fmean(
-                sum(c.node_id in dead_ids for c in n.routing_table) for n in survivors
-            )
-    finally:
-        for node in nodes:
-            await node.stop(handoff=False)
-
-    sample = [f"{n.node_id.short()}@{format_address(n.address)}" for n in nodes[:4]]
-    sample[0] += " (seed)"
-    if count > len(sample):
-        sample.append(f"… {count - len(sample)} more")
-    return DemoReport(
-        seed=seed,
-        nodes_before=count,
-        nodes_after=len(survivors),
-        values=values,
-        table_before=table_before,
-        table_after=table_after,
-        dead_entries=dead_entries,
-        puts=puts,
-        gets_before=gets_before,
-        gets_after=gets_after,
-        sample=sample,
-        seconds=time.perf_counter() - started,
-        replicas_before=replicas_before,
-        replicas_after=replicas_after,
-        replicas_repaired=replicas_repaired,
-        target=min(config.k, count),
-        target_after=target_after,
-        repair_seconds=repair_seconds,
-        gets_repaired=gets_repaired,
-    )
-
-
-async def _get_all(
-    items: Sequence[tuple[bytes, bytes, Node]],
-    nodes: Sequence[Node],
-    rng: random.Random,
-    progress: Progress,
-    description: str,
-) -> Phase:
-    """Get every item from a random node of ``nodes`` other than the one that put it."""
-    phase = Phase()
-    task = progress.add_task(description, total=len(items))
-    for key, value, putter in items:
-        getter = rng.choice(nodes)
-        while getter is putter and len(nodes) > 1:
-            getter = rng.choice(nodes)
-        phase.attempts += 1
-        t0 = time.perf_counter()
-        try:
-            result = await getter.get_record(key)
-        except KadError as exc:
-            _log.warning("get of %r failed: %s", key, exc)
-        else:
-            phase.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            if result.queries == 0:
-                phase.local += 1
-            else:
-                phase.hops.append(result.hops)
-            if result.record is not None and result.record.value == value:
-                phase.successes += 1
-            else:
-                _log.warning("get of %r from %r found %r", key, getter, result.record)
-        progress.advance(task)
-    return phase
-
-
-def _replica_text(counts: Sequence[int]) -> str:
-    if not counts:
-        return "-"
-    return f"{min(counts)} / {statistics.fmean(counts):.1f} / {max(counts)}"
-
-
-def _on_target_text(counts: Sequence[int], target: int) -> str:
-    return f"{sum(1 for c in counts if c >= target)}/{len(counts)}"
-
-
-def _demo_table(report: DemoReport) -> Table:
-    crashed = report.nodes_before - report.nodes_after
-    table = Table(
-        title=f"nautilus-kad demo (seed {report.seed})",
-        caption=f"{report.seconds:.1f} s in all",
-    )
-    table.add_column("", style="bold")
-    table.add_column("before the crash", justify="right")
-    table.add_column("after the crash", justify="right")
-    table.add_column("after repair", justify="right")
-    before, after, repaired = report.gets_before, report.gets_after, report.gets_repaired
-    survivors = f"{report.nodes_after} ({crashed} crashed)"
-    table.add_row("nodes", str(report.nodes_before), survivors, survivors)
-    table.add_row("values", str(report.values), str(report.values), str(report.values))
-    table.add_row("put success", report.puts.success_text(), "", "")
-    table.add_row(
-        "replicas per value (min / mean / max)",
-        _replica_text(report.replicas_before),
-        _replica_text(report.replicas_after),
-        _replica_text(report.replicas_repaired),
-    )
-    table.add_row(
-        f"values on k live nodes (k = {report.target} / {report.target_after})",
-        _on_target_text(report.replicas_before, report.target),
-        _on_target_text(report.replicas_after, report.target_after),
-        f"{_on_target_text(report.replicas_repaired, report.target_after)} "
-        f"in {report.repair_seconds:.1f} s",
-    )
-    table.add_row(
-        "routing table size (mean)",
-        f"{report.table_before:.1f}",
-        f"{report.table_after:.1f} ({report.dead_entries:.1f} crashed)",
-        "",
-    )
-    table.add_row(
-        "gets answered locally",
-        f"{before.local}/{before.attempts}",
-        f"{after.local}/{after.attempts}",
-        f"{repaired.local}/{repaired.attempts}",
-    )
-    table.add_row(
-        "lookup hops (mean / median)", before.hops_text(), after.hops_text(), repaired.hops_text()
-    )
-    table.add_row("put latency p50 / p99", report.puts.latency_text(), "", "")
-    table.add_row(
-        "get latency p50 / p99",
-        before.latency_text(),
-        after.latency_text(),
-        repaired.latency_text(),
-    )
-    table.add_row(
-        "get success", before.success_text(), after.success_text(), repaired.success_text()
-    )
-    return table
-
-
 # The simulator's command lives with the simulator (it drives no socket); registering it here
 # keeps one `nautilus-kad` entry point.
 cli.add_command(sim_command)
 cli.add_command(adversarial_command)
+cli.add_command(status_command)
+cli.add_command(table_command)
+cli.add_command(stop_command)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..core.addresses import parse_address
+from ..core.blob import BlobConfig, BlobTree, build_tree, is_manifest, needs_blob
 from ..core.config import KadConfig
 from ..core.engine import KadEngine
 from ..core.errors import (
@@ -47,7 +49,7 @@ from ..core.events import (
 )
 from ..core.identity import Identity
 from ..core.ids import NodeId, key_id
-from ..core.limits import MAX_SALT_BYTES
+from ..core.limits import MAX_SALT_BYTES, VALUE_LIMITS
 from ..core.messages import Address, Contact, ErrorCode, error_for
 from ..core.records import (
     Record,
@@ -60,6 +62,7 @@ from ..core.records import (
 from ..core.routing import RoutingTable
 from ..core.storage import RecordStore
 from ..persist import DataDir
+from .blobs import Progress, fetch_value, published_pieces, store_pieces
 from .transport import EngineProtocol, LoopClock, open_endpoint
 
 AddressLike = str | tuple[str, int]
@@ -72,11 +75,27 @@ SAVED_PEERS_TO_TRY = 64
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
-    """How a put went: the key it was stored under and who acknowledged it."""
+    """How a put went: the key it was stored under and who acknowledged it.
+
+    For a value larger than a datagram, ``acks`` and ``stored_on`` are the root record's,
+    and ``piece_acks`` how many nodes acknowledged each piece (chunk or manifest).
+    """
 
     key: NodeId
     acks: int
     stored_on: tuple[Contact, ...]
+    piece_acks: tuple[int, ...] = ()
+    piece_lookups: int = 0
+    """Lookups the pieces needed (far fewer than pieces: see core/blobflow.py)."""
+
+    @property
+    def pieces(self) -> int:
+        return len(self.piece_acks)
+
+    @property
+    def min_piece_acks(self) -> int:
+        """The fewest replicas any piece reached (the root's acks for a small value)."""
+        return min(self.piece_acks, default=self.acks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +106,7 @@ class SignedPutResult:
     seq: int
     acks: int
     stored_on: tuple[Contact, ...]
+    piece_acks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +132,16 @@ class Node:
             assert await node.get(b"key") == b"value"
     """
 
-    def __init__(self, engine: KadEngine, data_dir: DataDir | None = None) -> None:
+    def __init__(
+        self,
+        engine: KadEngine,
+        data_dir: DataDir | None = None,
+        blob_config: BlobConfig | None = None,
+    ) -> None:
         self._engine = engine
+        self.blob_config = blob_config or BlobConfig()
+        """Limits of values larger than a datagram (size, chunks in flight)."""
+
         self._data_dir = data_dir
         self._protocol: EngineProtocol | None = None
         self._address: Address = ("0.0.0.0", 0)
@@ -138,6 +166,7 @@ class Node:
         store: RecordStore | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         client_mode: bool = False,
+        blob_config: BlobConfig | None = None,
     ) -> Node:
         """Bind ``host:port`` (port 0 picks a free one) and join through ``bootstrap``.
 
@@ -148,8 +177,9 @@ class Node:
 
         A ``client_mode`` node looks up, puts and gets, but tells peers not to put it in
         their routing tables and stores nothing for others (short-lived or unreachable
-        nodes). Raises :class:`NoPeersError` when bootstrap addresses were given and none
-        answered.
+        nodes). ``blob_config`` sets the largest value it writes and reads (default 1 MiB)
+        and how many pieces of a large value are in flight. Raises :class:`NoPeersError`
+        when bootstrap addresses were given and none answered.
         """
         loop = asyncio.get_running_loop()
         clock = LoopClock(loop)
@@ -166,7 +196,7 @@ class Node:
                 store=store,
                 client_mode=client_mode,
             )
-            node = cls(engine, directory)
+            node = cls(engine, directory, blob_config)
             protocol, address = await open_endpoint(engine, clock, host, port, node._on_event)
         except BaseException:
             if directory is not None:
@@ -266,6 +296,7 @@ class Node:
         *,
         ttl: float | None = None,
         republish: bool = True,
+        progress: Progress | None = None,
     ) -> PutResult:
         """Store ``value`` under ``key`` on the k closest nodes (last writer wins).
 
@@ -274,40 +305,59 @@ class Node:
         ``publisher_republish_interval`` (22 h) while it runs (and after restarts, with a
         data dir), until a newer write replaces it or :meth:`unpublish` is called.
 
+        A value larger than a datagram (up to ``blob_config.max_size``, 1 MiB) is stored as
+        chunks and manifests (immutable records) first, then the record under ``key``
+        refers to their root; ``progress(done, total)`` follows the bytes stored.
+
         Raises :class:`~nautilus_kad.core.errors.ValueTooLargeError` for values over the
-        inline limit and :class:`QueryError` when fewer than ``store_quorum`` nodes stored it
-        (with the storers' refusals, such as a full store, in the message).
+        limit and :class:`QueryError` when fewer than ``store_quorum`` nodes stored it (or a
+        piece of it), with the storers' refusals, such as a full store, in the message.
         """
         cfg = self._engine.config
         lifetime = int(ttl if ttl is not None else cfg.record_ttl)
+        data, piece_acks, lookups = await self._store_large(
+            bytes(value), RecordKind.OPEN, lifetime, republish, progress
+        )
         now = self._now()
-        record = Record(key_id(key), bytes(value), int(now * 1000), lifetime)
+        record = Record(key_id(key), data, int(now * 1000), lifetime)
         event = await self._run(lambda now: self._engine.put(record, now, republish=republish))
         if isinstance(event, QueryFailed):
             raise QueryError(f"put failed: {event.reason}")
         assert isinstance(event, PutDone)
         if republish and self._data_dir is not None and not self._stopped:
-            self._data_dir.store.add_published(record, lifetime)
+            if piece_acks:
+                self._data_dir.store.save_published(self._engine.published())
+            else:
+                self._data_dir.store.add_published(record, lifetime)
         if event.acks < cfg.store_quorum:
             texts = [text or code.name for code, text in event.errors[:3]]
             why = f" ({'; '.join(texts)})" if texts else ""
             raise QueryError(
                 f"put reached {event.acks} of the {cfg.store_quorum} nodes it needs{why}"
             )
-        return PutResult(event.key, event.acks, event.stored_on)
+        return PutResult(event.key, event.acks, event.stored_on, piece_acks, lookups)
 
-    async def put_immutable(self, value: bytes, *, ttl: float | None = None) -> NodeId:
+    async def put_immutable(
+        self, value: bytes, *, ttl: float | None = None, progress: Progress | None = None
+    ) -> NodeId:
         """Store ``value`` as an immutable record; returns its key, SHA-256(value).
 
         Every storer and every reader checks that the key is the value's hash, so nobody can
-        serve anything else under it.
+        serve anything else under it. For a value larger than a datagram the key is the
+        SHA-256 of its root manifest, which commits to every byte just as well.
         """
-        record = make_immutable(bytes(value), self._lifetime(ttl))
+        lifetime = self._lifetime(ttl)
+        data, _, _ = await self._store_large(
+            bytes(value), RecordKind.IMMUTABLE, lifetime, False, progress
+        )
+        record = make_immutable(data, lifetime)
         event = await self._run(lambda now: self._engine.put(record, now))
         self._check_put(event)
         return record.key
 
-    async def get_immutable(self, key: NodeId | bytes) -> bytes | None:
+    async def get_immutable(
+        self, key: NodeId | bytes, *, progress: Progress | None = None
+    ) -> bytes | None:
         """The value whose SHA-256 is ``key`` (a :class:`NodeId` or its 32 bytes), if stored."""
         target = NodeId.from_bytes_exact(key) if isinstance(key, bytes) else NodeId(int(key))
         event = await self._run(
@@ -316,7 +366,57 @@ class Node:
         if isinstance(event, QueryFailed):
             raise QueryError(f"get failed: {event.reason}")
         assert isinstance(event, GetDone)
-        return None if event.record is None else event.record.value
+        if event.record is None:
+            return None
+        return await self._resolve(target, event.record.value, progress)
+
+    async def _store_large(
+        self,
+        value: bytes,
+        kind: RecordKind,
+        lifetime: int,
+        republish: bool,
+        progress: Progress | None,
+    ) -> tuple[bytes, tuple[int, ...], int]:
+        """For a value over ``kind``'s inline limit: store its pieces and return the root
+        manifest (the record's value), each piece's acks and the lookups they took. A small
+        value is returned as it is, with no pieces."""
+        limit = VALUE_LIMITS[kind]
+        if not needs_blob(value, limit):
+            return value, (), 0
+        tree: BlobTree = build_tree(value, limit, self.blob_config)
+        acks, lookups = await store_pieces(
+            self._engine,
+            self._run,
+            tree.pieces,
+            lifetime,
+            self.blob_config,
+            self._now,
+            republish=republish,
+            progress=progress,
+        )
+        quorum = self._engine.config.store_quorum
+        short = sum(1 for n in acks if n < quorum)
+        if short:
+            raise QueryError(
+                f"{short} of the {len(acks)} pieces of the value reached fewer than "
+                f"the {quorum} nodes they need"
+            )
+        return tree.root, tuple(acks), lookups
+
+    async def value_of(self, record: Record, *, progress: Progress | None = None) -> bytes:
+        """The value a record found by :meth:`get_record` stands for: its own value, or for
+        a value larger than a datagram the whole value, fetched and checked piece by piece."""
+        return await self._resolve(record.key, record.value, progress)
+
+    async def _resolve(self, key: NodeId, value: bytes, progress: Progress | None) -> bytes:
+        """A record's value as the user stored it: fetched piece by piece if it is a root
+        manifest (raises ``BlobFormatError`` or ``MissingChunksError``)."""
+        if not is_manifest(value):
+            return value
+        return await fetch_value(
+            self._engine, self._run, key, value, self.blob_config, progress=progress
+        )
 
     async def put_signed(
         self,
@@ -327,12 +427,15 @@ class Node:
         cas: int | None = None,
         ttl: float | None = None,
         owner: Identity | None = None,
+        progress: Progress | None = None,
     ) -> NodeId:
         """Publish ``value`` as this node's signed record ``name``; returns its key,
         SHA-256(public key ‖ name). :meth:`put_signed_record` also tells the sequence number
         and the storers.
         """
-        result = await self.put_signed_record(name, value, seq=seq, cas=cas, ttl=ttl, owner=owner)
+        result = await self.put_signed_record(
+            name, value, seq=seq, cas=cas, ttl=ttl, owner=owner, progress=progress
+        )
         return result.key
 
     async def put_signed_record(
@@ -344,6 +447,7 @@ class Node:
         cas: int | None = None,
         ttl: float | None = None,
         owner: Identity | None = None,
+        progress: Progress | None = None,
     ) -> SignedPutResult:
         """Publish ``value`` as this node's signed record ``name`` (see :meth:`put_signed`).
 
@@ -356,6 +460,9 @@ class Node:
         written past sequence ``cas`` since. :class:`StaleSequenceError` means the storers
         hold a newer (or an equal but different) sequence number; the node's own key signs
         the record, so :class:`BadSignatureError` only comes from a corrupted record.
+
+        A value larger than a datagram is stored in pieces and the signature covers its
+        root manifest, which commits to the whole value.
         """
         identity = owner if owner is not None else self._engine.identity
         salt = bytes(name)
@@ -374,16 +481,24 @@ class Node:
                 current.seq + 1 if current is not None else 1,
                 cas + 1 if cas is not None else 1,
             )
-        record = make_signed(identity, salt, bytes(value), seq, self._lifetime(ttl))
+        lifetime = self._lifetime(ttl)
+        data, piece_acks, _ = await self._store_large(
+            bytes(value), RecordKind.SIGNED, lifetime, False, progress
+        )
+        record = make_signed(identity, salt, data, seq, lifetime)
         event = await self._run(lambda now: self._engine.put(record, now, cas=cas))
         done = self._check_put(event)
-        return SignedPutResult(record.key, record.seq, done.acks, done.stored_on)
+        return SignedPutResult(record.key, record.seq, done.acks, done.stored_on, piece_acks)
 
-    async def get_signed(self, owner_public_key: bytes, name: bytes) -> SignedRecord | None:
+    async def get_signed(
+        self, owner_public_key: bytes, name: bytes, *, progress: Progress | None = None
+    ) -> SignedRecord | None:
         """The newest valid signed record ``name`` of the owner of ``owner_public_key``.
 
         Collects ``signed_get_quorum`` answers among the closest nodes, returns the highest
-        sequence number and writes it back to replicas that served an older one.
+        sequence number and writes it back to replicas that served an older one. For a
+        value larger than a datagram, ``value`` is the whole value (every piece checked
+        against the signed root manifest) and ``signature`` is the one over that root.
         """
         owner = bytes(owner_public_key)
         if len(owner) != 32:
@@ -395,7 +510,11 @@ class Node:
         assert isinstance(event, GetDone)
         if event.record is None:
             return None
-        return SignedRecord.from_record(event.record)
+        signed = SignedRecord.from_record(event.record)
+        if not is_manifest(signed.value):
+            return signed
+        value = await self._resolve(key, signed.value, progress)
+        return dataclasses.replace(signed, value=value)
 
     def _lifetime(self, ttl: float | None) -> int:
         return int(ttl if ttl is not None else self._engine.config.record_ttl)
@@ -426,19 +545,35 @@ class Node:
         return event
 
     def unpublish(self, key: bytes) -> bool:
-        """Stop republishing ``key`` (its copies then expire with their TTL)."""
-        found = self._engine.unpublish(key_id(key))
+        """Stop republishing ``key`` (its copies then expire with their TTL), and the pieces
+        of a value larger than a datagram with it."""
+        target = key_id(key)
+        records = [record for record, _ in self._engine.published()]
+        root = next((r for r in records if r.key == target), None)
+        if root is not None:
+            for piece in published_pieces(root, records, self.blob_config.max_size):
+                self._engine.unpublish(piece)
+        found = self._engine.unpublish(target)
         if found and self._data_dir is not None and not self._stopped:
             self._data_dir.store.save_published(self._engine.published())
         return found
 
-    async def get(self, key: bytes) -> bytes | None:
-        """The value stored under ``key``, or ``None`` when the network has none."""
+    async def get(self, key: bytes, *, progress: Progress | None = None) -> bytes | None:
+        """The value stored under ``key``, or ``None`` when the network has none.
+
+        A value larger than a datagram is fetched piece by piece, each checked against its
+        hash; ``progress(done, total)`` follows the bytes fetched. Raises
+        :class:`~nautilus_kad.core.blob.MissingChunksError` (a :class:`QueryError`) when
+        pieces cannot be found and ``BlobFormatError`` for a malformed one.
+        """
         result = await self.get_record(key)
-        return None if result.record is None else result.record.value
+        if result.record is None:
+            return None
+        return await self._resolve(result.record.key, result.record.value, progress)
 
     async def get_record(self, key: bytes) -> GetResult:
-        """Like :meth:`get`, with the whole record and the lookup's cost."""
+        """Like :meth:`get`, with the whole record and the lookup's cost (for a value larger
+        than a datagram, the record holds its root manifest)."""
         event = await self._run(lambda now: self._engine.get(key_id(key), now))
         if isinstance(event, QueryFailed):
             raise QueryError(f"get failed: {event.reason}")

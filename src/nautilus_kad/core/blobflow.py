@@ -44,6 +44,8 @@ from .messages import Contact
 ID_BITS = 256
 PROVEN_LOOKUPS_PER_PIECE = 3
 """Lookups a piece waits for at most before it is stored on the closest nodes known."""
+STORE_ATTEMPTS = 3
+"""Times a piece is sent when too few of its nodes acknowledge it."""
 _COVER_DEPTH = 6
 """Halvings the coverage check tries when no single proven region holds a neighbourhood."""
 
@@ -86,7 +88,8 @@ class GetPlan:
         self._manifests: deque[NodeId] = deque()
         self._chunks: deque[NodeId] = deque()
         self._in_flight: set[NodeId] = set()
-        self._missing: dict[NodeId, int] = {}
+        self._missing: dict[NodeId, tuple[int, int]] = {}
+        """Keys nobody had: (places in the tree, value bytes under them)."""
         self.pieces_total = 0
         self.pieces_done = 0
         self.bytes_done = 0
@@ -122,7 +125,7 @@ class GetPlan:
         self._in_flight.discard(key)
         slots = self._waiting.pop(key, [])
         if data is None:
-            self._missing[key] = sum(slot.length for slot in slots)
+            self._missing[key] = (len(slots), sum(slot.length for slot in slots))
             return
         for slot in slots:
             if slot.level < 0:
@@ -141,10 +144,9 @@ class GetPlan:
         """The whole value; raises :class:`MissingChunksError` if pieces were not found."""
         assert self.done, "result() before the plan is done"
         if self._missing:
-            missing_bytes = min(self.length, sum(self._missing.values()))
-            raise MissingChunksError(
-                len(self._missing), self.pieces_total, missing_bytes, self.length
-            )
+            pieces = sum(count for count, _ in self._missing.values())
+            missing_bytes = min(self.length, sum(size for _, size in self._missing.values()))
+            raise MissingChunksError(pieces, self.pieces_total, missing_bytes, self.length)
         out = bytearray()
         self._assemble(0, out)
         if len(out) != self.length:  # pragma: no cover - the per-piece checks prevent it
@@ -211,6 +213,9 @@ class _Piece:
     lookups: int = 0
     acks: int = -1
     """Nodes that acknowledged it (-1: not stored yet)."""
+    targets: int = 0
+    """Nodes its last STORE went to."""
+    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -288,6 +293,7 @@ class PutPlan:
         self.hoods = Neighbourhoods(k)
         self.lookups_run = 0
         self.stored = 0
+        self.retries = 0
 
     @property
     def done(self) -> bool:
@@ -308,6 +314,8 @@ class PutPlan:
             gap = self.hoods.gap(piece.key, closest)
             if gap is None or piece.lookups >= PROVEN_LOOKUPS_PER_PIECE:
                 self._storing.add(index)
+                piece.targets = len(closest)
+                piece.attempts += 1
                 out.append(Store(index, piece.key, tuple(closest)))
                 continue
             point, bits = gap
@@ -340,8 +348,16 @@ class PutPlan:
         self._queue.extendleft(reversed(waiters))
 
     def on_stored(self, index: int, acks: int) -> None:
+        """A piece's STOREs were answered (or timed out): ``acks`` nodes keep it. Fewer
+        than half of the nodes it went to (a loaded network timing out) sends it again,
+        at most :data:`STORE_ATTEMPTS` times in all."""
         self._storing.discard(index)
-        self.pieces[index].acks = acks
+        piece = self.pieces[index]
+        piece.acks = max(piece.acks, acks)
+        if piece.acks < max(1, piece.targets // 2) and piece.attempts < STORE_ATTEMPTS:
+            self.retries += 1
+            self._queue.append(index)
+            return
         self.stored += 1
 
     def acks(self) -> list[int]:

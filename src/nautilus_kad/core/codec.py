@@ -42,6 +42,8 @@ from .limits import (
 from .messages import (
     Address,
     Contact,
+    Dialback,
+    DialbackReply,
     Envelope,
     Error,
     ErrorCode,
@@ -52,10 +54,14 @@ from .messages import (
     Nodes,
     Ping,
     Pong,
+    Probe,
+    ProbeRelay,
+    ProbeRelayReply,
     Store,
     Stored,
     Value,
 )
+from .natwire import NAT_TYPES, decode_nat_body, encode_nat_body
 from .records import Record, RecordKind
 from .session import (
     EPHEMERAL_KEY_BYTES,
@@ -204,6 +210,8 @@ def _encode_body(message: Message) -> list[Any]:
             return [_encode_address(observed)]
         case Error(observed=observed, code=code, message=text):
             return [_encode_address(observed), int(code), text[:MAX_ERROR_TEXT]]
+        case Dialback() | ProbeRelay() | Probe() | DialbackReply() | ProbeRelayReply():
+            return encode_nat_body(message)
     raise EncodeError(f"not a message: {message!r}")
 
 
@@ -433,6 +441,8 @@ def _decode_record(value: Any) -> Record:
 def _decode_body(msg_type: MessageType, body: Any) -> Message:
     if type(body) is not list:
         raise DecodeError("schema", "body must be a list")
+    if msg_type in NAT_TYPES:
+        return decode_nat_body(msg_type, body)
     match msg_type:
         case MessageType.PING:
             _list(body, 0, "PING body")

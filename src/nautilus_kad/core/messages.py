@@ -49,11 +49,19 @@ class MessageType(enum.IntEnum):
     FIND_NODE = 0x02
     FIND_VALUE = 0x03
     STORE = 0x04
+    DIALBACK = 0x05
+    """Reachability test, A → helper B (see core/natwire.py)."""
+    PROBE_RELAY = 0x06
+    """Reachability test, helper B → prober C."""
+    PROBE = 0x07
+    """Reachability test, prober C → A: never answered."""
     PONG = 0x81
     NODES = 0x82
     VALUE = 0x83
     STORED = 0x84
     ERROR = 0x85
+    DIALBACK_REPLY = 0x86
+    PROBE_RELAY_REPLY = 0x87
 
     @property
     def is_request(self) -> bool:
@@ -162,9 +170,67 @@ class Error:
     TYPE = MessageType.ERROR
 
 
+# --- the reachability test (core/natwire.py has their wire forms and the protocol) --------
+
+
+class ProbeStatus(enum.IntEnum):
+    ARRANGED = 0
+    """Helper: a prober agreed to probe you. Prober: the probe is on its way."""
+    RATE_LIMITED = 1
+    """Too many requests from you (or in total) this period."""
+    NO_PROBER = 2
+    """The helper knows no suitable third node."""
+    REFUSED = 3
+    """Not a request this node serves (e.g. a relay from a node outside its table)."""
+    FAILED = 4
+    """The prober the helper asked did not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialback:
+    """A → B: please have a third node probe me where you see me."""
+
+    nonce: bytes
+    TYPE = MessageType.DIALBACK
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRelay:
+    """B → C: please probe ``target`` (the address B saw a DIALBACK come from)."""
+
+    nonce: bytes
+    target: Address
+    TYPE = MessageType.PROBE_RELAY
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """C → A: the unsolicited datagram itself, echoing A's nonce. Never answered."""
+
+    nonce: bytes
+    TYPE = MessageType.PROBE
+
+
+@dataclass(frozen=True, slots=True)
+class DialbackReply:
+    observed: Address
+    status: ProbeStatus
+    TYPE = MessageType.DIALBACK_REPLY
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRelayReply:
+    observed: Address
+    status: ProbeStatus
+    TYPE = MessageType.PROBE_RELAY_REPLY
+
+
 Request = Ping | FindNode | FindValue | Store
 Response = Pong | Nodes | Value | Stored | Error
-Message = Request | Response
+NatRequest = Dialback | ProbeRelay | Probe
+NatResponse = DialbackReply | ProbeRelayReply
+NatMessage = NatRequest | NatResponse
+Message = Request | Response | NatMessage
 
 
 @dataclass(frozen=True, slots=True)

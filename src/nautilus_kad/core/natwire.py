@@ -16,85 +16,57 @@ PROBE_RELAY_REPLY (C → B) 0x87  ``[[ip, port] observed, status]``     —
 ========================  ====  ====================================  =====================
 
 They travel in the same signed envelope (or session) as the four Kademlia requests, so every
-one is authenticated; this module only encodes and decodes the bodies, and never raises
-anything but :class:`~.errors.DecodeError` on input. The codec dispatches to it by type.
+one is authenticated; the dataclasses live with the others in :mod:`.messages`, and this
+module only encodes and decodes their bodies, raising nothing but
+:class:`~.errors.DecodeError` on input. The codec dispatches to it by type.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import DecodeError
-from .messages import Address
+from .messages import (
+    Address,
+    Dialback,
+    DialbackReply,
+    MessageType,
+    NatMessage,
+    Probe,
+    ProbeRelay,
+    ProbeRelayReply,
+    ProbeStatus,
+)
+
+__all__ = [
+    "NAT_TYPES",
+    "NONCE_BYTES",
+    "Dialback",
+    "DialbackReply",
+    "NatMessage",
+    "Probe",
+    "ProbeRelay",
+    "ProbeRelayReply",
+    "ProbeStatus",
+    "decode_nat_body",
+    "encode_nat_body",
+]
 
 NONCE_BYTES = 8
 
 
-class NatMessageType(enum.IntEnum):
-    DIALBACK = 0x05
-    PROBE_RELAY = 0x06
-    PROBE = 0x07
-    DIALBACK_REPLY = 0x86
-    PROBE_RELAY_REPLY = 0x87
-
-
-class ProbeStatus(enum.IntEnum):
-    ARRANGED = 0
-    """Helper: a prober agreed to probe you. Prober: the probe is on its way."""
-    RATE_LIMITED = 1
-    """Too many requests from you (or in total) this period."""
-    NO_PROBER = 2
-    """The helper knows no suitable third node."""
-    REFUSED = 3
-    """Not a request this node serves (e.g. a relay from a node outside its table)."""
-    FAILED = 4
-    """The prober the helper asked did not answer."""
-
-
-@dataclass(frozen=True, slots=True)
-class Dialback:
-    """A → B: please have a third node probe me where you see me."""
-
-    nonce: bytes
-    TYPE = NatMessageType.DIALBACK
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeRelay:
-    """B → C: please probe ``target`` (the address B saw a DIALBACK come from)."""
-
-    nonce: bytes
-    target: Address
-    TYPE = NatMessageType.PROBE_RELAY
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """C → A: the unsolicited datagram itself, echoing A's nonce. Never answered."""
-
-    nonce: bytes
-    TYPE = NatMessageType.PROBE
-
-
-@dataclass(frozen=True, slots=True)
-class DialbackReply:
-    observed: Address
-    status: ProbeStatus
-    TYPE = NatMessageType.DIALBACK_REPLY
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeRelayReply:
-    observed: Address
-    status: ProbeStatus
-    TYPE = NatMessageType.PROBE_RELAY_REPLY
-
-
-NatMessage = Dialback | ProbeRelay | Probe | DialbackReply | ProbeRelayReply
-NAT_TYPES: dict[int, NatMessageType] = {int(t): t for t in NatMessageType}
+NAT_TYPES: dict[int, MessageType] = {
+    int(t): t
+    for t in (
+        MessageType.DIALBACK,
+        MessageType.PROBE_RELAY,
+        MessageType.PROBE,
+        MessageType.DIALBACK_REPLY,
+        MessageType.PROBE_RELAY_REPLY,
+    )
+}
+"""The message types of the reachability test."""
 
 
 def _address(address: Address) -> list[Any]:
@@ -143,30 +115,25 @@ def _status(value: Any) -> ProbeStatus:
         raise DecodeError("schema", "unknown probe status") from None
 
 
-def decode_nat_body(msg_type: NatMessageType, body: Any) -> NatMessage:
+def decode_nat_body(msg_type: MessageType, body: Any) -> NatMessage:
     """Strictly decode the body of a ``msg_type`` message (exact lengths and types)."""
     if type(body) is not list:
         raise DecodeError("schema", "body must be a list")
     match msg_type:
-        case NatMessageType.DIALBACK | NatMessageType.PROBE:
+        case MessageType.DIALBACK | MessageType.PROBE:
             if len(body) != 1:
                 raise DecodeError("schema", f"{msg_type.name} body must be a list of 1")
             nonce = _nonce(body[0])
-            return Dialback(nonce) if msg_type is NatMessageType.DIALBACK else Probe(nonce)
-        case NatMessageType.PROBE_RELAY:
+            return Dialback(nonce) if msg_type is MessageType.DIALBACK else Probe(nonce)
+        case MessageType.PROBE_RELAY:
             if len(body) != 2:
                 raise DecodeError("schema", "PROBE_RELAY body must be a list of 2")
             return ProbeRelay(_nonce(body[0]), _decode_address(body[1]))
-        case NatMessageType.DIALBACK_REPLY | NatMessageType.PROBE_RELAY_REPLY:
+        case MessageType.DIALBACK_REPLY | MessageType.PROBE_RELAY_REPLY:
             if len(body) != 2:
                 raise DecodeError("schema", f"{msg_type.name} body must be a list of 2")
             observed, status = _decode_address(body[0]), _status(body[1])
-            if msg_type is NatMessageType.DIALBACK_REPLY:
+            if msg_type is MessageType.DIALBACK_REPLY:
                 return DialbackReply(observed, status)
             return ProbeRelayReply(observed, status)
     raise DecodeError("type", f"not a NAT message type: {msg_type}")  # pragma: no cover
-
-
-def is_nat_request(msg_type: int) -> bool:
-    """Whether a NAT message type is sent unprompted (requests and the PROBE notice)."""
-    return msg_type < 0x80

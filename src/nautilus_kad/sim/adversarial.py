@@ -1,19 +1,17 @@
 """The adversarial scenario: lookup success against hostile nodes, for d disjoint paths.
 
-One network of honest nodes joins once (as in :mod:`.scenario`); then, for each malicious
-level, a set of nodes turns hostile (:mod:`.adversary`: colluding misrouting or silent nodes,
-or Sybils placed next to the target keys), and for each number of disjoint paths ``d`` a batch
+One network of honest nodes joins once (as in :mod:`.scenario`); then, for each behaviour and
+each malicious level, a set of nodes turns hostile (:mod:`.adversary`, answers from
+:mod:`.hostile`; or Sybils placed next to the target keys), and for each number of disjoint
+paths ``d`` a batch
 of FIND_NODE lookups and FIND_VALUE gets runs from honest nodes that have not looked anything
 up before. The malicious sets are nested (the first 10% are also among the first 20%), and the
 nodes that turn hostile behaved honestly while the network formed, as a patient attacker does.
 
-Success is measured against ground truth:
-
-* a **lookup** succeeds when its result holds the honest node closest to the target: the node
-  a put must reach and a get must ask, which colluders can hide but not impersonate (ids are
-  hashes of keys);
-* a **get** succeeds when it finds the value, stored beforehand on the honest nodes among the
-  target's k closest live nodes (hostile nodes keep no value).
+Every lookup and get is scored twice against ground truth (:mod:`.adversarial_scoring`):
+ours (the lookup's result holds the honest node closest to the target; the get finds the
+value, stored beforehand on the honest nodes among the key's k closest live nodes) and the
+paper's strict one (some path got there without querying a hostile node).
 
 Messages are the requests the initiator sent for the operation.
 """
@@ -29,14 +27,19 @@ from dataclasses import dataclass, field
 from ..core.config import KadConfig
 from ..core.events import GetDone, LookupDone
 from ..core.ids import NodeId
+from ..core.lookup import AnyLookup
+from ..core.messages import Contact
 from ..core.records import Record, make_immutable
-from .adversary import MISROUTE, SILENT, Colluders, sybil_identity, turn_honest, turn_hostile
+from .adversarial_scoring import lookup_ok, strict_ok
+from .adversary import Colluders, sybil_identity, turn_honest, turn_hostile
+from .hostile import ANSWERING, MISROUTE
+from .hostile import BEHAVIOURS as HOSTILE_BEHAVIOURS
 from .network import LatencyModel, LogNormalLatency
 from .scenario import collector_paused
 from .simulation import Operation, SimNode, Simulation, default_sim_config
 
 SYBIL = "sybil"
-BEHAVIOURS = (MISROUTE, SILENT, SYBIL)
+BEHAVIOURS = (*HOSTILE_BEHAVIOURS, SYBIL)
 
 Progress = Callable[[str], None]
 
@@ -46,7 +49,8 @@ class AdversarialSpec:
     """Everything that defines an adversarial run; the same spec gives the same run."""
 
     nodes: int = 1000
-    behaviour: str = MISROUTE
+    behaviours: tuple[str, ...] = (MISROUTE,)
+    """Measured one after another on the same network (``sybil`` last: its nodes stay)."""
     levels: tuple[float, ...] = (0.1, 0.2, 0.3)
     """Malicious fractions of the nodes; for ``sybil``, Sybils per target key."""
     paths: tuple[int, ...] = (1, 2, 4, 8)
@@ -54,6 +58,8 @@ class AdversarialSpec:
     """Lookups per (level, d) cell, and as many gets."""
     sybil_keys: int = 10
     """``sybil`` only: target keys that get Sybils (the cell's lookups and gets aim at them)."""
+    sybil_behaviour: str = MISROUTE
+    """``sybil`` only: what the Sybils answer (one of the answering behaviours)."""
     sybil_prefix: int = 0
     """``sybil`` only: bits a Sybil's id shares with its key (0: log2(nodes) + 8, nearer the
     key than every honest node but with rare exceptions)."""
@@ -65,31 +71,41 @@ class AdversarialSpec:
     join_rate: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.behaviour not in BEHAVIOURS:
-            raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}")
+        if not self.behaviours or any(b not in BEHAVIOURS for b in self.behaviours):
+            raise ValueError(f"behaviours must be among {', '.join(BEHAVIOURS)}")
+        if len(set(self.behaviours)) != len(self.behaviours):
+            raise ValueError("a behaviour is listed twice")
+        if self.sybil_behaviour not in ANSWERING:
+            raise ValueError(f"sybil behaviour must be one of {', '.join(ANSWERING)}")
         if self.nodes < 10 or self.lookups < 1:
             raise ValueError("need at least 10 nodes and 1 lookup per cell")
         if not self.levels or not self.paths:
             raise ValueError("need at least one level and one path count")
         if any(not 1 <= d <= 16 for d in self.paths):
             raise ValueError("paths must lie in 1..16")
-        if self.behaviour == SYBIL:
+        if SYBIL in self.behaviours:
             if any(s < 0 or s != int(s) for s in self.levels):
                 raise ValueError("sybil levels are whole numbers of Sybils per key")
+            if len(self.behaviours) > 1:
+                raise ValueError("sybil levels count Sybils: run sybil on its own")
         elif any(not 0 <= f < 1 for f in self.levels):
             raise ValueError("malicious fractions must lie in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """The measurements at one (level, d)."""
+    """The measurements at one (behaviour, level, d)."""
 
+    behaviour: str
     level: float
     paths: int
     lookups: int
     lookup_success: int
     gets: int
     get_success: int
+    lookup_strict: int
+    """Lookups that succeed by the paper's strict measure."""
+    get_strict: int
     lookup_messages: float
     """Mean requests per lookup."""
     get_messages: float
@@ -107,6 +123,14 @@ class Cell:
     @property
     def get_rate(self) -> float:
         return self.get_success / self.gets if self.gets else math.nan
+
+    @property
+    def lookup_strict_rate(self) -> float:
+        return self.lookup_strict / self.lookups if self.lookups else math.nan
+
+    @property
+    def get_strict_rate(self) -> float:
+        return self.get_strict / self.gets if self.gets else math.nan
 
 
 @dataclass(slots=True)
@@ -126,13 +150,17 @@ class _Runner:
         self.progress = progress
         self.sim = Simulation(spec.seed, config=spec.config, latency=spec.latency)
         self.rng = random.Random(spec.seed * 7919 + 1)
-        self.colluders = Colluders(spec.config.k)
+        self.colluders = Colluders(spec.config.k, honest=self.honest_contacts)
         self.hostile: set[int] = set()
         """Indexes of the hostile nodes."""
         self.fresh: list[SimNode] = []
         """Honest nodes that have not started an operation yet (the next initiators)."""
         self.keys = 0
         self.by_id: dict[int, SimNode] = {}
+        self._truth: dict[int, list[NodeId]] = {}
+        self._states: dict[int, AnyLookup] = {}
+        """id(operation) → its lookup's state machine, for the strict scoring."""
+        """Ground truth of the running cell (the hostile set is fixed within a cell)."""
 
     def say(self, text: str) -> None:
         if self.progress is not None:
@@ -178,6 +206,17 @@ class _Runner:
                 return honest[:k]
             count *= 4
 
+    def truth(self, target: NodeId) -> list[NodeId]:
+        found = self._truth.get(target)
+        if found is None:
+            found = self._truth[target] = self.honest_closest(target)
+        return found
+
+    def honest_contacts(self, target: NodeId) -> list[Contact]:
+        """Ground truth with addresses: what forging colluders know (they can look it up)."""
+        by_id = self.by_id
+        return [Contact(i, *by_id[i].address) for i in self.truth(target)]
+
     def initiator(self, avoid: set[int]) -> SimNode:
         """An honest node that has not looked anything up yet (reused once none is left)."""
         while self.fresh:
@@ -206,20 +245,22 @@ class _Runner:
             self.by_id[node_id].engine.store.put(record, now, now + record.ttl)
         return record
 
-    def cell(self, level: float, paths: int, keys: dict[NodeId, Record] | None = None) -> Cell:
+    def cell(
+        self,
+        behaviour: str,
+        level: float,
+        paths: int,
+        keys: dict[NodeId, Record] | None = None,
+    ) -> Cell:
         """Run one cell: ``lookups`` lookups and as many gets on ``paths`` paths. Random
         targets (a fresh record placed for each get), or only ``keys`` (with their values)."""
         sim = self.sim
         rng = self.rng
         lookups: list[tuple[Operation, NodeId]] = []
         gets: list[Operation] = []
-        truth_cache: dict[int, list[NodeId]] = {}
-
-        def truth(target: NodeId) -> list[NodeId]:
-            found = truth_cache.get(target)
-            if found is None:
-                found = truth_cache[target] = self.honest_closest(target)
-            return found
+        self._truth = {}
+        self.colluders.forget_answers()
+        truth = self.truth
 
         targets = list(keys) if keys else []
         plan: list[tuple[str, NodeId, SimNode, bytes]] = []
@@ -243,36 +284,48 @@ class _Runner:
         ops = [op for op, _ in lookups] + gets
         if not sim.wait(ops, timeout=600.0):
             raise RuntimeError("adversarial cell did not finish in 600 virtual seconds")
-        ok_lookups = 0
+        ok_lookups = strict_lookups = 0
+        hostile = self.colluders
         hops: list[int] = []
         latencies: list[float] = []
         lookup_msgs = 0
         for op, target in lookups:
             event = op.result
             if isinstance(event, LookupDone):
-                got = {c.node_id for c in event.contacts}
                 goal = truth(target)
-                ok_lookups += bool(goal) and goal[0] in got
+                ok_lookups += lookup_ok(event, goal)
+                state = self._states.get(id(op))
+                strict_lookups += state is not None and strict_ok(state, hostile, set(goal))
                 hops.append(event.hops)
                 lookup_msgs += event.queries
             if op.record is not None:
                 latencies.append(op.record.latency)
         get_msgs = 0
-        ok_gets = 0
+        ok_gets = strict_gets = 0
         for op in gets:
             event = op.result
             if isinstance(event, GetDone):
                 get_msgs += event.queries
                 ok_gets += op.succeeded
+                state = self._states.get(id(op))
+                assert op.target is not None
+                holders = set(truth(op.target))
+                strict_gets += (
+                    op.succeeded and state is not None and strict_ok(state, hostile, holders)
+                )
+        self._states.clear()
         hops.sort()
         latencies.sort()
         return Cell(
+            behaviour=behaviour,
             level=level,
             paths=paths,
             lookups=len(lookups),
             lookup_success=ok_lookups,
             gets=len(gets),
             get_success=ok_gets,
+            lookup_strict=strict_lookups,
+            get_strict=strict_gets,
             lookup_messages=lookup_msgs / max(1, len(lookups)),
             get_messages=get_msgs / max(1, len(gets)),
             lookup_hops=float(hops[len(hops) // 2]) if hops else math.nan,
@@ -291,9 +344,14 @@ class _Runner:
         gets: list[Operation],
     ) -> None:
         if kind == "lookup":
-            lookups.append((self.sim.lookup(origin, target, paths=paths), target))
+            op = self.sim.lookup(origin, target, paths=paths)
+            lookups.append((op, target))
         else:
-            gets.append(self.sim.get(origin, target, expect=value, paths=paths))
+            op = self.sim.get(origin, target, expect=value, paths=paths)
+            gets.append(op)
+        state = origin.engine.lookup_state(op.qid)
+        if state is not None:
+            self._states[id(op)] = state
 
     # --- the run --------------------------------------------------------------------------
 
@@ -304,16 +362,17 @@ class _Runner:
         join_cpu = time.process_time() - tick
         tick = time.process_time()
         cells: list[Cell] = []
-        if spec.behaviour == SYBIL:
-            cells = self.run_sybils()
-        else:
-            order = list(self.sim.joined)
-            self.rng.shuffle(order)
+        order = list(self.sim.joined)
+        self.rng.shuffle(order)
+        for behaviour in spec.behaviours:
+            if behaviour == SYBIL:
+                cells.extend(self.run_sybils())
+                continue
             for level in spec.levels:
                 self.clear_hostile()
-                self.set_hostile(order[: round(level * len(order))], spec.behaviour)
+                self.set_hostile(order[: round(level * len(order))], behaviour)
                 for paths in spec.paths:
-                    cells.append(self.cell(level, paths))
+                    cells.append(self.cell(behaviour, level, paths))
                     self.say(_cell_line(cells[-1]))
             self.clear_hostile()
         return AdversarialResult(
@@ -345,17 +404,20 @@ class _Runner:
             placed = max(placed, want)
             sim.wait([op for _, op in joins])
             for node, _ in joins:
-                self.set_hostile([node], MISROUTE)
+                self.set_hostile([node], spec.sybil_behaviour)
             for paths in spec.paths:
-                cells.append(self.cell(level, paths, values))
+                cells.append(self.cell(SYBIL, level, paths, values))
                 self.say(_cell_line(cells[-1]))
         return cells
 
 
 def _cell_line(cell: Cell) -> str:
     return (
-        f"level {cell.level:g} d={cell.paths}: lookups {100 * cell.lookup_rate:.1f}% "
-        f"gets {100 * cell.get_rate:.1f}% msgs {cell.lookup_messages:.0f}/{cell.get_messages:.0f}"
+        f"{cell.behaviour} level {cell.level:g} d={cell.paths}: "
+        f"lookups {100 * cell.lookup_rate:.1f}% (strict {100 * cell.lookup_strict_rate:.1f}%) "
+        f"gets {100 * cell.get_rate:.1f}% (strict {100 * cell.get_strict_rate:.1f}%) "
+        f"msgs {cell.lookup_messages:.0f}/{cell.get_messages:.0f} "
+        f"latency p50 {1000 * cell.lookup_latency:.0f} ms"
     )
 
 

@@ -7,15 +7,15 @@ leaves the rest (decoding, signing with the node's own key, sessions, timers) to
 own code; :func:`turn_honest` swaps it back. Honest nodes are never touched: they run the
 unmodified engine.
 
-Behaviours:
+Behaviours (:mod:`.hostile` makes the answers):
 
-* ``misroute`` — colluding misrouting: every FIND_NODE and FIND_VALUE is answered with the
-  colluders closest to the target (real nodes that answer in turn, misrouting too), never with
-  honest nodes, and never with a value (the node's store is swapped for one that keeps nothing,
-  while it still acknowledges STOREs).
+* the answering ones (``misroute``, ``scatter``, ``forge``, ``scatter-forge``) answer every
+  FIND_NODE and FIND_VALUE with the contacts :class:`~.hostile.Conspiracy` chooses, and never
+  with a value (the node's store is swapped for one that keeps nothing, while it still
+  acknowledges STOREs);
 * ``silent`` — after joining, the node drops every datagram it receives and sends nothing.
 * Sybils — :func:`sybil_identity` makes an identity whose id lies next to a chosen key; the
-  node joins normally, then misroutes with the other colluders.
+  node joins normally, then behaves as one of the above.
 """
 
 from __future__ import annotations
@@ -31,41 +31,24 @@ from ..core.ids import ID_BITS, NodeId
 from ..core.messages import Address, Contact
 from ..core.records import Record
 from ..core.storage import RecordStore, StoredRecord
-from .simulation import LiveIds, SimNode
+from .hostile import ANSWERING, BEHAVIOURS, MISROUTE, SILENT, Conspiracy
+from .simulation import SimNode
 
-MISROUTE = "misroute"
-SILENT = "silent"
-BEHAVIOURS = (MISROUTE, SILENT)
+__all__ = [
+    "BEHAVIOURS",
+    "MISROUTE",
+    "SILENT",
+    "Colluders",
+    "HostileEngine",
+    "colluders_of",
+    "is_hostile",
+    "sybil_identity",
+    "turn_honest",
+    "turn_hostile",
+]
 
-
-class Colluders:
-    """What colluding nodes share: who they are, so each can point at the others."""
-
-    __slots__ = ("_contacts", "_ids", "k")
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self._ids = LiveIds()
-        self._contacts: dict[int, Contact] = {}
-
-    def __len__(self) -> int:
-        return len(self._contacts)
-
-    def __contains__(self, node_id: object) -> bool:
-        return node_id in self._contacts
-
-    def add(self, node_id: NodeId, address: Address) -> None:
-        self._ids.add(node_id)
-        self._contacts[node_id] = Contact(node_id, address[0], address[1])
-
-    def discard(self, node_id: NodeId) -> None:
-        self._ids.discard(node_id)
-        self._contacts.pop(node_id, None)
-
-    def closest(self, target: NodeId, exclude: NodeId | None = None) -> tuple[Contact, ...]:
-        """The ``k`` colluders nearest ``target`` (never ``exclude``, the requester)."""
-        contacts = self._contacts
-        return tuple(contacts[i] for i in self._ids.closest(target, self.k, exclude=exclude))
+Colluders = Conspiracy
+"""The colluders' shared state (the name the scenario and tests use)."""
 
 
 class _NoStore:
@@ -118,10 +101,10 @@ class HostileEngine(KadEngine):
         return out
 
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
-        # The one decision a misrouting node changes: whom it names as closest.
-        if self.behaviour == MISROUTE:
+        # The one decision an answering behaviour changes: whom it names as closest.
+        if self.behaviour in ANSWERING:
             self.stats["adversary.misrouted"] += 1
-            return self.colluders.closest(target, exclude=requester)
+            return self.colluders.answer(self.behaviour, target, requester, self.node_id)
         return super()._closest_for(target, requester)
 
 

@@ -1,0 +1,93 @@
+"""Write tokens (BEP 5), both ways.
+
+A FIND_NODE or FIND_VALUE answer carries ``token = HMAC(secret, requester IP)``; a STORE must
+present a token under the current or the previous secret, so only a requester that receives
+datagrams at its source address can write (a forged source never sees the token). The secret
+rotates every ``token_rotation`` seconds.
+
+The other direction: the last token each peer gave us, reused for replication STOREs while it
+is surely still valid at its issuer (``TOKEN_REUSE`` of a rotation period).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from .codec import pack_ip
+from .context import NodeContext
+from .ids import NodeId
+from .messages import Address
+
+TOKEN_BYTES = 8
+TOKEN_REUSE = 0.9
+"""A peer's write token is reused for this fraction of ``token_rotation`` after it arrived (a
+token stays valid for one to two rotation periods at its issuer)."""
+
+
+class WriteTokens:
+    """The tokens we issue (a rotating HMAC secret) and the ones peers issued to us."""
+
+    __slots__ = ("_ctx", "_last", "_previous", "_secret", "from_peers", "next_rotation")
+
+    def __init__(self, ctx: NodeContext, now: float) -> None:
+        self._ctx = ctx
+        self._secret = ctx.rng.randbytes(16)
+        self._previous = self._secret
+        self._last = ("", b"")
+        """(requester IP, its token under the current secret) of the last FIND_* answer."""
+        self.next_rotation = now + ctx.config.token_rotation
+        self.from_peers: dict[NodeId, tuple[bytes, float]] = {}
+        """The last write token each peer gave us, and when."""
+
+    # --- the tokens we issue -----------------------------------------------------------
+
+    def issue(self, address: Address) -> bytes:
+        """The token for ``address`` under the current secret."""
+        # Every FIND_* answer carries one, and a requester often asks several in a row:
+        # remember the last one (no more, a table per requester would cost memory).
+        last_ip, token = self._last
+        if last_ip != address[0]:
+            token = _token(self._secret, address)
+            self._last = (address[0], token)
+        return token
+
+    def valid(self, token: bytes, address: Address) -> bool:
+        """Whether a STORE from ``address`` presents a current or previous token."""
+        if len(token) != TOKEN_BYTES:
+            return False
+        return hmac.compare_digest(token, self.issue(address)) or hmac.compare_digest(
+            token, _token(self._previous, address)
+        )
+
+    def rotate(self, now: float) -> None:
+        """A new secret (the current one stays valid one more period); forget stale tokens
+        of peers."""
+        self._previous = self._secret
+        self._secret = self._ctx.rng.randbytes(16)
+        self._last = ("", b"")
+        rotation = self._ctx.config.token_rotation
+        self.next_rotation = now + rotation
+        horizon = TOKEN_REUSE * rotation
+        peers = self.from_peers
+        stale = [nid for nid, (_, at) in peers.items() if now - at > horizon]
+        for node_id in stale:
+            del peers[node_id]
+
+    # --- the tokens peers issued to us -------------------------------------------------
+
+    def remember(self, node_id: NodeId, token: bytes, now: float) -> None:
+        self.from_peers[node_id] = (token, now)
+
+    def forget(self, node_id: NodeId) -> None:
+        self.from_peers.pop(node_id, None)
+
+    def fresh(self, node_id: NodeId, now: float) -> bytes | None:
+        """The peer's token if it is recent enough to be accepted, else None."""
+        entry = self.from_peers.get(node_id)
+        if entry is None or now - entry[1] > TOKEN_REUSE * self._ctx.config.token_rotation:
+            return None
+        return entry[0]
+
+
+def _token(secret: bytes, address: Address) -> bytes:
+    return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]

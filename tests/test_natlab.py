@@ -1,0 +1,206 @@
+"""The NAT lab itself (tests/natlab.py): each of the four NATs, built with namespaces and
+nftables, behaves as RFC 4787 says, checked with plain UDP sockets; and the lab cleans up.
+
+These need root, ``ip`` and ``nft``; they skip without them, and fail when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.natlab import NAT_KINDS, Host, NatLab, lab_namespaces, require_lab
+
+pytestmark = pytest.mark.natlab
+
+AGENT = r"""
+import select, socket, sys
+socks = {}
+for port in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(port)))
+    socks[s.fileno()] = s
+print("ready", flush=True)
+while True:
+    ready, _, _ = select.select([sys.stdin, *socks.values()], [], [])
+    for f in ready:
+        if f is sys.stdin:
+            line = sys.stdin.readline()
+            if not line:
+                sys.exit(0)
+            port, ip, dport, payload = line.split()
+            [s for s in socks.values() if s.getsockname()[1] == int(port)][0].sendto(
+                payload.encode(), (ip, int(dport)))
+        else:
+            data, src = f.recvfrom(2048)
+            print(f.getsockname()[1], src[0], src[1], data.decode(), flush=True)
+"""
+
+
+class Agent:
+    """A UDP process inside a lab host: sends on command, reports what it receives."""
+
+    def __init__(self, lab: NatLab, host: Host, *ports: int) -> None:
+        self.process = lab.spawn(
+            host,
+            [sys.executable, "-c", AGENT, *map(str, ports)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.lines.get(timeout=10) == "ready"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def send(self, port: int, to: tuple[str, int], payload: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{port} {to[0]} {to[1]} {payload}\n")
+        self.process.stdin.flush()
+
+    def received(self, payload: str, wait: float = 2.0) -> tuple[int, str, int] | None:
+        """(local port, source ip, source port) of the datagram ``payload``, or None if it
+        did not arrive within ``wait`` seconds (in whatever order datagrams came)."""
+        deadline = time.monotonic() + wait
+        while True:
+            while True:
+                try:
+                    self.seen.append(self.lines.get_nowait())
+                except queue.Empty:
+                    break
+            for line in self.seen:
+                local, ip, port, data = line.split()
+                if data == payload:
+                    return int(local), ip, int(port)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+
+EXPECTED = {
+    # kind: (same mapping for two servers, other port of s1 gets in, uncontacted s3 gets in)
+    "full-cone": (True, True, True),
+    "address-restricted": (True, True, False),
+    "port-restricted": (True, False, False),
+    "symmetric": (False, False, False),
+}
+
+
+@pytest.mark.parametrize("kind", NAT_KINDS)
+def test_each_nat_behaves_as_its_kind(kind: str) -> None:
+    require_lab()
+    with NatLab() as lab:
+        s1, s2, s3 = lab.add_public(), lab.add_public(), lab.add_public()
+        h = lab.add_natted(kind)
+        a1, a2, ah = Agent(lab, s1, 3478, 3479), Agent(lab, s2, 3478), Agent(lab, h, 5000)
+        a3 = Agent(lab, s3, 3478)  # never contacted by h
+        ah.send(5000, (s1.ip, 3478), "to-s1")
+        # Linux NAT loses the second of two datagrams one socket sends to two new
+        # destinations within a few hundred microseconds (measured here: always with no
+        # gap, never with 0.3 s); that is the router's quirk, not the behaviour under test.
+        time.sleep(0.3)
+        ah.send(5000, (s2.ip, 3478), "to-s2")
+        seen1, seen2 = a1.received("to-s1"), a2.received("to-s2")
+        assert seen1 is not None and seen2 is not None
+        assert seen1[1] == seen2[1] == h.wan_ip  # the world sees the NAT, never 192.168.x
+        mapping = (seen1[1], seen1[2])
+        same, other_port, other_ip = EXPECTED[kind]
+        assert (seen1[2] == seen2[2]) is same
+        a1.send(3478, mapping, "reply")
+        assert ah.received("reply") is not None  # answers always get back in
+        a1.send(3479, mapping, "other-port")
+        a3.send(3478, mapping, "other-ip")
+        assert (ah.received("other-port", 1.0) is not None) is other_port
+        assert (ah.received("other-ip", 1.0) is not None) is other_ip
+
+
+def test_the_lab_cleans_up_also_when_a_test_fails() -> None:
+    require_lab()
+    with pytest.raises(RuntimeError, match="boom"), NatLab() as lab:
+        lab.add_public()
+        lab.add_natted("symmetric")
+        names = list(lab.namespaces)
+        assert len(names) == 4 and set(names) <= set(lab_namespaces())
+        raise RuntimeError("boom")
+    assert not set(names) & set(lab_namespaces())
+    with pytest.raises(ValueError, match="unknown NAT kind"), NatLab() as lab:
+        lab.add_natted("cone-ish")
+    assert not any(n.startswith(lab.tag) for n in lab_namespaces())
+
+
+# --- real nodes --------------------------------------------------------------------------
+
+KAD = [sys.executable, "-m", "nautilus_kad"]
+
+
+class Daemon:
+    """``nautilus-kad run`` inside a lab host, with its data dir and its output."""
+
+    def __init__(self, lab: NatLab, host: Host, root: Path, bootstrap: list[Host]) -> None:
+        self.host = host
+        self.data_dir = root / host.netns
+        self.log = root / f"{host.netns}.log"
+        command = [*KAD, "run", "--host", host.ip, "--port", "7400"]
+        command += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
+        for seed in bootstrap:
+            command += ["-b", f"{seed.ip}:7400"]
+        with self.log.open("w") as out:
+            lab.spawn(host, command, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "daemon is ready" in self.log.read_text():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{self.host.netns} not ready:\n{self.log.read_text()}")
+
+    def cli(self, lab: NatLab, *args: str) -> str:
+        return lab.run(self.host, [*KAD, *args, "--data-dir", str(self.data_dir)], timeout=90)
+
+
+def start_network(lab: NatLab, root: Path) -> tuple[list[Daemon], list[Daemon]]:
+    """Four public nodes (the first starts the network), then a node behind each NAT kind."""
+    publics = [lab.add_public() for _ in range(4)]
+    natted = [lab.add_natted(kind) for kind in NAT_KINDS]
+    first = Daemon(lab, publics[0], root, [])
+    first.wait_ready()
+    servers = [first] + [Daemon(lab, p, root, publics[:1]) for p in publics[1:]]
+    for daemon in servers:
+        daemon.wait_ready()
+    clients = [Daemon(lab, h, root, publics[:2]) for h in natted]
+    for daemon in clients:
+        daemon.wait_ready()
+    return servers, clients
+
+
+def test_real_nodes_behind_every_nat_put_and_get(tmp_path: Path) -> None:
+    """``nautilus-kad run`` processes: four public nodes and one behind each kind of NAT.
+    Every NATed node stores a record, and another NATed node reads it; no node behind a NAT
+    that drops unsolicited datagrams is in a public node's table (expected to fail, and
+    reported as such, until the engine decides reachability)."""
+    require_lab()
+    with NatLab() as lab:
+        servers, clients = start_network(lab, tmp_path)
+        for i, daemon in enumerate(clients):
+            assert "acks" in daemon.cli(lab, "put", f"key-{i}", f"from-{daemon.host.nat}")
+        for i, daemon in enumerate(clients):
+            reader = clients[(i + 1) % len(clients)]
+            assert reader.cli(lab, "get", f"key-{i}").strip() == f"from-{daemon.host.nat}"
+        tables = "\n".join(daemon.cli(lab, "table") for daemon in servers)
+        nat_wans = [h.host.wan_ip for h in clients if h.host.nat != "full-cone"]
+        polluted = [ip for ip in nat_wans if ip is not None and f"{ip}:" in tables]
+        if polluted:
+            # Until reachability is wired into the engine (issue 11, part B), nodes behind
+            # NATs that drop unsolicited datagrams still enter public routing tables.
+            pytest.xfail(f"NATed nodes in public routing tables: {polluted}")
