@@ -253,3 +253,17 @@ def test_a_piece_few_nodes_acknowledged_is_sent_again_at_most_three_times() -> N
                 plan.on_stored(action.index, acks)
     assert sends == {0: 2, 1: 3}
     assert plan.acks() == [15, 0] and plan.retries == 3
+
+
+def test_a_piece_not_found_is_asked_for_again_before_it_counts_as_missing() -> None:
+    value = _value(3000)
+    root, pieces = _tree(value)
+    plan = GetPlan(ROOT_KEY, root, CONFIG)
+    asked: dict[NodeId, int] = {}
+    while not plan.done:
+        for key in plan.next_fetches():
+            asked[key] = asked.get(key, 0) + 1
+            # every piece is missed twice (holders too slow), then found
+            plan.on_fetched(key, pieces[key] if asked[key] == 3 else None)
+    assert plan.result() == value
+    assert set(asked.values()) == {3}

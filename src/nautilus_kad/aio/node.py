@@ -391,6 +391,7 @@ class Node:
             tree.pieces,
             lifetime,
             self.blob_config,
+            self._now,
             republish=republish,
             progress=progress,
         )
