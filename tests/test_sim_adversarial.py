@@ -17,7 +17,7 @@ from nautilus_kad.core.messages import Contact, FindNode, FindValue, Nodes
 from nautilus_kad.core.records import make_immutable
 from nautilus_kad.sim import SimAuthenticator, Simulation
 from nautilus_kad.sim.adversarial import AdversarialSpec, run_adversarial
-from nautilus_kad.sim.adversarial_scoring import get_ok_strict, lookup_ok_strict
+from nautilus_kad.sim.adversarial_scoring import strict_ok
 from nautilus_kad.sim.adversary import (
     MISROUTE,
     SILENT,
@@ -129,7 +129,10 @@ def test_forging_colluders_name_the_true_honest_neighbours_at_false_addresses() 
     for contact in answer:
         assert contact.address != real[contact.node_id]
         assert contact.host == real[contact.node_id][0]  # its host, a dead port
-        assert contact.address == forged_address(Contact(contact.node_id, *real[contact.node_id]))
+        honest = Contact(contact.node_id, *real[contact.node_id])
+        assert contact.address == forged_address(honest, bad[0].node_id)
+    other_lie = _ask(sim, asker, bad[3].index, FindNode(target)).contacts
+    assert {c.address for c in other_lie}.isdisjoint({c.address for c in answer})
     # Scatter-forge: half forged neighbours, half fresh colluders, interleaved.
     for node in bad:
         turn_hostile(node, SCATTER_FORGE, colluders)
@@ -147,13 +150,12 @@ def test_strict_scoring_counts_a_path_only_until_it_meets_a_hostile_node() -> No
     assert [c.node_id for c in lookup.next_queries()] == [goal, bad, other]
     lookup.on_response(goal)
     lookup.on_response(bad)
-    assert lookup_ok_strict(lookup, {bad}, [goal])  # reached before the hostile node
-    assert get_ok_strict(lookup, {bad}, {goal})
-    assert not lookup_ok_strict(lookup, {goal}, [other])  # another hostile node came first
-    assert not get_ok_strict(lookup, {bad}, {other})  # asked, but it has not answered
+    assert strict_ok(lookup, {bad}, {goal})  # reached before the hostile node
+    assert not strict_ok(lookup, {goal}, {other})  # another hostile node came first
+    assert not strict_ok(lookup, {bad}, {other})  # asked, but it has not answered
     lookup.on_response(other)
-    assert get_ok_strict(lookup, {5}, {other})
-    assert not get_ok_strict(lookup, {bad}, {other})
+    assert strict_ok(lookup, {5}, {other})
+    assert not strict_ok(lookup, {bad}, {other})  # it answered, but after the hostile one
 
 
 def test_silent_nodes_drop_everything() -> None:
@@ -187,12 +189,16 @@ def test_sybil_ids_sit_next_to_their_key_and_join() -> None:
         sybil_identity(key, 300, rng)
 
 
-def test_disjoint_paths_hold_against_20_percent_misrouting() -> None:
+def test_disjoint_paths_hold_against_20_percent_misrouting_and_forging() -> None:
     """The issue's bound at CI scale: 800 nodes with k = 8 (a larger network with k = 20 needs
-    minutes), 20% colluding misrouting nodes. One path loses lookups; four hold >= 99%."""
+    minutes), 20% hostile nodes, misrouting and the strongest behaviour (scatter-forge:
+    fresh colluders per requester plus the true honest neighbours at false addresses). Four
+    paths hold >= 99%; one path does measurably worse. Before lookups tried other addresses
+    and let a path take over a node another path asked at a false address, four paths got
+    56% of lookups against scatter-forge here: a regression in path isolation fails this."""
     spec = AdversarialSpec(
         nodes=800,
-        behaviours=(MISROUTE,),
+        behaviours=(MISROUTE, SCATTER_FORGE),
         levels=(0.2,),
         paths=(1, 4),
         lookups=200,
@@ -200,15 +206,21 @@ def test_disjoint_paths_hold_against_20_percent_misrouting() -> None:
         config=default_sim_config().with_changes(k=8, replacement_cache_size=8),
     )
     result = run_adversarial(spec)
-    one, four = result.cells
-    assert (one.paths, four.paths) == (1, 4)
-    assert four.lookup_rate >= 0.99
-    assert four.get_rate >= 0.99
+    one, four, forge_one, forge_four = result.cells
+    assert [(c.behaviour, c.paths) for c in result.cells] == [
+        (MISROUTE, 1), (MISROUTE, 4), (SCATTER_FORGE, 1), (SCATTER_FORGE, 4)
+    ]  # fmt: skip
+    for cell in (four, forge_four):
+        assert cell.lookup_rate >= 0.99
+        assert cell.get_rate >= 0.99
+        assert cell.malicious == 160
     # The adversary bites: one path does measurably worse, and four paths cost more messages.
-    assert one.lookup_rate < four.lookup_rate
-    assert one.get_rate < four.get_rate
+    assert one.lookup_rate <= 0.96 and one.get_rate <= 0.96
+    assert forge_one.lookup_strict_rate < forge_four.lookup_strict_rate
     assert four.lookup_messages > 2 * one.lookup_messages
-    assert four.malicious == one.malicious == 160
+    # Strict (the paper's): some path reached the target without meeting a hostile node.
+    assert four.lookup_strict_rate > one.lookup_strict_rate + 0.1
+    assert all(c.lookup_strict_rate <= c.lookup_rate for c in result.cells)
 
 
 def test_command_prints_the_table() -> None:

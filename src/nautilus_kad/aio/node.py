@@ -85,6 +85,8 @@ class PutResult:
     acks: int
     stored_on: tuple[Contact, ...]
     piece_acks: tuple[int, ...] = ()
+    piece_lookups: int = 0
+    """Lookups the pieces needed (far fewer than pieces: see core/blobflow.py)."""
 
     @property
     def pieces(self) -> int:
@@ -139,6 +141,7 @@ class Node:
         self._engine = engine
         self.blob_config = blob_config or BlobConfig()
         """Limits of values larger than a datagram (size, chunks in flight)."""
+
         self._data_dir = data_dir
         self._protocol: EngineProtocol | None = None
         self._address: Address = ("0.0.0.0", 0)
@@ -312,7 +315,7 @@ class Node:
         """
         cfg = self._engine.config
         lifetime = int(ttl if ttl is not None else cfg.record_ttl)
-        data, piece_acks = await self._store_large(
+        data, piece_acks, lookups = await self._store_large(
             bytes(value), RecordKind.OPEN, lifetime, republish, progress
         )
         now = self._now()
@@ -332,7 +335,7 @@ class Node:
             raise QueryError(
                 f"put reached {event.acks} of the {cfg.store_quorum} nodes it needs{why}"
             )
-        return PutResult(event.key, event.acks, event.stored_on, piece_acks)
+        return PutResult(event.key, event.acks, event.stored_on, piece_acks, lookups)
 
     async def put_immutable(
         self, value: bytes, *, ttl: float | None = None, progress: Progress | None = None
@@ -344,7 +347,7 @@ class Node:
         SHA-256 of its root manifest, which commits to every byte just as well.
         """
         lifetime = self._lifetime(ttl)
-        data, _ = await self._store_large(
+        data, _, _ = await self._store_large(
             bytes(value), RecordKind.IMMUTABLE, lifetime, False, progress
         )
         record = make_immutable(data, lifetime)
@@ -374,20 +377,21 @@ class Node:
         lifetime: int,
         republish: bool,
         progress: Progress | None,
-    ) -> tuple[bytes, tuple[int, ...]]:
+    ) -> tuple[bytes, tuple[int, ...], int]:
         """For a value over ``kind``'s inline limit: store its pieces and return the root
-        manifest (the record's value) and each piece's acks. A small value is returned as
-        it is, with no pieces."""
+        manifest (the record's value), each piece's acks and the lookups they took. A small
+        value is returned as it is, with no pieces."""
         limit = VALUE_LIMITS[kind]
         if not needs_blob(value, limit):
-            return value, ()
+            return value, (), 0
         tree: BlobTree = build_tree(value, limit, self.blob_config)
-        acks = await store_pieces(
+        acks, lookups = await store_pieces(
             self._engine,
             self._run,
             tree.pieces,
             lifetime,
             self.blob_config,
+            self._now,
             republish=republish,
             progress=progress,
         )
@@ -398,7 +402,7 @@ class Node:
                 f"{short} of the {len(acks)} pieces of the value reached fewer than "
                 f"the {quorum} nodes they need"
             )
-        return tree.root, tuple(acks)
+        return tree.root, tuple(acks), lookups
 
     async def value_of(self, record: Record, *, progress: Progress | None = None) -> bytes:
         """The value a record found by :meth:`get_record` stands for: its own value, or for
@@ -478,7 +482,7 @@ class Node:
                 cas + 1 if cas is not None else 1,
             )
         lifetime = self._lifetime(ttl)
-        data, piece_acks = await self._store_large(
+        data, piece_acks, _ = await self._store_large(
             bytes(value), RecordKind.SIGNED, lifetime, False, progress
         )
         record = make_signed(identity, salt, data, seq, lifetime)

@@ -75,7 +75,7 @@ class BlobConfig:
 
     max_size: int = DEFAULT_MAX_SIZE
     chunk_size: int = IMMUTABLE_VALUE_LIMIT
-    in_flight: int = 64
+    in_flight: int = 8
 
     def __post_init__(self) -> None:
         if not _MIN_CHUNK <= self.chunk_size <= IMMUTABLE_VALUE_LIMIT:

@@ -44,6 +44,10 @@ from .messages import Contact
 ID_BITS = 256
 PROVEN_LOOKUPS_PER_PIECE = 3
 """Lookups a piece waits for at most before it is stored on the closest nodes known."""
+FETCH_ATTEMPTS = 3
+"""Times a piece nobody returned is asked for."""
+STORE_ATTEMPTS = 3
+"""Times a piece is sent when too few of its nodes acknowledge it."""
 _COVER_DEPTH = 6
 """Halvings the coverage check tries when no single proven region holds a neighbourhood."""
 
@@ -86,6 +90,7 @@ class GetPlan:
         self._manifests: deque[NodeId] = deque()
         self._chunks: deque[NodeId] = deque()
         self._in_flight: set[NodeId] = set()
+        self._tries: dict[NodeId, int] = {}
         self._missing: dict[NodeId, tuple[int, int]] = {}
         """Keys nobody had: (places in the tree, value bytes under them)."""
         self.pieces_total = 0
@@ -119,8 +124,16 @@ class GetPlan:
 
     def on_fetched(self, key: NodeId, data: bytes | None) -> None:
         """The record under ``key`` (None: nobody had it). Raises :class:`BlobFormatError`
-        when it breaks the tree it was fetched for."""
+        when it breaks the tree it was fetched for. A piece not found is asked for again
+        (a get on a loaded network can miss holders that answer too late), at most
+        :data:`FETCH_ATTEMPTS` times in all, before it counts as missing."""
         self._in_flight.discard(key)
+        if data is None:
+            tries = self._tries[key] = self._tries.get(key, 1) + 1
+            if tries <= FETCH_ATTEMPTS:
+                slots = self._waiting[key]
+                (self._chunks if slots[0].level < 0 else self._manifests).append(key)
+                return
         slots = self._waiting.pop(key, [])
         if data is None:
             self._missing[key] = (len(slots), sum(slot.length for slot in slots))
@@ -211,6 +224,9 @@ class _Piece:
     lookups: int = 0
     acks: int = -1
     """Nodes that acknowledged it (-1: not stored yet)."""
+    targets: int = 0
+    """Nodes its last STORE went to."""
+    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -288,6 +304,7 @@ class PutPlan:
         self.hoods = Neighbourhoods(k)
         self.lookups_run = 0
         self.stored = 0
+        self.retries = 0
 
     @property
     def done(self) -> bool:
@@ -308,6 +325,8 @@ class PutPlan:
             gap = self.hoods.gap(piece.key, closest)
             if gap is None or piece.lookups >= PROVEN_LOOKUPS_PER_PIECE:
                 self._storing.add(index)
+                piece.targets = len(closest)
+                piece.attempts += 1
                 out.append(Store(index, piece.key, tuple(closest)))
                 continue
             point, bits = gap
@@ -340,8 +359,16 @@ class PutPlan:
         self._queue.extendleft(reversed(waiters))
 
     def on_stored(self, index: int, acks: int) -> None:
+        """A piece's STOREs were answered (or timed out): ``acks`` nodes keep it. Fewer
+        than half of the nodes it went to (a loaded network timing out) sends it again,
+        at most :data:`STORE_ATTEMPTS` times in all."""
         self._storing.discard(index)
-        self.pieces[index].acks = acks
+        piece = self.pieces[index]
+        piece.acks = max(piece.acks, acks)
+        if piece.acks < max(1, piece.targets // 2) and piece.attempts < STORE_ATTEMPTS:
+            self.retries += 1
+            self._queue.append(index)
+            return
         self.stored += 1
 
     def acks(self) -> list[int]:

@@ -15,6 +15,14 @@ is its own alpha-parallel iterative lookup fed only by the answers to its own qu
 queried by at most one path (the first to ask it owns it; every other path skips it). A
 misrouting node can then poison only the path that asked it, and the lookup still succeeds if
 any path stays clean. Results merge: the k closest that answered on any path.
+
+A node id is not its address: a hostile peer can name a real node at a false address. A
+lookup therefore remembers up to two other addresses it hears for an id, and one that stays
+silent (past its soft timeout, or failed) is tried at the next, up to three addresses in all;
+an answer from any of them counts (it is signed by the id's key). Across disjoint paths, a
+node belongs to the path it first *answered*: a path may try a node that another path asked
+but has not heard from past that path's soft timeout, at an address nobody tried yet, so a
+path fed a false address cannot keep the real node from the others.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ import itertools
 from collections.abc import Iterable
 
 from .ids import NodeId
-from .messages import Contact
+from .messages import Address, Contact
+
+MAX_ADDRESSES = 3
+"""Addresses a lookup tries for one node id (the first heard and up to two others)."""
 
 
 class CandidateState(enum.IntEnum):
@@ -38,10 +49,28 @@ class CandidateState(enum.IntEnum):
 
 
 class Candidate:
-    __slots__ = ("awaited", "contact", "distance", "hop", "state", "token")
+    __slots__ = (
+        "awaited",
+        "contact",
+        "distance",
+        "final",
+        "hop",
+        "spare",
+        "state",
+        "token",
+        "tried",
+    )
 
     def __init__(self, contact: Contact, distance: int, hop: int) -> None:
         self.contact = contact
+        """The address being tried (or the one that answered)."""
+        self.spare: list[Contact] | None = None
+        """Other addresses heard for the id, not tried yet."""
+        self.tried: list[Address] | None = None
+        """Addresses this lookup already tried and left behind."""
+        self.final = False
+        """FAILED for good: no other address will be tried (an error answer, or the node
+        answered another path)."""
         self.distance = distance
         self.hop = hop
         self.state = CandidateState.NEW
@@ -72,6 +101,7 @@ class Lookup:
         *,
         owners: dict[NodeId, int] | None = None,
         path: int = 0,
+        shared: _Shared | None = None,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -90,6 +120,7 @@ class Lookup:
         self.finished = False
         self._owners = owners
         """Shared by the paths of a :class:`DisjointLookup`: which path queried each node."""
+        self._shared = shared
         self._path = path
         self.add_contacts(seeds, hop=1)
 
@@ -107,7 +138,12 @@ class Lookup:
             if node_id == own_id:
                 continue
             d = node_id ^ target
-            if d in known:
+            cand = known.get(d)
+            if cand is not None:
+                if cand.state is not _RESPONDED and (
+                    cand.contact.port != contact.port or cand.contact.host != contact.host
+                ):
+                    self._other_address(cand, contact)
                 continue
             if len(distances) >= limit and d > distances[-1]:
                 continue
@@ -127,10 +163,66 @@ class Lookup:
     def _get(self, node_id: NodeId) -> Candidate | None:
         return self._by_distance.get(node_id ^ self.target)
 
+    def _other_address(self, cand: Candidate, contact: Contact) -> None:
+        """``contact`` names a known candidate at another address."""
+        if cand.final:
+            return
+        address = contact.address
+        tried = cand.tried
+        if tried is not None and (address in tried or len(tried) + 1 >= MAX_ADDRESSES):
+            return
+        spare = cand.spare
+        if spare is not None and any(c.address == address for c in spare):
+            return
+        state = cand.state
+        if state is _SLOW or state is _FAILED:
+            # The address tried stays silent: try this one now (an answer still arriving
+            # from the old one counts too).
+            if state is _SLOW:
+                self.slow -= 1
+            self._switch(cand, contact)
+        elif spare is None:
+            cand.spare = [contact]
+        elif len(spare) + 1 < MAX_ADDRESSES:
+            spare.append(contact)
+
+    def _switch(self, cand: Candidate, contact: Contact) -> None:
+        """Leave the current address behind; the candidate is to be queried at ``contact``."""
+        if cand.tried is None:
+            cand.tried = [cand.contact.address]
+        else:
+            cand.tried.append(cand.contact.address)
+        cand.contact = contact
+        cand.state = _NEW
+        cand.awaited = True
+
+    def _next_address(self, cand: Candidate) -> bool:
+        """Switch to a spare address not tried yet; False when none is left."""
+        spare = cand.spare
+        while spare:
+            contact = spare.pop(0)
+            tried = cand.tried
+            if tried is not None and len(tried) + 1 >= MAX_ADDRESSES:
+                break
+            if tried is None or contact.address not in tried:
+                self._switch(cand, contact)
+                return True
+        return False
+
+    @staticmethod
+    def _stale(cand: Candidate, address: Address | None) -> bool:
+        """An event about an address the candidate has moved on from."""
+        return address is not None and address != cand.contact.address
+
     def on_response(
-        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+        self,
+        node_id: NodeId,
+        contacts: Iterable[Contact] = (),
+        token: bytes = b"",
+        address: Address | None = None,
     ) -> None:
-        """``node_id`` answered (possibly after its soft timeout)."""
+        """``node_id`` answered (possibly after its soft timeout; from ``address``, which
+        may be one the lookup has since moved on from: the answer counts all the same)."""
         cand = self._get(node_id)
         if cand is None or cand.state is _RESPONDED:
             return
@@ -138,13 +230,20 @@ class Lookup:
             self.in_flight -= 1
         elif cand.state is _SLOW:
             self.slow -= 1
+        if self._stale(cand, address):
+            assert address is not None
+            cand.contact = Contact(node_id, address[0], address[1])
         cand.state = _RESPONDED
         cand.token = token
         self.responses += 1
         self.add_contacts(contacts, cand.hop + 1)
 
     def on_departing(
-        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+        self,
+        node_id: NodeId,
+        contacts: Iterable[Contact] = (),
+        token: bytes = b"",
+        address: Address | None = None,
     ) -> None:
         """``node_id`` answered but is leaving the network: its contacts are used, but it
         does not count among the closest (nothing should be stored on it, and a lookup
@@ -152,34 +251,49 @@ class Lookup:
         cand = self._get(node_id)
         if cand is None or cand.state is _RESPONDED or cand.state is _FAILED:
             return
-        self.on_response(node_id, contacts, token)
+        self.on_response(node_id, contacts, token, address)
         cand.state = _FAILED
+        cand.final = True
 
-    def on_soft_timeout(self, node_id: NodeId) -> None:
-        """``node_id`` is slow: free its slot, stop counting it among the closest."""
+    def on_soft_timeout(self, node_id: NodeId, address: Address | None = None) -> None:
+        """``node_id`` is slow (at ``address``): free its slot, stop counting it among the
+        closest; if another address was heard for it, try that one now."""
         cand = self._get(node_id)
-        if cand is not None and cand.state is _IN_FLIGHT:
+        if cand is None or cand.state is not _IN_FLIGHT or self._stale(cand, address):
+            return
+        self.in_flight -= 1
+        if not self._next_address(cand):
             cand.state = _SLOW
-            self.in_flight -= 1
             self.slow += 1
 
-    def on_give_up(self, node_id: NodeId) -> None:
+    def on_give_up(self, node_id: NodeId, address: Address | None = None) -> None:
         """Stop waiting for slow ``node_id``: the lookup may finish without it (it may still
         answer and be used while the lookup runs)."""
         cand = self._get(node_id)
-        if cand is not None:
+        if cand is not None and not self._stale(cand, address):
             cand.awaited = False
 
-    def on_failure(self, node_id: NodeId) -> None:
-        """``node_id`` will not answer (hard timeout or an error answer)."""
+    def on_failure(
+        self, node_id: NodeId, address: Address | None = None, *, final: bool = False
+    ) -> None:
+        """``node_id`` will not answer at ``address`` (hard timeout), or will not help at all
+        (``final``: an error answer, a refused send): try another address it was named at,
+        if any and not ``final``."""
         cand = self._get(node_id)
-        if cand is None or cand.state is _RESPONDED or cand.state is _FAILED:
+        if cand is None or cand.state is _RESPONDED:
+            return
+        if cand.state is _FAILED:
+            cand.final = cand.final or final
+            return
+        if self._stale(cand, address) and not final:
             return
         if cand.state is _IN_FLIGHT:
             self.in_flight -= 1
         elif cand.state is _SLOW:
             self.slow -= 1
-        cand.state = _FAILED
+        if final or not self._next_address(cand):
+            cand.state = _FAILED
+            cand.final = final
 
     # --- driving -----------------------------------------------------------------------
 
@@ -193,19 +307,21 @@ class Lookup:
             return []
         chosen: list[Contact] = []
         seen = 0
-        owners = self._owners
+        shared = self._shared
         for d in self._distances:
             cand = self._by_distance[d]
             state = cand.state
             if state is _FAILED or state is _SLOW:
                 continue
             if state is _NEW:
-                if owners is not None:
-                    owner = owners.setdefault(cand.contact.node_id, self._path)
-                    if owner != self._path:
-                        # Another path asked it first: for this path it does not exist.
+                if shared is not None:
+                    verdict = shared.claim(cand, self)
+                    if verdict is _DEFER:
+                        continue  # another path is asking it: wait for its outcome
+                    if verdict is _NEVER:
                         cand.state = _FAILED
                         continue
+                    shared.attempts[(cand.contact.node_id, cand.contact.address)] = self._path
                 cand.state = _IN_FLIGHT
                 chosen.append(cand.contact)
                 self.queried.append(cand.contact.node_id)
@@ -296,7 +412,9 @@ class DisjointLookup:
         self.k = k
         self.alpha = alpha
         self.finished = False
-        self._owners: dict[NodeId, int] = {}
+        shared = _Shared()
+        self._shared = shared
+        self._owners = shared.owners
         ordered = sorted(
             {c.node_id: c for c in seeds if c.node_id != own_id}.values(),
             key=lambda c: c.node_id ^ target,
@@ -306,44 +424,73 @@ class DisjointLookup:
             shares[i % paths].append(contact)
             self._owners[contact.node_id] = i % paths  # each seed belongs to its own path
         self.paths = [
-            Lookup(target, own_id, k, alpha, share, max_candidates, owners=self._owners, path=i)
+            Lookup(
+                target, own_id, k, alpha, share, max_candidates,
+                owners=self._owners, path=i, shared=shared,
+            )
             for i, share in enumerate(shares)
-        ]
+        ]  # fmt: skip
+        shared.paths = self.paths
 
-    def _path_of(self, node_id: NodeId) -> Lookup | None:
-        owner = self._owners.get(node_id)
+    def _path_of(self, node_id: NodeId, address: Address | None = None) -> Lookup | None:
+        """The path that asked ``node_id`` (at ``address``, when given)."""
+        shared = self._shared
+        if address is not None:
+            index = shared.attempts.get((node_id, address))
+            if index is not None:
+                return self.paths[index]
+        owner = shared.owners.get(node_id)
         return None if owner is None else self.paths[owner]
 
     # --- feeding: an answer goes to the one path that asked ---------------------------------
 
     def on_response(
-        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+        self,
+        node_id: NodeId,
+        contacts: Iterable[Contact] = (),
+        token: bytes = b"",
+        address: Address | None = None,
     ) -> None:
-        path = self._path_of(node_id)
-        if path is not None:
-            path.on_response(node_id, contacts, token)
+        path = self._path_of(node_id, address)
+        if path is None:
+            return
+        if self._shared.answered.setdefault(node_id, path._path) != path._path:
+            # It answered another path first: it belongs to that one.
+            path.on_failure(node_id, address, final=True)
+            return
+        path.on_response(node_id, contacts, token, address)
 
-    def on_soft_timeout(self, node_id: NodeId) -> None:
-        path = self._path_of(node_id)
+    def on_soft_timeout(self, node_id: NodeId, address: Address | None = None) -> None:
+        path = self._path_of(node_id, address)
         if path is not None:
-            path.on_soft_timeout(node_id)
+            path.on_soft_timeout(node_id, address)
 
-    def on_give_up(self, node_id: NodeId) -> None:
-        path = self._path_of(node_id)
+    def on_give_up(self, node_id: NodeId, address: Address | None = None) -> None:
+        path = self._path_of(node_id, address)
         if path is not None:
-            path.on_give_up(node_id)
+            path.on_give_up(node_id, address)
 
-    def on_failure(self, node_id: NodeId) -> None:
-        path = self._path_of(node_id)
+    def on_failure(
+        self, node_id: NodeId, address: Address | None = None, *, final: bool = False
+    ) -> None:
+        path = self._path_of(node_id, address)
         if path is not None:
-            path.on_failure(node_id)
+            path.on_failure(node_id, address, final=final)
 
     def on_departing(
-        self, node_id: NodeId, contacts: Iterable[Contact] = (), token: bytes = b""
+        self,
+        node_id: NodeId,
+        contacts: Iterable[Contact] = (),
+        token: bytes = b"",
+        address: Address | None = None,
     ) -> None:
-        path = self._path_of(node_id)
-        if path is not None:
-            path.on_departing(node_id, contacts, token)
+        path = self._path_of(node_id, address)
+        if path is None:
+            return
+        if self._shared.answered.setdefault(node_id, path._path) != path._path:
+            path.on_failure(node_id, address, final=True)
+            return
+        path.on_departing(node_id, contacts, token, address)
 
     # --- driving --------------------------------------------------------------------------
 
@@ -399,6 +546,54 @@ class DisjointLookup:
     @property
     def hops(self) -> int:
         return max((c.hop for c in self.closest_responded()), default=0)
+
+
+_GO, _DEFER, _NEVER = 0, 1, 2
+
+
+class _Shared:
+    """What the paths of a :class:`DisjointLookup` share: who asked and who answered whom."""
+
+    __slots__ = ("answered", "attempts", "owners", "paths")
+
+    def __init__(self) -> None:
+        self.owners: dict[NodeId, int] = {}
+        """The path that asked each node last (first, unless another took it over)."""
+        self.attempts: dict[tuple[NodeId, Address], int] = {}
+        """(node, address) → the path that sent a request there."""
+        self.answered: dict[NodeId, int] = {}
+        """The path each node answered first: the only one it serves."""
+        self.paths: list[Lookup] = []
+
+    def claim(self, cand: Candidate, path: Lookup) -> int:
+        """May ``path`` query ``cand`` now? ``_GO`` (its address then noted as tried),
+        ``_DEFER`` (another path's request to it is still young), ``_NEVER``."""
+        node_id = cand.contact.node_id
+        me = path._path
+        answered = self.answered.get(node_id)
+        if answered is not None:
+            if answered == me:
+                return _GO
+            cand.final = True
+            return _NEVER
+        owner = self.owners.setdefault(node_id, me)
+        if owner == me:
+            return _GO
+        theirs = self.paths[owner].candidate(node_id)
+        if theirs is not None:
+            if theirs.state is _IN_FLIGHT:
+                return _DEFER
+            if theirs.final:
+                cand.final = True
+                return _NEVER
+        # The owner has not asked it yet (it is this path's now), or asked and heard nothing
+        # past its soft timeout: take it over, at an address nobody tried yet.
+        attempts = self.attempts
+        while (node_id, cand.contact.address) in attempts:
+            if not path._next_address(cand):
+                return _NEVER
+        self.owners[node_id] = me
+        return _GO
 
 
 AnyLookup = Lookup | DisjointLookup

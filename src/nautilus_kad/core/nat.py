@@ -155,7 +155,7 @@ class NatState:
     def handle_timer(self, now: float) -> None:
         """End the rounds past their deadline and apply a mode change the dwell held back."""
         for round_ in self.rounds.expired(now):
-            if round_.arranged:
+            if round_.arranged and not round_.tainted:
                 self._note(self.tracker.record(False, round_.epoch, now))
             else:
                 self.tracker.inconclusive(round_.epoch, now)

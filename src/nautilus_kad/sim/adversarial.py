@@ -30,7 +30,7 @@ from ..core.ids import NodeId
 from ..core.lookup import AnyLookup
 from ..core.messages import Contact
 from ..core.records import Record, make_immutable
-from .adversarial_scoring import get_ok_strict, lookup_ok, lookup_ok_strict
+from .adversarial_scoring import lookup_ok, strict_ok
 from .adversary import Colluders, sybil_identity, turn_honest, turn_hostile
 from .hostile import ANSWERING, MISROUTE
 from .hostile import BEHAVIOURS as HOSTILE_BEHAVIOURS
@@ -295,7 +295,7 @@ class _Runner:
                 goal = truth(target)
                 ok_lookups += lookup_ok(event, goal)
                 state = self._states.get(id(op))
-                strict_lookups += state is not None and lookup_ok_strict(state, hostile, goal)
+                strict_lookups += state is not None and strict_ok(state, hostile, set(goal))
                 hops.append(event.hops)
                 lookup_msgs += event.queries
             if op.record is not None:
@@ -311,7 +311,7 @@ class _Runner:
                 assert op.target is not None
                 holders = set(truth(op.target))
                 strict_gets += (
-                    op.succeeded and state is not None and get_ok_strict(state, hostile, holders)
+                    op.succeeded and state is not None and strict_ok(state, hostile, holders)
                 )
         self._states.clear()
         hops.sort()

@@ -5,12 +5,11 @@
   colluders can hide but not impersonate: ids are hashes of keys); a get, when it finds the
   value that was stored on the target's honest neighbours.
 * **strict** — the S/Kademlia paper's (Baumgart & Mies 2007): some path reached the target's
-  honest neighbourhood *without querying a hostile node*. For a lookup: some path queried the
-  honest node closest to the target, and heard its answer, before that path had queried any
-  hostile node; for a get: some path heard from a node holding the value before it had
-  queried any hostile node. (What a path queries after reaching the target does not count:
-  finishing a lookup means asking all of the target's k closest, a fifth of which are
-  hostile at 20%.)
+  honest neighbourhood *without querying a hostile node*: some path heard an answer from one
+  of the k honest nodes closest to the target (they know the target's closest node, and hold
+  its value) before that path had queried any hostile node. (What a path queries after
+  that does not count: finishing a lookup means asking all of the target's k closest, a
+  fifth of which are hostile at 20%.)
 
 Strict is lower than ours when lookups succeed only on paths that met hostile nodes and were
 led past them (by the lookup's own rules, e.g. its retries of other addresses).
@@ -47,18 +46,8 @@ def reached_cleanly(path: Lookup, hostile: Container[int], goals: Container[int]
     return False
 
 
-def lookup_ok_strict(
-    lookup: AnyLookup, hostile: Container[int], honest_closest: Sequence[NodeId]
-) -> bool:
-    """The paper's: some path reached the honest node closest to the target (it answered)
-    before that path queried any hostile node."""
-    if not honest_closest:
-        return False
-    goal = {honest_closest[0]}
-    return any(reached_cleanly(path, hostile, goal) for path in paths_of(lookup))
-
-
-def get_ok_strict(lookup: AnyLookup, hostile: Container[int], holders: Container[int]) -> bool:
-    """The paper's, for a get: some path heard from a holder of the value before it queried
-    any hostile node."""
-    return any(reached_cleanly(path, hostile, holders) for path in paths_of(lookup))
+def strict_ok(lookup: AnyLookup, hostile: Container[int], neighbourhood: Container[int]) -> bool:
+    """The paper's: some path heard from a node of the target's honest ``neighbourhood``
+    (its k closest honest nodes; for a get, the holders of the value) before that path
+    queried any hostile node."""
+    return any(reached_cleanly(path, hostile, neighbourhood) for path in paths_of(lookup))

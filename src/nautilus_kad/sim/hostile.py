@@ -13,8 +13,9 @@ Every answer is a pure function of what was asked before: runs stay deterministi
   same requester for the same target: each answer (from any colluder) hands the requester
   fresh colluders, so every path of a disjoint lookup meets its own.
 * ``forge`` — name the true ``k`` honest nodes closest to the target, each with a false
-  address (its host, another port): the requester learns the right ids and cannot reach
-  them, and its timeouts there count against honest ids.
+  address (its host, another port; each colluder its own): the requester learns the right
+  ids and cannot reach them, and (before lookups learned better) its timeouts there counted
+  against honest ids.
 * ``scatter-forge`` — half and half, interleaved: forged honest neighbours of the target
   and fresh colluders.
 * ``silent`` — handled by the engine layer (:mod:`.adversary`): drop everything.
@@ -41,10 +42,12 @@ HonestOracle = Callable[[NodeId], Sequence[Contact]]
 """The honest live nodes nearest a target, nearest first (ground truth, with addresses)."""
 
 
-def forged_address(contact: Contact) -> Address:
-    """A false address for an honest node: its host, a port where nothing listens. The same
-    lie for every colluder and requester (colluding liars agree)."""
-    port = 1024 + (contact.node_id >> 200) % 60_000
+def forged_address(contact: Contact, liar: NodeId) -> Address:
+    """A false address for an honest node: its host, a port where nothing listens. Each
+    colluder tells its own lie, so a requester that met several of them holds several false
+    addresses for the node (and a lookup that tries a bounded number of addresses per id
+    can use them all up on lies)."""
+    port = 1024 + ((contact.node_id ^ liar) >> 200) % 60_000
     if port == contact.port:
         port += 1
     return (contact.host, port)
@@ -93,9 +96,9 @@ class Conspiracy:
         if behaviour == SCATTER:
             return tuple(self._scatter(target, requester, me, self.k))
         if behaviour == FORGE:
-            return tuple(self._forged(target, requester, self.k))
+            return tuple(self._forged(target, requester, me, self.k))
         if behaviour == SCATTER_FORGE:
-            forged = self._forged(target, requester, (self.k + 1) // 2)
+            forged = self._forged(target, requester, me, (self.k + 1) // 2)
             fresh = self._scatter(target, requester, me, self.k - len(forged))
             mixed: list[Contact] = []
             for i in range(max(len(forged), len(fresh))):
@@ -125,7 +128,7 @@ class Conspiracy:
         named.update(c.node_id for c in chosen)
         return chosen
 
-    def _forged(self, target: NodeId, requester: NodeId, count: int) -> list[Contact]:
+    def _forged(self, target: NodeId, requester: NodeId, me: NodeId, count: int) -> list[Contact]:
         """The ``count`` honest nodes nearest ``target``, at false addresses."""
         if self.honest is None:
             raise RuntimeError("forging needs the honest oracle (Conspiracy.honest)")
@@ -133,7 +136,7 @@ class Conspiracy:
         for contact in self.honest(target):
             if contact.node_id == requester:
                 continue
-            host, port = forged_address(contact)
+            host, port = forged_address(contact, me)
             out.append(Contact(contact.node_id, host, port))
             if len(out) == count:
                 break

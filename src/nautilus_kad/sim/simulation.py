@@ -34,7 +34,7 @@ from ..core.events import (
 )
 from ..core.identity import Identity
 from ..core.ids import ID_BITS, NodeId
-from ..core.messages import Address
+from ..core.messages import Address, Contact
 from ..core.records import Record
 from .auth import SimAuthenticator, SimKeyring
 from .nat import NatBox, NatType
@@ -654,6 +654,18 @@ class Simulation:
         op.expect = value
         record = Record(key, value, int(self.scheduler.now * 1000), ttl)
         return self._submit(op, node.engine.put(record, self.scheduler.now))
+
+    def store_at(
+        self,
+        node: SimNode,
+        record: Record,
+        contacts: Sequence[Contact],
+        on_done: Callable[[Operation], object] | None = None,
+    ) -> Operation:
+        """STORE ``record`` from ``node`` on ``contacts`` without a lookup (the pieces of a
+        large value, :mod:`.blobs`)."""
+        op = self._begin("store", node, record.key, on_done)
+        return self._submit(op, node.engine.store_at(record, contacts, self.scheduler.now))
 
     def get(
         self,
