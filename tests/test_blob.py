@@ -124,6 +124,11 @@ def test_a_chunk_with_the_wrong_hash_or_size_is_refused() -> None:
     bad_root = encode_manifest(0, 2000, 1000, hashes)
     with pytest.raises(BlobFormatError, match="implies 1000"):
         _fetch_all(ROOT_KEY, bad_root, {piece_key(short): short})
+    # an oversized one: a full chunk where the manifest says the value ends sooner
+    full = b"f" * 1000
+    bad_root = encode_manifest(0, 500, 1000, piece_key(full).to_bytes32())
+    with pytest.raises(BlobFormatError, match="1000 bytes where its manifest implies 500"):
+        _fetch_all(ROOT_KEY, bad_root, {piece_key(full): full})
 
 
 def test_manifests_with_wrong_lengths_levels_or_cycles_are_refused() -> None:
