@@ -88,7 +88,11 @@ async def run(nodes: int, sizes: list[int], repeat: int, seed: int) -> list[Row]
                 put_datagrams = _datagrams(network) - before
                 await asyncio.sleep(0.5)  # the puts' last answers
                 before, cpu, t0 = _datagrams(network), time.process_time(), time.perf_counter()
-                got = await asyncio.wait_for(reader.get(key), 300)
+                try:
+                    got = await asyncio.wait_for(reader.get(key), 300)
+                except (KadError, TimeoutError) as exc:
+                    say(f"get of {size} bytes failed: {exc}")
+                    got = None
                 get_s, get_cpu = time.perf_counter() - t0, time.process_time() - cpu
                 rows.append(
                     Row(

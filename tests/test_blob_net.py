@@ -164,3 +164,23 @@ def test_unpublish_stops_republishing_every_piece() -> None:
             await stop_all(nodes)
 
     _run(scenario())
+
+
+def test_the_benchmark_runs_and_prints_its_table() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    args = ["--nodes", "8", "--sizes", "1024,5000", "--loop", "asyncio"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.blobs", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 1 KiB |" in result.stdout and "| 4 KiB |" in result.stdout
+    assert "| yes |" in result.stdout

@@ -22,6 +22,8 @@ Command = Callable[[float], int]
 Run = Callable[[Command], Awaitable[Event]]
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes in all) as pieces are stored or fetched."""
+PIECE_ALPHA = 1
+"""Requests in flight per piece get (the plan runs ``in_flight`` gets at once)."""
 WARM_MIN_PIECES = 32
 """From this many pieces a put first opens a session with each node it stores on (see
 :func:`store_pieces`)."""
@@ -157,7 +159,7 @@ async def fetch_value(
 
 
 def _fetch(engine: KadEngine, run: Run, key: NodeId) -> Awaitable[Event]:
-    return run(lambda now: engine.get(key, now, kind=RecordKind.IMMUTABLE))
+    return run(lambda now: engine.get(key, now, kind=RecordKind.IMMUTABLE, alpha=PIECE_ALPHA))
 
 
 def published_pieces(root: Record, published: Sequence[Record], max_size: int) -> list[NodeId]:

@@ -337,6 +337,7 @@ class KadEngine:
         *,
         kind: RecordKind | None = None,
         paths: int | None = None,
+        alpha: int | None = None,
     ) -> int:
         """Iterative FIND_VALUE: ends with :class:`GetDone` (``record`` None when not found).
 
@@ -344,9 +345,11 @@ class KadEngine:
         stop at the first value: it collects ``signed_get_quorum`` valid answers among the
         closest nodes, returns the highest sequence number and writes it back to the replicas
         that served an older one. Invalid values count against the peer that sent them.
-        ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this get.
+        ``paths`` overrides :attr:`KadConfig.disjoint_paths` for this get, ``alpha`` the
+        requests in flight (1 for the pieces of a large value: many gets run at once, and the
+        nearest node asked first usually holds the piece, so more would only fetch it twice).
         """
-        return self.gets.get(key, now, kind, paths)
+        return self.gets.get(key, now, kind, paths, alpha)
 
     def put(
         self, record: Record, now: float, *, cas: int | None = None, republish: bool = False

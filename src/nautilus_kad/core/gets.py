@@ -41,7 +41,14 @@ class Gets:
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
 
-    def get(self, key: NodeId, now: float, kind: RecordKind | None, paths: int | None) -> int:
+    def get(
+        self,
+        key: NodeId,
+        now: float,
+        kind: RecordKind | None,
+        paths: int | None,
+        alpha: int | None = None,
+    ) -> int:
         """Start a get (see :meth:`~nautilus_kad.core.engine.KadEngine.get`)."""
         ctx = self._ctx
         local = ctx.store.get(key, now)
@@ -63,7 +70,14 @@ class Gets:
             ctx.events.append(GetDone(qid, key, local.record, 0, 0))
             return qid
         return self._lookups.start(
-            key, now, want_value=True, on_done=self._done, qid=qid, kind=kind, paths=paths
+            key,
+            now,
+            want_value=True,
+            on_done=self._done,
+            qid=qid,
+            kind=kind,
+            paths=paths,
+            alpha=alpha,
         )
 
     def _done(self, query: LookupQuery, closest: list[Candidate], now: float) -> None:

@@ -122,6 +122,7 @@ class Lookups:
         local: Record | None = None,
         holders_only: bool = False,
         paths: int | None = None,
+        alpha: int | None = None,
     ) -> int:
         ctx = self._ctx
         config = ctx.config
@@ -136,7 +137,7 @@ class Lookups:
             target,
             ctx.node_id,
             config.k,
-            config.alpha,
+            config.alpha if alpha is None else alpha,
             seeds,
             config.disjoint_paths if paths is None else paths,
         )
