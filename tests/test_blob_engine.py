@@ -9,7 +9,7 @@ from __future__ import annotations
 from enginenet_durability import build
 
 from nautilus_kad.core.config import KadConfig
-from nautilus_kad.core.events import LookupDone, PutDone
+from nautilus_kad.core.events import GetDone, LookupDone, PutDone
 from nautilus_kad.core.messages import Contact
 from nautilus_kad.core.records import make_immutable
 
@@ -52,3 +52,19 @@ def test_store_at_skips_contacts_that_gave_no_token() -> None:
     assert stranger.store.get(record.key, net.now) is None
     # fewer than k targets: the writer keeps a copy itself, as a put would
     assert done.acks == 1 and done.stored_on[0].node_id == writer.node_id
+
+
+def test_a_get_with_alpha_1_asks_one_node_when_it_holds_the_value() -> None:
+    net, engines = build(12, CONFIG, seed=7)
+    record = make_immutable(b"piece", 3600)
+    engines[2].put(record, net.now)
+    net.deliver()
+    reader = next(e for e in engines if e.store.get(record.key, net.now) is None)
+    for alpha, most in ((1, 1), (None, CONFIG.alpha)):
+        sent = reader.stats["tx.request.FIND_VALUE"]
+        reader.get(record.key, net.now, alpha=alpha)
+        net.deliver()
+        (done,) = net.take(reader, GetDone)
+        assert isinstance(done, GetDone) and done.record == record
+        assert reader.stats["tx.request.FIND_VALUE"] - sent <= most
+    assert reader.stats["tx.request.FIND_VALUE"] - sent == CONFIG.alpha  # the default asks three

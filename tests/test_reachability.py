@@ -176,3 +176,18 @@ def test_mode_changes_respect_the_dwell(outcomes: list[tuple[bool, float]]) -> N
             else:
                 assert tracker.failures_in_row >= CFG.probe_failures
     assert all(b - a >= CFG.mode_min_dwell for a, b in itertools.pairwise(changes))
+
+
+def test_inconclusive_rounds_of_a_burst_are_tried_again_later() -> None:
+    tracker = ReachabilityTracker(CFG, 0.0)
+    epoch = tracker.started(tracker.wanted(0.0), 0.0)
+    for _ in range(CFG.probe_window):
+        tracker.inconclusive(epoch, 1.0)
+    assert tracker.wanted(1.0) == 0
+    assert tracker.wanted(1.0 + CFG.reprobe_unsure) == CFG.probe_window
+    epoch = tracker.started(CFG.probe_window, 100.0)
+    for _ in range(CFG.probe_window):
+        tracker.record(False, epoch, 101.0)
+    epoch = tracker.started(tracker.wanted(1e6), 1e6)
+    tracker.inconclusive(epoch, 1e6)  # the record is full: no new burst
+    assert tracker.wanted(1e6 + CFG.reprobe_unsure) == 1

@@ -543,6 +543,25 @@ def test_session_table_is_bounded_and_evicts_half_open_first() -> None:
     assert len(confirmed) == 2
 
 
+def test_live_cipher_contexts_are_bounded_and_a_dropped_one_is_rebuilt() -> None:
+    net = EngineNet(1, config=KadConfig(session_ciphers=2), seed=8)
+    server = net.engine(0)
+    clients = [net.add() for _ in range(3)]
+    for client in clients:
+        establish(net, client, server)
+    pool = server.sessions.ciphers
+    assert len(pool) == 2
+    live = sum((s._send is not None) + (s._recv is not None) for s in server.sessions)
+    assert live <= 2
+    # Every session still works: a dropped context is made again from the key it kept.
+    for client in clients:
+        before = server.stats["rx.session"]
+        assert isinstance(ping(net, client, server), PingDone)
+        assert server.stats["rx.session"] == before + 1
+    live = sum((s._send is not None) + (s._recv is not None) for s in server.sessions)
+    assert live <= 2
+
+
 # --- sizes and amplification -----------------------------------------------------------------
 
 

@@ -13,14 +13,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from ..core.blob import BlobConfig, Manifest, decode_manifest, is_manifest
 from ..core.blobflow import GetPlan, Lookup, PutPlan, Store
 from ..core.engine import KadEngine
-from ..core.events import Event, GetDone, LookupDone, PutDone
+from ..core.events import Event, GetDone, LookupDone, PingDone, PutDone
 from ..core.ids import NodeId
+from ..core.messages import Contact
 from ..core.records import Record, RecordKind
 
 Command = Callable[[float], int]
 Run = Callable[[Command], Awaitable[Event]]
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes in all) as pieces are stored or fetched."""
+PIECE_ALPHA = 1
+"""Requests in flight per piece get (the plan runs ``in_flight`` gets at once)."""
+WARM_MIN_PIECES = 32
+"""From this many pieces a put first opens a session with each node it stores on (see
+:func:`store_pieces`)."""
 
 
 async def store_pieces(
@@ -29,20 +35,30 @@ async def store_pieces(
     pieces: Sequence[tuple[NodeId, bytes]],
     ttl: int,
     config: BlobConfig,
+    now: Callable[[], float],
     *,
     republish: bool = False,
     progress: Progress | None = None,
 ) -> tuple[list[int], int]:
     """STORE every piece (an immutable record) on its k closest; returns the acks of each
-    and the number of lookups the plan ran."""
+    and the number of lookups the plan ran.
+
+    A STORE never carries a session offer (a full chunk leaves no room), and the plan runs
+    few lookups, so most nodes a large put stores on have no session with us: every STORE
+    and its answer would be signed and verified (Ed25519, about 0.3 ms for the pair). So a
+    put of many pieces first PINGs each new storer until a session forms (the engine offers
+    one once a peer answered ``session_after_answers`` requests): a few signed exchanges per
+    node, then every STORE sealed with the session's AEAD.
+    """
     plan = PutPlan([key for key, _ in pieces], engine.config.k, config.in_flight)
+    warm = _Warmer(engine, run, now) if len(pieces) >= WARM_MIN_PIECES else None
     total = sum(len(data) for _, data in pieces)
     done_bytes = 0
     tasks: dict[asyncio.Future[Event], Lookup | Store] = {}
     try:
         while not plan.done:
             for action in plan.next_actions():
-                started = _start(engine, run, action, pieces, ttl, republish)
+                started = _start(engine, run, action, pieces, ttl, republish, warm)
                 tasks[asyncio.ensure_future(started)] = action
             if not tasks:  # pragma: no cover - a plan with work left always has an action
                 raise AssertionError("store plan stalled")
@@ -64,21 +80,48 @@ async def store_pieces(
     return plan.acks(), plan.lookups_run
 
 
-def _start(
+async def _start(
     engine: KadEngine,
     run: Run,
     action: Lookup | Store,
     pieces: Sequence[tuple[NodeId, bytes]],
     ttl: int,
     republish: bool,
-) -> Awaitable[Event]:
+    warm: _Warmer | None,
+) -> Event:
     if isinstance(action, Lookup):
         target = action.target
-        return run(lambda now: engine.find_node(target, now))
+        return await run(lambda now: engine.find_node(target, now))
     key, data = pieces[action.index]
     record = Record(key, data, 0, ttl, RecordKind.IMMUTABLE)
     contacts = action.contacts
-    return run(lambda now: engine.store_at(record, contacts, now, republish=republish))
+    if warm is not None:
+        await asyncio.gather(*(warm.session(contact) for contact in contacts))
+    return await run(lambda now: engine.store_at(record, contacts, now, republish=republish))
+
+
+class _Warmer:
+    """Opens a session with each storer once (PINGs until the engine has one)."""
+
+    def __init__(self, engine: KadEngine, run: Run, now: Callable[[], float]) -> None:
+        self._engine, self._run, self._now = engine, run, now
+        self._started: dict[NodeId, asyncio.Future[None]] = {}
+
+    def session(self, contact: Contact) -> Awaitable[None]:
+        started = self._started.get(contact.node_id)
+        if started is None:
+            started = self._started[contact.node_id] = asyncio.ensure_future(self._open(contact))
+        return started
+
+    async def _open(self, contact: Contact) -> None:
+        engine = self._engine
+        address = contact.address
+        for _ in range(engine.config.session_after_answers + 1):
+            if engine.sessions.for_send(address, contact.node_id, self._now()) is not None:
+                return
+            event = await self._run(lambda now: engine.ping(address, now))
+            if not isinstance(event, PingDone):
+                return  # no answer: its STOREs will tell
 
 
 async def fetch_value(
@@ -116,7 +159,7 @@ async def fetch_value(
 
 
 def _fetch(engine: KadEngine, run: Run, key: NodeId) -> Awaitable[Event]:
-    return run(lambda now: engine.get(key, now, kind=RecordKind.IMMUTABLE))
+    return run(lambda now: engine.get(key, now, kind=RecordKind.IMMUTABLE, alpha=PIECE_ALPHA))
 
 
 def published_pieces(root: Record, published: Sequence[Record], max_size: int) -> list[NodeId]:

@@ -132,8 +132,11 @@ class KadConfig:
     """Valid answers a get of a signed record collects among the closest nodes before it
     returns the highest sequence number (and writes it back to replicas that lag); at most
     k are ever asked."""
-    verify_cache_size: int = 4096
-    """Peer public keys kept decoded, so a known peer's signature check skips key parsing."""
+    verify_cache_size: int = 32
+    """Peer public keys kept decoded (the most recent ones that signed validly), so a known
+    peer's signature check skips key parsing. Each costs about 600 bytes, most of it native
+    key state; a miss costs about 2 µs beside the 66 µs of the check, and peers that talk
+    repeatedly move to sessions, which need no signature check at all."""
     max_pending_requests: int = 4096
     """Outstanding requests per node; new ones beyond this fail at once."""
     max_pending_verifications: int = 256
@@ -153,6 +156,9 @@ class KadConfig:
     """A session is replaced by a fresh handshake after this long, however busy."""
     max_sessions: int = 4096
     """Sessions kept at most; half-open ones (never used by the initiator) are evicted first."""
+    session_ciphers: int = 16
+    """AEAD contexts kept live across all sessions (each holds about 2.3 KiB of native
+    memory); a session past them rebuilds its context on its next datagram (about 1.5 µs)."""
     max_pending_offers: int = 1024
     """Handshakes we initiated and still wait on, at most."""
     max_replay_entries: int = 65536
@@ -224,8 +230,10 @@ class KadConfig:
             raise ValueError("need 0 < min_soft_timeout <= max_soft_timeout <= request_timeout")
         if self.store_quorum < 1 or self.store_quorum > self.k:
             raise ValueError("store_quorum must lie in 1..k")
-        if self.amplification_factor < 1 or self.max_sessions < 1:
-            raise ValueError("amplification_factor and max_sessions must be positive")
+        if self.amplification_factor < 1 or self.max_sessions < 1 or self.session_ciphers < 1:
+            raise ValueError(
+                "amplification_factor, max_sessions and session_ciphers must be positive"
+            )
         if self.rate_limit < 0 or self.rate_burst < 1 or self.rate_penalty < 0:
             raise ValueError("need rate_limit >= 0, rate_burst >= 1 and rate_penalty >= 0")
         if self.rate_limit_sources < 1 or self.amplification_addresses < 1:

@@ -184,6 +184,10 @@ class ContactedIps:
         if len(last) > self.capacity:
             last.popitem(last=False)
 
+    def last(self, ip: str) -> float | None:
+        """When we last sent to ``ip`` (None: not remembered)."""
+        return self._last.get(ip)
+
     def recently(self, ip: str, now: float) -> bool:
         """Whether we sent to ``ip`` within the window. An IP forgotten for capacity counts
         as contacted while anything forgotten might still be in the window."""
@@ -218,6 +222,8 @@ class Round:
     epoch: int
     deadline: float
     arranged: bool = False
+    tainted: bool = False
+    """A probe came, from an IP we had contacted: it got in, but proves nothing either way."""
 
 
 class ProbeRounds:
@@ -266,18 +272,22 @@ class ProbeRounds:
         if source[0] == round_.helper[0] or contacted.recently(source[0], now):
             # Proves nothing; the round goes on (a proper copy may still come).
             self.stats["probes.tainted"] += 1
+            round_.tainted = True
             return Verdict.TAINTED, round_
         del self.rounds[nonce]
         self.stats["probes.answered"] += 1
         return Verdict.SUCCESS, round_
 
     def expired(self, now: float) -> list[Round]:
-        """Rounds past their deadline, removed: ``arranged`` ones failed (the probe was
-        sent and did not arrive), the others are inconclusive."""
+        """Rounds past their deadline, removed: ``arranged`` ones without a tainted probe
+        failed (the probe was sent and did not arrive), the others are inconclusive."""
         done = [r for r in self.rounds.values() if r.deadline <= now]
         for round_ in done:
             del self.rounds[round_.nonce]
-            self.stats["probes.timed_out" if round_.arranged else "probes.unanswered"] += 1
+            if not round_.arranged:
+                self.stats["probes.unanswered"] += 1
+            else:
+                self.stats["probes.timed_out"] += 1
         return done
 
     def forget_epoch(self, epoch: int) -> None:

@@ -115,6 +115,9 @@ class NatState:
 
     def _reclassify(self, voter: ExternalAddressVoter, now: float) -> None:
         observations = [seen for _, seen in voter.observations(now)]
+        of_ip = sum(1 for host, _ in observations if host == voter.ip)
+        if of_ip < self.config.class_min_observers and voter.ip is not None:
+            return  # votes aged out (an idle node): keep what they showed, until new ones
         new = classify(observations, voter.ip, self.local, self.config.class_min_observers)
         old = self.classes[voter.family]
         if new is not old:
@@ -155,7 +158,7 @@ class NatState:
     def handle_timer(self, now: float) -> None:
         """End the rounds past their deadline and apply a mode change the dwell held back."""
         for round_ in self.rounds.expired(now):
-            if round_.arranged:
+            if round_.arranged and not round_.tainted:
                 self._note(self.tracker.record(False, round_.epoch, now))
             else:
                 self.tracker.inconclusive(round_.epoch, now)

@@ -11,9 +11,10 @@ a lucky hole in a filter), so the mode follows a record of rounds:
   its external address changes (the proof was for the old address);
 * a mode is kept at least ``mode_min_dwell`` (except after an address change), so random
   loss cannot flap it; a new node starts as a client and may be promoted at once;
-* a new node (or one whose address changed) starts ``probe_window`` rounds at once; later a
-  round follows ``reprobe_unsure`` after the last while the results do not back the mode yet,
-  ``reprobe_sure`` once they do.
+* a new node (or one whose address changed) starts ``probe_window`` rounds at once, and
+  retries inconclusive ones ``reprobe_unsure`` later until it has that many results; then a
+  round follows ``reprobe_unsure`` after the last while the results do not back the mode
+  yet, ``reprobe_sure`` once they do.
 
 A fixed mode (``server`` or ``client``) never probes and never changes.
 
@@ -116,7 +117,9 @@ class ReachabilityTracker:
             return
         self.in_flight = max(0, self.in_flight - 1)
         self.stats["rounds.inconclusive"] += 1
-        if self.in_flight == 0 and self._burst == 0:
+        if len(self.results) + self.in_flight + self._burst < self.config.probe_window:
+            self._burst += 1  # until the record is full, a wasted round is tried again
+        if self.in_flight == 0:
             self.next_probe_at = now + self.config.reprobe_unsure
 
     def evaluate(self, now: float) -> ModeChange | None:

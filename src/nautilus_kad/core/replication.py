@@ -7,7 +7,7 @@ engine decides what to send. Two pieces:
   that joins or dies can only matter for the records it is (or was) among the k closest to;
   the keys sharing a long prefix with our id are exactly a prefix of this order, so the engine
   skips them in one bisection when the part of the table nearer to us than the peer already
-  holds k nodes (see :meth:`KadEngine._scan_start`).
+  holds k nodes (see :meth:`~nautilus_kad.core.handoff.Scans._start_at`).
 * :class:`RepublishSchedule` — one heap of next-republish times, so a timer tick costs
   O(due · log n) instead of a scan of every record. Entries are re-armed lazily: receiving a
   record again does not touch the heap; when its time comes the engine sees the newer
