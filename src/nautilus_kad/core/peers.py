@@ -76,7 +76,7 @@ class Peers:
         # leave room for it and a full answer (see ``Wire.pad_to``).
         entry = self._ctx.table.get(sender)
         if flags & FLAG_LEAVING:
-            self.departing(sender)  # serve its handoff, but it is no peer any more
+            self.departing(sender, now)  # serve its handoff, but it is no peer any more
         elif entry is not None and entry.contact.address == address:
             entry.last_seen = now
         elif entry is None and not flags & FLAG_CLIENT:
@@ -91,7 +91,7 @@ class Peers:
         table = self._ctx.table
         departing = bool(flags & FLAG_LEAVING)
         if departing:
-            self.departing(contact.node_id)
+            self.departing(contact.node_id, now)
         elif not flags & FLAG_CLIENT:
             added, to_ping = table.observe(contact, now)
             if added:
@@ -116,13 +116,14 @@ class Peers:
         if entry is not None and entry.contact.address == pending.address:
             removed = table.record_failure(node_id)
             if removed is not None:
-                self._removed(removed, now)
+                self._gone(removed, now, repair=True)
         elif entry is not None:
             self._ctx.stats["tx.timeouts.other_address"] += 1
 
-    def penalise(self, node_id: NodeId) -> None:
+    def penalise(self, node_id: NodeId, now: float) -> None:
         """``node_id`` sent us something provably bad: a strike against it (see
-        :attr:`strikes`), and a failure in the routing table, as if it had not answered."""
+        :attr:`strikes`), and a failure in the routing table, as if it had not answered
+        (and, should that evict it, the same consequences as a peer that died)."""
         self._ctx.stats["peer.misbehaved"] += 1
         strikes = self.strikes
         strikes[node_id] = strikes.pop(node_id, 0) + 1
@@ -130,7 +131,7 @@ class Peers:
             strikes.popitem(last=False)
         removed = self._ctx.table.record_failure(node_id)
         if removed is not None:
-            self._ctx.events.append(PeerRemoved(removed))
+            self._gone(removed, now, repair=True)
 
     # --- checks ------------------------------------------------------------------------
 
@@ -182,15 +183,13 @@ class Peers:
 
     # --- arrivals and departures -------------------------------------------------------
 
-    def departing(self, node_id: NodeId) -> None:
+    def departing(self, node_id: NodeId, now: float) -> None:
         """A peer said it is leaving: out of the table now, a spare in its place. No repair
         scan: a clean leaver hands its records on itself."""
         removed = self._ctx.table.depart(node_id)
         if removed is not None:
             self._ctx.stats["peer.departed"] += 1
-            self._ctx.events.append(PeerRemoved(removed))
-            self._tokens.forget(node_id)
-            self.since.pop(node_id, None)
+            self._gone(removed, now, repair=False)
 
     def _added(self, contact: Contact, now: float) -> None:
         self._ctx.events.append(PeerAdded(contact))
@@ -200,11 +199,12 @@ class Peers:
         if len(self._held):
             self._joined(contact, now)
 
-    def _removed(self, contact: Contact, now: float) -> None:
-        """A peer failed and left the routing table: the records it held with us need a
-        prompt repair."""
+    def _gone(self, contact: Contact, now: float, *, repair: bool) -> None:
+        """The one way a peer leaves the routing table (it died, misbehaved or left):
+        forget its token and join time; unless it left cleanly (a clean leaver hands its
+        records on itself), the records it held with us need a prompt repair."""
         self._ctx.events.append(PeerRemoved(contact))
         self._tokens.forget(contact.node_id)
         self.since.pop(contact.node_id, None)
-        if len(self._held):
+        if repair and len(self._held):
             self._died(contact, now)
