@@ -29,6 +29,7 @@ from nautilus_kad.core.records import (
     make_signed,
     record_expiry,
 )
+from nautilus_kad.core.replication import among_k_closest
 
 K = 4
 CONFIG = KadConfig(k=K, republish_interval=3600.0, repair_delay=30.0)
@@ -424,8 +425,6 @@ def test_a_lookup_over_the_request_limit_fails_instead_of_hanging() -> None:
 
 
 def test_one_rule_for_among_the_k_closest() -> None:
-    from nautilus_kad.core.replication import among_k_closest
-
     assert among_k_closest(own_distance=50, known=2, farthest=10, k=3)  # fewer than k known
     assert among_k_closest(own_distance=5, known=3, farthest=10, k=3)  # closer than the k-th
     assert not among_k_closest(own_distance=10, known=3, farthest=10, k=3)  # a tie is not
