@@ -77,6 +77,8 @@ class Peers:
         entry = self._ctx.table.get(sender)
         if flags & FLAG_LEAVING:
             self.departing(sender)  # serve its handoff, but it is no peer any more
+        elif entry is not None and flags & FLAG_CLIENT:
+            self.demoted(sender)  # it found it cannot be reached: served, as a client
         elif entry is not None and entry.contact.address == address:
             entry.last_seen = now
         elif entry is None and not flags & FLAG_CLIENT:
@@ -98,6 +100,8 @@ class Peers:
                 self._added(contact, now)
             if to_ping is not None:
                 self.check_liveness(to_ping, now)
+        elif contact.node_id in table:
+            self.demoted(contact.node_id)
         table.record_rtt(contact.node_id, rtt)
         self.verifying.discard(contact.node_id)
         return departing
@@ -188,6 +192,18 @@ class Peers:
         removed = self._ctx.table.depart(node_id)
         if removed is not None:
             self._ctx.stats["peer.departed"] += 1
+            self._ctx.events.append(PeerRemoved(removed))
+            self._tokens.forget(node_id)
+            self.since.pop(node_id, None)
+
+    def demoted(self, node_id: NodeId) -> None:
+        """A peer of our table now sends with the client flag (its probes failed, or its
+        address changed): it is no server any more. Out of the table, a spare in its place;
+        no repair scan (it still answers; the holders' checks find what it no longer
+        keeps)."""
+        removed = self._ctx.table.depart(node_id)
+        if removed is not None:
+            self._ctx.stats["peer.demoted"] += 1
             self._ctx.events.append(PeerRemoved(removed))
             self._tokens.forget(node_id)
             self.since.pop(node_id, None)
