@@ -40,3 +40,15 @@ def test_verify_returns_the_sender_id_and_keeps_a_bounded_cache() -> None:
         assert auth.verify(who.public_key, MESSAGE, who.sign(MESSAGE)) == who.node_id
     assert len(auth._cache) == 2
     assert auth.verify(signers[0].public_key, MESSAGE, bytes(64)) is None
+
+
+def test_signatures_are_those_of_the_standard_ed25519() -> None:
+    """Signing goes through libsodium; the bytes are OpenSSL's (Ed25519 is deterministic)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
+    key = Ed25519PrivateKey.from_private_bytes(SIGNER.private_bytes())
+    for size in (0, 1, 300, 1200):
+        data = bytes(range(256)) * 5
+        assert SIGNER.sign(data[:size]) == key.sign(data[:size])
