@@ -88,7 +88,11 @@ async def run(nodes: int, sizes: list[int], repeat: int, seed: int) -> list[Row]
                 put_datagrams = _datagrams(network) - before
                 await asyncio.sleep(0.5)  # the puts' last answers
                 before, cpu, t0 = _datagrams(network), time.process_time(), time.perf_counter()
-                got = await asyncio.wait_for(reader.get(key), 300)
+                try:
+                    got = await asyncio.wait_for(reader.get(key), 300)
+                except (KadError, TimeoutError) as exc:
+                    say(f"get of {size} bytes failed: {exc}")
+                    got = None
                 get_s, get_cpu = time.perf_counter() - t0, time.process_time() - cpu
                 rows.append(
                     Row(
@@ -129,8 +133,12 @@ def table(rows: list[Row], nodes: int) -> str:
         target = TARGETS.get(r.size)
         verdict = "—"
         if target is not None:
-            ok = r.put_s <= target[0] and r.get_s <= target[1]
-            verdict = f"≤ {target[0]:g} s / ≤ {target[1]:g} s: {'met' if ok else 'missed'}"
+            wall = r.put_s <= target[0] and r.get_s <= target[1]
+            cpu = r.put_cpu_s <= target[0] and r.get_cpu_s <= target[1]
+            verdict = (
+                f"≤ {target[0]:g} s / ≤ {target[1]:g} s: wall {'met' if wall else 'missed'}, "
+                f"CPU {'met' if cpu else 'missed'}"
+            )
         lines.append(
             f"| {_size(r.size)} | {r.put_s:.2f} ({r.put_cpu_s:.2f}) | {r.put_datagrams:,} "
             f"| {r.pieces} | {r.min_acks} | {r.lookups} | {r.get_s:.2f} ({r.get_cpu_s:.2f}) "

@@ -73,8 +73,9 @@ def sh(*argv: str, input_text: str | None = None, check: bool = True) -> str:
     return result.stdout
 
 
-def nat_rules(kind: str, lan_host: str) -> str:
-    """The nftables script of one NAT namespace (``wan`` and ``lan`` interfaces)."""
+def nat_rules(kind: str, lan_host: str, filter_timeout: int = 60) -> str:
+    """The nftables script of one NAT namespace (``wan`` and ``lan`` interfaces);
+    ``filter_timeout``: how long an address-restricted NAT remembers a contacted IP."""
     drops = """
         chain inbound { type filter hook input priority filter; policy accept;
             iifname "wan" ct state new drop
@@ -94,7 +95,7 @@ def nat_rules(kind: str, lan_host: str) -> str:
         return f"""
         table ip nl {{
             set contacted {{ type ipv4_addr . inet_service; flags dynamic,timeout;
-                timeout 60s;
+                timeout {filter_timeout}s;
             }}
             chain post {{ type nat hook postrouting priority srcnat; policy accept;
                 oifname "wan" masquerade
@@ -153,6 +154,8 @@ class NatLab:
     """(netns, ifname, ip, mac) of everything on the bridge."""
     conntrack_timeouts: tuple[int, int] | None = None
     """(unreplied, assured) UDP conntrack timeouts in the NAT namespaces, in seconds."""
+    filter_timeout: int = 60
+    """Seconds an address-restricted NAT keeps an IP it sent to in its filter."""
 
     def __enter__(self) -> NatLab:
         sweep_stale_labs()
@@ -211,7 +214,7 @@ class NatLab:
         """A host behind a NAT of its own of ``kind`` (see :data:`NAT_KINDS`)."""
         j = len(self.natted)
         lan_host = f"192.168.{j + 1}.2"
-        rules = nat_rules(kind, lan_host)  # fails early on an unknown kind
+        rules = nat_rules(kind, lan_host, self.filter_timeout)  # fails early on a bad kind
         router = self._netns(f"n{j}")
         wan_ip = f"10.200.{100 + j}.1"
         self._uplink(router, "wan", f"{wan_ip}/16")

@@ -124,6 +124,11 @@ def test_a_chunk_with_the_wrong_hash_or_size_is_refused() -> None:
     bad_root = encode_manifest(0, 2000, 1000, hashes)
     with pytest.raises(BlobFormatError, match="implies 1000"):
         _fetch_all(ROOT_KEY, bad_root, {piece_key(short): short})
+    # an oversized one: a full chunk where the manifest says the value ends sooner
+    full = b"f" * 1000
+    bad_root = encode_manifest(0, 500, 1000, piece_key(full).to_bytes32())
+    with pytest.raises(BlobFormatError, match="1000 bytes where its manifest implies 500"):
+        _fetch_all(ROOT_KEY, bad_root, {piece_key(full): full})
 
 
 def test_manifests_with_wrong_lengths_levels_or_cycles_are_refused() -> None:
@@ -253,3 +258,17 @@ def test_a_piece_few_nodes_acknowledged_is_sent_again_at_most_three_times() -> N
                 plan.on_stored(action.index, acks)
     assert sends == {0: 2, 1: 3}
     assert plan.acks() == [15, 0] and plan.retries == 3
+
+
+def test_a_piece_not_found_is_asked_for_again_before_it_counts_as_missing() -> None:
+    value = _value(3000)
+    root, pieces = _tree(value)
+    plan = GetPlan(ROOT_KEY, root, CONFIG)
+    asked: dict[NodeId, int] = {}
+    while not plan.done:
+        for key in plan.next_fetches():
+            asked[key] = asked.get(key, 0) + 1
+            # every piece is missed twice (holders too slow), then found
+            plan.on_fetched(key, pieces[key] if asked[key] == 3 else None)
+    assert plan.result() == value
+    assert set(asked.values()) == {3}

@@ -158,8 +158,56 @@ def test_unpublish_stops_republishing_every_piece() -> None:
             )
             assert len(published) == result.pieces + 1
             assert set(root.children) <= published
+            # a second value sharing the first 20 000 bytes (20 identical chunks)
+            other = value[:20_000] + _value(20_000, seed=10)
+            second = await writer.put(b"other", other)
             assert writer.unpublish(b"doc")
+            left = {r.key for r, _ in writer.engine.published()}
+            assert key_id(b"doc") not in left and key_id(b"other") in left
+            assert len(left) == second.pieces + 1  # every piece of the other value stays
+            assert writer.unpublish(b"other")
             assert writer.engine.published() == []
+        finally:
+            await stop_all(nodes)
+
+    _run(scenario())
+
+
+def test_the_benchmark_runs_and_prints_its_table() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    args = ["--nodes", "8", "--sizes", "1024,5000", "--loop", "asyncio"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.blobs", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 1 KiB |" in result.stdout and "| 4 KiB |" in result.stdout
+    assert "| yes |" in result.stdout
+
+
+def test_per_source_quotas_still_bound_what_a_large_put_makes_others_store() -> None:
+    quota = 40_000
+    config = KadConfig(k=6, max_bytes_per_source=quota)
+
+    async def scenario() -> None:
+        # every node is 127.0.0.1, so on loopback the quota bounds the whole network's puts
+        nodes = await start_network(6, config=config)
+        try:
+            writer = nodes[2]
+            result = await writer.put(b"big", _value(64 * 1024), republish=False)
+            assert result.min_piece_acks >= 1  # the writer keeps its own copy
+            others = [n for n in nodes if n is not writer]
+            assert sum(n.stats["store.rejected.quota"] for n in others) > 0
+            for node in others:
+                assert node.stats["store.bytes"] <= quota
         finally:
             await stop_all(nodes)
 

@@ -304,3 +304,15 @@ def test_public_class_needs_the_bound_address() -> None:
     state = NatState(CFG, random.Random(1), 0.0, local=A)
     observe_all(state, A, 0.0)
     assert state.classes[4] is NatClass.PUBLIC
+
+
+def test_class_survives_votes_ageing_out() -> None:
+    state = NatState(CFG, random.Random(1), 0.0)
+    observe_all(state, A, 0.0)
+    assert state.classes[4] is NatClass.ENDPOINT_INDEPENDENT
+    later = CFG.vote_window * 3  # an idle node: every vote expired; then one answer
+    state.handle_timer(later)
+    state.observed(("192.0.9.10", 4000), A, later)
+    assert state.classes[4] is NatClass.ENDPOINT_INDEPENDENT
+    assert not any(type(c).__name__ == "ClassChange" and c.new is NatClass.UNKNOWN
+                   for c in state.changes)  # fmt: skip

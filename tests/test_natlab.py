@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -146,12 +147,20 @@ KAD = [sys.executable, "-m", "nautilus_kad"]
 class Daemon:
     """``nautilus-kad run`` inside a lab host, with its data dir and its output."""
 
-    def __init__(self, lab: NatLab, host: Host, root: Path, bootstrap: list[Host]) -> None:
+    def __init__(
+        self,
+        lab: NatLab,
+        host: Host,
+        root: Path,
+        bootstrap: list[Host],
+        extra: Sequence[str] = (),
+        log_level: str = "warning",
+    ) -> None:
         self.host = host
         self.data_dir = root / host.netns
         self.log = root / f"{host.netns}.log"
-        command = [*KAD, "run", "--host", host.ip, "--port", "7400"]
-        command += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
+        command = [*KAD, "run", "--host", host.ip, "--port", "7400", *extra]
+        command += ["--data-dir", str(self.data_dir), "--log-level", log_level]
         for seed in bootstrap:
             command += ["-b", f"{seed.ip}:7400"]
         with self.log.open("w") as out:

@@ -1,8 +1,8 @@
 """``nautilus-kad demo``: a network of real UDP nodes on loopback, in one process.
 
-It forms the network (every node joins through up to three running ones), puts values, gets
-them back from other nodes, looks up random ids (the table shows how many hops a lookup takes
-at this size), crashes a share of the nodes, gets everything again, and waits for the
+It forms the network (every node joins through up to three running ones), looks up random
+ids (the table shows how many hops a lookup takes at this size), puts values, gets them back
+from other nodes, crashes a share of the nodes, gets everything again, and waits for the
 survivors to put every value back on k live nodes. ``demo --serve`` then keeps the surviving
 network up with one node's live page (:mod:`nautilus_kad.daemon`) open for exploring.
 """
@@ -167,6 +167,10 @@ async def run_demo(
                 progress.advance(task)
             table_before = statistics.fmean(len(n.routing_table) for n in nodes)
 
+            # 1b. Look up random ids: how many hops a lookup takes in a network of this size
+            #     (before any value is stored, so no republishing competes with them).
+            lookup_hops = await _random_lookups(nodes, rng, lookups, progress)
+
             # 2. Put every value from a random node.
             items: list[tuple[bytes, bytes, Node]] = []
             puts = Phase()
@@ -187,10 +191,8 @@ async def run_demo(
                 items.append((key, value, putter))
                 progress.advance(task)
 
-            # 3. Get every value from a different random node, and look up random ids (how
-            #    many hops a lookup takes in a network of this size).
+            # 3. Get every value from a different random node.
             gets_before = await _get_all(items, nodes, rng, progress, "getting values")
-            lookup_hops = await _random_lookups(nodes, rng, lookups, progress)
             replicas_before = _replicas(items, nodes)
 
             # 4. Crash a share of the nodes: close their sockets with no handoff at all.

@@ -551,8 +551,15 @@ class Node:
         records = [record for record, _ in self._engine.published()]
         root = next((r for r in records if r.key == target), None)
         if root is not None:
-            for piece in published_pieces(root, records, self.blob_config.max_size):
-                self._engine.unpublish(piece)
+            limit = self.blob_config.max_size
+            # pieces another published value shares (the same content) keep being re-put
+            shared: set[NodeId] = set()
+            for other in records:
+                if other.key != target and other.kind is RecordKind.OPEN:
+                    shared.update(published_pieces(other, records, limit))
+            for piece in published_pieces(root, records, limit):
+                if piece not in shared:
+                    self._engine.unpublish(piece)
         found = self._engine.unpublish(target)
         if found and self._data_dir is not None and not self._stopped:
             self._data_dir.store.save_published(self._engine.published())

@@ -44,6 +44,8 @@ from .messages import Contact
 ID_BITS = 256
 PROVEN_LOOKUPS_PER_PIECE = 3
 """Lookups a piece waits for at most before it is stored on the closest nodes known."""
+FETCH_ATTEMPTS = 3
+"""Times a piece nobody returned is asked for."""
 STORE_ATTEMPTS = 3
 """Times a piece is sent when too few of its nodes acknowledge it."""
 _COVER_DEPTH = 6
@@ -88,6 +90,7 @@ class GetPlan:
         self._manifests: deque[NodeId] = deque()
         self._chunks: deque[NodeId] = deque()
         self._in_flight: set[NodeId] = set()
+        self._tries: dict[NodeId, int] = {}
         self._missing: dict[NodeId, tuple[int, int]] = {}
         """Keys nobody had: (places in the tree, value bytes under them)."""
         self.pieces_total = 0
@@ -121,8 +124,16 @@ class GetPlan:
 
     def on_fetched(self, key: NodeId, data: bytes | None) -> None:
         """The record under ``key`` (None: nobody had it). Raises :class:`BlobFormatError`
-        when it breaks the tree it was fetched for."""
+        when it breaks the tree it was fetched for. A piece not found is asked for again
+        (a get on a loaded network can miss holders that answer too late), at most
+        :data:`FETCH_ATTEMPTS` times in all, before it counts as missing."""
         self._in_flight.discard(key)
+        if data is None:
+            tries = self._tries[key] = self._tries.get(key, 1) + 1
+            if tries <= FETCH_ATTEMPTS:
+                slots = self._waiting[key]
+                (self._chunks if slots[0].level < 0 else self._manifests).append(key)
+                return
         slots = self._waiting.pop(key, [])
         if data is None:
             self._missing[key] = (len(slots), sum(slot.length for slot in slots))

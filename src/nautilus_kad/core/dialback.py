@@ -184,6 +184,10 @@ class ContactedIps:
         if len(last) > self.capacity:
             last.popitem(last=False)
 
+    def last(self, ip: str) -> float | None:
+        """When we last sent to ``ip`` (None: not remembered)."""
+        return self._last.get(ip)
+
     def recently(self, ip: str, now: float) -> bool:
         """Whether we sent to ``ip`` within the window. An IP forgotten for capacity counts
         as contacted while anything forgotten might still be in the window."""

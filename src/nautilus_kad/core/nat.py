@@ -115,6 +115,9 @@ class NatState:
 
     def _reclassify(self, voter: ExternalAddressVoter, now: float) -> None:
         observations = [seen for _, seen in voter.observations(now)]
+        of_ip = sum(1 for host, _ in observations if host == voter.ip)
+        if of_ip < self.config.class_min_observers and voter.ip is not None:
+            return  # votes aged out (an idle node): keep what they showed, until new ones
         new = classify(observations, voter.ip, self.local, self.config.class_min_observers)
         old = self.classes[voter.family]
         if new is not old:

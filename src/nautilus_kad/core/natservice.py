@@ -208,16 +208,18 @@ class NatService:
         wanted = nat.rounds_wanted(now)
         if not wanted:
             return
-        # Few helpers, each asked up to its per-requester limit, and helpers we already
-        # talk to first: every IP we send to is one whose probes prove nothing for a while,
-        # so asking many helpers would use up the probers a small network has.
+        # Few helpers, each asked up to its per-requester limit, the ones we talked to last
+        # first (the same ones round after round): every IP we send to is one whose probes
+        # prove nothing for a while, so asking many helpers would use up the probers a small
+        # network has.
         in_flight: dict[Address, int] = {}
         for round_ in nat.rounds.rounds.values():
             in_flight[round_.helper] = in_flight.get(round_.helper, 0) + 1
         per_helper = nat.config.serve_per_requester
         candidates = [c for c in self._servers() if in_flight.get(c.address, 0) < per_helper]
         nat.rounds.rng.shuffle(candidates)
-        candidates.sort(key=lambda c: not nat.contacted.recently(c.host, now))
+        last = nat.contacted.last
+        candidates.sort(key=lambda c: -(last(c.host) or -math.inf))  # most recent first
         chosen: list[Contact] = []
         for contact in candidates:
             room = per_helper - in_flight.get(contact.address, 0)
