@@ -21,7 +21,7 @@ PACKAGE = "nautilus_kad"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 FORBIDDEN_IN_CORE = frozenset({"asyncio", "socket", "time", "selectors", "threading", "subprocess"})
-ALLOWED_THIRD_PARTY = frozenset({"msgpack", "cryptography"})
+ALLOWED_THIRD_PARTY = frozenset({"msgpack", "cryptography", "nacl"})  # nacl: libsodium Ed25519
 RANDOM_FUNCTIONS = frozenset(
     name
     for name in dir(random)

@@ -76,7 +76,9 @@ class Peers:
         # leave room for it and a full answer (see ``Wire.pad_to``).
         entry = self._ctx.table.get(sender)
         if flags & FLAG_LEAVING:
-            self.departing(sender, now)  # serve its handoff, but it is no peer any more
+            self.departing(sender)  # serve its handoff, but it is no peer any more
+        elif entry is not None and flags & FLAG_CLIENT:
+            self.demoted(sender)  # it found it cannot be reached: served, as a client
         elif entry is not None and entry.contact.address == address:
             entry.last_seen = now
         elif entry is None and not flags & FLAG_CLIENT:
@@ -91,13 +93,15 @@ class Peers:
         table = self._ctx.table
         departing = bool(flags & FLAG_LEAVING)
         if departing:
-            self.departing(contact.node_id, now)
+            self.departing(contact.node_id)
         elif not flags & FLAG_CLIENT:
             added, to_ping = table.observe(contact, now)
             if added:
                 self._added(contact, now)
             if to_ping is not None:
                 self.check_liveness(to_ping, now)
+        elif contact.node_id in table:
+            self.demoted(contact.node_id)
         table.record_rtt(contact.node_id, rtt)
         self.verifying.discard(contact.node_id)
         return departing
@@ -116,7 +120,7 @@ class Peers:
         if entry is not None and entry.contact.address == pending.address:
             removed = table.record_failure(node_id)
             if removed is not None:
-                self._gone(removed, now, repair=True)
+                self._gone(removed, repair_at=now)
         elif entry is not None:
             self._ctx.stats["tx.timeouts.other_address"] += 1
 
@@ -131,7 +135,7 @@ class Peers:
             strikes.popitem(last=False)
         removed = self._ctx.table.record_failure(node_id)
         if removed is not None:
-            self._gone(removed, now, repair=True)
+            self._gone(removed, repair_at=now)
 
     # --- checks ------------------------------------------------------------------------
 
@@ -183,13 +187,23 @@ class Peers:
 
     # --- arrivals and departures -------------------------------------------------------
 
-    def departing(self, node_id: NodeId, now: float) -> None:
+    def departing(self, node_id: NodeId) -> None:
         """A peer said it is leaving: out of the table now, a spare in its place. No repair
         scan: a clean leaver hands its records on itself."""
         removed = self._ctx.table.depart(node_id)
         if removed is not None:
             self._ctx.stats["peer.departed"] += 1
-            self._gone(removed, now, repair=False)
+            self._gone(removed, repair_at=None)
+
+    def demoted(self, node_id: NodeId) -> None:
+        """A peer of our table now sends with the client flag (its probes failed, or its
+        address changed): it is no server any more. Out of the table, a spare in its place;
+        no repair scan (it still answers; the holders' checks find what it no longer
+        keeps)."""
+        removed = self._ctx.table.depart(node_id)
+        if removed is not None:
+            self._ctx.stats["peer.demoted"] += 1
+            self._gone(removed, repair_at=None)
 
     def _added(self, contact: Contact, now: float) -> None:
         self._ctx.events.append(PeerAdded(contact))
@@ -199,12 +213,13 @@ class Peers:
         if len(self._held):
             self._joined(contact, now)
 
-    def _gone(self, contact: Contact, now: float, *, repair: bool) -> None:
-        """The one way a peer leaves the routing table (it died, misbehaved or left):
-        forget its token and join time; unless it left cleanly (a clean leaver hands its
-        records on itself), the records it held with us need a prompt repair."""
+    def _gone(self, contact: Contact, *, repair_at: float | None) -> None:
+        """The one way a peer leaves the routing table (it died, misbehaved, left or became
+        a client): forget its token and join time; when it died or misbehaved
+        (``repair_at``: now), the records it held with us need a prompt repair. A clean
+        leaver hands its records on itself; a demoted peer still answers."""
         self._ctx.events.append(PeerRemoved(contact))
         self._tokens.forget(contact.node_id)
         self.since.pop(contact.node_id, None)
-        if repair and len(self._held):
-            self._died(contact, now)
+        if repair_at is not None and len(self._held):
+            self._died(contact, repair_at)
