@@ -297,6 +297,7 @@ class KadEngine:
         out["routing.refused.subnet"] = self.table.refused_subnet
         out["store.records"] = len(self.store)
         out["store.bytes"] = self.holdings.stored_bytes
+        out.update(self.natlink.counters())
         out["limit.rate_limit"] = cfg.rate_limit
         out["limit.rate_burst"] = cfg.rate_burst
         out["limit.rate_penalty"] = cfg.rate_penalty
@@ -483,10 +484,8 @@ class KadEngine:
                 self.stats["rx.dropped"] += 1
                 self.stats["rx.dropped.replay"] += 1
                 return
-            if kind in _REQUEST_CLASSES:
-                self.responder.answer(envelope, message, address, now, len(data))  # type: ignore[arg-type]
-            else:
-                self.natlink.serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
+            serve = self.responder.answer if kind in _REQUEST_CLASSES else self.natlink.serve
+            serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
 

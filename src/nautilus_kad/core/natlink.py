@@ -12,8 +12,8 @@ The engine hands it four things and asks it one:
 * :meth:`NatLink.run` when :meth:`NatLink.timer` is due;
 * and :attr:`NatLink.is_client`, which it keeps in the context's flags.
 
-What the NAT state learns (address, NAT class, mode) is logged at INFO and counted in the
-engine's stats as ``nat.*``. See docs/nat.md for the protocol and its limits.
+What the NAT state learns (address, NAT class, mode) is logged at INFO; its counters are
+part of the engine's metrics as ``nat.*``. See docs/nat.md for the protocol and its limits.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class NatLink:
     # --- what changed --------------------------------------------------------------------
 
     def sync(self, now: float) -> None:
-        """Log what the NAT state learnt, carry the mode into our flags, refresh counters."""
+        """Log what the NAT state learnt and carry the mode into our flags."""
         changes = self.nat.changes
         while changes:
             change = changes.popleft()
@@ -187,6 +187,8 @@ class NatLink:
                 _log.info("reachability: IPv%d external address %s", change.family, shown)
         ctx = self._ctx
         ctx.flags = ctx.flags | FLAG_CLIENT if self.nat.is_client else ctx.flags & ~FLAG_CLIENT
-        stats = ctx.stats
-        for key, value in self.nat.stats().items():
-            stats["nat." + key] = value
+
+    def counters(self) -> dict[str, int]:
+        """The NAT counters, as ``nat.*`` (votes, probes sent / answered / refused, mode
+        changes …): part of the engine's metrics, hence of ``node.stats``."""
+        return {"nat." + key: value for key, value in self.nat.stats().items()}
