@@ -48,6 +48,7 @@ from .lookups import LookupQuery, Lookups, nothing
 from .messages import (
     Address,
     Contact,
+    Dialback,
     Envelope,
     FindNode,
     FindValue,
@@ -55,9 +56,12 @@ from .messages import (
     MessageType,
     Nodes,
     Ping,
+    Probe,
+    ProbeRelay,
     Store,
     Value,
 )
+from .natlink import NatLink
 from .peers import Peers
 from .pending import Pending
 from .put import Publisher, Puts
@@ -91,6 +95,7 @@ _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
 _RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
 _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 """The request message classes (``message.TYPE.is_request``, without an enum property)."""
+_NAT_REQUEST_CLASSES = frozenset({Dialback, ProbeRelay, Probe})  # core/natlink.py serves them
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -169,6 +174,11 @@ class KadEngine:
             ctx, self.wire, self.tokens, self.holdings, self.peers, closest_for
         )
         self.holdings.load(now, lambda key, stored_at: self.replicator.loaded(key, stored_at, now))
+        self.natlink = NatLink(
+            ctx, self.wire, self.requests, self._queries, now,
+            client_mode=client_mode, verified=self.wire.address_verified,
+        )  # fmt: skip
+        self.nat = self.natlink.nat  # address votes, NAT class, mode, probe rounds
 
     # --- shared state that drivers and tests may replace ---------------------------------
 
@@ -238,7 +248,9 @@ class KadEngine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Everything queued for the network since the last call."""
-        return self.wire.drain()
+        out = self.wire.drain()
+        self.natlink.sent(out)
+        return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -253,6 +265,7 @@ class KadEngine:
             self.scans.wakeup,
             self.peers.next_neighbour_check,
             self.requests.next_deadline(),
+            self.natlink.timer(),
             self.publisher.next_deadline(),
         )
 
@@ -284,6 +297,7 @@ class KadEngine:
         out["routing.refused.subnet"] = self.table.refused_subnet
         out["store.records"] = len(self.store)
         out["store.bytes"] = self.holdings.stored_bytes
+        out.update(self.natlink.counters())
         out["limit.rate_limit"] = cfg.rate_limit
         out["limit.rate_burst"] = cfg.rate_burst
         out["limit.rate_penalty"] = cfg.rate_penalty
@@ -462,20 +476,24 @@ class KadEngine:
         if envelope is None:
             return
         message = envelope.message
-        if type(message) in _REQUEST_CLASSES:
+        kind = type(message)
+        if kind in _REQUEST_CLASSES or kind in _NAT_REQUEST_CLASSES:
             if envelope.session is None and self.replays.replayed(data[-16:], now):
                 # A session request's counter already guards it; a signed one has its
                 # signature remembered for a while.
                 self.stats["rx.dropped"] += 1
                 self.stats["rx.dropped.replay"] += 1
                 return
-            self.responder.answer(envelope, message, address, now, len(data))  # type: ignore[arg-type]
+            serve = self.responder.answer if kind in _REQUEST_CLASSES else self.natlink.serve
+            serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
         self.requests.run(now)
+        if self.natlink.timer() <= now:
+            self.natlink.run(now)
         if now >= self.tokens.next_rotation:
             self.tokens.rotate(now)
         if now >= self._next_expiry:
@@ -529,6 +547,7 @@ class KadEngine:
         observed = getattr(message, "observed", None)
         if observed is not None:
             self.observed_address = observed
+            self.natlink.answered(address, observed, now)
         if isinstance(message, Nodes | Value) and message.token:
             self.tokens.remember(contact.node_id, message.token, now)
 
