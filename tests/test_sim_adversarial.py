@@ -194,9 +194,10 @@ def test_disjoint_paths_hold_against_20_percent_misrouting_and_forging() -> None
     minutes), 20% hostile nodes, misrouting and the strongest behaviour (scatter-forge:
     fresh colluders per requester plus the true honest neighbours at false addresses). Four
     paths hold 99% or better; one path does measurably worse (misroute), or reaches the
-    target without meeting a hostile node less often (strict, both). Before lookups tried other addresses and let a path take over a node another path
-    asked at a false address, four paths got 56% of lookups against scatter-forge here (all
-    colluders then told the same lie per id): a
+    target without meeting a hostile node less often (strict, both). Before lookups tried
+    other addresses and let a path take over a node another path asked at a false address,
+    four paths got 56% of lookups against scatter-forge here (all colluders then told the
+    same lie per id): a
     regression in path isolation fails this."""
     spec = AdversarialSpec(
         nodes=800,
