@@ -158,7 +158,14 @@ def test_unpublish_stops_republishing_every_piece() -> None:
             )
             assert len(published) == result.pieces + 1
             assert set(root.children) <= published
+            # a second value sharing the first 20 000 bytes (20 identical chunks)
+            other = value[:20_000] + _value(20_000, seed=10)
+            second = await writer.put(b"other", other)
             assert writer.unpublish(b"doc")
+            left = {r.key for r, _ in writer.engine.published()}
+            assert key_id(b"doc") not in left and key_id(b"other") in left
+            assert len(left) == second.pieces + 1  # every piece of the other value stays
+            assert writer.unpublish(b"other")
             assert writer.engine.published() == []
         finally:
             await stop_all(nodes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import statistics
 import time
@@ -30,6 +29,7 @@ from .core.config import KadConfig
 from .core.errors import KadError
 from .core.events import Event, LookupDone
 from .core.ids import NodeId
+from .sim.report import percentile
 
 DEMO_NODES = 100
 """Default network size: large enough that a lookup takes a few hops."""
@@ -101,12 +101,6 @@ class DemoReport:
     gets_repaired: Phase = field(default_factory=Phase)
     lookup_hops: list[int] = field(default_factory=list)
     """Hops of each random-id lookup."""
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def demo_config(republish_interval: float, k: int = 20) -> KadConfig:

@@ -551,8 +551,15 @@ class Node:
         records = [record for record, _ in self._engine.published()]
         root = next((r for r in records if r.key == target), None)
         if root is not None:
-            for piece in published_pieces(root, records, self.blob_config.max_size):
-                self._engine.unpublish(piece)
+            limit = self.blob_config.max_size
+            # pieces another published value shares (the same content) keep being re-put
+            shared: set[NodeId] = set()
+            for other in records:
+                if other.key != target and other.kind is RecordKind.OPEN:
+                    shared.update(published_pieces(other, records, limit))
+            for piece in published_pieces(root, records, limit):
+                if piece not in shared:
+                    self._engine.unpublish(piece)
         found = self._engine.unpublish(target)
         if found and self._data_dir is not None and not self._stopped:
             self._data_dir.store.save_published(self._engine.published())
@@ -643,6 +650,14 @@ class Node:
         of its defences (``ratelimit.blocked_now``, ``store.bytes`` …) and the limits they
         enforce (``limit.*``)."""
         return self._engine.metrics(self._now() if self._protocol is not None else None)
+
+    @property
+    def reachability(self) -> dict[str, object]:
+        """Whether this node serves and why: ``mode`` (client or server), whether it is
+        fixed by configuration, ``since`` when (loop time), the ``external`` addresses the
+        vote adopted, the ``nat_class`` per address family, the ``last_probes`` and the NAT
+        counters (also in :attr:`stats` as ``nat.*``). See docs/nat.md."""
+        return self._engine.natlink.reachability(self._now())
 
     @property
     def data_dir(self) -> str | None:

@@ -18,8 +18,6 @@ the engine. The only exception the decoders raise is :class:`DecodeError`.
 from __future__ import annotations
 
 import functools
-import ipaddress
-from functools import lru_cache
 from typing import Any
 
 import msgpack
@@ -27,21 +25,46 @@ import msgpack
 from .auth import Authenticator
 from .config import MAX_DATAGRAM
 from .errors import DecodeError
+from .fields import (
+    EncodeError,
+    _bytes,
+    _decode_address,
+    _decode_contacts,
+    _decode_record,
+    _decode_token,
+    _encode_address,
+    _encode_contacts,
+    _encode_record,
+    _id_from_int,
+    _int,
+    _list,
+    pack_ip,
+    unpack_ip,
+)
+
+__all__ = [
+    "MAX_CONTACTS",
+    "PROTOCOL_VERSION",
+    "TOKEN_MAX_BYTES",
+    "EncodeError",
+    "decode_datagram",
+    "decode_session_datagram",
+    "encode_message",
+    "encode_session_message",
+    "is_request",
+    "pack_ip",
+    "parse_session_header",
+    "unpack_ip",
+]
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from .ids import ID_BYTES, NodeId
 from .limits import (
-    MAX_SALT_BYTES,
     MAX_SEQ,
-    MAX_TIMESTAMP_MS,
-    MAX_TTL,
     PROTOCOL_VERSION,
     TOKEN_MAX_BYTES,
     TXID_BYTES,
-    VALUE_LIMITS,
 )
 from .messages import (
-    Address,
-    Contact,
     Dialback,
     DialbackReply,
     Envelope,
@@ -62,7 +85,6 @@ from .messages import (
     Value,
 )
 from .natwire import NAT_TYPES, decode_nat_body, encode_nat_body
-from .records import Record, RecordKind
 from .session import (
     EPHEMERAL_KEY_BYTES,
     HEADER,
@@ -95,97 +117,6 @@ _unpack = functools.partial(msgpack.unpackb, **_UNPACK_LIMITS)
 _MIN_DATAGRAM = SIGNATURE_BYTES + 1 + 2 + TXID_BYTES + PUBLIC_KEY_BYTES
 _REQUEST_TYPES = frozenset(t for t in MessageType if t.is_request)
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
-_id_from_int = int.__new__
-"""``_id_from_int(NodeId, value)`` builds a NodeId without the range check, for values
-decoded from exactly 32 bytes (always in range)."""
-
-
-class EncodeError(ValueError):
-    """Our own message does not fit the wire rules (a bug or an oversized value)."""
-
-
-# --- addresses -------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=65536)
-def pack_ip(host: str) -> bytes:
-    """Textual IPv4/IPv6 address to its 4 or 16 packed bytes."""
-    return ipaddress.ip_address(host).packed
-
-
-@lru_cache(maxsize=65536)
-def unpack_ip(raw: bytes) -> str:
-    """Packed 4 or 16 bytes back to text (raises ValueError on any other length)."""
-    if len(raw) == 4:
-        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
-    if len(raw) == 16:
-        return str(ipaddress.IPv6Address(raw))
-    raise ValueError("an IP address is 4 or 16 bytes")
-
-
-def _encode_address(address: Address) -> list[Any]:
-    return [pack_ip(address[0]), address[1]]
-
-
-def _encode_contact(contact: Contact) -> list[Any]:
-    return [contact.node_id.to_bytes32(), pack_ip(contact.host), contact.port]
-
-
-def _encode_record(record: Record) -> list[Any]:
-    """Wire forms by kind (limits.py packs the same layouts to size the value budget)::
-
-    OPEN      [0, key, value, timestamp_ms, ttl]
-    IMMUTABLE [1, key, value, ttl]
-    SIGNED    [2, key, value, ttl, owner(32), salt(<=64), seq(uint64), signature(64)]
-    """
-    kind = record.kind
-    if len(record.value) > VALUE_LIMITS[kind]:
-        raise EncodeError(
-            f"{kind.name} value of {len(record.value)} bytes exceeds the "
-            f"{VALUE_LIMITS[kind]}-byte inline limit"
-        )
-    if kind is RecordKind.OPEN:
-        return [0, record.key.to_bytes32(), record.value, record.timestamp_ms, record.ttl]
-    if kind is RecordKind.IMMUTABLE:
-        return [1, record.key.to_bytes32(), record.value, record.ttl]
-    return [
-        2,
-        record.key.to_bytes32(),
-        record.value,
-        record.ttl,
-        record.owner,
-        record.salt,
-        record.seq,
-        record.signature,
-    ]
-
-
-_WIRE_CACHE_SIZE = 65536
-_contact_wire: dict[int, tuple[Contact, list[Any]]] = {}
-"""Wire forms of recently encoded contacts by node id, with the contact they were made from. A
-NODES answer names the same peers over and over; reusing their wire form saves most of the
-encoding. Cleared when full."""
-
-
-def _encode_contacts(contacts: tuple[Contact, ...]) -> list[list[Any]]:
-    """:func:`_encode_contact` over a NODES list (the encoder's hot loop), memoised."""
-    cache = _contact_wire
-    out: list[list[Any]] = []
-    append = out.append
-    for c in contacts:
-        hit = cache.get(c.node_id)
-        if hit is not None:
-            known = hit[0]
-            # The same object, or an equal one (another node's entry for the same peer).
-            if known is c or (known.port == c.port and known.host == c.host):
-                append(hit[1])
-                continue
-        wire = [c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port]
-        if len(cache) >= _WIRE_CACHE_SIZE:
-            cache.clear()
-        cache[c.node_id] = (c, wire)
-        append(wire)
-    return out
 
 
 def _encode_body(message: Message) -> list[Any]:
@@ -307,135 +238,6 @@ def encode_session_message(
 
 
 # --- decoding --------------------------------------------------------------------------
-
-
-def _bytes(value: Any, length: int, what: str) -> bytes:
-    if type(value) is not bytes or len(value) != length:
-        raise DecodeError("schema", f"{what} must be {length} bytes")
-    return value
-
-
-def _int(value: Any, low: int, high: int, what: str) -> int:
-    if type(value) is not int or not low <= value <= high:
-        raise DecodeError("schema", f"{what} out of range")
-    return value
-
-
-def _list(value: Any, length: int, what: str) -> list[Any]:
-    if type(value) is not list or len(value) != length:
-        raise DecodeError("schema", f"{what} must be a list of {length}")
-    return value
-
-
-def _decode_host(raw: Any) -> str:
-    if type(raw) is not bytes:
-        raise DecodeError("schema", "address must be bytes")
-    try:
-        return unpack_ip(raw)
-    except ValueError as exc:
-        raise DecodeError("schema", "address must be 4 or 16 bytes") from exc
-
-
-def _decode_address(value: Any) -> Address:
-    host_raw, port = _list(value, 2, "address")
-    return (_decode_host(host_raw), _int(port, 1, 65535, "port"))
-
-
-def _decode_contact(value: Any) -> Contact:
-    raw_id, host_raw, port = _list(value, 3, "contact")
-    return Contact(
-        NodeId.from_bytes_exact(_bytes(raw_id, ID_BYTES, "contact id")),
-        _decode_host(host_raw),
-        _int(port, 1, 65535, "contact port"),
-    )
-
-
-_CONTACT_CACHE_SIZE = 65536
-_contact_cache: dict[bytes, tuple[bytes, int, Contact]] = {}
-"""Recently decoded contacts by raw id, with the raw address they came with. Contacts are
-immutable, so a NODES answer naming a peer we decoded before reuses that object instead of
-rebuilding it (peers are named over and over). Cleared when full."""
-
-
-def _decode_contacts(values: list[Any]) -> tuple[Contact, ...]:
-    """:func:`_decode_contact` over a whole NODES list, inlined (the decoder's hot loop):
-    same checks in the same order, same errors."""
-    contacts: list[Contact] = []
-    append = contacts.append
-    cache = _contact_cache
-    for value in values:
-        if type(value) is not list or len(value) != 3:
-            raise DecodeError("schema", "contact must be a list of 3")
-        raw_id, host_raw, port = value
-        if type(raw_id) is not bytes or len(raw_id) != ID_BYTES:
-            raise DecodeError("schema", f"contact id must be {ID_BYTES} bytes")
-        known = cache.get(raw_id)
-        if known is not None and known[0] == host_raw and type(port) is int and known[1] == port:
-            append(known[2])  # the same id, address bytes and port were valid before
-            continue
-        if type(host_raw) is not bytes:
-            raise DecodeError("schema", "address must be bytes")
-        try:
-            host = unpack_ip(host_raw)
-        except ValueError as exc:
-            raise DecodeError("schema", "address must be 4 or 16 bytes") from exc
-        if type(port) is not int or not 1 <= port <= 65535:
-            raise DecodeError("schema", "contact port out of range")
-        contact = Contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port)
-        if len(cache) >= _CONTACT_CACHE_SIZE:
-            cache.clear()
-        cache[raw_id] = (host_raw, port, contact)
-        append(contact)
-    return tuple(contacts)
-
-
-def _decode_token(value: Any) -> bytes:
-    if type(value) is not bytes or len(value) > TOKEN_MAX_BYTES:
-        raise DecodeError("schema", f"token must be at most {TOKEN_MAX_BYTES} bytes")
-    return value
-
-
-_RECORD_FIELDS = {RecordKind.OPEN: 5, RecordKind.IMMUTABLE: 4, RecordKind.SIGNED: 8}
-
-
-def _decode_record(value: Any) -> Record:
-    if type(value) is not list or not value:
-        raise DecodeError("schema", "record must be a non-empty list")
-    try:
-        kind = RecordKind(_int(value[0], 0, 255, "record kind"))
-    except ValueError as exc:
-        raise DecodeError("schema", "unknown record kind") from exc
-    _list(value, _RECORD_FIELDS[kind], f"{kind.name} record")
-    raw_key, data = value[1], value[2]
-    if type(data) is not bytes:
-        raise DecodeError("schema", "record value must be bytes")
-    if len(data) > VALUE_LIMITS[kind]:
-        raise DecodeError("schema", "record value over the inline limit")
-    key = NodeId.from_bytes_exact(_bytes(raw_key, ID_BYTES, "record key"))
-    if kind is RecordKind.OPEN:
-        return Record(
-            key=key,
-            value=data,
-            timestamp_ms=_int(value[3], 0, MAX_TIMESTAMP_MS, "timestamp"),
-            ttl=_int(value[4], 1, MAX_TTL, "ttl"),
-        )
-    ttl = _int(value[3], 1, MAX_TTL, "ttl")
-    if kind is RecordKind.IMMUTABLE:
-        return Record(key, data, 0, ttl, RecordKind.IMMUTABLE)
-    salt = value[5]
-    if type(salt) is not bytes or len(salt) > MAX_SALT_BYTES:
-        raise DecodeError("schema", f"salt must be at most {MAX_SALT_BYTES} bytes")
-    return Record(
-        key,
-        data,
-        0,
-        ttl,
-        RecordKind.SIGNED,
-        owner=_bytes(value[4], PUBLIC_KEY_BYTES, "owner key"),
-        salt=salt,
-        seq=_int(value[6], 0, MAX_SEQ, "sequence number"),
-        signature=_bytes(value[7], SIGNATURE_BYTES, "record signature"),
-    )
 
 
 def _decode_body(msg_type: MessageType, body: Any) -> Message:

@@ -22,16 +22,14 @@ replication STOREs go through one flow-controlled queue (``replication_window`` 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import random
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable
 
 from .auth import Authenticator
 from .bootstrap import Bootstrap, ProbeQuery
-from .config import MAX_DATAGRAM, KadConfig
+from .config import KadConfig
 from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .errors import (
     ValidationError,
@@ -39,42 +37,38 @@ from .errors import (
 from .events import (
     Event,
     LookupDone,
-    PeerAdded,
-    PeerRemoved,
 )
 from .gets import Gets
 from .handoff import Scans
 from .holdings import Holdings
 from .identity import Identity
 from .ids import NodeId, random_id_in_bucket
-from .limits import MAX_PING_BYTES
 from .lookup import AnyLookup, Candidate
 from .lookups import LookupQuery, Lookups, nothing
 from .messages import (
     Address,
     Contact,
+    Dialback,
     Envelope,
-    Error,
-    ErrorCode,
     FindNode,
     FindValue,
     Message,
     MessageType,
     Nodes,
     Ping,
-    Pong,
-    Request,
+    Probe,
+    ProbeRelay,
     Store,
-    Stored,
     Value,
 )
+from .natlink import NatLink
+from .peers import Peers
 from .pending import Pending
 from .put import Publisher, Puts
 from .records import (
     Record,
     RecordKind,
     check_replace,
-    for_transfer,
     record_expiry,
     validate_record,
 )
@@ -82,6 +76,7 @@ from .replication import RepublishSchedule
 from .replicator import Replicator
 from .routing import RoutingTable
 from .rpc import Queries, Requests
+from .serve import Responder
 from .session import (
     SessionTable,
 )
@@ -94,13 +89,13 @@ __all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngi
 
 _log = logging.getLogger("nautilus_kad.engine")
 
-_STRIKES = 4096
 
 # Stats keys per message type, built once (an f-string with ``TYPE.name`` per datagram costs).
 _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
 _RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
 _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 """The request message classes (``message.TYPE.is_request``, without an enum property)."""
+_NAT_REQUEST_CLASSES = frozenset({Dialback, ProbeRelay, Probe})  # core/natlink.py serves them
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -148,13 +143,7 @@ class KadEngine:
             ctx, self.wire, pending, self._on_soft_timeout, self._on_hard_timeout,
             self._on_grace_over,
         )  # fmt: skip
-        self._pending = self.requests.pending
         self._queries = Queries(ctx)
-        self._verifying: set[NodeId] = set()
-        self._awaiting = self.requests.awaiting
-        self.strikes: OrderedDict[NodeId, int] = OrderedDict()
-        """Invalid values (bad signature, wrong key hash …) each peer served us, for the
-        most recent offenders."""
 
         self.tokens = WriteTokens(ctx, now)
         self._next_refresh_check = now + self.config.refresh_check_interval
@@ -166,20 +155,30 @@ class KadEngine:
             ctx, lambda key, now: self.replicator.arm(key, now, now), schedule.forget
         )
         self._held = self.holdings.held
-        self._peer_since: dict[NodeId, float] = {}
-        """When each routing-table peer entered the table (handoff ranks holders by it)."""
-        check = self.config.neighbour_check_interval
-        self._next_neighbour_check = now + check * (0.5 + rng.random()) if check else math.inf
-        self.lookups = Lookups(ctx, self._queries, self.requests, self._penalise)
+        self.peers = Peers(
+            ctx, now, self.requests, self.budget, self.tokens, self._held,
+            lambda contact, now: self.scans.start(contact, True, now),
+            lambda contact, now: self.scans.start(contact, False, now),
+        )  # fmt: skip
+        self.strikes = self.peers.strikes
+        self.lookups = Lookups(ctx, self._queries, self.requests, self.peers.penalise)
         self.gets = Gets(ctx, self.lookups, self.requests, self.holdings)
         self.publisher = Publisher(ctx)
         self.puts = Puts(ctx, self.lookups, self.requests, self.holdings, self.publisher.superseded)
         self.publisher.attach(self.puts)
         self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
         self.transfers = Transfers(ctx, self._queries, self.requests, self.tokens)
-        self.scans = Scans(ctx, self._held, schedule, self.transfers, lambda: self._peer_since)
+        self.scans = Scans(ctx, self._held, schedule, self.transfers, lambda: self.peers.since)
         self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.transfers)
+        self.responder = Responder(
+            ctx, self.wire, self.tokens, self.holdings, self.peers, closest_for
+        )
         self.holdings.load(now, lambda key, stored_at: self.replicator.loaded(key, stored_at, now))
+        self.natlink = NatLink(
+            ctx, self.wire, self.requests, self._queries, now,
+            client_mode=client_mode, verified=self.wire.address_verified,
+        )  # fmt: skip
+        self.nat = self.natlink.nat  # address votes, NAT class, mode, probe rounds
 
     # --- shared state that drivers and tests may replace ---------------------------------
 
@@ -249,7 +248,9 @@ class KadEngine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Everything queued for the network since the last call."""
-        return self.wire.drain()
+        out = self.wire.drain()
+        self.natlink.sent(out)
+        return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -262,8 +263,9 @@ class KadEngine:
             self._next_expiry,
             self.replicator.schedule.next_deadline(),
             self.scans.wakeup,
-            self._next_neighbour_check,
+            self.peers.next_neighbour_check,
             self.requests.next_deadline(),
+            self.natlink.timer(),
             self.publisher.next_deadline(),
         )
 
@@ -279,7 +281,7 @@ class KadEngine:
 
     @property
     def pending_requests(self) -> int:
-        return len(self._pending)
+        return len(self.requests)
 
     def metrics(self, now: float | None = None) -> dict[str, float]:
         """Every counter of :attr:`stats`, plus gauges of the abuse defences and the limits
@@ -295,6 +297,7 @@ class KadEngine:
         out["routing.refused.subnet"] = self.table.refused_subnet
         out["store.records"] = len(self.store)
         out["store.bytes"] = self.holdings.stored_bytes
+        out.update(self.natlink.counters())
         out["limit.rate_limit"] = cfg.rate_limit
         out["limit.rate_burst"] = cfg.rate_burst
         out["limit.rate_penalty"] = cfg.rate_penalty
@@ -473,20 +476,24 @@ class KadEngine:
         if envelope is None:
             return
         message = envelope.message
-        if type(message) in _REQUEST_CLASSES:
+        kind = type(message)
+        if kind in _REQUEST_CLASSES or kind in _NAT_REQUEST_CLASSES:
             if envelope.session is None and self.replays.replayed(data[-16:], now):
                 # A session request's counter already guards it; a signed one has its
                 # signature remembered for a while.
                 self.stats["rx.dropped"] += 1
                 self.stats["rx.dropped.replay"] += 1
                 return
-            self._handle_request(envelope, message, address, now, len(data))  # type: ignore[arg-type]
+            serve = self.responder.answer if kind in _REQUEST_CLASSES else self.natlink.serve
+            serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
         self.requests.run(now)
+        if self.natlink.timer() <= now:
+            self.natlink.run(now)
         if now >= self.tokens.next_rotation:
             self.tokens.rotate(now)
         if now >= self._next_expiry:
@@ -499,11 +506,9 @@ class KadEngine:
         if now >= self._next_refresh_check:
             self._next_refresh_check = now + self.config.refresh_check_interval
             self.refresh(now)
-            if len(self._peer_since) > len(self.table):
-                table = self.table
-                self._peer_since = {n: t for n, t in self._peer_since.items() if n in table}
-        if now >= self._next_neighbour_check:
-            self._check_neighbours(now)
+            self.peers.prune()
+        if now >= self.peers.next_neighbour_check:
+            self.peers.check_neighbours(now)
         if self.scans:
             self.scans.run(now)
         self.replicator.run(now)
@@ -514,89 +519,12 @@ class KadEngine:
     # Serving requests
     # ======================================================================================
 
-    def _handle_request(
-        self,
-        envelope: Envelope,
-        request: Request,
-        address: Address,
-        now: float,
-        request_size: int = MAX_DATAGRAM,
-    ) -> None:
-        self.stats[_RX_REQUEST_KEY[request.TYPE]] += 1
-        if _log.isEnabledFor(logging.INFO):
-            _log.info(
-                "%s from %s at %s:%d", request.TYPE.name, envelope.sender_id.short(), *address
-            )
-        sender = envelope.sender_id
-        verified = envelope.session is not None or self.wire.address_verified(sender, address, now)
-        if not verified:
-            self.budget.received(address, request_size)
-        if type(request) is Store and not self.tokens.valid(request.token, address):
-            # Refused before anything changes: no routing-table check of the sender, no
-            # session accepted (a forged source cannot hold the token of the address).
-            self.stats["store.rejected.token"] += 1
-            refusal = Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
-            plain = dataclasses.replace(envelope, handshake=None)
-            self.wire.respond(plain, refusal, address, now, request_size, verified)
-            return
-        # A stranger's verification PING comes out of its budget first; padded requests
-        # leave room for it and a full answer (see ``_pad_to``).
-        entry = self.table.get(sender)
-        if envelope.flags & FLAG_LEAVING:
-            self._peer_departing(sender)  # serve its handoff, but it is no peer any more
-        elif entry is not None and entry.contact.address == address:
-            entry.last_seen = now
-        elif entry is None and not envelope.flags & FLAG_CLIENT:
-            self._maybe_verify(Contact(sender, address[0], address[1]), now)
-        elif entry is not None and not envelope.flags & FLAG_CLIENT:
-            # A known node writes from a new address (it restarted on another port, or its
-            # NAT mapping changed): PING it there; its signed answer moves the entry.
-            self._check_liveness(Contact(sender, address[0], address[1]), now)
-
-        response: Message
-        match request:
-            case Ping():
-                response = Pong(address)
-            case FindNode(target=target):
-                token = self.tokens.issue(address)
-                response = Nodes(address, token, self._closest_for(target, sender))
-            case FindValue(key=key):
-                token = self.tokens.issue(address)
-                stored = self.store.get(key, now)
-                if stored is not None:
-                    response = Value(
-                        address, token, for_transfer(stored.record, stored.expires_at, now)
-                    )
-                else:
-                    response = Nodes(address, token, self._closest_for(key, sender))
-            case Store(record=record, token=token, expected_seq=expected_seq):
-                response = self._handle_store(record, token, expected_seq, address, now)
-        self.wire.respond(envelope, response, address, now, request_size, verified)
-
     def _closest_for(self, target: NodeId, requester: NodeId) -> tuple[Contact, ...]:
         k = self.config.k
         contacts = self.table.closest(target, k + 1, include_stale=False)
         if contacts and requester ^ target > contacts[-1].node_id ^ target:
             return tuple(contacts[:k])  # the requester is farther than all of them
         return tuple([c for c in contacts if c.node_id != requester][:k])
-
-    def _handle_store(
-        self,
-        record: Record,
-        token: bytes,
-        expected_seq: int | None,
-        address: Address,
-        now: float,
-    ) -> Message:
-        if not self.tokens.valid(token, address):
-            self.stats["store.rejected.token"] += 1
-            return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
-        code, text = self.holdings.accept(
-            record, expected_seq, now, validate=True, source=address[0]
-        )
-        if code is None:
-            return Stored(address)
-        return Error(address, code, text)
 
     # ======================================================================================
     # Handling responses
@@ -615,20 +543,11 @@ class KadEngine:
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
         contact = Contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
-        departing = bool(envelope.flags & FLAG_LEAVING)
-        if departing:
-            self._peer_departing(contact.node_id)
-        elif not envelope.flags & FLAG_CLIENT:
-            added, to_ping = self.table.observe(contact, now)
-            if added:
-                self._peer_added(contact, now)
-            if to_ping is not None:
-                self._check_liveness(to_ping, now)
-        self.table.record_rtt(contact.node_id, rtt)
-        self._verifying.discard(contact.node_id)
+        departing = self.peers.on_answer(contact, envelope.flags, rtt, now)
         observed = getattr(message, "observed", None)
         if observed is not None:
             self.observed_address = observed
+            self.natlink.answered(address, observed, now)
         if isinstance(message, Nodes | Value) and message.token:
             self.tokens.remember(contact.node_id, message.token, now)
 
@@ -655,18 +574,7 @@ class KadEngine:
         if pending.offer is not None:
             self.sessions.cancel_offer(pending.offer)
         self.stats["tx.timeouts"] += 1
-        if pending.node_id is not None:
-            self._verifying.discard(pending.node_id)
-            # A failure counts against the node only at the address the table holds for
-            # it: silence at another address (one a hostile peer named it at, or a new one
-            # being checked) says nothing about the node where we know it.
-            entry = self.table.get(pending.node_id)
-            if entry is not None and entry.contact.address == pending.address:
-                removed = self.table.record_failure(pending.node_id)
-                if removed is not None:
-                    self._peer_removed(removed, now)
-            elif entry is not None:
-                self.stats["tx.timeouts.other_address"] += 1
+        self.peers.on_timeout(pending, now)
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is not None:
             query.on_timeout(pending, now)
@@ -685,94 +593,6 @@ class KadEngine:
                 lookup.queries_sent,
             )
         )
-
-    def _penalise(self, node_id: NodeId) -> None:
-        """``node_id`` sent us something provably bad: a strike against it (see
-        :attr:`strikes`), and a failure in the routing table, as if it had not answered."""
-        self.stats["peer.misbehaved"] += 1
-        strikes = self.strikes
-        strikes[node_id] = strikes.pop(node_id, 0) + 1
-        if len(strikes) > _STRIKES:
-            strikes.popitem(last=False)
-        removed = self.table.record_failure(node_id)
-        if removed is not None:
-            self._events.append(PeerRemoved(removed))
-
-    # ======================================================================================
-    # Routing-table upkeep
-    # ======================================================================================
-
-    def _maybe_verify(self, contact: Contact, now: float) -> None:
-        """A stranger sent us a request: PING it before it may enter the table (its source
-        address could be forged), but only when its bucket has room for it."""
-        if contact.node_id in self._verifying or contact.node_id in self._awaiting:
-            return  # already being checked, or about to answer us anyway
-        if len(self._verifying) >= self.config.max_pending_verifications:
-            return
-        if not self.table.has_room_for(contact.node_id):
-            return
-        self._check_liveness(contact, now)
-
-    def _check_liveness(self, contact: Contact, now: float) -> None:
-        """PING ``contact`` unless a check is already under way; the answer (or its
-        absence) updates the routing table. An unverified address pays the PING from its
-        amplification budget; without enough left, no PING (it may ask again later)."""
-        if contact.node_id in self._verifying:
-            return
-        address = contact.address
-        if address in self.budget and self.budget.allowance(address) < MAX_PING_BYTES:
-            self.stats["verify.skipped.amplification"] += 1
-            return
-        if self.requests.send(contact.address, contact.node_id, Ping(), now, None):
-            self._verifying.add(contact.node_id)
-
-    def _peer_departing(self, node_id: NodeId) -> None:
-        """A peer said it is leaving: out of the table now, a spare in its place. No repair
-        scan: a clean leaver hands its records on itself."""
-        removed = self.table.depart(node_id)
-        if removed is not None:
-            self.stats["peer.departed"] += 1
-            self._events.append(PeerRemoved(removed))
-            self.tokens.forget(node_id)
-            self._peer_since.pop(node_id, None)
-
-    def _peer_added(self, contact: Contact, now: float) -> None:
-        self._events.append(PeerAdded(contact))
-        self._peer_since[contact.node_id] = now
-        if _log.isEnabledFor(logging.INFO):
-            _log.info("peer %s joined the routing table", contact)
-        if len(self._held):
-            self.scans.start(contact, True, now)
-
-    def _peer_removed(self, contact: Contact, now: float) -> None:
-        """A peer failed and left the routing table: the records it held with us need a
-        prompt repair."""
-        self._events.append(PeerRemoved(contact))
-        self.tokens.forget(contact.node_id)
-        self._peer_since.pop(contact.node_id, None)
-        if len(self._held):
-            self.scans.start(contact, False, now)
-
-    # ======================================================================================
-    # Durability: republish, handoff, repair, leave
-    # ======================================================================================
-
-    # --- liveness of the neighbours ---------------------------------------------------
-
-    def _check_neighbours(self, now: float) -> None:
-        """PING our k closest neighbours not heard from in a check interval (only while we
-        hold records: they are our records' co-holders). A dead co-holder that still looked
-        alive would go on counting as the one who hands records to newcomers."""
-        interval = self.config.neighbour_check_interval
-        self._next_neighbour_check = now + interval * (0.9 + 0.2 * self.rng.random())
-        if not len(self._held) or self.flags & FLAG_CLIENT:
-            return
-        table = self.table
-        for contact in table.closest(self.node_id, self.config.k):
-            entry = table.get(contact.node_id)
-            if entry is not None and now - entry.last_seen >= interval:
-                self.stats["neighbours.checked"] += 1
-                self._check_liveness(contact, now)
 
     # ======================================================================================
     # Sending

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hmac
 
-from .codec import pack_ip
 from .context import NodeContext
+from .fields import pack_ip
 from .ids import NodeId
 from .messages import Address
 

@@ -11,8 +11,10 @@
   that does not count: finishing a lookup means asking all of the target's k closest, a
   fifth of which are hostile at 20%.)
 
-Strict is lower than ours when lookups succeed only on paths that met hostile nodes and were
-led past them (by the lookup's own rules, e.g. its retries of other addresses).
+The two differ both ways: strict is lower when lookups get through only on paths that met
+hostile nodes and were led past them (by the lookup's own rules, e.g. its retries of other
+addresses); it is higher when a clean path reached the neighbourhood but the merged result
+still lacks the single closest honest node (which ours demands).
 """
 
 from __future__ import annotations
