@@ -5,7 +5,8 @@
     python -m benchmarks.nat_sim --policy off            # one policy only
 
 For each policy (``off``: NATed nodes claim to serve, as before reachability checks;
-``oracle``: those that cannot be reached run as clients), prints lookup and get success,
+``oracle``: those that cannot be reached run as clients; ``probe``: every node but a few
+bootstrap servers runs in ``auto`` and measures its reachability), prints lookup and get success,
 lookup latency, request timeouts per operation and the polluting contacts found in the
 routing tables of reachable nodes. Benchmarks report; they never assert. ``--json PATH``
 also writes the rows.
@@ -25,7 +26,9 @@ if __package__ in (None, ""):  # run as a script: make the package importable fr
 from rich.console import Console
 from rich.table import Table
 
+from nautilus_kad.core.natconfig import NatConfig
 from nautilus_kad.sim.natscenario import POLICIES, NatScenarioSpec, run_nat_scenario
+from nautilus_kad.sim.simulation import default_sim_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
             puts=args.puts,
             seed=args.seed,
             policy=policy,
+            # The simulator numbers hosts densely (10.0.0.1, 10.0.0.2, ...: 254 to a /24),
+            # so observers are counted per IP rather than per /24 here.
+            config=default_sim_config().with_changes(nat=NatConfig(vote_prefix_v4=32)),
         )
 
         def progress(phase: str, done: int, total: int, policy: str = policy) -> None:
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     table = Table(title=f"{args.nodes} nodes, {args.natted:.0%} behind NATs (seed {args.seed})")
     for name in ("policy", "lookup success", "get success", "put success", "lookup p50 s",
                  "lookup p99 s", "timeouts/op", "polluting contacts", "tables polluted",
-                 "wall s"):  # fmt: skip
+                 "servers", "reachable clients", "hidden servers", "wall s"):  # fmt: skip
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['timeouts/op']:.2f}",
             str(row["polluting contacts"]),
             f"{row['tables polluted']:.1%}",
+            str(row["servers"]),
+            str(row["reachable clients"]),
+            str(row["hidden servers"]),
             f"{row['wall s']:.0f}",
         )
     out = Console(width=160)

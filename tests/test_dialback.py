@@ -135,9 +135,10 @@ def test_signed_envelopes_carry_them(message: NatMessage, txid: bytes) -> None:
         decode_datagram(bytes(tampered), RECEIVER)
 
 
-def test_an_engine_that_does_not_serve_them_yet_drops_them() -> None:
-    """Until the engine runs the reachability test it counts and drops these messages, and
-    answers nothing: no traffic to anyone."""
+def test_an_engine_serves_them_without_sending_to_third_parties() -> None:
+    """A server with an empty table: a DIALBACK gets NO_PROBER, a relay from a stranger is
+    REFUSED, a PROBE nobody asked for and an unsolicited reply get nothing; every answer
+    goes back to where the request came from, and nothing to anyone else."""
     engine = KadEngine(Identity.generate(random.Random(13)), rng=random.Random(1), now=0.0)
     nat_messages: list[NatMessage] = [
         Dialback(b"n" * 8),
@@ -146,9 +147,15 @@ def test_an_engine_that_does_not_serve_them_yet_drops_them() -> None:
         DialbackReply(A, ProbeStatus.ARRANGED),
     ]
     for n, message in enumerate(nat_messages):
-        engine.receive_datagram(encode_message(message, bytes(8), SENDER), B, float(n))
-    assert engine.datagrams_to_send() == []
-    assert engine.stats["rx.dropped"] == 4
+        engine.receive_datagram(encode_message(message, bytes([n]) * 8, SENDER), B, float(n))
+    out = engine.datagrams_to_send()
+    assert [address for _, address in out] == [B, B]
+    replies = [decode_datagram(data, RECEIVER).message for data, _ in out]
+    assert replies == [
+        DialbackReply(B, ProbeStatus.NO_PROBER),
+        ProbeRelayReply(B, ProbeStatus.REFUSED),
+    ]
+    assert engine.stats["rx.dropped.unsolicited"] == 1
     assert len(engine.table) == 0
 
 

@@ -178,38 +178,43 @@ class Daemon:
         return lab.run(self.host, [*KAD, *args, "--data-dir", str(self.data_dir)], timeout=90)
 
 
-def start_network(lab: NatLab, root: Path) -> tuple[list[Daemon], list[Daemon]]:
-    """Four public nodes (the first starts the network), then a node behind each NAT kind."""
-    publics = [lab.add_public() for _ in range(4)]
-    natted = [lab.add_natted(kind) for kind in NAT_KINDS]
-    first = Daemon(lab, publics[0], root, [])
-    first.wait_ready()
-    servers = [first] + [Daemon(lab, p, root, publics[:1]) for p in publics[1:]]
-    for daemon in servers:
-        daemon.wait_ready()
-    clients = [Daemon(lab, h, root, publics[:2]) for h in natted]
-    for daemon in clients:
-        daemon.wait_ready()
-    return servers, clients
-
-
-def test_real_nodes_behind_every_nat_put_and_get(tmp_path: Path) -> None:
-    """``nautilus-kad run`` processes: four public nodes and one behind each kind of NAT.
-    Every NATed node stores a record, and another NATed node reads it; no node behind a NAT
-    that drops unsolicited datagrams is in a public node's table (expected to fail, and
-    reported as such, until the engine decides reachability)."""
+def test_real_nodes_learn_whether_they_are_reachable(tmp_path: Path) -> None:
+    """``nautilus-kad run --mode auto`` behind each kind of NAT (timers scaled by 0.05, the
+    lab's NAT filters and conntrack shortened to match): full cone and a public node become
+    servers, the others stay clients and classify their NAT, no public table holds them, and
+    every NATed node can still put and get."""
     require_lab()
-    with NatLab() as lab:
-        servers, clients = start_network(lab, tmp_path)
-        for i, daemon in enumerate(clients):
-            assert "acks" in daemon.cli(lab, "put", f"key-{i}", f"from-{daemon.host.nat}")
-        for i, daemon in enumerate(clients):
-            reader = clients[(i + 1) % len(clients)]
-            assert reader.cli(lab, "get", f"key-{i}").strip() == f"from-{daemon.host.nat}"
-        tables = "\n".join(daemon.cli(lab, "table") for daemon in servers)
-        nat_wans = [h.host.wan_ip for h in clients if h.host.nat != "full-cone"]
-        polluted = [ip for ip in nat_wans if ip is not None and f"{ip}:" in tables]
-        if polluted:
-            # Until reachability is wired into the engine (issue 11, part B), nodes behind
-            # NATs that drop unsolicited datagrams still enter public routing tables.
-            pytest.xfail(f"NATed nodes in public routing tables: {polluted}")
+    auto = ["--mode", "auto", "--nat-timescale", "0.05"]
+    with NatLab(conntrack_timeouts=(5, 10), filter_timeout=5) as lab:
+        publics = [lab.add_public() for _ in range(6)]
+        natted = [lab.add_natted(kind) for kind in NAT_KINDS]
+        seeds: list[Daemon] = []
+        for host in publics[:5]:  # each joins through all before it: they know each other
+            seeds.append(Daemon(lab, host, tmp_path, publics[: len(seeds)], ["--mode", "server"]))
+            seeds[-1].wait_ready()
+        others = [Daemon(lab, publics[5], tmp_path, publics[:2], auto, "info")]
+        others += [Daemon(lab, h, tmp_path, publics[:2], auto, "info") for h in natted]
+        for daemon in others:
+            daemon.wait_ready()
+        public_auto, cone, restricted, port, symmetric = others
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all("now a server" in d.log.read_text() for d in (public_auto, cone)):
+                break
+            time.sleep(1.0)
+        time.sleep(5.0)  # a few more rounds for the others
+        for daemon in (public_auto, cone):
+            assert "reachability: now a server" in daemon.log.read_text(), daemon.host.nat
+        for daemon in (restricted, port, symmetric):
+            assert "now a server" not in daemon.log.read_text(), daemon.host.nat
+        assert "NAT endpoint-dependent" in symmetric.log.read_text()
+        for daemon in (restricted, port, cone):
+            assert "NAT endpoint-independent" in daemon.log.read_text(), daemon.host.nat
+        for i, daemon in enumerate((restricted, port, symmetric)):
+            assert "acks" in daemon.cli(lab, "put", f"k{i}", f"from-{daemon.host.nat}")
+        for i, daemon in enumerate((restricted, port, symmetric)):
+            reader = (port, symmetric, restricted)[i]
+            assert reader.cli(lab, "get", f"k{i}").strip() == f"from-{daemon.host.nat}"
+        tables = "\n".join(d.cli(lab, "table") for d in [*seeds, public_auto, cone])
+        for daemon in (restricted, port, symmetric):
+            assert f"{daemon.host.wan_ip}:" not in tables, daemon.host.nat

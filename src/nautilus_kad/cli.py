@@ -515,6 +515,24 @@ def _env(name: str) -> str:
     help="Another HOST:PORT the API answers to (Host header allowlist; repeatable).",
 )
 @_profile_option
+@click.option(
+    "--mode",
+    type=click.Choice(["server", "auto", "client"]),
+    default="server",
+    show_default=True,
+    envvar=_env("mode"),
+    help="server: serve the DHT from the start (run a network's first nodes so); auto: "
+    "start as a client and serve once probes from other nodes prove it can be reached "
+    "(behind a NAT that drops unsolicited datagrams it stays a client); client: never serve.",
+)
+@click.option(
+    "--nat-timescale",
+    type=click.FloatRange(min=0.001, max=1.0),
+    default=1.0,
+    hidden=True,
+    envvar=_env("nat_timescale"),
+    help="Multiply every reachability timer by this (test labs).",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -529,6 +547,8 @@ def run_command(
     api_allow_remote: bool,
     api_allowed_host: tuple[str, ...],
     profile: str,
+    mode: str,
+    nat_timescale: float,
 ) -> None:
     """Run a node in the foreground with its local API, until Ctrl-C, SIGTERM or `stop`.
 
@@ -557,6 +577,7 @@ def run_command(
     )
     goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
     config = profile_config(profile)
+    config = config.with_changes(mode=mode, nat=config.nat.scaled(nat_timescale))
     try:
         signum = _run(serve(host, port, bootstrap, identity, data_dir, config, api, click.echo))
     except Interrupted:  # Ctrl-C before the signal handlers were in place
@@ -1051,6 +1072,14 @@ def lookup_command(
     show_default=True,
     help="Seconds between republishes (a real network uses 1 h); repair takes about this long.",
 )
+@click.option(
+    "--k",
+    "bucket_size",
+    type=click.IntRange(2, 64),
+    default=20,
+    show_default=True,
+    help="Bucket size and replication factor of the demo network.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the nodes bind.")
 @click.option(
     "--serve",
@@ -1067,6 +1096,7 @@ def demo_command(
     seed: int | None,
     kill_fraction: float,
     republish_interval: float,
+    bucket_size: int,
     host: str,
     serve: bool,
 ) -> None:
@@ -1095,6 +1125,7 @@ def demo_command(
         kill_fraction,
         republish_interval,
         lookups=lookups,
+        k=bucket_size,
         serve=keep_serving if serve else None,
     )
     report = _run(main)

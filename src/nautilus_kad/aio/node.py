@@ -652,6 +652,14 @@ class Node:
         return self._engine.metrics(self._now() if self._protocol is not None else None)
 
     @property
+    def reachability(self) -> dict[str, object]:
+        """Whether this node serves and why: ``mode`` (client or server), whether it is
+        fixed by configuration, ``since`` when (loop time), the ``external`` addresses the
+        vote adopted, the ``nat_class`` per address family, the ``last_probes`` and the NAT
+        counters (also in :attr:`stats` as ``nat.*``). See docs/nat.md."""
+        return self._engine.natlink.reachability(self._now())
+
+    @property
     def data_dir(self) -> str | None:
         """The data directory, if the node has one."""
         return None if self._data_dir is None else str(self._data_dir.path)

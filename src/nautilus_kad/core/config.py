@@ -8,7 +8,9 @@ go-libp2p-kad-dht, adjusted where DESIGN.md says why.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .natconfig import NatConfig
 
 MAX_DATAGRAM = 1200
 """Largest datagram we send or accept: fits every IPv4/IPv6 path without fragmentation."""
@@ -126,6 +128,15 @@ class KadConfig:
     """A node with an empty routing table (a restart none of whose saved peers answered, or
     every peer it knew stopped answering) retries its bootstrap and saved peers this often."""
 
+    mode: str = "server"
+    """``server``: serve the DHT (enter others' tables, hold records) from the start, as
+    every node did before reachability checks; ``client``: never serve; ``auto``: start as
+    a client and become a server once probes prove datagrams we did not ask for reach us
+    (docs/nat.md). A network needs a few ``server`` nodes to probe the first ``auto`` ones,
+    and nodes that all share one IP (loopback tests) can never prove it."""
+    nat: NatConfig = field(default_factory=NatConfig)
+    """The NAT layer's thresholds and timers (core/natconfig.py)."""
+
     store_quorum: int = 1
     """Acknowledged STOREs for a put to count as successful."""
     signed_get_quorum: int = 4
@@ -220,6 +231,8 @@ class KadConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
+        if self.mode not in ("auto", "server", "client"):
+            raise ValueError("mode must be auto, server or client")
         if self.k < 1 or self.alpha < 1:
             raise ValueError("k and alpha must be positive")
         if not 1 <= self.disjoint_paths <= 16:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from .auth import Authenticator
 from .bootstrap import Bootstrap, ProbeQuery
 from .config import KadConfig
-from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
+from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext, Shared
 from .errors import (
     ValidationError,
 )
@@ -48,6 +48,7 @@ from .lookups import LookupQuery, Lookups, nothing
 from .messages import (
     Address,
     Contact,
+    Dialback,
     Envelope,
     FindNode,
     FindValue,
@@ -55,9 +56,12 @@ from .messages import (
     MessageType,
     Nodes,
     Ping,
+    Probe,
+    ProbeRelay,
     Store,
     Value,
 )
+from .natlink import NatLink
 from .peers import Peers
 from .pending import Pending
 from .put import Publisher, Puts
@@ -91,6 +95,7 @@ _RX_REQUEST_KEY = {t: f"rx.request.{t.name}" for t in MessageType}
 _RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
 _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 """The request message classes (``message.TYPE.is_request``, without an enum property)."""
+_NAT_REQUEST_CLASSES = frozenset({Dialback, ProbeRelay, Probe})  # core/natlink.py serves them
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -169,68 +174,25 @@ class KadEngine:
             ctx, self.wire, self.tokens, self.holdings, self.peers, closest_for
         )
         self.holdings.load(now, lambda key, stored_at: self.replicator.loaded(key, stored_at, now))
+        self.natlink = NatLink(
+            ctx, self.wire, self.requests, self._queries, now,
+            client_mode=client_mode, verified=self.wire.address_verified,
+        )  # fmt: skip
+        self.nat = self.natlink.nat  # address votes, NAT class, mode, probe rounds
 
-    # --- shared state that drivers and tests may replace ---------------------------------
+    # --- shared state that drivers and tests may replace (it lives in NodeContext) -------
 
-    @property
-    def config(self) -> KadConfig:
-        return self._ctx.config
-
-    @config.setter
-    def config(self, value: KadConfig) -> None:
-        self._ctx.config = value
-
-    @property
-    def auth(self) -> Authenticator:
-        """Signs and verifies datagrams (the simulator swaps in a cheap stand-in)."""
-        return self._ctx.auth
-
-    @auth.setter
-    def auth(self, value: Authenticator) -> None:
-        self._ctx.auth = value
-
-    @property
-    def sessions(self) -> SessionTable:
-        return self._ctx.sessions
-
-    @sessions.setter
-    def sessions(self, value: SessionTable) -> None:
-        self._ctx.sessions = value
-
-    @property
-    def store(self) -> RecordStore:
-        return self._ctx.store
-
-    @store.setter
-    def store(self, value: RecordStore) -> None:
-        self._ctx.store = value
-
-    @property
-    def flags(self) -> int:
-        """Sender flags of every datagram we send (FLAG_CLIENT, FLAG_LEAVING)."""
-        return self._ctx.flags
-
-    @flags.setter
-    def flags(self, value: int) -> None:
-        self._ctx.flags = value
-
-    @property
-    def address(self) -> Address | None:
-        """Our bound address, set by the driver once known."""
-        return self._ctx.address
-
-    @address.setter
-    def address(self, value: Address | None) -> None:
-        self._ctx.address = value
-
-    @property
-    def observed_address(self) -> Address | None:
-        """Our address as the last peer to answer us saw it."""
-        return self._ctx.observed_address
-
-    @observed_address.setter
-    def observed_address(self, value: Address | None) -> None:
-        self._ctx.observed_address = value
+    config = Shared[KadConfig]()
+    auth = Shared[Authenticator]()
+    """Signs and verifies datagrams (the simulator swaps in a cheap stand-in)."""
+    sessions = Shared[SessionTable]()
+    store = Shared[RecordStore]()
+    flags = Shared[int]()
+    """Sender flags of every datagram we send (FLAG_CLIENT, FLAG_LEAVING)."""
+    address = Shared["Address | None"]()
+    """Our bound address, set by the driver once known."""
+    observed_address = Shared["Address | None"]()
+    """Our address as the last peer to answer us saw it."""
 
     # ======================================================================================
     # Outputs
@@ -238,7 +200,9 @@ class KadEngine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Everything queued for the network since the last call."""
-        return self.wire.drain()
+        out = self.wire.drain()
+        self.natlink.sent(out)
+        return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -253,6 +217,7 @@ class KadEngine:
             self.scans.wakeup,
             self.peers.next_neighbour_check,
             self.requests.next_deadline(),
+            self.natlink.timer(),
             self.publisher.next_deadline(),
         )
 
@@ -284,6 +249,7 @@ class KadEngine:
         out["routing.refused.subnet"] = self.table.refused_subnet
         out["store.records"] = len(self.store)
         out["store.bytes"] = self.holdings.stored_bytes
+        out.update(self.natlink.counters())
         out["limit.rate_limit"] = cfg.rate_limit
         out["limit.rate_burst"] = cfg.rate_burst
         out["limit.rate_penalty"] = cfg.rate_penalty
@@ -462,20 +428,24 @@ class KadEngine:
         if envelope is None:
             return
         message = envelope.message
-        if type(message) in _REQUEST_CLASSES:
+        kind = type(message)
+        if kind in _REQUEST_CLASSES or kind in _NAT_REQUEST_CLASSES:
             if envelope.session is None and self.replays.replayed(data[-16:], now):
                 # A session request's counter already guards it; a signed one has its
                 # signature remembered for a while.
                 self.stats["rx.dropped"] += 1
                 self.stats["rx.dropped.replay"] += 1
                 return
-            self.responder.answer(envelope, message, address, now, len(data))  # type: ignore[arg-type]
+            serve = self.responder.answer if kind in _REQUEST_CLASSES else self.natlink.serve
+            serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
         self.requests.run(now)
+        if self.natlink.timer() <= now:
+            self.natlink.run(now)
         if now >= self.tokens.next_rotation:
             self.tokens.rotate(now)
         if now >= self._next_expiry:
@@ -529,6 +499,7 @@ class KadEngine:
         observed = getattr(message, "observed", None)
         if observed is not None:
             self.observed_address = observed
+            self.natlink.answered(address, observed, now)
         if isinstance(message, Nodes | Value) and message.token:
             self.tokens.remember(contact.node_id, message.token, now)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import NodeId
-from .messages import Address, Request
+from .messages import Address, NatRequest, Request
 from .session import HandshakeOffer, Session
 
 
@@ -21,7 +21,7 @@ class Pending:
     txid: bytes
     address: Address
     node_id: NodeId | None
-    request: Request
+    request: Request | NatRequest
     sent_at: float
     query_id: int | None
     slow: bool = False
@@ -31,6 +31,9 @@ class Pending:
     offer: HandshakeOffer | None = None
     """The session offer the signed request carried."""
     retried: bool = False
+    pad_to: int = 0
+    """Pad the (then always signed) datagram to at least this many bytes: a PROBE_RELAY
+    pays for the probe copies it asks for."""
     retransmitted: bool = False
     """Already sent a second time after its soft timeout."""
     """Already re-sent once after an unknown-session notice."""

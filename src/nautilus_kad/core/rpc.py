@@ -23,15 +23,20 @@ from .ids import NodeId
 from .messages import (
     Address,
     Contact,
+    Dialback,
+    DialbackReply,
     Envelope,
     Error,
     FindNode,
     FindValue,
     Message,
     MessageType,
+    NatRequest,
     Nodes,
     Ping,
     Pong,
+    ProbeRelay,
+    ProbeRelayReply,
     Request,
     Store,
     Stored,
@@ -121,9 +126,10 @@ class Requests:
         self,
         address: Address,
         node_id: NodeId | None,
-        request: Request,
+        request: Request | NatRequest,
         now: float,
         query_id: int | None,
+        pad_to: int = 0,
     ) -> bytes:
         """Send a request and arm its timers; returns its txid, or b"" if over the limit."""
         ctx = self._ctx
@@ -136,6 +142,7 @@ class Requests:
         while txid in self.pending:
             txid = rng.randbytes(8)
         pending = Pending(txid, address, node_id, request, now, query_id)
+        pending.pad_to = pad_to
         self.pending[txid] = pending
         if node_id is not None:
             self.awaiting[node_id] = self.awaiting.get(node_id, 0) + 1
@@ -222,7 +229,7 @@ class Requests:
         return timers[0][0] if timers else math.inf
 
 
-def answers(request: Request, response: Message) -> bool:
+def answers(request: Request | NatRequest, response: Message) -> bool:
     """Whether ``response`` is a legal answer to ``request`` (ERROR always is)."""
     if isinstance(response, Error):
         return True
@@ -235,4 +242,8 @@ def answers(request: Request, response: Message) -> bool:
             return isinstance(response, Nodes | Value)
         case Store():
             return isinstance(response, Stored)
+        case Dialback():
+            return isinstance(response, DialbackReply)
+        case ProbeRelay():
+            return isinstance(response, ProbeRelayReply)
     return False

@@ -44,6 +44,7 @@ from .messages import (
     FindNode,
     FindValue,
     Message,
+    NatRequest,
     Nodes,
     Request,
     Store,
@@ -313,7 +314,7 @@ class Wire:
         address = pending.address
         request = pending.request
         session = None
-        if self._ctx.config.sessions and not recover:
+        if self._ctx.config.sessions and not recover and not pending.pad_to:
             session = self._ctx.sessions.for_send(address, pending.node_id, now)
         if session is not None:
             data = encode_session_message(request, pending.txid, session, self._ctx.flags)
@@ -327,7 +328,7 @@ class Wire:
                 offer = self._ctx.sessions.make_offer(address, self._ctx.auth, self._ctx.rng, now)
                 pending.offer = offer
                 self._ctx.stats["session.offered"] += 1
-            pad = self.pad_to if isinstance(request, FindNode | FindValue) else 0
+            pad = self.pad_to if isinstance(request, FindNode | FindValue) else pending.pad_to
             data = encode_message(
                 request, pending.txid, self._ctx.auth, self._ctx.flags, handshake=offer, pad_to=pad
             )
@@ -335,7 +336,11 @@ class Wire:
         self.queue(data, address)
 
     def _should_offer(
-        self, address: Address, node_id: NodeId | None, request: Request, recover: bool
+        self,
+        address: Address,
+        node_id: NodeId | None,
+        request: Request | NatRequest,
+        recover: bool,
     ) -> bool:
         """Offer a session to peers that keep answering us (``session_after_answers`` times
         already), or that lost our session: a key agreement costs about one signed exchange,

@@ -13,7 +13,10 @@ read back by a get from a node behind a NAT other than the writer's.
   NODES answers, and whoever tries it later times out;
 * ``oracle`` — each node behind a NAT that drops unsolicited datagrams (all kinds but full
   cone) runs in client mode from the start: what a perfect reachability test gives, the
-  target of the measured one.
+  target of the measured one;
+* ``probe`` — the measured one: the first ``seeds`` public nodes run in ``server`` mode (a
+  network's bootstrap nodes), every other node in ``auto``, and the workload starts after
+  ``settle`` seconds; lookups are judged against the nodes that are servers by then.
 
 Measured: lookup success (the result reaches one of the true k closest *reachable* nodes,
 the only ones that can hold records), get success, the request timeouts per operation and
@@ -35,7 +38,7 @@ from .nat import FULL_CONE, NAT_TYPES, NatType
 from .report import percentile
 from .simulation import Operation, SimNode, Simulation, default_sim_config
 
-POLICIES = ("off", "oracle")
+POLICIES = ("off", "oracle", "probe")
 DEFAULT_MIX = (
     ("full-cone", 0.1),
     ("address-restricted", 0.2),
@@ -60,6 +63,10 @@ class NatScenarioSpec:
     op_rate: float = 50.0
     """Operations started per virtual second during the workload."""
     config: KadConfig = field(default_factory=default_sim_config)
+    seeds: int = 10
+    """``probe``: public nodes started in server mode."""
+    settle: float = 600.0
+    """``probe``: seconds between the last join and the workload."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -93,6 +100,12 @@ class NatScenarioResult:
     joined: int
     wall: float
     digest: str
+    servers: int = 0
+    """Nodes in server mode when the workload started."""
+    reachable_clients: int = 0
+    """Public or full-cone nodes still clients when the workload started."""
+    hidden_servers: int = 0
+    """Nodes behind NATs that drop unsolicited datagrams that became servers (must be 0)."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -106,6 +119,9 @@ class NatScenarioResult:
             "put success": self.put_success,
             "timeouts/op": self.timeouts_per_op,
             "polluting contacts": self.polluting_contacts,
+            "servers": self.servers,
+            "reachable clients": self.reachable_clients,
+            "hidden servers": self.hidden_servers,
             "tables polluted": self.tables_polluted,
             "wall s": self.wall,
         }
@@ -143,7 +159,10 @@ def run_nat_scenario(spec: NatScenarioSpec, progress: Progress | None = None) ->
     for n, nat_type in enumerate(plan):
         is_hidden = nat_type is not None and nat_type is not FULL_CONE
         client = is_hidden and spec.policy == "oracle"
-        node = sim.add_node(nat=nat_type, client_mode=client)
+        mode = None
+        if spec.policy == "probe":
+            mode = "server" if nat_type is None and len(public) < spec.seeds else "auto"
+        node = sim.add_node(nat=nat_type, client_mode=client, mode=mode)
         name = "public" if nat_type is None else names[nat_type]
         kinds[name] = kinds.get(name, 0) + 1
         if is_hidden:
@@ -152,7 +171,8 @@ def run_nat_scenario(spec: NatScenarioSpec, progress: Progress | None = None) ->
         if not public:
             joins.append(sim.join(node, []))
         else:
-            seeds = [s.address for s in sim.rng.sample(public, min(3, len(public)))]
+            pool = public[: spec.seeds] if spec.policy == "probe" else public
+            seeds = [s.address for s in sim.rng.sample(pool, min(3, len(pool)))]
             joins.append(sim.join(node, seeds))
         if not is_hidden:
             reachable.append(node)
@@ -162,7 +182,18 @@ def run_nat_scenario(spec: NatScenarioSpec, progress: Progress | None = None) ->
         if progress is not None and (n + 1) % 500 == 0:
             progress("join", n + 1, spec.nodes)
     sim.wait(joins, timeout=600.0)
-    sim.run_for(30.0)
+    sim.run_for(spec.settle if spec.policy == "probe" else 30.0)
+    servers = reachable_clients = hidden_servers = 0
+    if spec.policy == "probe":
+        hidden_set = set(map(id, hidden))
+        for node in sim.nodes.values():
+            client = node.engine.nat.is_client
+            if client:
+                sim.live.discard(node.node_id)  # judge lookups against the servers
+                reachable_clients += id(node) not in hidden_set
+            else:
+                servers += 1
+                hidden_servers += id(node) in hidden_set
     joined = sum(1 for op in joins if op.succeeded)
     before = sum(node.engine.stats["tx.timeouts"] for node in sim.nodes.values())
 
@@ -221,6 +252,9 @@ def run_nat_scenario(spec: NatScenarioSpec, progress: Progress | None = None) ->
         polluting_contacts=polluting,
         tables_polluted=_share(polluted_tables, len(reachable)),
         joined=joined,
+        servers=servers,
+        reachable_clients=reachable_clients,
+        hidden_servers=hidden_servers,
         wall=time.perf_counter() - started,
         digest=sim.digest(),
     )

@@ -494,18 +494,21 @@ class Simulation:
         client_mode: bool = False,
         identity: Identity | None = None,
         nat: NatType | NatBox | None = None,
+        mode: str | None = None,
     ) -> SimNode:
         """Bring a new host up (not joined yet: call :meth:`join`). ``identity`` defaults to
         a fresh one from the seed. ``nat``: put the host behind that box, or behind a new
         box of its own of that type; it then has a private address (:func:`private_address`)
-        and the world sees it at the box's."""
+        and the world sees it at the box's. ``mode``: the node's ``KadConfig.mode``
+        (default: the simulation's)."""
         index = self._next_index
         self._next_index += 1
         if identity is None:
             identity = Identity.generate(self._identity_rng)
+        config = self.config if mode is None else self.config.with_changes(mode=mode)
         engine = KadEngine(
             identity,
-            config=self.config,
+            config=config,
             rng=self._engine_rng,
             now=self.scheduler.now,
             client_mode=client_mode,
