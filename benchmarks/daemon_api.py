@@ -33,13 +33,9 @@ from rich.table import Table
 
 from nautilus_kad import Node
 from nautilus_kad.daemon.server import Daemon
+from nautilus_kad.sim.report import percentile
 
 ENDPOINTS = ("/api/v1/version", "/api/v1/status", "/api/v1/routing-table", "/metrics", "/")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 class Network:
@@ -111,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                 size = _get(conn, path)
                 times.append((time.perf_counter() - t0) * 1000)
             rows[path] = {
-                "p50_ms": _percentile(times, 50),
-                "p99_ms": _percentile(times, 99),
+                "p50_ms": percentile(times, 50),
+                "p99_ms": percentile(times, 99),
                 "max_ms": max(times),
                 "bytes": size,
             }
@@ -148,11 +144,11 @@ def main(argv: list[str] | None = None) -> None:
             str(row["bytes"]),
         )
     for name, rtts in (("ping rtt, API idle", alone), ("ping rtt, API scraped", loaded)):
-        rows[name] = {"p50_ms": statistics.median(rtts), "p99_ms": _percentile(rtts, 99)}
+        rows[name] = {"p50_ms": statistics.median(rtts), "p99_ms": percentile(rtts, 99)}
         table.add_row(
             name,
             f"{statistics.median(rtts):.2f}",
-            f"{_percentile(rtts, 99):.2f}",
+            f"{percentile(rtts, 99):.2f}",
             f"{max(rtts):.2f}",
             "",
         )

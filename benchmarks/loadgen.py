@@ -29,6 +29,7 @@ from nautilus_kad.core.codec import encode_message, encode_session_message
 from nautilus_kad.core.engine import FLAG_CLIENT, KadEngine
 from nautilus_kad.core.messages import Address, FindNode, Message, Ping
 from nautilus_kad.core.session import HEADER_BYTES, SESSION_MAGIC, Session
+from nautilus_kad.sim.report import percentile
 
 # A signed response datagram starts msgpack([1, type >= 0x80, bin8 txid, ...]):
 # 0x96 (array of 6) or 0x98 (of 8, with a handshake), 0x01 (version), 0xcc <type> (uint8),
@@ -136,13 +137,6 @@ class Client:
         return make
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return sorted_values[index]
-
-
 def blast(
     client: Client,
     kind: str,
@@ -237,8 +231,8 @@ def blast(
         answered=answered,
         lost=lost,
         unmatched=unmatched,
-        latency_p50_ms=_percentile(latencies, 0.5) * 1e3,
-        latency_p99_ms=_percentile(latencies, 0.99) * 1e3,
+        latency_p50_ms=percentile(latencies, 50) * 1e3,
+        latency_p99_ms=percentile(latencies, 99) * 1e3,
         mean_answer_bytes=answer_bytes // answered if answered else 0,
         mode=mode,
     )

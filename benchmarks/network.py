@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nautilus_kad import KadError, Node
+from nautilus_kad.sim.report import percentile
 
 
 @dataclass
@@ -35,10 +36,7 @@ class Latencies:
         return self.ok / self.count if self.count else float("nan")
 
     def percentile_ms(self, q: float) -> float:
-        if not self.samples:
-            return float("nan")
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1e3
+        return percentile(self.samples, q * 100) * 1e3
 
     @property
     def mean_hops(self) -> float:

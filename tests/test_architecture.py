@@ -337,3 +337,15 @@ def test_the_checks_catch_what_they_guard() -> None:
     assert _isinstance_targets(ast.parse(src)) == {"LookupQuery", "PutQuery", "X"}
     imp = find_imports("from .engine import KadEngine\n", f"{PACKAGE}.core.peers")
     assert any(_within(c, f"{PACKAGE}.core.engine") for c in imp[0].candidates())
+
+
+def test_one_percentile() -> None:
+    """Latency tables everywhere (simulator, demo, benchmarks) use sim.report.percentile."""
+    root = SRC.parents[1]
+    defined = [
+        f"{path.relative_to(root)}:{node.name}"
+        for path in [*SRC.rglob("*.py"), *(root / "benchmarks").rglob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") == "percentile"
+    ]
+    assert defined == ["src/nautilus_kad/sim/report.py:percentile"]

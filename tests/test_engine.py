@@ -1071,3 +1071,33 @@ def test_a_lookup_request_past_its_soft_timeout_is_sent_once_more() -> None:
     done = [e for e in iter(engine.next_event, None) if isinstance(e, LookupDone)]
     assert [e.query_id for e in done] == [qid]
     assert [c.node_id for c in done[0].contacts] == [peer.identity.node_id]
+
+
+@pytest.mark.parametrize("how", ["invalid value", "timeout"])
+def test_every_eviction_takes_the_same_path(how: str) -> None:
+    """One peer-removal path: a peer evicted for serving an invalid value goes as a dead one
+    does. Its token is forgotten, and the records it co-held with us get a repair scan.
+    (Before, only a timeout did this; an eviction for misbehaving only emitted PeerRemoved.)"""
+    engine = lone_engine(64, KadConfig(max_failures=1))
+    peer = Peer(65)
+    _known_by(engine, peer)
+    kept = open_record(b"kept", b"v")
+    assert engine.holdings.accept(kept, None, 0.0, validate=True) == (None, "")
+    engine.tokens.remember(peer.identity.node_id, b"t" * TOKEN_BYTES, 0.0)
+    if how == "invalid value":
+        forged = open_record(b"something else", b"forged")
+        engine.get(key_id(b"wanted"), 0.0)
+        reply = lambda env: Value(addr(engine), b"t" * TOKEN_BYTES, forged)  # noqa: E731
+        assert peer.answer(engine, reply, 0.0) == 1
+        assert engine.stats["get.invalid_value"] == 1
+    else:
+        engine.find_node(NodeId(5), 0.0)  # a request that names the peer's node id
+        engine.handle_timer(engine.config.request_timeout)
+    events = []
+    while (event := engine.next_event()) is not None:
+        events.append(event)
+    assert PeerRemoved(Contact(peer.identity.node_id, *peer.address)) in events
+    assert peer.identity.node_id not in engine.table
+    assert peer.identity.node_id not in engine.tokens.from_peers
+    engine.handle_timer(engine.config.request_timeout + 1.0)  # the scans run
+    assert engine.stats["repair.scheduled"] == 1  # a repair of the record it co-held

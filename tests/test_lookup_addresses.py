@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from nautilus_kad.core.codec import encode_message
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.lookup import MAX_ADDRESSES, CandidateState, DisjointLookup, Lookup
+from nautilus_kad.core.lookup import (
+    MAX_ADDRESSES,
+    MAX_VOUCHED,
+    CandidateState,
+    DisjointLookup,
+    Lookup,
+)
 from nautilus_kad.core.messages import Contact, FindNode
 from nautilus_kad.sim import SimAuthenticator, Simulation
 
@@ -64,6 +70,13 @@ def test_addresses_tried_per_id_are_bounded_and_an_error_answer_ends_the_retries
     assert lookup.candidate(x).state is CandidateState.FAILED  # type: ignore[union-attr]
     lookup.add_contacts([at(x, 4000)], hop=3)
     assert lookup.candidate(x).state is CandidateState.FAILED  # type: ignore[union-attr]
+    lookup.on_response(y)  # (asked once x had no address left)
+    # Past the budget, an address two peers named is still tried (liars that each tell
+    # their own lie cannot use up the tries of the one address honest peers agree on).
+    lookup.add_contacts([at(x, 4000)], hop=3)
+    assert lookup.next_queries() == [at(x, 4000)]
+    lookup.on_response(x, [], address=("10.0.0.1", 4000))
+    assert lookup.candidate(x).state is CandidateState.RESPONDED  # type: ignore[union-attr]
     # An error answer is the node itself refusing: no other address is tried.
     other = Lookup(TARGET, OWN, 2, 1, [at(x, 5000)])
     other.add_contacts([at(x, 4000)], hop=2)
@@ -93,6 +106,18 @@ def test_a_path_takes_over_a_node_another_path_asked_at_a_false_address() -> Non
     lookup.on_give_up(x, ("10.0.0.1", 6666))
     assert lookup.is_done
     assert lookup.closest_responded()[0].contact == at(x, 4000)
+
+
+def test_the_address_most_peers_named_is_tried_next() -> None:
+    x = NodeId(5)
+    lookup = Lookup(TARGET, OWN, 2, 1, [at(x, 5000)])
+    lookup.add_contacts([at(x, 5001)], hop=2)
+    lookup.add_contacts([at(x, 4000)], hop=2)
+    lookup.add_contacts([at(x, 4000)], hop=2)
+    assert lookup.next_queries() == [at(x, 5000)]  # the first heard goes first
+    lookup.on_soft_timeout(x, ("10.0.0.1", 5000))
+    assert lookup.next_queries() == [at(x, 4000)]  # then the one two peers named
+    assert MAX_VOUCHED > MAX_ADDRESSES
 
 
 def test_a_path_never_repeats_an_address_another_path_tried() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from enginenet_durability import EngineNet, build
@@ -28,6 +29,7 @@ from nautilus_kad.core.records import (
     make_signed,
     record_expiry,
 )
+from nautilus_kad.core.replication import among_k_closest
 
 K = 4
 CONFIG = KadConfig(k=K, republish_interval=3600.0, repair_delay=30.0)
@@ -420,3 +422,14 @@ def test_a_lookup_over_the_request_limit_fails_instead_of_hanging() -> None:
     net.advance(KadConfig().request_timeout + 1)
     ended = {e.query_id for e in net.take(busy, GetDone) + net.take(busy, QueryFailed)}  # type: ignore[attr-defined]
     assert set(qids) <= ended
+
+
+def test_one_rule_for_among_the_k_closest() -> None:
+    assert among_k_closest(own_distance=50, known=2, farthest=10, k=3)  # fewer than k known
+    assert among_k_closest(own_distance=5, known=3, farthest=10, k=3)  # closer than the k-th
+    assert not among_k_closest(own_distance=10, known=3, farthest=10, k=3)  # a tie is not
+    assert not among_k_closest(own_distance=50, known=8, farthest=10, k=3)
+    # Every caller asks this one function (put, republish, its skip, the repair top-up).
+    root = Path(__file__).resolve().parents[1] / "src" / "nautilus_kad" / "core"
+    callers = {p.name for p in root.glob("*.py") if "among_k_closest(" in p.read_text()}
+    assert callers == {"replication.py", "put.py", "replicator.py"}

@@ -1072,6 +1072,14 @@ def lookup_command(
     show_default=True,
     help="Seconds between republishes (a real network uses 1 h); repair takes about this long.",
 )
+@click.option(
+    "--k",
+    "bucket_size",
+    type=click.IntRange(2, 64),
+    default=20,
+    show_default=True,
+    help="Bucket size and replication factor of the demo network.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the nodes bind.")
 @click.option(
     "--serve",
@@ -1088,6 +1096,7 @@ def demo_command(
     seed: int | None,
     kill_fraction: float,
     republish_interval: float,
+    bucket_size: int,
     host: str,
     serve: bool,
 ) -> None:
@@ -1116,6 +1125,7 @@ def demo_command(
         kill_fraction,
         republish_interval,
         lookups=lookups,
+        k=bucket_size,
         serve=keep_serving if serve else None,
     )
     report = _run(main)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import statistics
 import time
@@ -30,6 +29,7 @@ from .core.config import KadConfig
 from .core.errors import KadError
 from .core.events import Event, LookupDone
 from .core.ids import NodeId
+from .sim.report import percentile
 
 DEMO_NODES = 100
 """Default network size: large enough that a lookup takes a few hops."""
@@ -103,20 +103,16 @@ class DemoReport:
     """Hops of each random-id lookup."""
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def demo_config(republish_interval: float) -> KadConfig:
-    """The demo network's configuration: production's, with time compressed.
+def demo_config(republish_interval: float, k: int = 20) -> KadConfig:
+    """The demo network's configuration: production's, with time compressed (and ``k`` as
+    asked).
 
     Every node shares one process and one core, so besides the interval itself the holders'
     timers are spread wider (half the interval), each node runs fewer republish lookups at
     once, and a dead holder is replaced after a tenth of the interval.
     """
     return KadConfig(
+        k=k,
         republish_interval=republish_interval,
         republish_jitter=0.5,
         repair_delay=republish_interval / 10,
@@ -137,13 +133,14 @@ async def run_demo(
     kill_fraction: float,
     republish_interval: float = DEMO_REPUBLISH_INTERVAL,
     lookups: int = DEMO_LOOKUPS,
+    k: int = 20,
     serve: Callable[[DemoReport, list[Node]], Awaitable[None]] | None = None,
 ) -> DemoReport:
     """Run the demo; with ``serve``, hand it the report and the surviving nodes before they
     stop (``demo --serve`` keeps them up for the live page)."""
     rng = random.Random(seed)
     started = time.perf_counter()
-    config = demo_config(republish_interval)
+    config = demo_config(republish_interval, k)
     nodes: list[Node] = []
     progress = Progress(
         TextColumn("{task.description:<26}"),

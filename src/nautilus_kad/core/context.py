@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from typing import Any, Generic, TypeVar, overload
 
 from .auth import Authenticator
 from .config import KadConfig
@@ -78,3 +79,31 @@ class NodeContext:
         """Our address as the last peer to answer us saw it."""
         self.address: Address | None = None
         """Our bound address, set by the driver once known."""
+
+
+T = TypeVar("T")
+
+
+class Shared(Generic[T]):
+    """A facade attribute that reads and writes the :class:`NodeContext` field of the same
+    name (``obj._ctx.<name>``): what a driver assigns to the engine, every component sees."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self) -> None:
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Shared[T]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj._ctx, self._name)
+
+    def __set__(self, obj: Any, value: T) -> None:
+        setattr(obj._ctx, self._name, value)

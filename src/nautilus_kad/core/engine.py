@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from .auth import Authenticator
 from .bootstrap import Bootstrap, ProbeQuery
 from .config import KadConfig
-from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
+from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext, Shared
 from .errors import (
     ValidationError,
 )
@@ -180,67 +180,19 @@ class KadEngine:
         )  # fmt: skip
         self.nat = self.natlink.nat  # address votes, NAT class, mode, probe rounds
 
-    # --- shared state that drivers and tests may replace ---------------------------------
+    # --- shared state that drivers and tests may replace (it lives in NodeContext) -------
 
-    @property
-    def config(self) -> KadConfig:
-        return self._ctx.config
-
-    @config.setter
-    def config(self, value: KadConfig) -> None:
-        self._ctx.config = value
-
-    @property
-    def auth(self) -> Authenticator:
-        """Signs and verifies datagrams (the simulator swaps in a cheap stand-in)."""
-        return self._ctx.auth
-
-    @auth.setter
-    def auth(self, value: Authenticator) -> None:
-        self._ctx.auth = value
-
-    @property
-    def sessions(self) -> SessionTable:
-        return self._ctx.sessions
-
-    @sessions.setter
-    def sessions(self, value: SessionTable) -> None:
-        self._ctx.sessions = value
-
-    @property
-    def store(self) -> RecordStore:
-        return self._ctx.store
-
-    @store.setter
-    def store(self, value: RecordStore) -> None:
-        self._ctx.store = value
-
-    @property
-    def flags(self) -> int:
-        """Sender flags of every datagram we send (FLAG_CLIENT, FLAG_LEAVING)."""
-        return self._ctx.flags
-
-    @flags.setter
-    def flags(self, value: int) -> None:
-        self._ctx.flags = value
-
-    @property
-    def address(self) -> Address | None:
-        """Our bound address, set by the driver once known."""
-        return self._ctx.address
-
-    @address.setter
-    def address(self, value: Address | None) -> None:
-        self._ctx.address = value
-
-    @property
-    def observed_address(self) -> Address | None:
-        """Our address as the last peer to answer us saw it."""
-        return self._ctx.observed_address
-
-    @observed_address.setter
-    def observed_address(self, value: Address | None) -> None:
-        self._ctx.observed_address = value
+    config = Shared[KadConfig]()
+    auth = Shared[Authenticator]()
+    """Signs and verifies datagrams (the simulator swaps in a cheap stand-in)."""
+    sessions = Shared[SessionTable]()
+    store = Shared[RecordStore]()
+    flags = Shared[int]()
+    """Sender flags of every datagram we send (FLAG_CLIENT, FLAG_LEAVING)."""
+    address = Shared["Address | None"]()
+    """Our bound address, set by the driver once known."""
+    observed_address = Shared["Address | None"]()
+    """Our address as the last peer to answer us saw it."""
 
     # ======================================================================================
     # Outputs

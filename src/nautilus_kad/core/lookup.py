@@ -17,12 +17,15 @@ misrouting node can then poison only the path that asked it, and the lookup stil
 any path stays clean. Results merge: the k closest that answered on any path.
 
 A node id is not its address: a hostile peer can name a real node at a false address. A
-lookup therefore remembers up to two other addresses it hears for an id, and one that stays
-silent (past its soft timeout, or failed) is tried at the next, up to three addresses in all;
-an answer from any of them counts (it is signed by the id's key). Across disjoint paths, a
-node belongs to the path it first *answered*: a path may try a node that another path asked
-but has not heard from past that path's soft timeout, at an address nobody tried yet, so a
-path fed a false address cannot keep the real node from the others.
+lookup therefore remembers the other addresses it hears for an id (up to eight, with how
+many peers named each), and one that stays silent (past its soft timeout, or failed) is
+tried at the address most peers named, up to three addresses in all, and up to six when two
+or more peers named each of the others: honest peers agree on a node's address, liars that
+each tell their own lie do not. An answer from any of them counts (it is signed by the id's
+key). Across disjoint paths, a node belongs to the path it first *answered*: a path may try
+a node that another path asked but has not heard from past that path's soft timeout, at an
+address nobody tried yet, so a path fed a false address cannot keep the real node from the
+others.
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ from .ids import NodeId
 from .messages import Address, Contact
 
 MAX_ADDRESSES = 3
-"""Addresses a lookup tries for one node id (the first heard and up to two others)."""
+"""Addresses a lookup tries for one node id (the first heard and up to two others)..."""
+MAX_VOUCHED = 6
+"""... and beyond those, up to this many in all, addresses that two or more peers named:
+honest peers agree on a node's address, liars that each tell their own lie do not."""
+MAX_HEARD = 8
+"""Untried addresses remembered per id (with how many peers named each)."""
 
 
 class CandidateState(enum.IntEnum):
@@ -54,8 +62,8 @@ class Candidate:
         "contact",
         "distance",
         "final",
+        "heard",
         "hop",
-        "spare",
         "state",
         "token",
         "tried",
@@ -64,8 +72,8 @@ class Candidate:
     def __init__(self, contact: Contact, distance: int, hop: int) -> None:
         self.contact = contact
         """The address being tried (or the one that answered)."""
-        self.spare: list[Contact] | None = None
-        """Other addresses heard for the id, not tried yet."""
+        self.heard: dict[Address, int] | None = None
+        """Other addresses heard for the id, not tried yet → how many peers named each."""
         self.tried: list[Address] | None = None
         """Addresses this lookup already tried and left behind."""
         self.final = False
@@ -169,22 +177,32 @@ class Lookup:
             return
         address = contact.address
         tried = cand.tried
-        if tried is not None and (address in tried or len(tried) + 1 >= MAX_ADDRESSES):
+        if tried is not None and address in tried:
             return
-        spare = cand.spare
-        if spare is not None and any(c.address == address for c in spare):
-            return
+        heard = cand.heard
+        if heard is None:
+            heard = cand.heard = {}
+        votes = heard.get(address)
+        if votes is not None:
+            heard[address] = votes + 1
+        elif len(heard) < MAX_HEARD:
+            heard[address] = 1
+        else:
+            # Full (a flood of lies): forget the oldest address only one peer named.
+            for old, count in heard.items():
+                if count == 1:
+                    del heard[old]
+                    heard[address] = 1
+                    break
+            else:
+                return
         state = cand.state
         if state is _SLOW or state is _FAILED:
-            # The address tried stays silent: try this one now (an answer still arriving
+            # The address tried stays silent: try another now (an answer still arriving
             # from the old one counts too).
-            if state is _SLOW:
+            switched = self._next_address(cand)
+            if switched and state is _SLOW:
                 self.slow -= 1
-            self._switch(cand, contact)
-        elif spare is None:
-            cand.spare = [contact]
-        elif len(spare) + 1 < MAX_ADDRESSES:
-            spare.append(contact)
 
     def _switch(self, cand: Candidate, contact: Contact) -> None:
         """Leave the current address behind; the candidate is to be queried at ``contact``."""
@@ -197,17 +215,19 @@ class Lookup:
         cand.awaited = True
 
     def _next_address(self, cand: Candidate) -> bool:
-        """Switch to a spare address not tried yet; False when none is left."""
-        spare = cand.spare
-        while spare:
-            contact = spare.pop(0)
-            tried = cand.tried
-            if tried is not None and len(tried) + 1 >= MAX_ADDRESSES:
-                break
-            if tried is None or contact.address not in tried:
-                self._switch(cand, contact)
-                return True
-        return False
+        """Switch to the untried address most peers named (the earliest heard among equals),
+        within the budget: ``MAX_ADDRESSES`` in all, up to ``MAX_VOUCHED`` for addresses two
+        or more peers named. False when none may be tried."""
+        heard = cand.heard
+        if not heard:
+            return False
+        used = 1 if cand.tried is None else 1 + len(cand.tried)
+        best = max(heard, key=heard.__getitem__)
+        if used >= MAX_ADDRESSES and (heard[best] < 2 or used >= MAX_VOUCHED):
+            return False
+        del heard[best]
+        self._switch(cand, Contact(cand.contact.node_id, best[0], best[1]))
+        return True
 
     @staticmethod
     def _stale(cand: Candidate, address: Address | None) -> bool:

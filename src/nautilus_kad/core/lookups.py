@@ -102,7 +102,7 @@ class Lookups:
         ctx: NodeContext,
         queries: Queries,
         requests: Requests,
-        penalise: Callable[[NodeId], None],
+        penalise: Callable[[NodeId, float], None],
     ) -> None:
         self._ctx = ctx
         self.queries = queries
@@ -187,7 +187,7 @@ class Lookups:
             if not valid:
                 # Honest storers validate what they keep: an invalid value is the peer's fault.
                 ctx.stats["get.invalid_value"] += 1
-                self._penalise(contact.node_id)
+                self._penalise(contact.node_id, now)
                 query.holders.add(contact.node_id)  # and no copy of ours goes to it either
                 answered(contact.node_id, (), message.token, contact.address)
             elif query.kind is not None and record.kind is not query.kind:

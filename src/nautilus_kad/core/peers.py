@@ -120,13 +120,14 @@ class Peers:
         if entry is not None and entry.contact.address == pending.address:
             removed = table.record_failure(node_id)
             if removed is not None:
-                self._removed(removed, now)
+                self._gone(removed, repair_at=now)
         elif entry is not None:
             self._ctx.stats["tx.timeouts.other_address"] += 1
 
-    def penalise(self, node_id: NodeId) -> None:
+    def penalise(self, node_id: NodeId, now: float) -> None:
         """``node_id`` sent us something provably bad: a strike against it (see
-        :attr:`strikes`), and a failure in the routing table, as if it had not answered."""
+        :attr:`strikes`), and a failure in the routing table, as if it had not answered
+        (and, should that evict it, the same consequences as a peer that died)."""
         self._ctx.stats["peer.misbehaved"] += 1
         strikes = self.strikes
         strikes[node_id] = strikes.pop(node_id, 0) + 1
@@ -134,7 +135,7 @@ class Peers:
             strikes.popitem(last=False)
         removed = self._ctx.table.record_failure(node_id)
         if removed is not None:
-            self._ctx.events.append(PeerRemoved(removed))
+            self._gone(removed, repair_at=now)
 
     # --- checks ------------------------------------------------------------------------
 
@@ -192,9 +193,7 @@ class Peers:
         removed = self._ctx.table.depart(node_id)
         if removed is not None:
             self._ctx.stats["peer.departed"] += 1
-            self._ctx.events.append(PeerRemoved(removed))
-            self._tokens.forget(node_id)
-            self.since.pop(node_id, None)
+            self._gone(removed, repair_at=None)
 
     def demoted(self, node_id: NodeId) -> None:
         """A peer of our table now sends with the client flag (its probes failed, or its
@@ -204,9 +203,7 @@ class Peers:
         removed = self._ctx.table.depart(node_id)
         if removed is not None:
             self._ctx.stats["peer.demoted"] += 1
-            self._ctx.events.append(PeerRemoved(removed))
-            self._tokens.forget(node_id)
-            self.since.pop(node_id, None)
+            self._gone(removed, repair_at=None)
 
     def _added(self, contact: Contact, now: float) -> None:
         self._ctx.events.append(PeerAdded(contact))
@@ -216,11 +213,13 @@ class Peers:
         if len(self._held):
             self._joined(contact, now)
 
-    def _removed(self, contact: Contact, now: float) -> None:
-        """A peer failed and left the routing table: the records it held with us need a
-        prompt repair."""
+    def _gone(self, contact: Contact, *, repair_at: float | None) -> None:
+        """The one way a peer leaves the routing table (it died, misbehaved, left or became
+        a client): forget its token and join time; when it died or misbehaved
+        (``repair_at``: now), the records it held with us need a prompt repair. A clean
+        leaver hands its records on itself; a demoted peer still answers."""
         self._ctx.events.append(PeerRemoved(contact))
         self._tokens.forget(contact.node_id)
         self.since.pop(contact.node_id, None)
-        if len(self._held):
-            self._died(contact, now)
+        if repair_at is not None and len(self._held):
+            self._died(contact, repair_at)

@@ -28,6 +28,7 @@ from .lookups import LookupQuery, Lookups
 from .messages import Contact, Error, ErrorCode, Message, Store, Stored
 from .pending import Pending
 from .records import Record
+from .replication import among_k_closest
 from .rpc import Requests
 
 _SUPERSEDED = frozenset({ErrorCode.STALE_RECORD, ErrorCode.STALE_SEQUENCE})
@@ -131,8 +132,9 @@ class Puts:
         # We store too when we are among the k closest (in a small network we may be one of
         # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = ctx.node_id ^ record.key
-        if not ctx.flags & FLAG_CLIENT and (
-            len(targets) < ctx.config.k or own_distance < targets[-1].distance
+        farthest = targets[-1].distance if targets else 0
+        if not ctx.flags & FLAG_CLIENT and among_k_closest(
+            own_distance, len(targets), farthest, ctx.config.k
         ):
             own = Contact(ctx.node_id, *(ctx.address or ctx.observed_address or ("0.0.0.0", 1)))
             code, text = self._holdings.accept(record, cas, now, validate=False)

@@ -208,3 +208,14 @@ class RepublishSchedule:
     def _push(self, due: float, key: NodeId) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, key))
+
+
+def among_k_closest(own_distance: int, known: int, farthest: int, k: int) -> bool:
+    """The one rule for "are we among the k closest to a key": fewer than ``k`` other nodes
+    are known (``known``), or we are closer (``own_distance``) than the farthest of the k
+    others (``farthest``, its distance to the key; ignored when ``known`` < ``k``).
+
+    Put, republish, the republish skip and the repair top-up all ask it; what differs is
+    only which others they count: the nodes a lookup found (that gave a write token, for a
+    put), or the live nodes of our routing table."""
+    return known < k or own_distance < farthest

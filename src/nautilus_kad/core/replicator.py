@@ -22,7 +22,7 @@ from .holdings import Holdings
 from .ids import NodeId
 from .lookup import Candidate
 from .lookups import LookupQuery, Lookups
-from .replication import DueState, RepublishSchedule
+from .replication import DueState, RepublishSchedule, among_k_closest
 from .transfer import ReplBatch, ReplItem, Transfers
 
 TOP_UP_MAX = 3
@@ -118,7 +118,8 @@ class Replicator:
         """Whether we are among the k closest live nodes we know to ``key``."""
         k = self._ctx.config.k
         others = self._ctx.table.closest(key, k, include_stale=False)
-        return len(others) < k or self._ctx.node_id ^ key < others[-1].node_id ^ key
+        farthest = others[-1].node_id ^ key if others else 0
+        return among_k_closest(self._ctx.node_id ^ key, len(others), farthest, k)
 
     def _repair(self, key: NodeId, state: DueState, stored_at: float, now: float) -> None:
         """A repair came due before the regular republish."""
@@ -148,8 +149,8 @@ class Replicator:
         is most complete."""
         k = self._ctx.config.k
         others = self._ctx.table.closest(key, k, include_stale=False)
-        own_distance = self._ctx.node_id ^ key
-        if len(others) >= k and own_distance < others[-1].node_id ^ key:
+        farthest = others[-1].node_id ^ key if others else 0
+        if len(others) >= k and among_k_closest(self._ctx.node_id ^ key, len(others), farthest, k):
             others = others[: k - 1]  # we hold one of the k places ourselves
         targets = others[len(others) - min(deaths, TOP_UP_MAX, len(others)) :]
         if not targets:
@@ -230,7 +231,8 @@ class Replicator:
         if stored is None:
             return
         own_distance = self._ctx.node_id ^ key
-        among = len(closest) < k or own_distance < closest[-1].distance
+        farthest = closest[-1].distance if closest else 0
+        among = among_k_closest(own_distance, len(closest), farthest, k)
         targets = closest[: k - 1] if among else closest[:k]
         batch = ReplBatch(
             "republish", key=key, record=stored.record, own_copy=among, on_done=self._outcome
