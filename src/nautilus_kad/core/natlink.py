@@ -133,7 +133,10 @@ class NatLink:
 
     def sent(self, out: list[tuple[bytes, Address]]) -> None:
         if self.auto:
-            sent_to, now = self.nat.sent_to, self._now
+            # Dated by the latest time anything was framed: commands (a put, a lookup) send
+            # without passing through here, and a stale date would let a hole our own
+            # traffic opened pass for proof.
+            sent_to, now = self.nat.sent_to, max(self._now, self._wire.now)
             for _, address in out:
                 sent_to(address[0], now)
 

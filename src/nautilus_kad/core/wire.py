@@ -20,6 +20,7 @@ unknown-session notice names, owned by the rpc layer) and ``closest_for(target, 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -94,6 +95,8 @@ class Wire:
         )
         """Bytes we may still send to each unverified address (core/amplification.py)."""
         self._outbox: list[tuple[bytes, Address]] = []
+        self.now = -math.inf
+        """The time of the last datagram framed (the NAT layer dates what we sent by it)."""
         self._answered: dict[Address, int] = {}
         """How many answers each recent peer address sent us, least recent first: peers that
         keep answering are worth a session handshake."""
@@ -225,6 +228,7 @@ class Wire:
         session offer if it carried one). A signed answer to a source whose address nothing
         has verified is at most ``amplification_factor`` times the request's size, and at
         most what the address's byte budget has left."""
+        self.now = now
         session = envelope.session
         if session is not None:
             self.queue(
@@ -311,6 +315,7 @@ class Wire:
     def transmit(self, pending: Pending, now: float, *, recover: bool = False) -> None:
         """Send (or re-send) a pending request: in a live session with its peer if there is
         one, else signed, offering a handshake to peers we talk to repeatedly."""
+        self.now = now
         address = pending.address
         request = pending.request
         session = None
@@ -387,6 +392,7 @@ class Wire:
         the empty padding field it went without). Not for requests carrying a session offer
         (a second offer would start a second handshake). A STORE stays idempotent: the same
         record again."""
+        self.now = now
         request = pending.request
         if (
             pending.retransmitted
