@@ -18,7 +18,8 @@ virtual seconds is written as an error line (with the unfinished operations) and
 goes on with the next cell.
 
 ``sybil`` levels are Sybils per key (``--sybil-levels``), placed cumulatively as in
-``sim-adversarial``. Benchmarks report; they never assert.
+``sim-adversarial``. ``--render DIR`` prints the cells measured so far as Markdown tables (one
+per behaviour, rows in level and d order). Benchmarks report; they never assert.
 """
 
 from __future__ import annotations
@@ -128,7 +129,54 @@ def run_child(runner: _Runner, behaviour: str, out: Path, sybil_levels: tuple[in
     emit({"done": True, "digest": runner.sim.digest(), "peak_rss_mib": peak_rss_mib()})
 
 
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def render(out: Path) -> str:
+    """Markdown tables of the cells in ``out`` (errors as rows of their own)."""
+    head = json.loads((out / "grid.log").read_text(encoding="utf-8").splitlines()[0])
+    lines = [
+        f"{head['nodes']} nodes, k = {head['k']}, alpha = {head['alpha']}, seed {head['seed']}, "
+        f"{head['lookups_per_cell']} lookups and as many gets per row; join "
+        f"{head['join_cpu_seconds']:.0f} s CPU"
+    ]
+    for path in sorted(out.glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        cells = sorted((r for r in rows if "level" in r), key=lambda r: (r["level"], r["paths"]))
+        if not cells:
+            continue
+        behaviour = cells[0]["behaviour"]
+        sybil = behaviour == SYBIL
+        title = f"sybil (answering as {head['sybil_behaviour']})" if sybil else behaviour
+        lines += ["", f"`{title}`:", ""]
+        lines.append(
+            f"| {'Sybils per key' if sybil else 'hostile'} | d | lookups | strict | gets | strict "
+            "| msgs / lookup | msgs / get | lookup latency p50 | CPU |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in cells:
+            level = f"{r['level']:g}" if sybil else f"{100 * r['level']:g} %"
+            if "error" in r:
+                lines.append(f"| {level} | {r['paths']} | {r['error']} |||||||| ")
+                continue
+            lines.append(
+                f"| {level} | {r['paths']} | {_pct(r['lookup_success'])} "
+                f"| {_pct(r['lookup_success_strict'])} | {_pct(r['get_success'])} "
+                f"| {_pct(r['get_success_strict'])} | {r['lookup_messages']:.0f} "
+                f"| {r['get_messages']:.0f} | {1000 * r['lookup_latency_p50']:.0f} ms "
+                f"| {r['cpu_seconds']:.0f} s |"
+            )
+        done = [r for r in rows if r.get("done")]
+        if done:
+            lines += ["", f"(digest `{done[0]['digest'][:16]}…`)"]
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        print(render(Path(sys.argv[2])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--k", type=int, default=20)
