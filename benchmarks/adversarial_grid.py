@@ -36,7 +36,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the package importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from nautilus_kad.sim.adversarial import (
+from nautilus_kad.sim.adversarial.scenario import (
     SYBIL,
     AdversarialSpec,
     Cell,
