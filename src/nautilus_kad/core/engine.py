@@ -77,9 +77,7 @@ from .replicator import Replicator
 from .routing import RoutingTable
 from .rpc import Queries, Requests
 from .serve import Responder
-from .session import (
-    SessionTable,
-)
+from .session_table import SessionTable
 from .storage import MemoryStore, RecordStore
 from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
 from .transfer import Transfers

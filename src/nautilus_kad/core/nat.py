@@ -208,13 +208,14 @@ class NatState:
         return out
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """``node.reachability``: mode, since when, external addresses, NAT classes, the last
-        probe results and the counters."""
+        """``node.reachability``: mode, since when (and for how long: ``in_mode_s``), external
+        addresses, NAT classes, the last probe results and the counters."""
         tracker = self.tracker
         return {
             "mode": tracker.mode.value,
             "fixed": tracker.fixed is not None,
             "since": tracker.since,
+            "in_mode_s": max(0.0, now - tracker.since),
             "external": {
                 f"ipv{f}": {"ip": v.ip, "address": v.address} for f, v in self.voters.items()
             },
