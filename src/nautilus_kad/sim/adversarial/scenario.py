@@ -283,7 +283,15 @@ class _Runner:
         sim.run(at)
         ops = [op for op, _ in lookups] + gets
         if not sim.wait(ops, timeout=600.0):
-            raise RuntimeError("adversarial cell did not finish in 600 virtual seconds")
+            stuck = [op for op in ops if op.record is None and not op.aborted]
+            named = ", ".join(
+                f"{op.kind} from node {op.node.index} for {op.target!r} on {paths} paths"
+                for op in stuck[:5]
+            )
+            raise RuntimeError(
+                f"adversarial cell did not finish in 600 virtual seconds: "
+                f"{len(stuck)} operations still running ({named})"
+            )
         ok_lookups = strict_lookups = 0
         hostile = self.colluders
         hops: list[int] = []
