@@ -203,6 +203,15 @@ class World:
         for daemon in self.daemons.values():
             daemon.wait_ready()
 
+    def wait_registered(self, timeout: float = 90.0) -> None:
+        """Until every client daemon holds a registration with a rendezvous (its status
+        names one that answered), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        waiting = [d for n, d in self.daemons.items() if self.plan[n][0] != "public"]
+        while waiting and time.monotonic() < deadline:
+            waiting = [d for d in waiting if not registered(d.status())]
+            time.sleep(1.0)
+
     def connect(
         self, a: str, b: str, message: str, timeout: float = 10.0
     ) -> tuple[str, float, str]:
@@ -216,6 +225,13 @@ class World:
             check=False,
         )  # fmt: skip
         return parse_connect(result.returncode, result.stdout, result.stderr)
+
+
+def registered(status: dict[str, object]) -> bool:
+    """Whether a daemon's status shows a rendezvous that answered."""
+    reach = status.get("reachability")
+    servers = reach.get("rendezvous") if isinstance(reach, dict) else None
+    return isinstance(servers, list) and any(isinstance(s, dict) and s.get("ok") for s in servers)
 
 
 def parse_connect(code: int, stdout: str, stderr: str) -> tuple[str, float, str]:
@@ -266,3 +282,28 @@ def run_cell(world: World, cell: Cell, tries: int, timeout: float = 10.0) -> Cel
         if cell.loss:
             world.lab.set_loss(0)
     return result
+
+
+KEEPALIVE_OFF: list[str] = ["--keepalive", "0"]
+"""Flags of a daemon that sends no keepalives to its rendezvous (the binding-timeout cell)."""
+BINDING_TIMEOUT = 4
+IDLE = 10.0
+
+
+def matrix_plan() -> tuple[dict[str, tuple[str, dict[str, object]]], list[Cell]]:
+    """Every cell of the pair table (benchmarks/nat_pairs.py)."""
+    hosts, cells = pair_cells()
+    for kind in ("hairpin", "no-hairpin"):
+        for i in (1, 2):
+            hosts[f"{kind}{i}"] = (kind, {"group": kind})
+        cells.append(Cell(f"same NAT, {kind}", f"{kind}1", f"{kind}2", "direct"))
+    hosts["KA-on"] = ("port-restricted", {"binding_timeout": BINDING_TIMEOUT})
+    hosts["KA-off"] = ("port-restricted", {"binding_timeout": BINDING_TIMEOUT,
+                                           "flags": KEEPALIVE_OFF})  # fmt: skip
+    cells.append(Cell(f"pub x PR({BINDING_TIMEOUT} s), keepalive", "pub1", "KA-on", "direct",
+                      idle=IDLE))  # fmt: skip
+    cells.append(Cell(f"pub x PR({BINDING_TIMEOUT} s), no keepalive", "pub1", "KA-off", "none",
+                      idle=IDLE))  # fmt: skip
+    cells.append(Cell("PR x PR, 20 % loss", "PR1", "PR2", "direct", loss=20))
+    cells.append(Cell("SYM x PR, 20 % loss", "SYM1", "PR2", "relayed", loss=20))
+    return hosts, cells
