@@ -147,8 +147,11 @@ class Channels:
                 self._adopt_relay(channel, now)
             return
         self._send(channel, inner, address, now)
-        if channel.direct is None and channel.may_punch and channel.candidates and (
-            address not in channel.candidates and len(channel.candidates) < 8
+        if (
+            channel.direct is None
+            and channel.may_punch
+            and channel.candidates
+            and (address not in channel.candidates and len(channel.candidates) < 8)
         ):
             # A peer-reflexive candidate (ICE): the peer's PING came from a mapping we did
             # not know (an endpoint-dependent NAT picks a new port per destination). The
