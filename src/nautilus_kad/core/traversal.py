@@ -302,7 +302,9 @@ class Traversal:
         registrar = self.registrar
         if registrar.active and now >= registrar.next_round:
             own = self._ctx.node_id
-            closest = self._ctx.table.closest(own, 4 * self.config.rendezvous, include_stale=False)
+            # Stale entries too: a REGISTER is itself the liveness check, and on a lossy path
+            # skipping them would stop the keepalives that could have refreshed them.
+            closest = self._ctx.table.closest(own, 4 * self.config.rendezvous)
             for contact in registrar.due(list(closest), now):
                 self._request(contact.address, contact.node_id, Register(), now)
             if not closest:
