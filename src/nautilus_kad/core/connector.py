@@ -133,6 +133,14 @@ class Connector:
         if self.attempts.get(attempt.query_id) is not attempt:
             return
         contacts = [c.contact for c in closest]
+        if len(contacts) < self.config.connect_tries:
+            # On a lossy path a lookup may end with few answers: our own table's closest
+            # to the target are candidates too.
+            known = {c.node_id for c in contacts}
+            for contact in self._ctx.table.closest(attempt.target, self.config.connect_tries):
+                if contact.node_id not in known:
+                    contacts.append(contact)
+            contacts.sort(key=lambda c: int(c.node_id ^ attempt.target))
         for contact in contacts:
             if contact.node_id == attempt.target:
                 self._direct(attempt, contact, now)
