@@ -140,6 +140,7 @@ class Registrar:
         failed twice in a row, topped up from the next closest)."""
         config = self.config
         self.next_round = now + config.keepalive
+
         # Servers that failed twice in a row go last: replaced by the next closest while
         # there are others, tried again when there are not (on a lossy path every server
         # fails now and then; none may be shut out for good).
