@@ -424,6 +424,7 @@ class KadEngine:
         unknown-session notice, unauthenticated by nature, which can only make us re-send a
         request it names with a fresh handshake (core/session.py).
         """
+        self.natlink.received(address, now)  # a hole in our NAT stays open while used
         envelope = self.wire.open(data, address, now)
         if envelope is None:
             return
