@@ -50,7 +50,7 @@ from .demo import (
     demo_table,
     run_demo,
 )
-from .sim.adversarial_command import adversarial_command
+from .sim.adversarial.command import adversarial_command
 from .sim.command import sim_command
 
 T = TypeVar("T")

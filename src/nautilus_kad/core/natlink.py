@@ -153,6 +153,14 @@ class NatLink:
         self.service.run(now)
         self.sync(now)
 
+    def nat_class(self) -> str:
+        """Our NAT class in our address family (``public``, ``endpoint-independent`` …)."""
+        return self.nat.classes[self.nat.family].value
+
+    def external(self) -> Address | None:
+        """Our adopted external address in our family (None while not agreed on)."""
+        return self.nat.voters[self.nat.family].address
+
     def reachability(self, now: float) -> dict[str, object]:
         return self.nat.snapshot(now)
 
