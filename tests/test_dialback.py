@@ -114,7 +114,7 @@ def test_strict_decoding(msg_type: MessageType, body: Any) -> None:
 def test_type_codes_are_new() -> None:
     kademlia = {0x01, 0x02, 0x03, 0x04, 0x81, 0x82, 0x83, 0x84, 0x85}
     assert len(NAT_TYPES) == 5 and not set(NAT_TYPES) & kademlia
-    assert {int(t) for t in MessageType} == kademlia | set(NAT_TYPES)
+    assert kademlia | set(NAT_TYPES) <= {int(t) for t in MessageType}  # part 2 adds more
 
 
 SENDER = Authenticator(Identity.generate(random.Random(11)))
