@@ -1,21 +1,24 @@
-"""The NAT pair matrix on the lab (tests/natlab.py) with real ``nautilus-kad`` processes:
-shared by the CI subset (tests/test_natlab_connect.py) and the full matrix
-(benchmarks/nat_pairs.py).
+"""The NAT pair matrix on the lab (tests/natlab.py) with real processes: shared by the CI
+subset (tests/test_natlab_connect.py) and the full matrix (benchmarks/nat_pairs.py).
 
-A :class:`World` is one lab: a few public servers (``run --mode server --echo``: bootstrap,
-rendezvous and relays), and the hosts the cells ask for, each running ``run --echo`` as a
-client behind its NAT (public ones as servers). A :class:`Cell` names two of those hosts and
-what RFC 4787 lets them do (``direct``, ``relayed``, or ``none`` for a node that cannot be
-reached at all); :func:`run_cell` makes ``tries`` connects from the first to the second with
-``nautilus-kad connect`` inside the first host's namespace and counts what each one got.
+A :class:`World` is one lab: a few public servers (bootstrap, rendezvous and relays) and the
+hosts a plan asks for, each behind its NAT (or public), every one running a real
+:class:`~nautilus_kad.Node` that echoes channels (:class:`Peer`, ``python -m tests.natpeer``;
+one process makes all the connects of a cell, so each is timed from the call). A
+:class:`Cell` names two of those hosts and what RFC 4787 lets them do (``direct``,
+``relayed``, or ``none`` when no channel can be had); :func:`run_cell` makes ``tries``
+connects from the first to the second and counts what each got. :class:`Daemon` runs
+``nautilus-kad run`` in a host (the CLI's own lab checks).
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from tests.natlab import NAT_KINDS, Host, NatLab
 
+ROOT = Path(__file__).resolve().parent.parent
 KAD = [sys.executable, "-m", "nautilus_kad"]
 PORT = 7400
 TIMESCALE = "0.05"
@@ -111,6 +115,8 @@ class CellResult:
     """Seconds to a channel, per successful try (as the CLI printed it)."""
     codes: dict[str, int] = field(default_factory=dict)
     """Failure codes and how often."""
+    upgraded: int = 0
+    """Relayed channels that turned direct (with ``--upgrade-wait``)."""
 
     @property
     def tries(self) -> int:
@@ -142,22 +148,75 @@ def pair_cells(kinds: Sequence[str] = KINDS) -> tuple[dict[str, tuple[str, dict[
     return hosts, cells
 
 
+class Peer:
+    """``python -m tests.natpeer`` inside a lab host: a node that echoes channels, makes
+    connects on command and reports its counters (one JSON line per answer)."""
+
+    def __init__(
+        self, lab: NatLab, host: Host, log: Path, bootstrap: Sequence[Host], *,
+        client: bool, flags: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        command = [sys.executable, "-m", "tests.natpeer", "--host", host.ip, "--port", str(PORT),
+                   "--timescale", TIMESCALE, *flags]  # fmt: skip
+        if client:
+            command.append("--client")
+        for seed in bootstrap:
+            command += ["--bootstrap", f"{seed.ip}:{PORT}"]
+        self.host, self.log = host, log
+        self._err = log.open("w")
+        self.process = lab.spawn(
+            host, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+            cwd=str(ROOT),
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.node_id = ""
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def answer(self, timeout: float) -> dict[str, object]:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.host.netns}: no answer in {timeout} s:\n"
+                                 f"{self.log.read_text()[-3000:]}") from None  # fmt: skip
+        result: dict[str, object] = json.loads(line)
+        return result
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        self.node_id = str(self.answer(timeout)["ready"])
+
+    def command(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def status(self) -> dict[str, object]:
+        self.command("status")
+        return self.answer(30.0)
+
+    def connect(self, target: str, tries: int, timeout: float) -> list[dict[str, object]]:
+        self.command(f"connect {target} {tries} {timeout}")
+        return [self.answer(timeout + 30.0) for _ in range(tries)]
+
+
 class World:
-    """A lab with ``servers`` public server daemons and the hosts of ``hosts`` (see
-    :class:`Plan`), each running a daemon. A context manager: everything is removed on
-    exit, also on failure."""
+    """A lab with ``servers`` public server nodes and the hosts of ``hosts`` (see
+    :class:`Plan`), each running a :class:`Peer`. A context manager: every process and
+    namespace is removed on exit, also on failure."""
 
     def __init__(
         self, root: Path, hosts: dict[str, tuple[str, dict[str, object]]], servers: int = 3,
-        extra: Sequence[str] = (),
     ) -> None:  # fmt: skip
         self.root = root
         self.plan = hosts
         self.server_count = servers
-        self.extra = list(extra)
         self.lab = NatLab()
         self.hosts: dict[str, Host] = {}
-        self.daemons: dict[str, Daemon] = {}
+        self.peers: dict[str, Peer] = {}
 
     def __enter__(self) -> World:
         self.lab.__enter__()
@@ -174,14 +233,13 @@ class World:
     def _build(self) -> None:
         lab, root = self.lab, self.root
         root.mkdir(parents=True, exist_ok=True)
-        servers = [lab.add_public() for _ in range(self.server_count)]
-        self.servers: list[Daemon] = []
-        for host in servers:  # each joins through all before it
-            seeds = [d.host for d in self.servers]
-            daemon = Daemon(lab, host, root, seeds, ["--mode", "server",
-                            "--nat-timescale", TIMESCALE, *self.extra])  # fmt: skip
-            daemon.wait_ready()
-            self.servers.append(daemon)
+        self.servers: list[Peer] = []
+        for i in range(self.server_count):  # each joins through all before it
+            host = lab.add_public()
+            seeds = [p.host for p in self.servers]
+            peer = Peer(lab, host, root / f"server{i}.log", seeds, client=False)
+            peer.wait_ready()
+            self.servers.append(peer)
         shared: dict[str, list[Host]] = {}
         for name, (kind, options) in self.plan.items():
             if kind == "public":
@@ -193,71 +251,34 @@ class World:
                 host = shared[group].pop(0)
             else:
                 timeout = options.get("binding_timeout")
-                host = lab.add_natted(kind, binding_timeout=int(timeout) if timeout else None)
+                host = lab.add_natted(kind, binding_timeout=int(str(timeout)) if timeout else None)
             self.hosts[name] = host
+        seeds = [p.host for p in self.servers[:2]]
         for name, (kind, options) in self.plan.items():
-            mode = "server" if kind == "public" else "client"
-            extra = ["--mode", mode, "--nat-timescale", TIMESCALE, *self.extra]
-            extra += [str(x) for x in options.get("flags", [])]  # type: ignore[attr-defined]
-            self.daemons[name] = Daemon(lab, self.hosts[name], root, servers[:2], extra, name)
-        for daemon in self.daemons.values():
-            daemon.wait_ready()
+            flags = [str(x) for x in options.get("flags", [])]  # type: ignore[attr-defined]
+            self.peers[name] = Peer(lab, self.hosts[name], root / f"{name}.log", seeds,
+                                    client=kind != "public", flags=flags)  # fmt: skip
+        for peer in self.peers.values():
+            peer.wait_ready()
 
-    def wait_registered(self, timeout: float = 90.0) -> None:
-        """Until every client daemon holds a registration with a rendezvous (its status
-        names one that answered), or ``timeout``."""
+    def wait_registered(self, timeout: float = 60.0) -> list[str]:
+        """Until every client holds registrations with rendezvous, or ``timeout``: the
+        names of those still without one."""
         deadline = time.monotonic() + timeout
-        waiting = [d for n, d in self.daemons.items() if self.plan[n][0] != "public"]
+        waiting = [n for n, (kind, _) in self.plan.items() if kind != "public"]
         while waiting and time.monotonic() < deadline:
-            waiting = [d for d in waiting if not registered(d.status())]
-            time.sleep(1.0)
+            waiting = [n for n in waiting if not self.peers[n].status()["registered"]]
+            time.sleep(0.5)
+        return waiting
 
-    def connect(
-        self, a: str, b: str, message: str, timeout: float = 10.0
-    ) -> tuple[str, float, str]:
-        """One ``nautilus-kad connect`` from ``a``'s daemon to ``b``'s node: (path or
-        ``failed``, seconds it reported, the answer or the error)."""
-        source, target = self.daemons[a], self.daemons[b]
-        command = [*KAD, "connect", target.node_id, "--message", message,
-                   "--timeout", str(timeout), "--data-dir", str(source.data_dir)]  # fmt: skip
-        result = subprocess.run(
-            source.host.argv(*command), capture_output=True, text=True, timeout=timeout + 60,
-            check=False,
-        )  # fmt: skip
-        return parse_connect(result.returncode, result.stdout, result.stderr)
-
-
-def registered(status: dict[str, object]) -> bool:
-    """Whether a daemon's status shows a rendezvous that answered."""
-    reach = status.get("reachability")
-    servers = reach.get("rendezvous") if isinstance(reach, dict) else None
-    return isinstance(servers, list) and any(isinstance(s, dict) and s.get("ok") for s in servers)
-
-
-def parse_connect(code: int, stdout: str, stderr: str) -> tuple[str, float, str]:
-    """What ``nautilus-kad connect`` printed: (``direct`` / ``relayed`` / ``failed``,
-    seconds, the answer or the error line)."""
-    if code != 0:
-        return (
-            "failed",
-            float("nan"),
-            (stderr.strip() or stdout.strip()).splitlines()[-1:][0]
-            if (stderr.strip() or stdout.strip())
-            else f"exit {code}",
-        )
-    text = stdout
-    path = (
-        "relayed"
-        if re.search(r"\brelayed\b", text)
-        else "direct"
-        if re.search(r"\bdirect\b", text)
-        else "failed"
-    )
-    took = re.search(r"(\d+(?:\.\d+)?)\s*(ms|s)\b", text)
-    seconds = float("nan")
-    if took is not None:
-        seconds = float(took.group(1)) / (1000.0 if took.group(2) == "ms" else 1.0)
-    return path, seconds, text.strip()
+    def relay_bytes(self) -> int:
+        """Bytes the servers relayed so far (all of them)."""
+        total = 0
+        for server in self.servers:
+            stats = server.status()["stats"]
+            assert isinstance(stats, dict)
+            total += int(stats.get("relay.bytes", 0))
+        return total
 
 
 def run_cell(world: World, cell: Cell, tries: int, timeout: float = 10.0) -> CellResult:
@@ -268,23 +289,24 @@ def run_cell(world: World, cell: Cell, tries: int, timeout: float = 10.0) -> Cel
     if cell.loss:
         world.lab.set_loss(cell.loss)
     try:
-        for i in range(tries):
-            message = f"m{i}-{cell.a}-{cell.b}"
-            path, took, text = world.connect(cell.a, cell.b, message, timeout)
-            if path in ("direct", "relayed") and message in text:
-                setattr(result, path, getattr(result, path) + 1)
-                result.times.append(took)
-            else:
-                result.failed += 1
-                code = text.split(":", 1)[0][:60] if path == "failed" else f"bad answer {text!r}"
-                result.codes[code] = result.codes.get(code, 0) + 1
+        answers = world.peers[cell.a].connect(world.peers[cell.b].node_id, tries, timeout)
     finally:
         if cell.loss:
             world.lab.set_loss(0)
+    for answer in answers:
+        path = answer["path"]
+        if path in ("direct", "relayed") and answer["echoed"]:
+            setattr(result, str(path), getattr(result, str(path)) + 1)
+            result.times.append(float(answer["took"]))  # type: ignore[arg-type]
+            result.upgraded += bool(answer.get("upgraded"))
+        else:
+            result.failed += 1
+            code = str(answer["code"]) if path == "failed" else f"{path} without echo"
+            result.codes[code] = result.codes.get(code, 0) + 1
     return result
 
 
-KEEPALIVE_OFF: list[str] = ["--keepalive", "0"]
+KEEPALIVE_OFF: list[str] = ["--keepalive", "100000"]
 """Flags of a daemon that sends no keepalives to its rendezvous (the binding-timeout cell)."""
 BINDING_TIMEOUT = 4
 IDLE = 10.0
