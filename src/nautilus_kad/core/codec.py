@@ -57,6 +57,7 @@ __all__ = [
     "parse_session_header",
     "unpack_ip",
 ]
+from .connectwire import TRAVERSAL_TYPES, decode_traversal_body, encode_traversal_body
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from .ids import ID_BYTES, NodeId
 from .limits import (
@@ -66,6 +67,8 @@ from .limits import (
     TXID_BYTES,
 )
 from .messages import (
+    Connect,
+    ConnectReply,
     Dialback,
     DialbackReply,
     Envelope,
@@ -73,6 +76,8 @@ from .messages import (
     ErrorCode,
     FindNode,
     FindValue,
+    Forward,
+    ForwardReply,
     Message,
     MessageType,
     Nodes,
@@ -81,6 +86,8 @@ from .messages import (
     Probe,
     ProbeRelay,
     ProbeRelayReply,
+    Register,
+    RegisterReply,
     Store,
     Stored,
     Value,
@@ -155,6 +162,12 @@ _BODY_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     Probe: encode_nat_body,
     DialbackReply: encode_nat_body,
     ProbeRelayReply: encode_nat_body,
+    Register: encode_traversal_body,
+    Connect: encode_traversal_body,
+    Forward: encode_traversal_body,
+    RegisterReply: encode_traversal_body,
+    ConnectReply: encode_traversal_body,
+    ForwardReply: encode_traversal_body,
 }
 """Body encoders by message class: one dict look-up instead of a chain of class patterns
 (this runs for every datagram sent)."""
@@ -331,6 +344,7 @@ _BODY_DECODERS: dict[MessageType, Callable[[MessageType, list[Any]], Message]] =
     MessageType.STORED: _decode_stored,
     MessageType.ERROR: _decode_error,
     **{t: decode_nat_body for t in NAT_TYPES.values()},
+    **{t: decode_traversal_body for t in TRAVERSAL_TYPES.values()},
 }
 """Body decoders by message type (every type of :class:`MessageType` has one): one dict
 look-up instead of a chain of value patterns, for every datagram received."""
