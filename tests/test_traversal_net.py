@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -25,6 +26,9 @@ from nautilus_kad import (
     KadConfig,
     Node,
 )
+from nautilus_kad.aio.channels import echo_channels
+from nautilus_kad.core.introduction import OFFER, seal
+from nautilus_kad.core.messages import Forward
 from nautilus_kad.core.traversalconfig import TraversalConfig
 from tests.netutil import LoopRunner
 
@@ -254,6 +258,131 @@ def test_closing_tells_the_peer() -> None:
             with pytest.raises(ChannelClosedError):
                 await asyncio.wait_for(theirs.recv(), 3)  # type: ignore[attr-defined]
             task.cancel()
+
+    with LoopRunner() as runner:
+        runner.run(main(), 60)
+
+
+def test_cli_connect_prints_the_answer_of_an_echoing_node_the_path_and_the_time() -> None:
+    async def main() -> None:
+        async with _network() as (servers, target, _):
+            echo = asyncio.get_running_loop().create_task(echo_channels(target.incoming()))
+            host, port = servers[0].address
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "nautilus_kad", "connect", target.node_id.hex(),
+                "--message", "héllo", "--bootstrap", f"{host}:{port}", "--timeout", "8",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(process.communicate(), 30)
+            assert process.returncode == 0, err.decode()
+            lines = out.decode().splitlines()
+            assert lines[0] == "answer: héllo"
+            assert lines[1] == "path: direct"
+            assert lines[2].startswith("time: ") and lines[2].endswith(" ms)")
+            # a node nobody knows: one line on stderr, exit status 1, no traceback
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "nautilus_kad", "connect", "00" * 32, "--message", "x",
+                "--bootstrap", f"{host}:{port}", "--timeout", "2",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(process.communicate(), 30)
+            assert process.returncode == 1
+            assert err.decode().startswith("error: not_found")
+            assert "Traceback" not in err.decode()
+            echo.cancel()
+
+    with LoopRunner() as runner:
+        runner.run(main(), 90)
+
+
+def test_keepalives_carry_channels_and_registrations_across_idle_gaps() -> None:
+    async def main() -> None:
+        # Timers scaled 1/100: a 0.2 s keepalive, 0.75 s channel idle timeout, 0.7 s lease.
+        scaled = TraversalConfig().scaled(0.01)
+        async with _network(keepalive=scaled.keepalive, channel_idle=scaled.channel_idle,
+                            lease=scaled.lease) as (servers, target, initiator):  # fmt: skip
+            echo = asyncio.get_running_loop().create_task(_echo(target))
+            channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
+            await asyncio.sleep(4 * scaled.channel_idle)  # idle far past the idle timeout
+            await channel.send(b"still there?")
+            assert await asyncio.wait_for(channel.recv(), 3) == b"echo:still there?"
+            assert initiator.stats.get("channel.keepalives", 0) >= 3
+            assert target.stats.get("rendezvous.client.registers", 0) >= 9  # 3 per keepalive
+            assert sum(s.stats.get("rendezvous.renewed", 0) for s in servers) >= 6
+            # The target stops: its registrations lapse with their lease, connects fail.
+            target_id = target.node_id
+            await target.stop(handoff=False)
+            await asyncio.sleep(2 * scaled.lease)
+            now = servers[0].engine.wire.now + 10 * scaled.lease
+            assert all(
+                s.engine.traversal.registrations.address_of(target_id, now) is None for s in servers
+            )
+            with pytest.raises(ConnectError) as info:
+                await initiator.connect(target_id.to_bytes32(), timeout=3)
+            assert info.value.code == "not_found"
+            echo.cancel()
+
+    with LoopRunner() as runner:
+        runner.run(main(), 60)
+
+
+def test_registrations_from_one_ip_and_connect_floods_are_refused_with_codes() -> None:
+    async def main() -> None:
+        async with _network(max_registrations_per_ip=1, serve_per_ip=12) as (
+            servers, target, initiator,
+        ):  # fmt: skip
+            # Two clients on one IP (loopback), 3 rendezvous each among 5 servers: at least
+            # one server is asked by both, and holds only the first.
+            for _ in range(200):
+                servers_of = initiator.engine.traversal.registrar.servers.values()
+                if len(servers_of) >= 3 and not any(s.waiting for s in servers_of):
+                    break
+                await asyncio.sleep(0.02)
+            refused = sum(s.stats.get("rendezvous.refused.ip_limit", 0) for s in servers)
+            assert refused >= 1
+            assert all(len(s.engine.traversal.registrations) <= 1 for s in servers)
+            # A connect flood from one IP: past 12 requests a minute, RATE_LIMITED.
+            codes = []
+            for _ in range(12):
+                try:
+                    channel = await initiator.connect(target.node_id.to_bytes32(), timeout=3)
+                    await channel.close()
+                    codes.append("ok")
+                except ConnectError as exc:
+                    codes.append(exc.code)
+            assert "rate_limited" in codes or "not_found" in codes
+            limited = sum(s.stats.get("rendezvous.refused.rate_limited", 0) for s in servers)
+            assert limited >= 1
+            assert initiator.stats.get("connect.status.rate_limited", 0) >= 1
+
+    with LoopRunner() as runner:
+        runner.run(main(), 90)
+
+
+def test_forged_and_replayed_forwards_are_refused_and_counted() -> None:
+    async def main() -> None:
+        async with _network() as (servers, target, initiator):
+            attacker = servers[4]
+            traversal = attacker.engine.traversal
+            now = attacker.engine.wire.now
+            offer = seal(
+                initiator.engine.auth, OFFER, target.node_id, b"n" * 16, now, b"e" * 32, 5,
+                "public", [initiator.address],
+            )  # fmt: skip
+            forged = bytearray(offer)
+            forged[-3] ^= 0xFF  # the attacker alters the offer (say, its address)
+            before = len(target.engine.traversal.channels)
+            for blob in (bytes(forged), offer, offer):  # forged, then genuine twice (a replay)
+                traversal._request(target.address, target.node_id,
+                                   Forward(blob, initiator.address, 0), now)  # fmt: skip
+                assert attacker._protocol is not None
+                attacker._protocol.flush()
+                await asyncio.sleep(0.2)
+            stats = target.stats
+            assert stats.get("connect.offer.invalid.signature", 0) == 1
+            assert stats.get("connect.offer.accepted", 0) == 1
+            assert stats.get("connect.offer.repeated", 0) == 1  # same answer, no new channel
+            assert len(target.engine.traversal.channels) <= before + 1
 
     with LoopRunner() as runner:
         runner.run(main(), 60)

@@ -661,8 +661,12 @@ class Node:
         """Whether this node serves and why: ``mode`` (client or server), whether it is
         fixed by configuration, ``since`` when (loop time), the ``external`` addresses the
         vote adopted, the ``nat_class`` per address family, the ``last_probes`` and the NAT
-        counters (also in :attr:`stats` as ``nat.*``). See docs/nat.md."""
-        return self._engine.natlink.reachability(self._now())
+        counters (also in :attr:`stats` as ``nat.*``); ``traversal``: our rendezvous (and
+        whether each registered us) and the registrations, circuits and channels we hold.
+        See docs/nat.md."""
+        snapshot = self._engine.natlink.reachability(self._now())
+        snapshot["traversal"] = self._engine.traversal.snapshot()
+        return snapshot
 
     @property
     def data_dir(self) -> str | None:

@@ -102,6 +102,9 @@ class Channels:
             if (address, circuit) not in channel.relays:
                 self._drop("relay")
                 return
+        elif not channel.may_punch and channel.relay is not None:
+            self._drop("relay_only")  # relayed by choice: no direct path, not even inbound
+            return
         opened = channel.open(inner, now)
         if opened is None:
             self._drop("auth")
@@ -144,6 +147,18 @@ class Channels:
                 self._adopt_relay(channel, now)
             return
         self._send(channel, inner, address, now)
+        if (
+            channel.direct is None
+            and channel.may_punch
+            and channel.candidates
+            and (address not in channel.candidates and len(channel.candidates) < 8)
+        ):
+            # A peer-reflexive candidate (ICE): the peer's PING came from a mapping we did
+            # not know (an endpoint-dependent NAT picks a new port per destination). The
+            # datagram is authentic, so the peer is there: ping it back.
+            channel.candidates.append(address)
+            self._send(channel, channel.ping(address, False, self._nonce(), now), address, now)
+            self.stats["nat.punch.reflexive"] += 1
         if channel.direct is None and not channel.candidates and not channel.initiator:
             # A public target punches nothing: its peer's PINGs find it, and its answers
             # leave from the address they reached.

@@ -429,6 +429,7 @@ class KadEngine:
         unknown-session notice, unauthenticated by nature, which can only make us re-send a
         request it names with a fresh handshake (core/session.py).
         """
+        self.natlink.received(address, now)  # a hole in our NAT stays open while used
         if len(data) > 1 and data[0] == 0xC1 and data[1] in CHANNEL_KINDS:
             self.traversal.datagram(data, address, now)  # a NAT traversal channel or circuit
             return

@@ -150,14 +150,21 @@ def channel_keys(
     return okm[:32], okm[32:]
 
 
+_LAN = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+              "169.254.0.0/16", "127.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128")
+)  # fmt: skip
+
+
 def is_private(ip: str) -> bool:
-    """A LAN address (RFC 1918, ULA, link-local, CGNAT, loopback): never punched unless both
+    """A LAN address (RFC 1918, CGNAT, link-local, loopback, ULA): never punched unless both
     peers sit behind the same public IP."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    return address.is_private or address.is_loopback or address.is_link_local
+    return any(address in network for network in _LAN if network.version == address.version)
 
 
 def punchable(

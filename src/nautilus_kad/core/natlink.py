@@ -140,6 +140,11 @@ class NatLink:
             for _, address in out:
                 sent_to(address[0], now)
 
+    def received(self, address: Address, now: float) -> None:
+        """A datagram came from ``address`` (valid or not: our NAT let it in either way)."""
+        if self.auto:
+            self.nat.received_from(address[0], now)
+
     def timer(self) -> float:
         return self.service.timer()
 

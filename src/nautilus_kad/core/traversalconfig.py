@@ -49,7 +49,7 @@ class TraversalConfig:
     """A circuit that carried nothing this long is closed."""
     serve_period: float = 60.0
     """Period of the request limits below."""
-    serve_per_ip: int = 60
+    serve_per_ip: int = 300
     """REGISTER and CONNECT requests served per requester IP per period."""
     serve_global: int = 2000
     """REGISTER and CONNECT requests served in total per period."""
