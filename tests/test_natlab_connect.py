@@ -6,6 +6,7 @@ through the real protocol (tests/natpeer.py runs a :class:`~nautilus_kad.Node` p
 * two symmetric NATs: every connect gets a relayed channel, within 3 s;
 * a relayed channel (the two NATs could not reach each other at first) moves to the direct
   path once it opens, and the relay then carries nothing;
+* ``nautilus-kad connect`` gets the answer of a ``nautilus-kad run --echo`` behind a NAT;
 * a port-restricted NAT whose binding timeout (4 s) is shorter than the idle time (10 s):
   a node sending keepalives stays reachable, one that does not is not.
 
@@ -35,6 +36,7 @@ HOSTS: dict[str, tuple[str, dict[str, object]]] = {
     "SYM2": ("symmetric", {}),
     "KA-on": ("port-restricted", {"binding_timeout": BINDING_TIMEOUT}),
     "KA-off": ("port-restricted", {"binding_timeout": BINDING_TIMEOUT, "flags": KEEPALIVE_OFF}),
+    "echo": ("port-restricted", {"daemon": True}),  # nautilus-kad run --echo
 }
 
 
@@ -79,6 +81,15 @@ def test_a_relayed_channel_moves_to_the_direct_path_and_the_relay_goes_quiet(
     summary = peer.answer(20.0)
     assert world.relay_bytes() == quiet  # a few seconds after the upgrade: nothing relayed
     assert int(str(summary["echoed_direct"])) >= 10, summary
+
+
+def test_the_cli_connects_to_a_run_echo_daemon_behind_a_nat(world: World) -> None:
+    """``nautilus-kad connect`` from behind one port-restricted NAT to ``nautilus-kad run
+    --echo`` behind another: the answer, the direct path and the time."""
+    printed = world.cli_connect("PR1", "echo", "hello through two NATs")
+    assert printed.get("answer") == "hello through two NATs", printed
+    assert printed.get("path") == "direct", printed
+    assert printed.get("time", "").endswith(")") and " ms (connect " in printed["time"], printed
 
 
 def test_keepalives_keep_a_node_reachable_past_its_nat_binding_timeout(world: World) -> None:
