@@ -741,7 +741,7 @@ def test_invalid_value_answer_is_not_accepted(bad: str) -> None:
     if bad == "wrong key":
         record = open_record(b"something else", b"forged")
     else:
-        # Over the inline limit no codec encodes or decodes it (test_records_signed.py);
+        # Over the inline limit no codec encodes or decodes it (test_record_kinds.py);
         # a limit lowered by the reader's config is what validation catches here.
         engine.config = engine.config.with_changes(max_value_size=100)
         record = Record(key, b"x" * 101, 1, 60)
