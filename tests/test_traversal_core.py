@@ -245,3 +245,16 @@ def test_registrar_registers_with_the_closest_and_replaces_silent_ones() -> None
     registrar.answered(NodeId(1), ("198.51.100.1", 6000), TraversalStatus.OK, 30.0)
     assert registrar.next_round == 30.0
     assert stats["rendezvous.client.address_changed"] == 1
+
+
+def test_registrar_never_shuts_a_failing_rendezvous_out_for_good() -> None:
+    registrar = Registrar(CFG, Counter())
+    registrar.start(0.0)
+    contacts = [Contact(NodeId(i), f"10.0.0.{i}", 4000) for i in range(1, 4)]
+    for at in (0.0, 1.0, 2.0):  # every server fails twice and more (a lossy path)
+        for contact in registrar.due(contacts, at):
+            registrar.failed(contact.node_id, at + 0.5)
+    chosen = registrar.due(contacts, 3.0)
+    assert [c.node_id for c in chosen] == [NodeId(1), NodeId(2), NodeId(3)]
+    registrar.answered(NodeId(2), ("198.51.100.1", 1), TraversalStatus.OK, 3.1)
+    assert [s.contact.node_id for s in registrar.registered()] == [NodeId(2)]

@@ -182,6 +182,7 @@ class Channels:
     def _adopt_direct(self, channel: Channel, address: Address, now: float) -> None:
         was_relayed = channel.announced and channel.use_relay
         channel.direct = address
+        channel.relay_at = math.inf
         channel.punches_left = 0
         channel.upgrades_left = 0
         self.stats[f"nat.punch.{channel.pair}.direct"] += 1
@@ -196,6 +197,7 @@ class Channels:
             return
         first = not channel.use_relay
         channel.use_relay = True
+        channel.relay_at = math.inf
         if first and not channel.announced:
             self.stats[f"nat.punch.{channel.pair}.relayed"] += 1
             channel.upgrades_left = self.config.upgrade_tries if channel.may_punch else 0
@@ -297,7 +299,9 @@ class Channels:
                 channel.deadline = min(channel.deadline, now + 2 * config.punch_interval + 0.5)
         relay = channel.relay
         if channel.direct is None and relay is not None and now >= channel.relay_at:
-            channel.relay_at = math.inf
+            # PING through the relay until a PONG proves the path (a lost PING must not
+            # leave the channel without one), bounded by the connect's deadline.
+            channel.relay_at = math.inf if channel.use_relay else now + config.punch_interval
             self._send(channel, channel.ping(relay, True, self._nonce(), now), relay, now)
         if channel.announced and now - channel.last_tx >= config.keepalive:
             path = channel.address

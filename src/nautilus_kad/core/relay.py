@@ -85,6 +85,9 @@ class Relay:
             if cid not in self._by_id:
                 return cid
 
+    def is_open(self, circuit: Circuit) -> bool:
+        return self._by_id.get(circuit.a_id, (None, True))[0] is circuit
+
     def knows(self, data: bytes) -> bool:
         """Whether a relayed datagram names one of our circuits (else it may be for one of
         our own channels, relayed by another node)."""

@@ -58,6 +58,11 @@ class TraversalConfig:
     """Rendezvous candidates asked at once (the closest to the target)."""
     connect_tries: int = 8
     """Candidates asked in all before a connect fails with NOT_FOUND."""
+    connect_retry: float = 0.4
+    """A candidate silent this long gets the CONNECT again (a lost datagram on the way to
+    the rendezvous, to the target or back) …"""
+    connect_retries: int = 3
+    """… at most this many times."""
     punch_interval: float = 0.2
     """Seconds between punch rounds (one datagram per candidate address per round)."""
     punch_rounds: int = 10
