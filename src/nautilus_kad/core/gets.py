@@ -99,6 +99,7 @@ class Gets:
                 lookup.queries_sent,
                 answers=len(query.answers),
                 repaired=repaired,
+                timeouts=query.timeouts,
             )
         )
 

@@ -48,6 +48,9 @@ class PutQuery:
     errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
     internal: bool = False
     """The publisher's own republish: no event; a STALE answer ends the republishing."""
+    timeouts: int = 0
+    """The lookup's timeouts, then STOREs that passed their soft timeout and had not been
+    answered by the end (as :attr:`LookupQuery.timeouts` counts them)."""
 
     # --- rpc owner ---------------------------------------------------------------------
 
@@ -56,6 +59,8 @@ class PutQuery:
         now: float,
     ) -> None:  # fmt: skip
         self.waiting.discard(pending.txid)
+        if pending.slow:
+            self.timeouts -= 1  # it answered after all
         stats = self.owner.stats
         if departing:  # a copy that leaves with it (its handoff may be past this key)
             stats["put.store_departing"] += 1
@@ -71,6 +76,7 @@ class PutQuery:
         # A slow replica gets the same grace as a slow peer of a lookup (and one more
         # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
         # put that stops counting at the soft timeout reports fewer copies than it made.
+        self.timeouts += 1
         if not self.owner.requests.resend_and_wait(pending, now):
             self.on_timeout(pending, now)
 
@@ -111,7 +117,12 @@ class Puts:
             if not internal and self._lookups.failed(query):
                 return
             put = PutQuery(
-                query.query_id, record, query.lookup.queries_sent, self, internal=internal
+                query.query_id,
+                record,
+                query.lookup.queries_sent,
+                self,
+                internal=internal,
+                timeouts=query.timeouts,
             )
             self.store_on(put, cas, [cand for cand in closest if cand.token], now)
 
@@ -174,6 +185,7 @@ class Puts:
                 tuple(put.acks),
                 put.queries,
                 tuple(put.errors),
+                put.timeouts,
             )
         )
 
