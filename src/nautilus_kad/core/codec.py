@@ -56,6 +56,7 @@ __all__ = [
     "parse_session_header",
     "unpack_ip",
 ]
+from .connectwire import TRAVERSAL_TYPES, decode_traversal_body, encode_traversal_body
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from .ids import ID_BYTES, NodeId
 from .limits import (
@@ -65,6 +66,8 @@ from .limits import (
     TXID_BYTES,
 )
 from .messages import (
+    Connect,
+    ConnectReply,
     Dialback,
     DialbackReply,
     Envelope,
@@ -72,6 +75,8 @@ from .messages import (
     ErrorCode,
     FindNode,
     FindValue,
+    Forward,
+    ForwardReply,
     Message,
     MessageType,
     Nodes,
@@ -80,6 +85,8 @@ from .messages import (
     Probe,
     ProbeRelay,
     ProbeRelayReply,
+    Register,
+    RegisterReply,
     Store,
     Stored,
     Value,
@@ -143,6 +150,8 @@ def _encode_body(message: Message) -> list[Any]:
             return [_encode_address(observed), int(code), text[:MAX_ERROR_TEXT]]
         case Dialback() | ProbeRelay() | Probe() | DialbackReply() | ProbeRelayReply():
             return encode_nat_body(message)
+        case Register() | Connect() | Forward() | RegisterReply() | ConnectReply() | ForwardReply():
+            return encode_traversal_body(message)
     raise EncodeError(f"not a message: {message!r}")
 
 
@@ -245,6 +254,8 @@ def _decode_body(msg_type: MessageType, body: Any) -> Message:
         raise DecodeError("schema", "body must be a list")
     if msg_type in NAT_TYPES:
         return decode_nat_body(msg_type, body)
+    if msg_type in TRAVERSAL_TYPES:
+        return decode_traversal_body(msg_type, body)
     match msg_type:
         case MessageType.PING:
             _list(body, 0, "PING body")
