@@ -256,7 +256,7 @@ lines with the address-aware lookups (issue 16) while that work was under way in
 branch."""
 COMPONENTS = (
     "context", "tokens", "holdings", "pending", "wire", "rpc", "lookups", "gets", "put",
-    "bootstrap", "transfer", "handoff", "replicator", "peers", "serve", "fields",
+    "bootstrap", "fanout", "handoff", "replicator", "peers", "serve", "fields",
 )  # fmt: skip
 
 
@@ -320,7 +320,7 @@ def test_no_switch_over_query_kinds() -> None:
                 f.name for f in node.body if isinstance(f, ast.FunctionDef)
             }:
                 query_classes.add(node.name)
-    assert {"LookupQuery", "PutQuery", "BootstrapQuery", "ProbeQuery"} <= query_classes
+    assert {"LookupQuery", "BootstrapQuery", "ProbeQuery"} <= query_classes
     for path in CORE_FILES:
         checked = _isinstance_targets(ast.parse(path.read_text(encoding="utf-8")))
         switched = checked & query_classes - {"Owner"}

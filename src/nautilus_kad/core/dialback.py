@@ -324,4 +324,6 @@ class ProbeRounds:
             del self.rounds[nonce]
 
     def timer(self) -> float:
-        return min((r.deadline for r in self.rounds.values()), default=math.inf)
+        if not self.rounds:  # the usual case, asked after every datagram
+            return math.inf
+        return min(r.deadline for r in self.rounds.values())

@@ -38,6 +38,7 @@ from .events import (
     Event,
     LookupDone,
 )
+from .fanout import StoreFanout
 from .gets import Gets
 from .handoff import Scans
 from .holdings import Holdings
@@ -80,7 +81,6 @@ from .serve import Responder
 from .session_table import SessionTable
 from .storage import MemoryStore, RecordStore
 from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
-from .transfer import Transfers
 from .traversal import CHANNEL_KINDS, TRAVERSAL_REQUESTS, Traversal
 from .wire import Wire
 
@@ -161,14 +161,14 @@ class KadEngine:
         )  # fmt: skip
         self.strikes = self.peers.strikes
         self.lookups = Lookups(ctx, self._queries, self.requests, self.peers.penalise)
-        self.gets = Gets(ctx, self.lookups, self.requests, self.holdings)
+        self.fanout = StoreFanout(ctx, self._queries, self.requests, self.tokens)
+        self.gets = Gets(ctx, self.lookups, self.fanout, self.holdings)
         self.publisher = Publisher(ctx)
-        self.puts = Puts(ctx, self.lookups, self.requests, self.holdings, self.publisher.superseded)
+        self.puts = Puts(ctx, self.lookups, self.fanout, self.holdings, self.publisher.superseded)
         self.publisher.attach(self.puts)
         self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
-        self.transfers = Transfers(ctx, self._queries, self.requests, self.tokens)
-        self.scans = Scans(ctx, self._held, schedule, self.transfers, lambda: self.peers.since)
-        self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.transfers)
+        self.scans = Scans(ctx, self._held, schedule, self.fanout, lambda: self.peers.since)
+        self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.fanout)
         self.responder = Responder(
             ctx, self.wire, self.tokens, self.holdings, self.peers, closest_for
         )
@@ -229,7 +229,7 @@ class KadEngine:
     @property
     def replication_backlog(self) -> int:
         """Replication STOREs queued or in flight, plus records still to be examined."""
-        return self.transfers.backlog + len(self.scans)
+        return self.fanout.backlog + len(self.scans)
 
     @property
     def stored_bytes(self) -> int:
@@ -372,9 +372,9 @@ class KadEngine:
             cand.token = token
             targets.append(cand)
         targets.sort(key=lambda cand: cand.distance)
-        put = self.puts.new(record)
-        self.puts.store_on(put, None, targets, now)
-        return put.query_id
+        query_id = self.puts.new_id()
+        self.puts.store_on(query_id, record, None, targets, now)
+        return query_id
 
     def publish_later(self, record: Record, due: float, base_ttl: int | None = None) -> None:
         """Remember ``record`` as ours and re-put it at ``due`` (then every
@@ -478,7 +478,7 @@ class KadEngine:
             self.scans.run(now)
         self.replicator.run(now)
         self.publisher.run(now)
-        self.transfers.pump(now)
+        self.fanout.pump(now)
 
     # ======================================================================================
     # Serving requests
