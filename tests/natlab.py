@@ -169,15 +169,20 @@ def hairpin_rules(wan_ip: str) -> str:
     }}"""
 
 
-def loss_rules(percent: int) -> str:
-    """The "internet" bridge's loss: a bridge-family table that drops ``percent`` % of the
-    frames it forwards (recreated on every change)."""
+def loss_rules(percent: int, blocked: Sequence[tuple[str, str]] = ()) -> str:
+    """The "internet" bridge's faults: a bridge-family table that drops ``percent`` % of
+    the frames it forwards, and every frame between the two IPs of a ``blocked`` pair
+    (recreated on every change)."""
     drop = f"numgen random mod 100 < {percent} drop" if percent else ""
+    cuts = "".join(
+        f"ip saddr {a} ip daddr {b} drop\n ip saddr {b} ip daddr {a} drop\n" for a, b in blocked
+    )
     return f"""
     table bridge loss {{ }}
     delete table bridge loss
     table bridge loss {{
         chain forwarding {{ type filter hook forward priority filter; policy accept;
+            {cuts}
             {drop}
         }}
     }}"""
@@ -217,6 +222,10 @@ class NatLab:
     """(unreplied, assured) UDP conntrack timeouts in the NAT namespaces, in seconds."""
     filter_timeout: int = 60
     """Seconds an address-restricted NAT keeps an IP it sent to in its filter."""
+    loss: int = 0
+    """Percent loss on the "internet" bridge (:meth:`set_loss`)."""
+    blocked: list[tuple[str, str]] = field(default_factory=list)
+    """Pairs of public IPs that cannot reach each other (:meth:`block`)."""
 
     def __enter__(self) -> NatLab:
         sweep_stale_labs()
@@ -358,7 +367,15 @@ class NatLab:
         from a host to its own NAT is not affected."""
         if not 0 <= percent <= 100:
             raise ValueError("loss is a percentage")
-        sh("nft", "-f", "-", input_text=loss_rules(percent), netns=self.inet)
+        self.loss = percent
+        sh("nft", "-f", "-", input_text=loss_rules(percent, self.blocked), netns=self.inet)
+
+    def block(self, a: str, b: str, blocked: bool = True) -> None:
+        """Drop every datagram between the public IPs ``a`` and ``b`` (two NATs' external
+        addresses, say), or stop doing so: a path that opens later."""
+        pairs = [p for p in self.blocked if set(p) != {a, b}]
+        self.blocked = [*pairs, (a, b)] if blocked else pairs
+        self.set_loss(self.loss)
 
     # --- running ---------------------------------------------------------------------
 

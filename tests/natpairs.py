@@ -217,6 +217,8 @@ class World:
         self.lab = NatLab()
         self.hosts: dict[str, Host] = {}
         self.peers: dict[str, Peer] = {}
+        self.daemons: dict[str, Daemon] = {}
+        """Hosts whose plan says ``daemon``: ``nautilus-kad run --echo`` instead of a Peer."""
 
     def __enter__(self) -> World:
         self.lab.__enter__()
@@ -256,20 +258,48 @@ class World:
         seeds = [p.host for p in self.servers[:2]]
         for name, (kind, options) in self.plan.items():
             flags = [str(x) for x in options.get("flags", [])]  # type: ignore[attr-defined]
+            if options.get("daemon"):
+                mode = "server" if kind == "public" else "client"
+                flags = ["--mode", mode, "--nat-timescale", TIMESCALE, "--keepalive",
+                         str(20 * float(TIMESCALE)), *flags]  # fmt: skip
+                self.daemons[name] = Daemon(lab, self.hosts[name], root, seeds, flags, name)
+                continue
             self.peers[name] = Peer(lab, self.hosts[name], root / f"{name}.log", seeds,
                                     client=kind != "public", flags=flags)  # fmt: skip
         for peer in self.peers.values():
             peer.wait_ready()
+        for daemon in self.daemons.values():
+            daemon.wait_ready()
 
     def wait_registered(self, timeout: float = 60.0) -> list[str]:
         """Until every client holds registrations with rendezvous, or ``timeout``: the
         names of those still without one."""
         deadline = time.monotonic() + timeout
-        waiting = [n for n, (kind, _) in self.plan.items() if kind != "public"]
+        waiting = [n for n in self.peers if self.plan[n][0] != "public"]
         while waiting and time.monotonic() < deadline:
             waiting = [n for n in waiting if not self.peers[n].status()["registered"]]
             time.sleep(0.5)
         return waiting
+
+    def cli_connect(self, a: str, b: str, message: str, timeout: float = 10.0) -> dict[str, str]:
+        """``nautilus-kad connect`` run in host ``a`` (a temporary client node joining through
+        a server) to the daemon ``b``: what it printed, by label (``answer``, ``path``,
+        ``time``), or ``{"error": ...}``."""
+        source, target = self.hosts[a], self.daemons[b]
+        seed = f"{self.servers[0].host.ip}:{PORT}"
+        command = [*KAD, "connect", target.node_id, "--message", message, "--host", source.ip,
+                   "-b", seed, "--timeout", str(timeout)]  # fmt: skip
+        result = subprocess.run(
+            source.argv(*command), capture_output=True, text=True, timeout=timeout + 60,
+            check=False, cwd=str(ROOT),
+        )  # fmt: skip
+        if result.returncode != 0:
+            return {"error": (result.stderr + result.stdout).strip()[-500:]}
+        printed = {}
+        for line in result.stdout.splitlines():
+            label, _, value = line.partition(": ")
+            printed[label.strip()] = value.strip()
+        return printed
 
     def relay_bytes(self) -> int:
         """Bytes the servers relayed so far (all of them)."""

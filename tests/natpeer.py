@@ -8,6 +8,10 @@ line each on stdout:
   ``{"path", "took", "echoed", "code", "upgraded"}``: the first path, the seconds from the
   call to the channel, whether the echo of a datagram came back, the failure code, and
   whether a relayed channel turned direct within the ``--upgrade-wait``;
+* ``hold NODE_ID SECONDS`` — one connect, then a datagram every 0.1 s for ``SECONDS``
+  while printing ``{"event": "open", "path"}`` when the channel opens and
+  ``{"event": "direct"}`` when a relayed one turns direct, then ``{"sent", "echoed",
+  "echoed_direct"}`` (echoes that came back after the path became direct);
 * ``status`` — ``{"registered", "nat_class", "stats"}`` (``nat.punch.*``, ``relay.*``,
   ``rendezvous.*``, ``connect.*``, ``channel.*``);
 * ``quit``.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -32,13 +37,18 @@ from nautilus_kad.aio.channels import echo_channels
 STAT_PREFIXES = ("nat.punch.", "relay.", "rendezvous.", "connect.", "channel.")
 
 
-def config_for(timescale: float, keepalive: float | None) -> KadConfig:
+def config_for(
+    timescale: float, keepalive: float | None = None, upgrade_interval: float | None = None
+) -> KadConfig:
     """The lab's configuration: NAT and traversal timers scaled; ``keepalive`` (seconds,
-    after scaling) overrides the rendezvous keepalive (a huge value: none in practice)."""
+    after scaling) overrides the rendezvous keepalive (a huge value: none in practice),
+    ``upgrade_interval`` the retries of a direct path while relayed."""
     base = KadConfig()
     traversal = base.traversal.scaled(timescale)
     if keepalive is not None:
         traversal = replace(traversal, keepalive=keepalive, lease=max(traversal.lease, keepalive))
+    if upgrade_interval is not None:
+        traversal = replace(traversal, upgrade_interval=upgrade_interval)
     return base.with_changes(nat=base.nat.scaled(timescale), traversal=traversal)
 
 
@@ -75,6 +85,33 @@ async def one_connect(node: Node, target: bytes, timeout: float, upgrade_wait: f
     return {"path": path, "took": took, "echoed": echoed, "code": None, "upgraded": upgraded}
 
 
+async def hold(node: Node, target: bytes, seconds: float) -> None:
+    try:
+        channel = await node.connect(target, timeout=10.0)
+    except ConnectError as exc:
+        print(json.dumps({"event": "failed", "code": exc.code}), flush=True)
+        return
+    print(json.dumps({"event": "open", "path": channel.path}), flush=True)
+    sent = echoed = echoed_direct = 0
+    direct = channel.path == "direct"
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            await channel.send(b"hold-%d" % sent)
+            sent += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.recv(), 0.1)
+                echoed += 1
+                echoed_direct += direct
+            if not direct and channel.path == "direct":
+                direct = True
+                print(json.dumps({"event": "direct"}), flush=True)
+    finally:
+        await channel.close()
+    print(json.dumps({"sent": sent, "echoed": echoed, "echoed_direct": echoed_direct}),
+          flush=True)  # fmt: skip
+
+
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True)
@@ -84,10 +121,12 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timescale", type=float, default=0.05)
     parser.add_argument("--keepalive", type=float)
     parser.add_argument("--upgrade-wait", type=float, default=0.0)
+    parser.add_argument("--upgrade-interval", type=float, help="seconds (after scaling)")
     args = parser.parse_args(argv)
     bootstrap = [(b.split(":")[0], int(b.split(":")[1])) for b in args.bootstrap]
     node = await Node.start(
-        args.host, args.port, bootstrap, config=config_for(args.timescale, args.keepalive),
+        args.host, args.port, bootstrap,
+        config=config_for(args.timescale, args.keepalive, args.upgrade_interval),
         client_mode=args.client,
     )  # fmt: skip
     echo = asyncio.create_task(echo_channels(node.incoming()))
@@ -104,6 +143,8 @@ async def main(argv: list[str] | None = None) -> None:
                 for _ in range(tries):
                     result = await one_connect(node, target, timeout, args.upgrade_wait)
                     print(json.dumps(result), flush=True)
+            elif words[0] == "hold":
+                await hold(node, bytes.fromhex(words[1]), float(words[2]))
             elif words[0] == "status":
                 engine = node.engine
                 stats = {k: v for k, v in engine.stats.items() if k.startswith(STAT_PREFIXES)}

@@ -198,8 +198,13 @@ def test_relay_forwards_same_size_only_from_each_side_and_within_its_limits() ->
     assert relay.forward(relayed(circuit.a_id, inner), stranger, 1.0) is None  # wrong sender
     assert relay.forward(relayed(circuit.b_id, inner), b, 1.0) is not None  # the way back
     assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) is not None  # 84 bytes so far
-    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) is None  # over 100 bytes
+    # Over 100 bytes: closed, and the sender gets a 6-byte end notice (never more than
+    # what it sent), again on each later datagram from that side, from no one else.
+    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) == (release(circuit.a_id), a)
     assert stats["relay.dropped.bytes"] == 1 and len(relay) == 0  # closed at the limit
+    assert relay.knows(relayed(circuit.b_id, inner))
+    assert relay.forward(relayed(circuit.b_id, inner), b, 1.5) == (release(circuit.b_id), b)
+    assert relay.forward(relayed(circuit.b_id, inner), stranger, 1.5) is None
     # Circuits per peer, then in total.
     assert relay.open(a, b, 42, 2.0)[0] is TraversalStatus.OK
     assert relay.open(("7.7.7.7", 7), b, 42, 2.0)[0] is TraversalStatus.OK
@@ -245,3 +250,16 @@ def test_registrar_registers_with_the_closest_and_replaces_silent_ones() -> None
     registrar.answered(NodeId(1), ("198.51.100.1", 6000), TraversalStatus.OK, 30.0)
     assert registrar.next_round == 30.0
     assert stats["rendezvous.client.address_changed"] == 1
+
+
+def test_registrar_never_shuts_a_failing_rendezvous_out_for_good() -> None:
+    registrar = Registrar(CFG, Counter())
+    registrar.start(0.0)
+    contacts = [Contact(NodeId(i), f"10.0.0.{i}", 4000) for i in range(1, 4)]
+    for at in (0.0, 1.0, 2.0):  # every server fails twice and more (a lossy path)
+        for contact in registrar.due(contacts, at):
+            registrar.failed(contact.node_id, at + 0.5)
+    chosen = registrar.due(contacts, 3.0)
+    assert [c.node_id for c in chosen] == [NodeId(1), NodeId(2), NodeId(3)]
+    registrar.answered(NodeId(2), ("198.51.100.1", 1), TraversalStatus.OK, 3.1)
+    assert [s.contact.node_id for s in registrar.registered()] == [NodeId(2)]

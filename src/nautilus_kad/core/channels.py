@@ -131,6 +131,22 @@ class Channels:
         else:
             self._drop("type")
 
+    def relay_ended(self, data: bytes, address: Address, now: float) -> bool:
+        """A relay's end notice for one of our circuits (True), or not ours (False)."""
+        if len(data) != RELAY_HEADER.size:
+            return False
+        circuit = RELAY_HEADER.unpack_from(data)[2]
+        for channel in self._by_handle.values():
+            if (address, circuit) in channel.relays:
+                channel.relays.discard((address, circuit))
+                if (channel.relay, channel.circuit) == (address, circuit):
+                    channel.relay, channel.circuit, channel.use_relay = None, 0, False
+                    if channel.direct is None:
+                        self.close(channel, "the relay ended the circuit", now, notify=False)
+                self.stats["channel.relay.ended"] += 1
+                return True
+        return False
+
     def _drop(self, reason: str) -> None:
         self.stats["rx.dropped"] += 1
         self.stats["channel.rx.dropped"] += 1
@@ -182,6 +198,7 @@ class Channels:
     def _adopt_direct(self, channel: Channel, address: Address, now: float) -> None:
         was_relayed = channel.announced and channel.use_relay
         channel.direct = address
+        channel.relay_at = math.inf
         channel.punches_left = 0
         channel.upgrades_left = 0
         self.stats[f"nat.punch.{channel.pair}.direct"] += 1
@@ -196,6 +213,7 @@ class Channels:
             return
         first = not channel.use_relay
         channel.use_relay = True
+        channel.relay_at = math.inf
         if first and not channel.announced:
             self.stats[f"nat.punch.{channel.pair}.relayed"] += 1
             channel.upgrades_left = self.config.upgrade_tries if channel.may_punch else 0
@@ -297,7 +315,9 @@ class Channels:
                 channel.deadline = min(channel.deadline, now + 2 * config.punch_interval + 0.5)
         relay = channel.relay
         if channel.direct is None and relay is not None and now >= channel.relay_at:
-            channel.relay_at = math.inf
+            # PING through the relay until a PONG proves the path (a lost PING must not
+            # leave the channel without one), bounded by the connect's deadline.
+            channel.relay_at = math.inf if channel.use_relay else now + config.punch_interval
             self._send(channel, channel.ping(relay, True, self._nonce(), now), relay, now)
         if channel.announced and now - channel.last_tx >= config.keepalive:
             path = channel.address

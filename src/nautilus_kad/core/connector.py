@@ -60,6 +60,10 @@ class Attempt:
     candidates: list[Contact] = field(default_factory=list)
     asked: int = 0
     waiting: set[bytes] = field(default_factory=set)
+    silent: dict[int, tuple[float, int]] = field(default_factory=dict)
+    """Candidate index → (when we last sent it a CONNECT, retries left) while it has not
+    answered: on a lossy path the CONNECT or its FORWARD is sent again."""
+    by_txid: dict[bytes, int] = field(default_factory=dict)
     codes: list[str] = field(default_factory=list)
     channel: Channel | None = None
 
@@ -129,6 +133,14 @@ class Connector:
         if self.attempts.get(attempt.query_id) is not attempt:
             return
         contacts = [c.contact for c in closest]
+        if len(contacts) < self.config.connect_tries:
+            # On a lossy path a lookup may end with few answers: our own table's closest
+            # to the target are candidates too.
+            known = {c.node_id for c in contacts}
+            for contact in self._ctx.table.closest(attempt.target, self.config.connect_tries):
+                if contact.node_id not in known:
+                    contacts.append(contact)
+            contacts.sort(key=lambda c: int(c.node_id ^ attempt.target))
         for contact in contacts:
             if contact.node_id == attempt.target:
                 self._direct(attempt, contact, now)
@@ -147,13 +159,19 @@ class Connector:
     def _ask_next(self, attempt: Attempt, now: float) -> None:
         if attempt.asked >= len(attempt.candidates):
             return
-        contact = attempt.candidates[attempt.asked]
+        index = attempt.asked
         attempt.asked += 1
+        attempt.silent[index] = (now, self.config.connect_retries)
+        self._send(attempt, index, now)
+
+    def _send(self, attempt: Attempt, index: int, now: float) -> None:
+        contact = attempt.candidates[index]
         is_target = contact.node_id == attempt.target
         request = Connect(attempt.target, attempt.offer, not is_target)
         txid = self._send_request(contact.address, contact.node_id, request, now)
         if txid:
             attempt.waiting.add(txid)
+            attempt.by_txid[txid] = index
             self._by_txid[txid] = attempt
         else:
             attempt.codes.append("overloaded")
@@ -164,6 +182,7 @@ class Connector:
         if attempt is None:
             return
         attempt.waiting.discard(txid)
+        attempt.silent.pop(attempt.by_txid.get(txid, -1), None)
         if reply.status is not TraversalStatus.OK:
             self.stats[f"connect.status.{reply.status.name.lower()}"] += 1
             code = _FAILURE_CODES.get(reply.status, "not_found")
@@ -241,6 +260,8 @@ class Connector:
         if attempt is None:
             return
         attempt.waiting.discard(txid)
+        if attempt.waiting and attempt.by_txid.get(txid) in attempt.silent:
+            return  # a retry to the same candidate is still on its way
         attempt.codes.append("no_answer")
         self.stats["connect.timeouts"] += 1
         self._next_or_fail(attempt, now)
@@ -279,11 +300,25 @@ class Connector:
                 channel.deadline = -math.inf
 
     def timer(self) -> float:
-        return min((a.deadline for a in self.attempts.values()), default=math.inf)
+        retry = self.config.connect_retry
+        due = math.inf
+        for attempt in self.attempts.values():
+            due = min(due, attempt.deadline)
+            for sent, left in attempt.silent.values():
+                if left:
+                    due = min(due, sent + retry)
+        return due
 
     def run(self, now: float) -> None:
         for attempt in [a for a in self.attempts.values() if a.deadline <= now]:
             self._finish_failed(attempt, "timeout", "no answer from the target in time")
+        retry = self.config.connect_retry
+        for attempt in list(self.attempts.values()):
+            for index, (sent, left) in list(attempt.silent.items()):
+                if left and now >= sent + retry:
+                    attempt.silent[index] = (now, left - 1)
+                    self.stats["connect.retries"] += 1
+                    self._send(attempt, index, now)
 
     # --- target --------------------------------------------------------------------------
 

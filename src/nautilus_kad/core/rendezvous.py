@@ -140,14 +140,16 @@ class Registrar:
         failed twice in a row, topped up from the next closest)."""
         config = self.config
         self.next_round = now + config.keepalive
-        chosen: list[Contact] = []
-        for contact in closest:
+
+        # Servers that failed twice in a row go last: replaced by the next closest while
+        # there are others, tried again when there are not (on a lossy path every server
+        # fails now and then; none may be shut out for good).
+        def failing(contact: Contact) -> bool:
             server = self.servers.get(contact.node_id)
-            if server is not None and server.failures >= 2:
-                continue
-            chosen.append(contact)
-            if len(chosen) >= config.rendezvous:
-                break
+            return server is not None and server.failures >= 2
+
+        ranked = [c for c in closest if not failing(c)] + [c for c in closest if failing(c)]
+        chosen = ranked[: config.rendezvous]
         keep = {c.node_id for c in chosen}
         for node_id in [n for n in self.servers if n not in keep]:
             if self.servers[node_id].failures < 2 or len(self.servers) > 4 * config.rendezvous:

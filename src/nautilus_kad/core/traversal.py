@@ -110,6 +110,7 @@ class Traversal:
         self._forwards: dict[
             bytes, tuple[Reply, Address, Address, Circuit | None, TraversalStatus]
         ] = {}
+        self._circuit_of: dict[tuple[Address, bytes], Circuit] = {}
         self._owner: int | None = None
         self.enabled = False
         """Whether a client registers with rendezvous (drivers switch it on)."""
@@ -205,7 +206,18 @@ class Traversal:
         circuit = None
         relay_status = TraversalStatus.NO_RELAY
         if request.relay:
-            relay_status, circuit = self.relay.open(address, target, int(request.target), now)
+            # The initiator sends its CONNECT again on a lossy path: the same offer from the
+            # same address gets the same circuit, not another one.
+            key = (address, request.offer)
+            circuit = self._circuit_of.get(key)
+            if circuit is not None and self.relay.is_open(circuit):
+                relay_status = TraversalStatus.OK
+            else:
+                relay_status, circuit = self.relay.open(address, target, int(request.target), now)
+                if circuit is not None:
+                    self._circuit_of[key] = circuit
+                    if len(self._circuit_of) > 256:
+                        del self._circuit_of[next(iter(self._circuit_of))]
         forward = Forward(request.offer, address, circuit.b_id if circuit is not None else 0)
         txid = self._request(target, request.target, forward, now)
         if not txid:
@@ -231,8 +243,8 @@ class Traversal:
                 return
             reply, source, target, circuit, relay_status = forward
             ok = message.status is TraversalStatus.OK
-            if circuit is not None and not ok:
-                self.relay.close(circuit, "refused")
+            # A circuit that goes unused expires after circuit_idle: a repeated CONNECT
+            # (lossy path) may share it with one that succeeded, so it is never closed here.
             cid = circuit.a_id if circuit is not None and ok else 0
             answer = ConnectReply(source, message.status, message.answer if ok else b"",
                                   target, cid, relay_status)  # fmt: skip
@@ -247,9 +259,7 @@ class Traversal:
         elif isinstance(request, Forward):
             forward = self._forwards.pop(pending.txid, None)
             if forward is not None:
-                reply, source, _, circuit, _ = forward
-                if circuit is not None:
-                    self.relay.close(circuit, "no_answer")
+                reply, source, _, _, _ = forward
                 self.stats["rendezvous.connect.no_answer"] += 1
                 reply(ConnectReply(source, TraversalStatus.NO_ANSWER, b"", None, 0,
                                    TraversalStatus.NO_RELAY), now)  # fmt: skip
@@ -261,7 +271,8 @@ class Traversal:
         stats["rx.bytes"] += len(data)
         kind = data[1]
         if kind == KIND_RELEASE:
-            self.relay.release(data, address)
+            if not self.channels.relay_ended(data, address, now):
+                self.relay.release(data, address)
             return
         if kind == KIND_RELAYED and self.relay.knows(data):
             forwarded = self.relay.forward(data, address, now)
@@ -292,7 +303,9 @@ class Traversal:
         registrar = self.registrar
         if registrar.active and now >= registrar.next_round:
             own = self._ctx.node_id
-            closest = self._ctx.table.closest(own, 4 * self.config.rendezvous, include_stale=False)
+            # Stale entries too: a REGISTER is itself the liveness check, and on a lossy path
+            # skipping them would stop the keepalives that could have refreshed them.
+            closest = self._ctx.table.closest(own, 4 * self.config.rendezvous)
             for contact in registrar.due(list(closest), now):
                 self._request(contact.address, contact.node_id, Register(), now)
             if not closest:

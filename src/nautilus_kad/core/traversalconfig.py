@@ -45,8 +45,9 @@ class TraversalConfig:
     """A circuit's lifetime."""
     circuit_bytes: int = 128 * 1024
     """Bytes a circuit carries per direction."""
-    circuit_idle: float = 30.0
-    """A circuit that carried nothing this long is closed."""
+    circuit_idle: float = 60.0
+    """A circuit that carried nothing this long is closed (three channel keepalives: one
+    or two lost on a lossy path must not end it)."""
     serve_period: float = 60.0
     """Period of the request limits below."""
     serve_per_ip: int = 300
@@ -58,6 +59,11 @@ class TraversalConfig:
     """Rendezvous candidates asked at once (the closest to the target)."""
     connect_tries: int = 8
     """Candidates asked in all before a connect fails with NOT_FOUND."""
+    connect_retry: float = 0.4
+    """A candidate silent this long gets the CONNECT again (a lost datagram on the way to
+    the rendezvous, to the target or back) …"""
+    connect_retries: int = 3
+    """… at most this many times."""
     punch_interval: float = 0.2
     """Seconds between punch rounds (one datagram per candidate address per round)."""
     punch_rounds: int = 10
