@@ -23,7 +23,8 @@ from .context import NodeContext
 from .errors import ValidationError
 from .events import QueryFailed
 from .ids import NodeId
-from .lookup import AnyLookup, Candidate, new_lookup
+from .lookup import Candidate
+from .lookup_disjoint import AnyLookup, new_lookup
 from .messages import Contact, FindNode, FindValue, Message, Nodes, Request, Value
 from .pending import Pending
 from .records import Record, RecordKind, record_expiry, validate_record
