@@ -122,6 +122,8 @@ class GetResult:
     record: Record | None
     hops: int
     queries: int
+    timeouts: int = 0
+    """Requests of the get that timed out (no answer by its end)."""
 
 
 class Node:
@@ -591,7 +593,7 @@ class Node:
         if isinstance(event, QueryFailed):
             raise QueryError(f"get failed: {event.reason}")
         assert isinstance(event, GetDone)
-        return GetResult(event.record, event.hops, event.queries)
+        return GetResult(event.record, event.hops, event.queries, event.timeouts)
 
     async def find_node(self, node_id: NodeId | int) -> list[Contact]:
         """The k closest live nodes to ``node_id``, nearest first."""
