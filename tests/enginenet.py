@@ -1,12 +1,16 @@
-"""A tiny in-memory network of sans-I/O engines for protocol tests.
+"""The in-memory network of sans-I/O engines that engine-level tests run on.
 
-Datagrams are delivered instantly and in order; time only moves when a test asks for it, so
-every test is deterministic. Hooks let a test drop, rewrite or record datagrams in flight.
+Not a simulator (that is :mod:`nautilus_kad.sim`): datagrams are delivered instantly and in
+order, time moves only when a test calls :meth:`EngineNet.advance`, and every test is
+deterministic. Each node has its own address 10.0.x.y (so per-source quotas see distinct
+sources). Hooks let a test drop, rewrite or record datagrams in flight (:attr:`filter`), hand
+a node a crafted datagram (:meth:`inject`), or cut a node off (:meth:`kill`).
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -14,27 +18,52 @@ from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.events import Event
 from nautilus_kad.core.identity import Identity
+from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import Address
+from nautilus_kad.core.records import Record
+
+START = 1_000_000.0
 
 Filter = Callable[[bytes, Address, Address], bytes | None]
 """(data, source, destination) -> the datagram to deliver, or None to drop it."""
 
 
 class EngineNet:
-    def __init__(self, size: int, *, config: KadConfig | None = None, seed: int = 1) -> None:
+    def __init__(
+        self, size: int = 0, *, config: KadConfig | None = None, seed: int = 1, now: float = START
+    ) -> None:
         self.rng = random.Random(seed)
-        self.now = 1_000_000.0
+        self.now = now
         self.config = config or KadConfig()
         self.engines: dict[Address, KadEngine] = {}
         self.events: dict[Address, list[Event]] = {}
+        self.down: set[Address] = set()
         self.filter: Filter | None = None
         self.sent: list[tuple[bytes, Address, Address]] = []
+        """Every datagram a live node sent, dropped or not."""
         for _ in range(size):
             self.add()
 
-    def add(self, *, config: KadConfig | None = None, **kwargs: Any) -> KadEngine:
-        index = len(self.engines)
-        identity = Identity.generate(self.rng)
+    # --- membership ------------------------------------------------------------------
+
+    def add(
+        self,
+        *,
+        identity: Identity | None = None,
+        node_id_near: NodeId | None = None,
+        near_bits: int = 10,
+        config: KadConfig | None = None,
+        **kwargs: Any,
+    ) -> KadEngine:
+        """A new node (``kwargs`` go to :class:`KadEngine`: ``store``, ``client_mode``...)."""
+        if identity is None:
+            identity = Identity.generate(self.rng)
+            if node_id_near is not None:
+                # Draw identities until one shares ``near_bits`` leading bits with the id.
+                while (identity.node_id ^ node_id_near).bit_length() > 256 - near_bits:
+                    identity = Identity.generate(self.rng)
+        n = len(self.engines) + 1
+        address = (f"10.0.{n // 250}.{n % 250 + 1}", 4000)
         engine = KadEngine(
             identity,
             config=config or self.config,
@@ -42,7 +71,6 @@ class EngineNet:
             now=self.now,
             **kwargs,
         )
-        address = ("10.0.0.1", 20000 + index)
         engine.address = address
         self.engines[address] = engine
         self.events[address] = []
@@ -59,31 +87,59 @@ class EngineNet:
         assert engine.address is not None
         return engine.address
 
-    # --- delivery ----------------------------------------------------------------------
+    def join(self, engine: KadEngine, seed: KadEngine) -> None:
+        engine.bootstrap([self.address_of(seed)], self.now)
+        self.deliver()
 
-    def deliver(self, max_datagrams: int = 200_000) -> int:
-        """Deliver everything queued (and what that triggers) until the network is quiet."""
+    def join_all(self) -> None:
+        """Every node bootstraps through the first one."""
+        seed = self.addresses[0]
+        for engine in list(self.engines.values())[1:]:
+            qid = engine.bootstrap([seed], self.now)
+            self.wait_for(engine, qid)
+        # A second round lets early joiners learn about later ones.
+        for engine in list(self.engines.values())[1:]:
+            qid = engine.find_node(engine.node_id, self.now)
+            self.wait_for(engine, qid)
+
+    def kill(self, engine: KadEngine) -> None:
+        """Cut ``engine`` off: it neither sends nor receives from now on."""
+        self.down.add(self.address_of(engine))
+
+    def live(self) -> list[KadEngine]:
+        return [e for a, e in self.engines.items() if a not in self.down]
+
+    # --- moving datagrams and time ---------------------------------------------------
+
+    def deliver(self, max_datagrams: int = 1_000_000) -> int:
+        """Deliver everything queued, and everything that provokes, until the net is quiet."""
+        queue: deque[tuple[bytes, Address, Address]] = deque()
         delivered = 0
         while True:
-            moved = False
-            for source, engine in list(self.engines.items()):
+            for address, engine in self.engines.items():
+                if address in self.down:
+                    engine.datagrams_to_send()
+                    continue
                 for data, destination in engine.datagrams_to_send():
-                    moved = True
-                    self.sent.append((data, source, destination))
-                    payload: bytes | None = data
-                    if self.filter is not None:
-                        payload = self.filter(data, source, destination)
-                        if payload is None:
-                            continue
-                    target = self.engines.get(destination)
-                    if target is not None:
-                        target.receive_datagram(payload, source, self.now)
-                        delivered += 1
-                        if delivered > max_datagrams:
-                            raise AssertionError("network did not settle")
+                    queue.append((data, address, destination))
             self._collect()
-            if not moved:
+            if not queue:
                 return delivered
+            while queue:
+                data, source, destination = queue.popleft()
+                self.sent.append((data, source, destination))
+                payload: bytes | None = data
+                if self.filter is not None:
+                    payload = self.filter(data, source, destination)
+                    if payload is None:
+                        continue
+                target = self.engines.get(destination)
+                if target is None or destination in self.down:
+                    continue
+                target.receive_datagram(payload, source, self.now)
+                delivered += 1
+                if delivered > max_datagrams:
+                    raise AssertionError("network did not settle")
 
     def inject(self, data: bytes, source: Address, destination: Address) -> None:
         """Hand ``data`` to the engine at ``destination`` as if ``source`` had sent it."""
@@ -98,14 +154,17 @@ class EngineNet:
                 event = engine.next_event()
 
     def advance(self, seconds: float) -> None:
-        """Move time forward, running every timer that falls due, and deliver."""
+        """Run every timer of a live node due in the next ``seconds``, in time order,
+        delivering as we go."""
         end = self.now + seconds
+        self.deliver()
         while True:
-            due = min(engine.get_timer() for engine in self.engines.values())
+            live = self.live()
+            due = min((e.get_timer() for e in live), default=end)
             if due > end:
                 break
             self.now = max(self.now, due)
-            for engine in self.engines.values():
+            for engine in live:
                 if engine.get_timer() <= self.now:
                     engine.handle_timer(self.now)
             self.deliver()
@@ -126,15 +185,34 @@ class EngineNet:
                 raise AssertionError(f"query {query_id} did not finish in {timeout} s")
             self.advance(min(0.05, deadline - self.now))
 
-    # --- scenarios -----------------------------------------------------------------------
+    # --- helpers ---------------------------------------------------------------------
 
-    def join_all(self) -> None:
-        """Every node bootstraps through the first one."""
-        seed = self.addresses[0]
-        for engine in list(self.engines.values())[1:]:
-            qid = engine.bootstrap([seed], self.now)
-            self.wait_for(engine, qid)
-        # A second round lets early joiners learn about later ones.
-        for engine in list(self.engines.values())[1:]:
-            qid = engine.find_node(engine.node_id, self.now)
-            self.wait_for(engine, qid)
+    def take(self, engine: KadEngine, kind: type[Event]) -> list[Event]:
+        """The events of ``kind`` ``engine`` reported so far (removed from its list)."""
+        address = self.address_of(engine)
+        events = self.events[address]
+        found = [e for e in events if isinstance(e, kind)]
+        self.events[address] = [e for e in events if not isinstance(e, kind)]
+        return found
+
+    def record(self, key: NodeId, value: bytes, ttl: int = 86_400) -> Record:
+        return Record(key, value, int(self.now * 1000), ttl)
+
+    def holders(self, key: NodeId) -> list[KadEngine]:
+        return [e for e in self.live() if e.store.get(key, self.now) is not None]
+
+    def true_closest(self, key: int, count: int) -> list[KadEngine]:
+        return sorted(self.live(), key=lambda e: e.node_id ^ key)[:count]
+
+
+def build(count: int, config: KadConfig, seed: int = 1) -> tuple[EngineNet, list[KadEngine]]:
+    """``count`` engines joined one after another through the first."""
+    net = EngineNet(config=config, seed=seed)
+    first = net.add()
+    engines = [first]
+    for _ in range(count - 1):
+        engine = net.add()
+        net.join(engine, first)
+        engines.append(engine)
+    net.advance(1.0)
+    return net, engines

@@ -386,3 +386,23 @@ def test_forged_and_replayed_forwards_are_refused_and_counted() -> None:
 
     with LoopRunner() as runner:
         runner.run(main(), 60)
+
+
+def test_a_relay_that_ends_a_circuit_tells_the_channel() -> None:
+    async def main() -> None:
+        # 600 bytes per direction: a few datagrams, then the relay ends the circuit.
+        async with _network(relay_only=True, circuit_bytes=600) as (servers, target, initiator):
+            echo = asyncio.get_running_loop().create_task(_echo(target))
+            channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
+            assert channel.path == "relayed"
+            with pytest.raises(ChannelClosedError):
+                for _ in range(20):  # bounded: the limit is reached within a few
+                    await channel.send(bytes(200))
+                    await asyncio.wait_for(channel.recv(), 3)
+            assert channel.close_reason == "the relay ended the circuit"
+            assert sum(s.stats.get("relay.circuits.closed.bytes", 0) for s in servers) == 1
+            assert sum(s.stats.get("relay.ended_notices", 0) for s in servers) >= 1
+            echo.cancel()
+
+    with LoopRunner() as runner:
+        runner.run(main(), 60)

@@ -131,6 +131,22 @@ class Channels:
         else:
             self._drop("type")
 
+    def relay_ended(self, data: bytes, address: Address, now: float) -> bool:
+        """A relay's end notice for one of our circuits (True), or not ours (False)."""
+        if len(data) != RELAY_HEADER.size:
+            return False
+        circuit = RELAY_HEADER.unpack_from(data)[2]
+        for channel in self._by_handle.values():
+            if (address, circuit) in channel.relays:
+                channel.relays.discard((address, circuit))
+                if (channel.relay, channel.circuit) == (address, circuit):
+                    channel.relay, channel.circuit, channel.use_relay = None, 0, False
+                    if channel.direct is None:
+                        self.close(channel, "the relay ended the circuit", now, notify=False)
+                self.stats["channel.relay.ended"] += 1
+                return True
+        return False
+
     def _drop(self, reason: str) -> None:
         self.stats["rx.dropped"] += 1
         self.stats["channel.rx.dropped"] += 1

@@ -271,7 +271,8 @@ class Traversal:
         stats["rx.bytes"] += len(data)
         kind = data[1]
         if kind == KIND_RELEASE:
-            self.relay.release(data, address)
+            if not self.channels.relay_ended(data, address, now):
+                self.relay.release(data, address)
             return
         if kind == KIND_RELAYED and self.relay.knows(data):
             forwarded = self.relay.forward(data, address, now)

@@ -45,8 +45,9 @@ class TraversalConfig:
     """A circuit's lifetime."""
     circuit_bytes: int = 128 * 1024
     """Bytes a circuit carries per direction."""
-    circuit_idle: float = 30.0
-    """A circuit that carried nothing this long is closed."""
+    circuit_idle: float = 60.0
+    """A circuit that carried nothing this long is closed (three channel keepalives: one
+    or two lost on a lossy path must not end it)."""
     serve_period: float = 60.0
     """Period of the request limits below."""
     serve_per_ip: int = 300
