@@ -557,6 +557,7 @@ class KadEngine:
                 tuple(c.contact for c in closest),
                 lookup.hops,
                 lookup.queries_sent,
+                query.timeouts,
             )
         )
 
