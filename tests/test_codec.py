@@ -541,3 +541,22 @@ def test_oversize_and_undersize() -> None:
 def test_deep_nesting_is_rejected(depth: int, reason: str) -> None:
     payload = b"\x91" * depth + b"\x00"
     assert _decode_reason(payload + b"\x00" * 64) == reason
+
+
+def test_decoded_contacts_are_built_per_decode_and_equal_the_originals() -> None:
+    """Nothing is cached across decodes: two nodes decoding the same NODES answer get their
+    own contact objects (the nodes of one process share no state that separate processes
+    could not), equal, hashing alike and as immutable as ones built the ordinary way."""
+    contacts = tuple(Contact(NodeId(7 * n + 1), f"198.51.100.{n}", 4000 + n) for n in range(20))
+    data = encode_message(
+        Nodes(("198.51.100.7", 65535), b"\x01" * 8, contacts), TXID, SIGNER_AUTHS[0]
+    )
+    first = decode_datagram(data, RECEIVER).message
+    second = decode_datagram(data, Authenticator(Identity.generate(random.Random(3)))).message
+    assert isinstance(first, Nodes) and isinstance(second, Nodes)
+    assert first.contacts == second.contacts == contacts
+    assert [hash(c) for c in first.contacts] == [hash(c) for c in contacts]
+    assert all(a is not b for a, b in zip(first.contacts, second.contacts, strict=True))
+    assert all(type(c) is Contact and type(c.node_id) is NodeId for c in first.contacts)
+    with pytest.raises(AttributeError):
+        first.contacts[0].port = 1  # type: ignore[misc]

@@ -347,6 +347,14 @@ def test_public_class_needs_the_bound_address() -> None:
     assert state.classes[4] is NatClass.PUBLIC
 
 
+def test_a_node_bound_to_every_address_is_public_when_the_external_ip_is_its_own() -> None:
+    for own, expected in ((True, NatClass.PUBLIC), (False, NatClass.ENDPOINT_INDEPENDENT)):
+        state = NatState(CFG, random.Random(1), 0.0, local=("0.0.0.0", A[1]))
+        state.is_local = lambda ip, own=own: own and ip == A[0]  # type: ignore[misc]
+        observe_all(state, A, 0.0)
+        assert state.classes[4] is expected
+
+
 def test_class_survives_votes_ageing_out() -> None:
     state = NatState(CFG, random.Random(1), 0.0)
     observe_all(state, A, 0.0)

@@ -9,6 +9,7 @@ import pytest
 
 from nautilus_kad import KadConfig
 from nautilus_kad.aio.node import Node
+from nautilus_kad.aio.transport import is_local_ip
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +38,10 @@ def test_a_node_shows_its_reachability_and_counts_votes() -> None:
             await seed.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_only_the_hosts_own_addresses_are_local() -> None:
+    """What a node bound to 0.0.0.0 asks of its adopted external IP (a bind, no datagram)."""
+    assert is_local_ip("127.0.0.1")
+    assert not is_local_ip("192.0.2.77")  # TEST-NET-1: never a host's own
+    assert not is_local_ip("not an ip")

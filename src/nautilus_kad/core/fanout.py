@@ -70,6 +70,9 @@ class StoreBatch:
     errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
     """Why storers refused (a put reports them; the publisher reads STALE there)."""
     on_done: Callable[[StoreBatch, float], None] | None = None
+    timeouts: int = 0
+    """STOREs that passed their soft timeout and had not been answered when the batch
+    ended (a put reports them, with its lookup's, in :class:`~.events.PutDone`)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -126,6 +129,8 @@ class _Sink:
         item = owner.take(pending.txid)
         if item is None:
             return
+        if pending.slow:
+            item.batch.timeouts -= 1  # it answered after all
         stats = owner.stats
         stored = isinstance(message, Stored) and not departing
         if departing:  # a copy that leaves with it (its handoff may be past this key)
@@ -148,6 +153,7 @@ class _Sink:
         if item is None:
             return
         owner.stats["store.slow"] += 1
+        item.batch.timeouts += 1
         if not owner.requests.resend_and_wait(pending, now):
             self.on_grace_over(pending, now)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from .natwire import ProbeStatus
 from .reachability import Mode, ModeChange, ReachabilityTracker
 
 MODES = ("auto", "server", "client")
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 __all__ = ["MODES", "Change", "ClassChange", "NatState", "Verdict"]
 
 
@@ -68,6 +70,9 @@ class NatState:
         self.family = family
         self.local = local
         """The address our socket is bound to, when known (tells PUBLIC from a cone NAT)."""
+        self.is_local: Callable[[str], bool] | None = None
+        """Whether an IP is one of this host's own (set by a driver whose socket is bound to
+        a wildcard address: the adopted external IP being ours means no NAT)."""
         self.voters = {4: ExternalAddressVoter(config, 4), 6: ExternalAddressVoter(config, 6)}
         self.classes = {4: NatClass.UNKNOWN, 6: NatClass.UNKNOWN}
         fixed = None if mode == "auto" else Mode(mode)
@@ -118,7 +123,11 @@ class NatState:
         of_ip = sum(1 for host, _ in observations if host == voter.ip)
         if of_ip < self.config.class_min_observers and voter.ip is not None:
             return  # votes aged out (an idle node): keep what they showed, until new ones
-        new = classify(observations, voter.ip, self.local, self.config.class_min_observers)
+        local, is_local = self.local, self.is_local
+        if local is not None and local[0] in WILDCARDS and voter.ip and is_local is not None:
+            # Bound to every address: the external IP being one of them means no NAT.
+            local = (voter.ip, local[1]) if is_local(voter.ip) else local
+        new = classify(observations, voter.ip, local, self.config.class_min_observers)
         old = self.classes[voter.family]
         if new is not old:
             self.classes[voter.family] = new
