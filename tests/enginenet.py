@@ -4,22 +4,33 @@ Not a simulator (that is :mod:`nautilus_kad.sim`): datagrams are delivered insta
 order, time moves only when a test calls :meth:`EngineNet.advance`, and every test is
 deterministic. Each node has its own address 10.0.x.y (so per-source quotas see distinct
 sources). Hooks let a test drop, rewrite or record datagrams in flight (:attr:`filter`), hand
-a node a crafted datagram (:meth:`inject`), or cut a node off (:meth:`kill`).
+a node a crafted datagram (:meth:`inject`), or cut a node off (:meth:`kill`). :class:`Peer` is
+the other kind of participant: an identity without an engine that crafts each datagram itself.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from nautilus_kad.core.auth import Authenticator
+from nautilus_kad.core.codec import decode_datagram, encode_message
 from nautilus_kad.core.config import KadConfig
-from nautilus_kad.core.engine import KadEngine
-from nautilus_kad.core.events import Event
+from nautilus_kad.core.engine import FLAG_CLIENT, TOKEN_BYTES, KadEngine
+from nautilus_kad.core.events import BootstrapDone, Event
 from nautilus_kad.core.identity import Identity
-from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import Address
+from nautilus_kad.core.ids import NodeId, key_id
+from nautilus_kad.core.messages import (
+    Address,
+    Envelope,
+    FindNode,
+    Message,
+    Nodes,
+    Pong,
+    Store,
+)
 from nautilus_kad.core.records import Record
 
 START = 1_000_000.0
@@ -41,6 +52,8 @@ class EngineNet:
         self.filter: Filter | None = None
         self.sent: list[tuple[bytes, Address, Address]] = []
         """Every datagram a live node sent, dropped or not."""
+        self.lost = 0
+        """Datagrams to a node that is down or unknown."""
         for _ in range(size):
             self.add()
 
@@ -135,6 +148,7 @@ class EngineNet:
                         continue
                 target = self.engines.get(destination)
                 if target is None or destination in self.down:
+                    self.lost += 1
                     continue
                 target.receive_datagram(payload, source, self.now)
                 delivered += 1
@@ -170,6 +184,25 @@ class EngineNet:
             self.deliver()
         self.now = end
         self.deliver()
+
+    def advance_to(self, when: float) -> None:
+        """:meth:`advance` to the absolute time ``when``."""
+        self.advance(max(0.0, when - self.now))
+
+    def result(self, engine: KadEngine, query_id: int) -> Event:
+        """Deliver; then ``engine`` has reported exactly one end of ``query_id`` (kept)."""
+        self.deliver()
+        found = [
+            e for e in self.events[self.address_of(engine)]
+            if getattr(e, "query_id", None) == query_id
+        ]  # fmt: skip
+        assert len(found) == 1, f"expected one result for query {query_id}, got {found}"
+        return found[0]
+
+    def pending_result(self, engine: KadEngine, query_id: int) -> bool:
+        """Whether ``engine`` has reported the end of ``query_id`` yet."""
+        events = self.events[self.address_of(engine)]
+        return any(getattr(e, "query_id", None) == query_id for e in events)
 
     def wait_for(self, engine: KadEngine, query_id: int, *, timeout: float = 30.0) -> Event:
         """Deliver and advance time until ``engine`` reports the end of ``query_id``."""
@@ -216,3 +249,133 @@ def build(count: int, config: KadConfig, seed: int = 1) -> tuple[EngineNet, list
         engines.append(engine)
     net.advance(1.0)
     return net, engines
+
+
+# --- a hand-driven peer and small helpers --------------------------------------------------
+
+
+def addr(engine: KadEngine) -> Address:
+    """The engine's bound address (always set by this harness)."""
+    assert engine.address is not None
+    return engine.address
+
+
+def bootstrapped(n: int, config: KadConfig | None = None, seed: int = 0) -> EngineNet:
+    """``n`` engines joined one after another through the first, at time 0."""
+    net = EngineNet(config=config, seed=seed, now=0.0)
+    first = net.add()
+    for _ in range(n - 1):
+        engine = net.add()
+        qid = engine.bootstrap([addr(first)], net.now)
+        done = net.result(engine, qid)
+        assert isinstance(done, BootstrapDone), done
+        assert done.table_size >= 1
+    return net
+
+
+def truth(
+    ids: Iterable[NodeId], target: int, k: int, exclude: NodeId | None = None
+) -> list[NodeId]:
+    return sorted((n for n in ids if n != exclude), key=lambda n: n ^ target)[:k]
+
+
+def open_record(key: bytes, value: bytes, ts: int = 1_000, ttl: int = 3600) -> Record:
+    return Record(key_id(key), value, ts, ttl)
+
+
+# --- a hand-driven peer: an identity without an engine -----------------------------------
+
+
+class Peer:
+    """A raw peer that crafts datagrams itself (for tests of hostile or exact input)."""
+
+    def __init__(self, seed: int, address: Address = ("192.0.2.50", 5000)) -> None:
+        self.identity = Identity.generate(random.Random(seed))
+        self.auth = Authenticator(self.identity)
+        self.address = address
+        self.rng = random.Random(seed + 1)
+
+    def request(
+        self,
+        engine: KadEngine,
+        message: Message,
+        now: float,
+        *,
+        address: Address | None = None,
+        flags: int = FLAG_CLIENT,
+    ) -> Envelope:
+        """Send ``message`` to ``engine``; return its answer (decoded, checked)."""
+        txid = self.rng.randbytes(8)
+        src = address or self.address
+        engine.receive_datagram(encode_message(message, txid, self.auth, flags), src, now)
+        answers = [
+            decode_datagram(data, self.auth)
+            for data, dst in engine.datagrams_to_send()
+            if dst == src
+        ]
+        matching = [a for a in answers if a.txid == txid]
+        assert len(matching) == 1, answers
+        assert matching[0].sender_id == engine.node_id
+        return matching[0]
+
+    def token(self, engine: KadEngine, now: float, address: Address | None = None) -> bytes:
+        answer = self.request(engine, FindNode(NodeId(1)), now, address=address).message
+        assert isinstance(answer, Nodes)
+        assert len(answer.token) == TOKEN_BYTES
+        return answer.token
+
+    def store(
+        self,
+        engine: KadEngine,
+        record: Record,
+        token: bytes,
+        now: float,
+        address: Address | None = None,
+    ) -> Message:
+        return self.request(engine, Store(record, token), now, address=address).message
+
+    def answer(
+        self, engine: KadEngine, reply: Callable[[Envelope], Message | None], now: float
+    ) -> int:
+        """Answer every request ``engine`` queued for us; returns how many were answered."""
+        answered = 0
+        for data, dst in engine.datagrams_to_send():
+            if dst != self.address:
+                continue
+            env = decode_datagram(data, self.auth)
+            response = reply(env)
+            if response is not None:
+                out = encode_message(response, env.txid, self.auth)
+                engine.receive_datagram(out, self.address, now)
+                answered += 1
+        return answered
+
+
+def lone_engine(seed: int = 1, config: KadConfig | None = None) -> KadEngine:
+    engine = KadEngine(
+        Identity.generate(random.Random(seed)),
+        config=config,
+        rng=random.Random(seed + 1000),
+        now=0.0,
+    )
+    engine.address = ("10.1.0.1", 4000)
+    return engine
+
+
+def held(engine: KadEngine, key: NodeId, now: float) -> Record | None:
+    stored = engine.store.get(key, now)
+    return None if stored is None else stored.record
+
+
+def decode_out(engine: KadEngine) -> list[tuple[Envelope, Address]]:
+    reader = Authenticator(Identity.generate(random.Random(999)))
+    return [(decode_datagram(d, reader), a) for d, a in engine.datagrams_to_send()]
+
+
+def known_by(engine: KadEngine, peer: Peer) -> None:
+    """``engine`` pings ``peer``, which answers: it is in the table from now on."""
+    engine.ping(peer.address, 0.0)
+    assert peer.answer(engine, lambda env: Pong(addr(engine)), 0.0) == 1
+    assert peer.identity.node_id in engine.table
+    while engine.next_event() is not None:
+        pass

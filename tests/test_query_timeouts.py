@@ -7,7 +7,7 @@ Driven by hand on the in-test router of test_engine.py: explicit time, no socket
 
 from __future__ import annotations
 
-from test_engine import Net, addr, bootstrapped, open_record
+from enginenet import EngineNet, addr, bootstrapped, open_record
 
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
@@ -16,15 +16,15 @@ from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import Address
 
 
-def _asked(net: Net, engine: KadEngine, since: int, down: set[Address]) -> set[Address]:
+def _asked(net: EngineNet, engine: KadEngine, since: int, down: set[Address]) -> set[Address]:
     """The down addresses ``engine`` sent a datagram to after ``net.sent[since]``."""
-    return {dst for src, dst, _ in net.sent[since:] if src == addr(engine) and dst in down}
+    return {dst for _, src, dst in net.sent[since:] if src == addr(engine) and dst in down}
 
 
-def _kill_closest(net: Net, target: NodeId, count: int, spare: KadEngine) -> set[Address]:
+def _kill_closest(net: EngineNet, target: NodeId, count: int, spare: KadEngine) -> set[Address]:
     """Take down the ``count`` nodes closest to ``target`` (never ``spare``)."""
     victims = sorted(
-        (e for e in net.engines() if e is not spare), key=lambda e: e.node_id ^ target
+        (e for e in list(net.engines.values()) if e is not spare), key=lambda e: e.node_id ^ target
     )[:count]
     down = {addr(e) for e in victims}
     net.down |= down
@@ -34,11 +34,13 @@ def _kill_closest(net: Net, target: NodeId, count: int, spare: KadEngine) -> set
 def test_a_lookup_reports_the_dead_peers_it_waited_on() -> None:
     net = bootstrapped(30, seed=41)
     target = NodeId(0x5A5A << 240)
-    asker = max(net.engines(), key=lambda e: e.node_id ^ target)  # the farthest: many hops
+    asker = max(
+        list(net.engines.values()), key=lambda e: e.node_id ^ target
+    )  # the farthest: many hops
     down = _kill_closest(net, target, 3, asker)
     since = len(net.sent)
     qid = asker.find_node(target, net.now)
-    net.advance(net.now + 2 * net.config.request_timeout)
+    net.advance_to(net.now + 2 * net.config.request_timeout)
     done = net.result(asker, qid)
     assert isinstance(done, LookupDone)
     asked = _asked(net, asker, since, down)
@@ -49,9 +51,9 @@ def test_a_lookup_reports_the_dead_peers_it_waited_on() -> None:
 
 def test_a_lookup_on_a_live_network_reports_no_timeouts() -> None:
     net = bootstrapped(30, seed=42)
-    asker = net.engines()[7]
+    asker = list(net.engines.values())[7]
     qid = asker.find_node(NodeId(0x1234 << 200), net.now)
-    net.advance(net.now + 2 * net.config.request_timeout)
+    net.advance_to(net.now + 2 * net.config.request_timeout)
     done = net.result(asker, qid)
     assert isinstance(done, LookupDone)
     assert done.queries > 0
@@ -62,12 +64,12 @@ def test_a_get_and_a_put_report_their_timeouts() -> None:
     net = bootstrapped(30, seed=43)
     record = open_record(b"timeouts-of-a-put", b"v", ts=5_000)
     target = record.key
-    engines = sorted(net.engines(), key=lambda e: e.node_id ^ target)
+    engines = sorted(list(net.engines.values()), key=lambda e: e.node_id ^ target)
     putter = engines[-1]
     down = _kill_closest(net, target, 2, putter)
     since = len(net.sent)
     qid = putter.put(record, net.now)
-    net.advance(net.now + 2 * net.config.request_timeout)
+    net.advance_to(net.now + 2 * net.config.request_timeout)
     put = net.result(putter, qid)
     assert isinstance(put, PutDone)
     asked = _asked(net, putter, since, down)
@@ -78,7 +80,7 @@ def test_a_get_and_a_put_report_their_timeouts() -> None:
     getter = engines[-2]
     since = len(net.sent)
     qid = getter.get(record.key, net.now)
-    net.advance(net.now + 2 * net.config.request_timeout)
+    net.advance_to(net.now + 2 * net.config.request_timeout)
     got = net.result(getter, qid)
     assert isinstance(got, GetDone)
     assert got.record == record
@@ -91,8 +93,8 @@ def test_a_get_and_a_put_report_their_timeouts() -> None:
 def test_an_answer_after_the_soft_timeout_takes_the_timeout_back() -> None:
     """A slow peer that answers before the query ends did not time out; one that stays
     silent did (sessions off, so the test can read the requests)."""
-    net = Net(KadConfig(sessions=False), seed=44)
-    a, slow, silent = net.spawn(), net.spawn(), net.spawn()
+    net = EngineNet(config=KadConfig(sessions=False), seed=44, now=0.0)
+    a, slow, silent = net.add(), net.add(), net.add()
     for peer in (slow, silent):
         net.result(a, a.ping(addr(peer), net.now))
     qid = a.find_node(NodeId(99), net.now)
@@ -107,7 +109,7 @@ def test_an_answer_after_the_soft_timeout_takes_the_timeout_back() -> None:
     for data, _ in slow.datagrams_to_send():
         a.receive_datagram(data, addr(slow), start + soft + 0.03)
     a.handle_timer(start + soft + net.config.slow_grace + 0.05)  # the silent one's grace ends
-    net.flush()
+    net.deliver()
     done = net.result(a, qid)
     assert isinstance(done, LookupDone)
     assert [c.node_id for c in done.contacts] == [slow.node_id]

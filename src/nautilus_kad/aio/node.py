@@ -65,7 +65,7 @@ from ..core.storage import RecordStore
 from ..persist import DataDir
 from .blobs import Progress, fetch_value, published_pieces, store_pieces
 from .channels import Channel, ChannelHub
-from .transport import EngineProtocol, LoopClock, open_endpoint
+from .transport import EngineProtocol, LoopClock, is_local_ip, open_endpoint
 
 AddressLike = str | tuple[str, int]
 
@@ -210,6 +210,7 @@ class Node:
         node._protocol = protocol
         node._address = address
         engine.address = address
+        engine.nat.is_local = is_local_ip  # bound to 0.0.0.0: is the external IP ours?
         engine.traversal.enable(clock.now())  # a client registers with rendezvous
         saved: list[Address] = []
         if directory is not None:
