@@ -60,7 +60,7 @@ def test_a_cache_store_lost_once_is_sent_again() -> None:
     net.advance(5.0)
     cached = nearest.store.get(record.key, net.now)
     assert cached is not None and cached.record == record
-    assert reader.stats["store.slow"] == 1
+    assert reader.stats["fanout.slow"] == 1
 
 
 def test_every_store_is_owned_by_the_fanout() -> None:

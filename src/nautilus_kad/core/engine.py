@@ -44,7 +44,8 @@ from .handoff import Scans
 from .holdings import Holdings
 from .identity import Identity
 from .ids import NodeId, random_id_in_bucket
-from .lookup import AnyLookup, Candidate
+from .lookup import Candidate
+from .lookup_disjoint import AnyLookup
 from .lookups import LookupQuery, Lookups, nothing
 from .messages import (
     Address,
@@ -557,6 +558,7 @@ class KadEngine:
                 tuple(c.contact for c in closest),
                 lookup.hops,
                 lookup.queries_sent,
+                query.timeouts,
             )
         )
 

@@ -76,7 +76,7 @@ class TraversalConfig:
     """While relayed, punch again every this long …"""
     upgrade_tries: int = 6
     """… this many times."""
-    channel_idle: float = 75.0
+    channel_idle: float = 120.0
     """A channel that received nothing (not even a keepalive) this long is closed."""
     max_channels: int = 256
     """Channels (open or being set up) at once."""
