@@ -154,12 +154,14 @@ class NatState:
 
     def hold_off(self, probers: list[str], now: float) -> bool:
         """Whether to delay the rounds wanted now, given the IPs of the servers that could
-        probe us (our table's, less the helpers about to be asked). Only after a tainted
-        probe, and only while every one of them is still one we contacted: in a small
-        network each probe would then come through a hole our traffic opened, and keep it
-        open (NATs refresh on inbound traffic), so rounds could never prove anything. The
-        rounds wait until the first of them is clear."""
-        if not self.rounds.taint_last or not probers:
+        probe us (our table's, less the helpers about to be asked). Only after
+        ``probe_window`` rounds in a row came back tainted, and only while every one of
+        those servers is still one we contacted: in a small network each probe would then
+        come through a hole our traffic opened, and keep it open (NATs refresh on inbound
+        traffic), so rounds could never prove anything. The rounds wait until the first of
+        them is clear. (In a bigger network helpers pick probers we never met, and rounds
+        go on at once.)"""
+        if self.rounds.tainted_in_row < self.config.probe_window or not probers:
             return False
         contacted = self.contacted
         clear = min(contacted.clear_at(ip) for ip in probers)
