@@ -463,8 +463,8 @@ BAD_ENVELOPES: list[tuple[str, list[Any], str]] = [
     ("version 2", _envelope(MessageType.PING, [], version=2), "version"),
     ("version 0", _envelope(MessageType.PING, [], version=0), "version"),
     ("version str", _envelope(MessageType.PING, [], version="1"), "version"),
-    ("unknown type 8", _envelope(0x08, []), "type"),
-    ("unknown type 0x88", _envelope(0x88, []), "type"),
+    ("unknown type 0x0B", _envelope(0x0B, []), "type"),
+    ("unknown type 0x8B", _envelope(0x8B, []), "type"),
     ("unknown type 0", _envelope(0, []), "type"),
     ("str type", _envelope("PING", []), "type"),
     # ranges

@@ -210,6 +210,10 @@ def test_reads_show_the_table_records_and_lookups(tmp_path: Path) -> None:
             status = await r.json()
             assert status["state"] == "ready" and status["records"] == 1
             assert status["contacts"] == len(node.routing_table)
+            reach = status["reachability"]  # issue 11: the mode and what it rests on
+            assert reach["mode"] == node.reachability["mode"] == "server" and reach["fixed"]
+            assert set(reach["external"]) == set(reach["nat_class"]) == {"ipv4", "ipv6"}
+            assert reach["since_s"] >= 0 and reach["probes"] == 0
 
     run(tmp_path, test)
 

@@ -199,8 +199,10 @@ def test_status_table_and_stop(net: tuple[RunningNode, RunningNode, Path]) -> No
     assert status.returncode == 0, err(status)
     assert f"node      {daemon.node_id}" in out(status)
     assert "state     ready" in out(status)
+    assert "mode      server for " in out(status) and "(fixed by --mode)" in out(status)
     raw = json.loads(out(kad("status", "--json", *d)))
     assert raw["node_id"] == daemon.node_id and raw["contacts"] >= 1
+    assert raw["reachability"]["mode"] == "server"
     table = kad("table", *d)
     assert table.returncode == 0 and seed.node_id[:16] in out(table), out(table)
     started = time.monotonic()

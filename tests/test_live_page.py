@@ -141,6 +141,8 @@ def test_bucket_rows_match_the_api(page: Any, net: Net) -> None:
     assert sum(shown.values()) == len(net.peers) + 1  # the seed and the three peers
     status = net.api("status")
     assert page.locator("[data-testid=state]").inner_text() == status["state"] == "ready"
+    reach = page.locator("[data-testid=reachability]").inner_text()
+    assert reach.startswith(status["reachability"]["mode"]), reach
 
 
 def test_a_put_through_the_cli_shows_within_two_seconds_without_reload(

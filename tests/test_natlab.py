@@ -198,12 +198,13 @@ def test_real_nodes_learn_whether_they_are_reachable(tmp_path: Path) -> None:
 def _reachability_scenario(tmp_path: Path) -> None:
     tmp_path.mkdir()
     auto = ["--mode", "auto", "--nat-timescale", "0.05"]
+    server = ["--mode", "server", "--nat-timescale", "0.05"]  # their serve limits scale too
     with NatLab(conntrack_timeouts=(5, 10), filter_timeout=5) as lab:
         publics = [lab.add_public() for _ in range(6)]
         natted = [lab.add_natted(kind) for kind in NAT_KINDS]
         seeds: list[Daemon] = []
         for host in publics[:5]:  # each joins through all before it: they know each other
-            seeds.append(Daemon(lab, host, tmp_path, publics[: len(seeds)], ["--mode", "server"]))
+            seeds.append(Daemon(lab, host, tmp_path, publics[: len(seeds)], server))
             seeds[-1].wait_ready()
         others = [Daemon(lab, publics[5], tmp_path, publics[:2], auto, "info")]
         others += [Daemon(lab, h, tmp_path, publics[:2], auto, "info") for h in natted]

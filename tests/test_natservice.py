@@ -5,6 +5,7 @@ message goes through the real encoder and decoder."""
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,9 @@ class Node:
         """None (public), "full-cone", "address" or "port" (restricted)."""
         self.opened: dict[Address, float] = {}
         """Remote endpoints we sent to (our NAT's filter state)."""
+        self.hole_lifetime = net.hole_lifetime
+        """How long an opened endpoint stays open without traffic (inf: for ever); traffic
+        either way refreshes it, as Linux conntrack does (RFC 4787 inbound refresh)."""
         self.pending: dict[bytes, tuple[Any, Address]] = {}
         self.state = NatState(CFG, random.Random(n), 0.0, mode=mode)
         self.service = NatService(
@@ -68,9 +72,14 @@ class Node:
         """Whether our NAT lets a datagram from ``source`` in."""
         if self.filtering in (None, "full-cone"):
             return True
+        now, life = self.net.now, self.hole_lifetime
         if self.filtering == "address":
-            return any(a[0] == source[0] for a in self.opened)
-        return source in self.opened
+            holes = [a for a, t in self.opened.items() if a[0] == source[0] and now - t < life]
+        else:
+            holes = [source] if now - self.opened.get(source, -math.inf) < life else []
+        for hole in holes:
+            self.opened[hole] = now  # inbound traffic keeps the hole open
+        return bool(holes)
 
     def transmit(
         self, message: Message, txid: bytes, to: Address, now: float, pad_to: int = 0
@@ -96,6 +105,7 @@ class Node:
         if not self.admits(source):
             self.net.filtered += 1
             return
+        self.state.received_from(source[0], now)  # what the engine reports for each datagram
         envelope = decode_datagram(data, self.auth)
         message = envelope.message
         if isinstance(message, Dialback | ProbeRelay | Probe):
@@ -114,7 +124,8 @@ class Node:
 
 
 class Net:
-    def __init__(self) -> None:
+    def __init__(self, hole_lifetime: float = math.inf) -> None:
+        self.hole_lifetime = hole_lifetime
         self.rng = random.Random(5)
         self.nodes: list[Node] = []
         self.by_address: dict[Address, Node] = {}
@@ -162,10 +173,10 @@ class Net:
                 self.now = until
 
 
-def network(*filters: str | None, seeds: int = 6) -> Net:
+def network(*filters: str | None, seeds: int = 6, hole_lifetime: float = math.inf) -> Net:
     """``seeds`` public servers that know each other, then one node per filter kind that
     knows every seed (but the seeds do not know it)."""
-    net = Net()
+    net = Net(hole_lifetime)
     servers = [net.add(mode="server") for _ in range(seeds)]
     for node in servers:
         node.table = [s.contact for s in servers if s is not node]
@@ -192,6 +203,28 @@ def test_each_kind_learns_whether_it_is_reachable() -> None:
     assert address.state.stats()["probes.timed_out"] >= CFG.probe_window
     # The reachable ones got their probes from IPs they never sent to.
     assert cone.state.stats()["probes.answered"] >= CFG.probe_quorum
+
+
+def test_probes_that_keep_a_hole_open_do_not_count() -> None:
+    """NAT holes that close after 280 s idle but stay open while either side writes (RFC 4787
+    recommends 300 s): in a network of six servers, each the node contacted, probers probing again
+    and again would keep open the holes its own first datagrams made. Those probes do not
+    count, and rounds wait until a prober can prove something: the restricted nodes stay
+    clients over an hour; the reachable ones still become servers."""
+    net = network(None, "full-cone", "address", "port", hole_lifetime=280.0)
+    public, cone, address, port = net.nodes[-4:]
+    for node in net.nodes[-4:]:  # they joined: each sent to every seed
+        for contact in node.table:
+            node.opened[contact.address] = 0.0
+            node.service.sent(contact.host, 0.0)
+    net.run(3600.0)
+    assert public.state.mode is Mode.SERVER and cone.state.mode is Mode.SERVER
+    assert address.state.mode is Mode.CLIENT and port.state.mode is Mode.CLIENT
+    for node in (address, port):
+        stats = node.state.stats()
+        assert stats["probes.answered"] == 0 and stats["mode.changes"] == 0
+        assert stats["probes.tainted"] > 0 and stats["rounds.held_off"] > 0
+    assert cone.state.stats()["rounds.held_off"] > 0  # it waited, then proved it
 
 
 def test_probes_only_go_to_requesters_and_within_limits() -> None:

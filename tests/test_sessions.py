@@ -53,10 +53,10 @@ from nautilus_kad.core.session import (
     HandshakeAccept,
     HandshakeOffer,
     Session,
-    SessionTable,
     derive_keys,
     unknown_session_notice,
 )
+from nautilus_kad.core.session_table import SessionTable
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 

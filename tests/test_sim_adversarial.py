@@ -1,4 +1,4 @@
-"""Hostile nodes in the simulator (sim/adversary.py) and the adversarial scenario."""
+"""Hostile nodes in the simulator (sim/adversarial/nodes.py) and the adversarial scenario."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from nautilus_kad.core.lookup import Lookup
 from nautilus_kad.core.messages import Contact, FindNode, FindValue, Nodes
 from nautilus_kad.core.records import make_immutable
 from nautilus_kad.sim import SimAuthenticator, Simulation
-from nautilus_kad.sim.adversarial import AdversarialSpec, run_adversarial
-from nautilus_kad.sim.adversarial_scoring import strict_ok
-from nautilus_kad.sim.adversary import (
+from nautilus_kad.sim.adversarial.answers import FORGE, SCATTER, SCATTER_FORGE, forged_address
+from nautilus_kad.sim.adversarial.nodes import (
     MISROUTE,
     SILENT,
     Colluders,
@@ -27,7 +26,8 @@ from nautilus_kad.sim.adversary import (
     turn_honest,
     turn_hostile,
 )
-from nautilus_kad.sim.hostile import FORGE, SCATTER, SCATTER_FORGE, forged_address
+from nautilus_kad.sim.adversarial.scenario import AdversarialSpec, run_adversarial
+from nautilus_kad.sim.adversarial.scoring import strict_ok
 from nautilus_kad.sim.simulation import SimNode, default_sim_config
 
 

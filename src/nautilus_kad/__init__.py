@@ -9,12 +9,15 @@ The public API::
         assert await node.get(b"my-key") == b"value"
 """
 
+from .aio.channels import MAX_CHANNEL_PAYLOAD, Channel
 from .aio.node import GetResult, Node, PingResult, PutResult, SignedPutResult
 from .core.config import KadConfig
 from .core.engine import KadEngine
 from .core.errors import (
     BadSignatureError,
     CasMismatchError,
+    ChannelClosedError,
+    ConnectError,
     DecodeError,
     KadError,
     NoPeersError,
@@ -33,8 +36,12 @@ from .core.records import Record, RecordKind, SignedRecord, immutable_key, signe
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_CHANNEL_PAYLOAD",
     "BadSignatureError",
     "CasMismatchError",
+    "Channel",
+    "ChannelClosedError",
+    "ConnectError",
     "Contact",
     "DecodeError",
     "GetResult",

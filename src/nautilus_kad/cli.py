@@ -11,7 +11,9 @@ status: 2 for argument problems, 1 for network failures, 130 for Ctrl-C.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -35,7 +37,7 @@ from .clierrors import CommandFailed
 from .clierrors import describe_os_error as _describe_os_error
 from .core.addresses import AddressError, format_address, parse_address
 from .core.config import KadConfig
-from .core.errors import KadError, NoPeersError
+from .core.errors import KadError, NoPeersError, QueryError
 from .core.identity import PUBLIC_KEY_BYTES, Identity
 from .core.ids import NodeId, distance
 from .core.limits import MAX_SALT_BYTES, MAX_SEQ
@@ -50,7 +52,7 @@ from .demo import (
     demo_table,
     run_demo,
 )
-from .sim.adversarial_command import adversarial_command
+from .sim.adversarial.command import adversarial_command
 from .sim.command import sim_command
 
 T = TypeVar("T")
@@ -533,6 +535,29 @@ def _env(name: str) -> str:
     envvar=_env("nat_timescale"),
     help="Multiply every reachability timer by this (test labs).",
 )
+@click.option(
+    "--echo",
+    "echo_channels",
+    is_flag=True,
+    envvar=_env("echo"),
+    help="Send every datagram of every channel peers open to this node back to them "
+    "(a target for `connect`).",
+)
+@click.option(
+    "--keepalive",
+    type=click.FloatRange(min=0.05),
+    default=20.0,
+    show_default=True,
+    envvar=_env("keepalive"),
+    help="Seconds between keepalives to this node's rendezvous (when it is a client) and on "
+    "idle channels: keep it under the NAT's UDP binding timeout.",
+)
+@click.option(
+    "--relay-only",
+    is_flag=True,
+    envvar=_env("relay_only"),
+    help="Never punch: channels to NATed peers go through a relay.",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -549,6 +574,9 @@ def run_command(
     profile: str,
     mode: str,
     nat_timescale: float,
+    echo_channels: bool,
+    keepalive: float,
+    relay_only: bool,
 ) -> None:
     """Run a node in the foreground with its local API, until Ctrl-C, SIGTERM or `stop`.
 
@@ -577,9 +605,25 @@ def run_command(
     )
     goodbye = f"node {identity.node_id.short()} stopped. Goodbye."
     config = profile_config(profile)
-    config = config.with_changes(mode=mode, nat=config.nat.scaled(nat_timescale))
+    traversal = dataclasses.replace(config.traversal, relay_only=relay_only)
+    traversal = traversal.scaled(keepalive / traversal.keepalive)
+    config = config.with_changes(
+        mode=mode, nat=config.nat.scaled(nat_timescale), traversal=traversal
+    )
     try:
-        signum = _run(serve(host, port, bootstrap, identity, data_dir, config, api, click.echo))
+        signum = _run(
+            serve(
+                host,
+                port,
+                bootstrap,
+                identity,
+                data_dir,
+                config,
+                api,
+                click.echo,
+                echo_channels=echo_channels,
+            )
+        )
     except Interrupted:  # Ctrl-C before the signal handlers were in place
         click.echo(goodbye)
         raise Interrupted("") from None
@@ -1023,6 +1067,72 @@ def lookup_command(
     for rank, (hex_id, where, bits) in enumerate(rows, 1):
         table.add_row(str(rank), hex_id, where, str(bits))
     _stdout_console().print(table)
+
+
+# ==========================================================================================
+# connect
+# ==========================================================================================
+
+
+@cli.command("connect")
+@click.argument("node_id", type=NODE_ID)
+@click.option("--message", "-m", required=True, help="The text to send on the channel.")
+@_bootstrap_required
+@_host_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=600),
+    default=10.0,
+    show_default=True,
+    help="Seconds for the channel and the answer together.",
+)
+@click.option("--relay-only", is_flag=True, help="Never punch: go through a relay.")
+@_profile_option
+@click.pass_context
+def connect_command(
+    ctx: click.Context,
+    node_id: NodeId,
+    message: str,
+    bootstrap: tuple[Address, ...],
+    host: str,
+    timeout: float,
+    relay_only: bool,
+    profile: str,
+) -> None:
+    """Open a channel to NODE_ID (behind a NAT or not), send --message, print the answer.
+
+    The target is usually a node run with `run --echo`. Prints the answer, the path taken
+    (direct, or relayed by one of the target's rendezvous) and the time it took.
+    """
+    _setup_logging(ctx, logging.WARNING)
+    _need_bootstrap(ctx, bootstrap)
+    config = profile_config(profile)
+    config = config.with_changes(
+        traversal=dataclasses.replace(config.traversal, relay_only=relay_only)
+    )
+
+    async def connect() -> tuple[bytes, str, float, float]:
+        started = time.perf_counter()
+        async with _client_node(host, bootstrap, config) as node:
+            joined = time.perf_counter()
+            channel = await node.connect(node_id.to_bytes32(), timeout=timeout)
+            opened = time.perf_counter()
+            await channel.send(_encode_arg(message))
+            left = max(0.1, timeout - (opened - started))
+            try:
+                answer = await asyncio.wait_for(channel.recv(), left)
+            except TimeoutError:
+                raise QueryError(f"no answer on the channel within {left:.1f} s") from None
+            done = time.perf_counter()
+            path = channel.path
+            await channel.close()
+        return answer, path, (opened - joined) * 1000, (done - opened) * 1000
+
+    answer, path, connect_ms, answer_ms = _run(connect())
+    click.echo(f"answer: {answer.decode('utf-8', 'replace')}")
+    click.echo(f"path: {path}")
+    click.echo(f"time: {connect_ms + answer_ms:.1f} ms (connect {connect_ms:.1f} ms, "
+               f"answer {answer_ms:.1f} ms)")  # fmt: skip
 
 
 # ==========================================================================================

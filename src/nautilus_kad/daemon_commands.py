@@ -56,7 +56,22 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"{status['replacements']} waiting as replacements)",
         f"records   {status['records']} ({_size(status['records_bytes'])})",
         f"queries   {status['queries_in_flight']} in flight",
+        *_reachability_lines(status.get("reachability")),
     ]
+
+
+def _reachability_lines(reach: dict[str, Any] | None) -> list[str]:
+    """``mode`` and ``external`` lines (absent from an older daemon's answer)."""
+    if not reach:
+        return []
+    probes = f"{reach['probes_ok']}/{reach['probes']} probe rounds ok"
+    how = "fixed by --mode" if reach["fixed"] else probes
+    lines = [f"mode      {reach['mode']} for {_duration(reach['since_s'])} ({how})"]
+    for family, address in reach["external"].items():
+        nat_class = reach["nat_class"].get(family, "unknown")
+        if address is not None or nat_class != "unknown":
+            lines.append(f"external  {address or '?'} ({family}, NAT class {nat_class})")
+    return lines
 
 
 @click.command("status")

@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -29,6 +29,7 @@ from ..core.config import KadConfig
 from ..core.engine import KadEngine
 from ..core.errors import (
     CasMismatchError,
+    ConnectError,
     KadError,
     NoPeersError,
     QueryError,
@@ -63,6 +64,7 @@ from ..core.routing import RoutingTable
 from ..core.storage import RecordStore
 from ..persist import DataDir
 from .blobs import Progress, fetch_value, published_pieces, store_pieces
+from .channels import Channel, ChannelHub
 from .transport import EngineProtocol, LoopClock, open_endpoint
 
 AddressLike = str | tuple[str, int]
@@ -151,6 +153,7 @@ class Node:
         self._table_changed = False
         self._listeners: list[Callable[[Event], None]] = []
         self._join_addresses: list[AddressLike] = []
+        self._hub = ChannelHub(engine, lambda: self._protocol)
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -205,6 +208,7 @@ class Node:
         node._protocol = protocol
         node._address = address
         engine.address = address
+        engine.traversal.enable(clock.now())  # a client registers with rendezvous
         saved: list[Address] = []
         if directory is not None:
             node._restore_published()
@@ -255,6 +259,7 @@ class Node:
                     self._run(self._engine.leave),
                     self._engine.config.leave_timeout,
                 )
+        self._hub.stop()  # tells the peers of our channels, fails connects still running
         self._stopped = True
         for task in self._tasks:
             task.cancel()
@@ -656,8 +661,12 @@ class Node:
         """Whether this node serves and why: ``mode`` (client or server), whether it is
         fixed by configuration, ``since`` when (loop time), the ``external`` addresses the
         vote adopted, the ``nat_class`` per address family, the ``last_probes`` and the NAT
-        counters (also in :attr:`stats` as ``nat.*``). See docs/nat.md."""
-        return self._engine.natlink.reachability(self._now())
+        counters (also in :attr:`stats` as ``nat.*``); ``traversal``: our rendezvous (and
+        whether each registered us) and the registrations, circuits and channels we hold.
+        See docs/nat.md."""
+        snapshot = self._engine.natlink.reachability(self._now())
+        snapshot["traversal"] = self._engine.traversal.snapshot()
+        return snapshot
 
     @property
     def data_dir(self) -> str | None:
@@ -738,6 +747,35 @@ class Node:
         host, port = self._address
         return f"Node({self.node_id.short()}… at {host}:{port})"
 
+    # --- channels (NAT traversal: docs/nat.md) ---------------------------------------
+
+    async def connect(self, node_id: bytes | NodeId, *, timeout: float = 10.0) -> Channel:
+        """An encrypted datagram channel to the node ``node_id``: direct where the NATs
+        allow it (punched through the target's rendezvous), else relayed by one of them.
+
+        Raises :class:`ConnectError` (with a ``code``) when there is none within ``timeout``
+        seconds; it never waits longer."""
+        target = node_id if isinstance(node_id, NodeId) else NodeId.from_bytes_exact(node_id)
+        if timeout <= 0:
+            raise ConnectError("timeout", "timeout must be positive")
+        return await self._hub.connect(target, timeout)
+
+    def incoming(self) -> AsyncIterator[Channel]:
+        """The channels peers open to us, as they open (``async for channel in
+        node.incoming()``); ends when the node stops. :attr:`connect_policy` decides who
+        may open one."""
+        return self._hub.incoming()
+
+    @property
+    def connect_policy(self) -> Callable[[bytes, Address], bool] | None:
+        """``policy(node_id, address) -> bool``: whether a peer may open a channel to us
+        (None, the default: everyone). It runs inside datagram handling: keep it quick."""
+        return self._engine.traversal.policy
+
+    @connect_policy.setter
+    def connect_policy(self, policy: Callable[[bytes, Address], bool] | None) -> None:
+        self._engine.traversal.policy = policy
+
     # --- plumbing --------------------------------------------------------------------
 
     def _now(self) -> float:
@@ -771,6 +809,8 @@ class Node:
                 listener(event)
             except Exception:
                 _log.exception("event listener %r failed", listener)
+        if self._hub.on_event(event):
+            return
         if isinstance(event, PeerAdded | PeerRemoved):
             self._table_changed = True
             if isinstance(event, PeerRemoved) and not len(self._engine.table):

@@ -18,6 +18,7 @@ the engine. The only exception the decoders raise is :class:`DecodeError`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -56,6 +57,7 @@ __all__ = [
     "parse_session_header",
     "unpack_ip",
 ]
+from .connectwire import TRAVERSAL_TYPES, decode_traversal_body, encode_traversal_body
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from .ids import ID_BYTES, NodeId
 from .limits import (
@@ -65,6 +67,8 @@ from .limits import (
     TXID_BYTES,
 )
 from .messages import (
+    Connect,
+    ConnectReply,
     Dialback,
     DialbackReply,
     Envelope,
@@ -72,6 +76,8 @@ from .messages import (
     ErrorCode,
     FindNode,
     FindValue,
+    Forward,
+    ForwardReply,
     Message,
     MessageType,
     Nodes,
@@ -80,6 +86,8 @@ from .messages import (
     Probe,
     ProbeRelay,
     ProbeRelayReply,
+    Register,
+    RegisterReply,
     Store,
     Stored,
     Value,
@@ -114,36 +122,55 @@ _UNPACK_LIMITS: dict[str, Any] = {
     "max_ext_len": 0,
 }
 _unpack = functools.partial(msgpack.unpackb, **_UNPACK_LIMITS)
+_pack = msgpack.Packer(use_bin_type=True).pack
+"""One packer for every datagram: ``msgpack.packb`` builds a new one per call. Packing holds
+no state between calls (``autoreset``), and the core runs on one thread."""
 _MIN_DATAGRAM = SIGNATURE_BYTES + 1 + 2 + TXID_BYTES + PUBLIC_KEY_BYTES
 _REQUEST_TYPES = frozenset(t for t in MessageType if t.is_request)
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 
 
 def _encode_body(message: Message) -> list[Any]:
-    match message:
-        case Ping():
-            return []
-        case FindNode(target=target):
-            return [target.to_bytes32()]
-        case FindValue(key=key):
-            return [key.to_bytes32()]
-        case Store(record=record, token=token, expected_seq=expected_seq):
-            if expected_seq is None:
-                return [_encode_record(record), token]
-            return [_encode_record(record), token, expected_seq]
-        case Pong(observed=observed):
-            return [_encode_address(observed)]
-        case Nodes(observed=observed, token=token, contacts=contacts):
-            return [_encode_address(observed), token, _encode_contacts(contacts)]
-        case Value(observed=observed, token=token, record=record):
-            return [_encode_address(observed), token, _encode_record(record)]
-        case Stored(observed=observed):
-            return [_encode_address(observed)]
-        case Error(observed=observed, code=code, message=text):
-            return [_encode_address(observed), int(code), text[:MAX_ERROR_TEXT]]
-        case Dialback() | ProbeRelay() | Probe() | DialbackReply() | ProbeRelayReply():
-            return encode_nat_body(message)
-    raise EncodeError(f"not a message: {message!r}")
+    encode = _BODY_ENCODERS.get(type(message))
+    if encode is None:
+        raise EncodeError(f"not a message: {message!r}")
+    return encode(message)
+
+
+def _encode_store(message: Store) -> list[Any]:
+    if message.expected_seq is None:
+        return [_encode_record(message.record), message.token]
+    return [_encode_record(message.record), message.token, message.expected_seq]
+
+
+def _encode_error(message: Error) -> list[Any]:
+    return [_encode_address(message.observed), int(message.code), message.message[:MAX_ERROR_TEXT]]
+
+
+_BODY_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
+    Ping: lambda m: [],
+    FindNode: lambda m: [m.target.to_bytes32()],
+    FindValue: lambda m: [m.key.to_bytes32()],
+    Store: _encode_store,
+    Pong: lambda m: [_encode_address(m.observed)],
+    Nodes: lambda m: [_encode_address(m.observed), m.token, _encode_contacts(m.contacts)],
+    Value: lambda m: [_encode_address(m.observed), m.token, _encode_record(m.record)],
+    Stored: lambda m: [_encode_address(m.observed)],
+    Error: _encode_error,
+    Dialback: encode_nat_body,
+    ProbeRelay: encode_nat_body,
+    Probe: encode_nat_body,
+    DialbackReply: encode_nat_body,
+    ProbeRelayReply: encode_nat_body,
+    Register: encode_traversal_body,
+    Connect: encode_traversal_body,
+    Forward: encode_traversal_body,
+    RegisterReply: encode_traversal_body,
+    ConnectReply: encode_traversal_body,
+    ForwardReply: encode_traversal_body,
+}
+"""Body encoders by message class: one dict look-up instead of a chain of class patterns
+(this runs for every datagram sent)."""
 
 
 def _encode_handshake(handshake: Handshake) -> list[Any]:
@@ -187,7 +214,7 @@ def encode_message(
         if extended:
             fields.append(None if handshake is None else _encode_handshake(handshake))
             fields.append(b"")
-        payload = msgpack.packb(fields, use_bin_type=True)
+        payload = _pack(fields)
         size = len(payload) + SIGNATURE_BYTES
         if size < pad_to:
             # The empty pad is the last element, packed as bin8 ``c4 00``: grow it in place
@@ -226,9 +253,7 @@ def encode_session_message(
         raise EncodeError("txid must be 8 bytes")
     limit = min(max_size, MAX_DATAGRAM) - HEADER_BYTES - TAG_BYTES
     while True:
-        plaintext = msgpack.packb(
-            [int(message.TYPE), txid, flags, _encode_body(message)], use_bin_type=True
-        )
+        plaintext = _pack([int(message.TYPE), txid, flags, _encode_body(message)])
         if len(plaintext) <= limit:
             return session.seal(plaintext)
         if isinstance(message, Nodes) and message.contacts:
@@ -243,58 +268,87 @@ def encode_session_message(
 def _decode_body(msg_type: MessageType, body: Any) -> Message:
     if type(body) is not list:
         raise DecodeError("schema", "body must be a list")
-    if msg_type in NAT_TYPES:
-        return decode_nat_body(msg_type, body)
-    match msg_type:
-        case MessageType.PING:
-            _list(body, 0, "PING body")
-            return Ping()
-        case MessageType.FIND_NODE:
-            (raw,) = _list(body, 1, "FIND_NODE body")
-            raw = _bytes(raw, ID_BYTES, "target")
-            return FindNode(_id_from_int(NodeId, int.from_bytes(raw, "big")))
-        case MessageType.FIND_VALUE:
-            (raw,) = _list(body, 1, "FIND_VALUE body")
-            raw = _bytes(raw, ID_BYTES, "key")
-            return FindValue(_id_from_int(NodeId, int.from_bytes(raw, "big")))
-        case MessageType.STORE:
-            if len(body) == 3:
-                record, token, expected = body
-                return Store(
-                    _decode_record(record),
-                    _decode_token(token),
-                    _int(expected, 0, MAX_SEQ, "expected sequence"),
-                )
-            record, token = _list(body, 2, "STORE body")
-            return Store(_decode_record(record), _decode_token(token))
-        case MessageType.PONG:
-            (observed,) = _list(body, 1, "PONG body")
-            return Pong(_decode_address(observed))
-        case MessageType.NODES:
-            observed, token, contacts = _list(body, 3, "NODES body")
-            if type(contacts) is not list:
-                raise DecodeError("schema", "contacts must be a list")
-            return Nodes(
-                _decode_address(observed),
-                _decode_token(token),
-                _decode_contacts(contacts),
-            )
-        case MessageType.VALUE:
-            observed, token, record = _list(body, 3, "VALUE body")
-            return Value(_decode_address(observed), _decode_token(token), _decode_record(record))
-        case MessageType.STORED:
-            (observed,) = _list(body, 1, "STORED body")
-            return Stored(_decode_address(observed))
-        case MessageType.ERROR:
-            observed, code, text = _list(body, 3, "ERROR body")
-            if type(text) is not str or len(text) > MAX_ERROR_TEXT:
-                raise DecodeError("schema", "error text")
-            try:
-                error_code = ErrorCode(_int(code, 0, 255, "error code"))
-            except ValueError as exc:
-                raise DecodeError("schema", "unknown error code") from exc
-            return Error(_decode_address(observed), error_code, text)
-    raise DecodeError("type", f"unknown message type {msg_type}")  # pragma: no cover
+    return _BODY_DECODERS[msg_type](msg_type, body)
+
+
+def _decode_ping(msg_type: MessageType, body: list[Any]) -> Message:
+    _list(body, 0, "PING body")
+    return Ping()
+
+
+def _decode_find_node(msg_type: MessageType, body: list[Any]) -> Message:
+    (raw,) = _list(body, 1, "FIND_NODE body")
+    raw = _bytes(raw, ID_BYTES, "target")
+    return FindNode(_id_from_int(NodeId, int.from_bytes(raw, "big")))
+
+
+def _decode_find_value(msg_type: MessageType, body: list[Any]) -> Message:
+    (raw,) = _list(body, 1, "FIND_VALUE body")
+    raw = _bytes(raw, ID_BYTES, "key")
+    return FindValue(_id_from_int(NodeId, int.from_bytes(raw, "big")))
+
+
+def _decode_store(msg_type: MessageType, body: list[Any]) -> Message:
+    if len(body) == 3:
+        record, token, expected = body
+        return Store(
+            _decode_record(record),
+            _decode_token(token),
+            _int(expected, 0, MAX_SEQ, "expected sequence"),
+        )
+    record, token = _list(body, 2, "STORE body")
+    return Store(_decode_record(record), _decode_token(token))
+
+
+def _decode_pong(msg_type: MessageType, body: list[Any]) -> Message:
+    (observed,) = _list(body, 1, "PONG body")
+    return Pong(_decode_address(observed))
+
+
+def _decode_nodes(msg_type: MessageType, body: list[Any]) -> Message:
+    observed, token, contacts = _list(body, 3, "NODES body")
+    if type(contacts) is not list:
+        raise DecodeError("schema", "contacts must be a list")
+    return Nodes(_decode_address(observed), _decode_token(token), _decode_contacts(contacts))
+
+
+def _decode_value(msg_type: MessageType, body: list[Any]) -> Message:
+    observed, token, record = _list(body, 3, "VALUE body")
+    return Value(_decode_address(observed), _decode_token(token), _decode_record(record))
+
+
+def _decode_stored(msg_type: MessageType, body: list[Any]) -> Message:
+    (observed,) = _list(body, 1, "STORED body")
+    return Stored(_decode_address(observed))
+
+
+def _decode_error(msg_type: MessageType, body: list[Any]) -> Message:
+    observed, code, text = _list(body, 3, "ERROR body")
+    if type(text) is not str or len(text) > MAX_ERROR_TEXT:
+        raise DecodeError("schema", "error text")
+    try:
+        error_code = ErrorCode(_int(code, 0, 255, "error code"))
+    except ValueError as exc:
+        raise DecodeError("schema", "unknown error code") from exc
+    return Error(_decode_address(observed), error_code, text)
+
+
+_BODY_DECODERS: dict[MessageType, Callable[[MessageType, list[Any]], Message]] = {
+    MessageType.PING: _decode_ping,
+    MessageType.FIND_NODE: _decode_find_node,
+    MessageType.FIND_VALUE: _decode_find_value,
+    MessageType.STORE: _decode_store,
+    MessageType.PONG: _decode_pong,
+    MessageType.NODES: _decode_nodes,
+    MessageType.VALUE: _decode_value,
+    MessageType.STORED: _decode_stored,
+    MessageType.ERROR: _decode_error,
+    **{t: decode_nat_body for t in NAT_TYPES.values()},
+    **{t: decode_traversal_body for t in TRAVERSAL_TYPES.values()},
+}
+"""Body decoders by message type (every type of :class:`MessageType` has one): one dict
+look-up instead of a chain of value patterns, for every datagram received."""
+assert set(_BODY_DECODERS) == set(MessageType)
 
 
 def _decode_handshake(value: Any, request: bool) -> Handshake | None:
@@ -328,7 +382,7 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
     payload = data[:-SIGNATURE_BYTES]
     signature = data[-SIGNATURE_BYTES:]
     try:
-        envelope = msgpack.unpackb(payload, **_UNPACK_LIMITS)
+        envelope = _unpack(payload)
     except Exception as exc:  # the C parser raises several unrelated types on garbage
         raise DecodeError("msgpack", type(exc).__name__) from None
     if type(envelope) is not list or len(envelope) not in (6, 8):

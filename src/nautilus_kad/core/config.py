@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .natconfig import NatConfig
+from .traversalconfig import TraversalConfig
 
 MAX_DATAGRAM = 1200
 """Largest datagram we send or accept: fits every IPv4/IPv6 path without fragmentation."""
@@ -136,6 +137,8 @@ class KadConfig:
     and nodes that all share one IP (loopback tests) can never prove it."""
     nat: NatConfig = field(default_factory=NatConfig)
     """The NAT layer's thresholds and timers (core/natconfig.py)."""
+    traversal: TraversalConfig = field(default_factory=TraversalConfig)
+    """NAT traversal: rendezvous, connect, punching and relay (core/traversalconfig.py)."""
 
     store_quorum: int = 1
     """Acknowledged STOREs for a put to count as successful."""

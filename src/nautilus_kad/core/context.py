@@ -22,7 +22,7 @@ from .identity import Identity
 from .ids import NodeId
 from .messages import Address
 from .routing import RoutingTable
-from .session import SessionTable
+from .session_table import SessionTable
 from .storage import RecordStore
 
 FLAG_CLIENT = 0x01

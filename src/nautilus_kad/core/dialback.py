@@ -16,7 +16,10 @@ there (see :mod:`.natwire`). The rules that keep this from being a weapon:
   that caused them: a relayer gains nothing it could not do by sending directly.
 * **Requester (A).** A round counts as a success only if a PROBE with its nonce arrives from
   an IP that A has not sent anything to for ``contacted_window`` (a different port on a
-  contacted IP passes an address-restricted NAT and proves nothing). A round whose helper
+  contacted IP passes an address-restricted NAT and proves nothing), counting the time since
+  that IP last wrote to A while it was still within the window (NATs refresh a hole on
+  inbound traffic too: a prober probing again and again keeps open the hole A's own
+  datagram made). A round whose helper
   never confirmed is inconclusive, not a failure: only a probe that was sent and did not
   arrive is evidence of unreachability.
 
@@ -184,6 +187,26 @@ class ContactedIps:
         if len(last) > self.capacity:
             last.popitem(last=False)
 
+    def received(self, ip: str, now: float) -> None:
+        """A datagram came from ``ip``. Most NATs refresh a mapping's filter on inbound
+        traffic too (RFC 4787 §4.3, inbound refresh), so a hole our own datagram opened stays
+        open while the other side keeps writing: an IP still within the window stays in it
+        for another window. An IP outside it is left alone: its hole has closed, and what it
+        sends now is unsolicited."""
+        last = self._last
+        when = last.get(ip)
+        if when is not None and now - when < self.window:
+            last.move_to_end(ip)
+            last[ip] = now
+
+    def clear_at(self, ip: str) -> float:
+        """When ``ip`` stops counting as contacted (at once for an IP not within the window;
+        inf while IPs forgotten for capacity may still be in it)."""
+        when = self._last.get(ip)
+        if when is not None:
+            return when + self.window
+        return self._forgotten_until
+
     def last(self, ip: str) -> float | None:
         """When we last sent to ``ip`` (None: not remembered)."""
         return self._last.get(ip)
@@ -234,6 +257,9 @@ class ProbeRounds:
         self.rng = rng
         self.rounds: dict[bytes, Round] = {}
         self.stats: Counter[str] = Counter()
+        self.taint_last = False
+        """Whether the last probe that came was tainted (then the next rounds wait until a
+        prober we did not contact is possible: see :meth:`.NatState.hold_off`)."""
 
     def start(self, helper: Address, epoch: int, now: float, answer_timeout: float) -> bytes:
         """A new round through ``helper``: the nonce for its DIALBACK. Until the helper
@@ -273,9 +299,11 @@ class ProbeRounds:
             # Proves nothing; the round goes on (a proper copy may still come).
             self.stats["probes.tainted"] += 1
             round_.tainted = True
+            self.taint_last = True
             return Verdict.TAINTED, round_
         del self.rounds[nonce]
         self.stats["probes.answered"] += 1
+        self.taint_last = False
         return Verdict.SUCCESS, round_
 
     def expired(self, now: float) -> list[Round]:
@@ -296,4 +324,6 @@ class ProbeRounds:
             del self.rounds[nonce]
 
     def timer(self) -> float:
-        return min((r.deadline for r in self.rounds.values()), default=math.inf)
+        if not self.rounds:  # the usual case, asked after every datagram
+            return math.inf
+        return min(r.deadline for r in self.rounds.values())

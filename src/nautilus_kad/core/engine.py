@@ -38,6 +38,7 @@ from .events import (
     Event,
     LookupDone,
 )
+from .fanout import StoreFanout
 from .gets import Gets
 from .handoff import Scans
 from .holdings import Holdings
@@ -77,12 +78,10 @@ from .replicator import Replicator
 from .routing import RoutingTable
 from .rpc import Queries, Requests
 from .serve import Responder
-from .session import (
-    SessionTable,
-)
+from .session_table import SessionTable
 from .storage import MemoryStore, RecordStore
 from .tokens import TOKEN_BYTES, TOKEN_REUSE, WriteTokens
-from .transfer import Transfers
+from .traversal import CHANNEL_KINDS, TRAVERSAL_REQUESTS, Traversal
 from .wire import Wire
 
 __all__ = ["FLAG_CLIENT", "FLAG_LEAVING", "TOKEN_BYTES", "TOKEN_REUSE", "KadEngine"]
@@ -162,14 +161,14 @@ class KadEngine:
         )  # fmt: skip
         self.strikes = self.peers.strikes
         self.lookups = Lookups(ctx, self._queries, self.requests, self.peers.penalise)
-        self.gets = Gets(ctx, self.lookups, self.requests, self.holdings)
+        self.fanout = StoreFanout(ctx, self._queries, self.requests, self.tokens)
+        self.gets = Gets(ctx, self.lookups, self.fanout, self.holdings)
         self.publisher = Publisher(ctx)
-        self.puts = Puts(ctx, self.lookups, self.requests, self.holdings, self.publisher.superseded)
+        self.puts = Puts(ctx, self.lookups, self.fanout, self.holdings, self.publisher.superseded)
         self.publisher.attach(self.puts)
         self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
-        self.transfers = Transfers(ctx, self._queries, self.requests, self.tokens)
-        self.scans = Scans(ctx, self._held, schedule, self.transfers, lambda: self.peers.since)
-        self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.transfers)
+        self.scans = Scans(ctx, self._held, schedule, self.fanout, lambda: self.peers.since)
+        self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.fanout)
         self.responder = Responder(
             ctx, self.wire, self.tokens, self.holdings, self.peers, closest_for
         )
@@ -179,6 +178,11 @@ class KadEngine:
             client_mode=client_mode, verified=self.wire.address_verified,
         )  # fmt: skip
         self.nat = self.natlink.nat  # address votes, NAT class, mode, probe rounds
+        self.traversal = Traversal(
+            ctx, self.wire, self.requests, self._queries, self.lookups,
+            is_client=lambda: self.natlink.is_client, nat_class=self.natlink.nat_class,
+            external=self.natlink.external,
+        )  # fmt: skip  # rendezvous, relay, connects and channels (core/traversal.py)
 
     # --- shared state that drivers and tests may replace (it lives in NodeContext) -------
 
@@ -218,13 +222,14 @@ class KadEngine:
             self.peers.next_neighbour_check,
             self.requests.next_deadline(),
             self.natlink.timer(),
+            self.traversal.timer(),
             self.publisher.next_deadline(),
         )
 
     @property
     def replication_backlog(self) -> int:
         """Replication STOREs queued or in flight, plus records still to be examined."""
-        return self.transfers.backlog + len(self.scans)
+        return self.fanout.backlog + len(self.scans)
 
     @property
     def stored_bytes(self) -> int:
@@ -367,9 +372,9 @@ class KadEngine:
             cand.token = token
             targets.append(cand)
         targets.sort(key=lambda cand: cand.distance)
-        put = self.puts.new(record)
-        self.puts.store_on(put, None, targets, now)
-        return put.query_id
+        query_id = self.puts.new_id()
+        self.puts.store_on(query_id, record, None, targets, now)
+        return query_id
 
     def publish_later(self, record: Record, due: float, base_ttl: int | None = None) -> None:
         """Remember ``record`` as ours and re-put it at ``due`` (then every
@@ -424,6 +429,10 @@ class KadEngine:
         unknown-session notice, unauthenticated by nature, which can only make us re-send a
         request it names with a fresh handshake (core/session.py).
         """
+        self.natlink.received(address, now)  # a hole in our NAT stays open while used
+        if len(data) > 1 and data[0] == 0xC1 and data[1] in CHANNEL_KINDS:
+            self.traversal.datagram(data, address, now)  # a NAT traversal channel or circuit
+            return
         envelope = self.wire.open(data, address, now)
         if envelope is None:
             return
@@ -438,6 +447,8 @@ class KadEngine:
                 return
             serve = self.responder.answer if kind in _REQUEST_CLASSES else self.natlink.serve
             serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
+        elif kind in TRAVERSAL_REQUESTS:
+            self.traversal.serve(envelope, message, address, now, len(data))  # type: ignore[arg-type]
         else:
             self._handle_response(envelope, message, address, now)
 
@@ -446,6 +457,8 @@ class KadEngine:
         self.requests.run(now)
         if self.natlink.timer() <= now:
             self.natlink.run(now)
+        if self.traversal.timer() <= now:
+            self.traversal.run(now)
         if now >= self.tokens.next_rotation:
             self.tokens.rotate(now)
         if now >= self._next_expiry:
@@ -465,7 +478,7 @@ class KadEngine:
             self.scans.run(now)
         self.replicator.run(now)
         self.publisher.run(now)
-        self.transfers.pump(now)
+        self.fanout.pump(now)
 
     # ======================================================================================
     # Serving requests

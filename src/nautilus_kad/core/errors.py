@@ -54,3 +54,17 @@ class StaleSequenceError(RecordConflictError):
 class CasMismatchError(RecordConflictError):
     """A compare-and-swap put expected a sequence number that is no longer current: the
     storers hold a newer one."""
+
+
+class ConnectError(QueryError):
+    """``Node.connect`` found no channel to the peer: ``code`` says why (``not_found``,
+    ``refused``, ``timeout``, ``no_path``, ``no_answer``, ``rate_limited``, ``limit``,
+    ``bad_answer``, ``bad_target``, ``stopped``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ChannelClosedError(KadError):
+    """The channel is closed (by us, by the peer, or after ``channel_idle`` of silence)."""

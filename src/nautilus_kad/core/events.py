@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import NodeId
-from .messages import Contact, ErrorCode
+from .messages import Address, Contact, ErrorCode
 from .records import Record
 
 
@@ -96,6 +96,54 @@ class PeerRemoved:
     contact: Contact
 
 
+# --- channels (NAT traversal, core/connector.py) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpened:
+    """A channel is up: ours (``query_id`` is the connect's) or a peer's (``query_id`` 0)."""
+
+    query_id: int
+    channel: int
+    """The channel's handle (our channel id)."""
+    peer_id: NodeId
+    path: str
+    """``direct`` or ``relayed``."""
+    address: Address
+    """Where its datagrams go (the peer, or the relay)."""
+    rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    query_id: int
+    code: str
+    """``not_found``, ``refused``, ``timeout``, ``no_path``, ``rate_limited``, ``limit`` …"""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelData:
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPath:
+    """A channel changed path (``relayed`` → ``direct`` after a successful upgrade)."""
+
+    channel: int
+    path: str
+    address: Address
+    rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    channel: int
+    reason: str
+
+
 Event = (
     PingDone
     | NodesAnswered
@@ -107,4 +155,9 @@ Event = (
     | QueryFailed
     | PeerAdded
     | PeerRemoved
+    | ChannelOpened
+    | ConnectFailed
+    | ChannelData
+    | ChannelPath
+    | ChannelClosed
 )

@@ -6,7 +6,8 @@ first valid value, or after ``signed_get_quorum`` valid answers for signed recor
 ends, the newest signed version is written back to the replicas that served an older one (and
 to our own store), and the value is cached at the closest node that answered without it
 (paper §2.3). A replica that answers after the get ended with an older signed copy is
-corrected too (:meth:`Gets.late_value`).
+corrected too (:meth:`Gets.late_value`). These STOREs are foreground batches of the one fan-out
+(:mod:`.fanout`), with no continuation: nothing waits for them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections import OrderedDict
 
 from .context import NodeContext
 from .events import GetDone
+from .fanout import StoreBatch, StoreFanout, StoreItem
 from .holdings import Holdings
 from .ids import NodeId
 from .lookup import Candidate
 from .lookups import LookupQuery, Lookups
-from .messages import Contact, Store, Value
+from .messages import Contact, Value
 from .records import Record, RecordKind
-from .rpc import Requests
 
 _RECENT_SIGNED = 256
 
@@ -29,14 +30,14 @@ _RECENT_SIGNED = 256
 class Gets:
     """Runs gets and repairs the replicas they found lagging."""
 
-    __slots__ = ("_ctx", "_holdings", "_lookups", "_recent_signed", "_requests")
+    __slots__ = ("_ctx", "_fanout", "_holdings", "_lookups", "_recent_signed")
 
     def __init__(
-        self, ctx: NodeContext, lookups: Lookups, requests: Requests, holdings: Holdings
+        self, ctx: NodeContext, lookups: Lookups, fanout: StoreFanout, holdings: Holdings
     ) -> None:
         self._ctx = ctx
         self._lookups = lookups
-        self._requests = requests
+        self._fanout = fanout
         self._holdings = holdings
         self._recent_signed: OrderedDict[NodeId, Record] = OrderedDict()
         """Newest signed records of recent gets: late answers older than these get fixed."""
@@ -112,11 +113,15 @@ class Gets:
         recent.move_to_end(best.key)
         if len(recent) > _RECENT_SIGNED:
             recent.popitem(last=False)
-        repaired = 0
-        for contact, record, token in query.answers:
-            if record.seq < best.seq and token:
-                self._requests.send(contact.address, contact.node_id, Store(best, token), now, None)
-                repaired += 1
+        batch = StoreBatch("write-back", background=False, key=best.key, record=best)
+        items = [
+            StoreItem(contact, best.key, batch, best, token)
+            for contact, record, token in query.answers
+            if record.seq < best.seq and token
+        ]
+        repaired = len(items)
+        if items:
+            self._fanout.send_now(batch, items, now)
         if query.local is not None and best.seq > query.local.seq:
             self._holdings.accept(best, None, now, validate=False)
         self._ctx.stats["get.repaired"] += repaired
@@ -133,17 +138,17 @@ class Gets:
             and record.seq < best.seq
             and message.token
         ):
-            self._requests.send(
-                contact.address, contact.node_id, Store(best, message.token), now, None
-            )
+            batch = StoreBatch("write-back", background=False, key=best.key, record=best)
+            item = StoreItem(contact, best.key, batch, best, message.token)
+            self._fanout.send_now(batch, [item], now)
             self._ctx.stats["get.repaired"] += 1
 
     def _cache_value(self, query: LookupQuery, record: Record, now: float) -> None:
         """Store a found value at the closest node that answered without it (paper §2.3)."""
         for cand in query.lookup.closest_responded():
             if cand.token and cand.contact.node_id not in query.holders:
-                self._requests.send(
-                    cand.contact.address, cand.contact.node_id, Store(record, cand.token), now, None
-                )
+                batch = StoreBatch("cache", background=False, key=record.key, record=record)
+                item = StoreItem(cand.contact, record.key, batch, record, cand.token)
+                self._fanout.send_now(batch, [item], now)
                 self._ctx.stats["get.cached"] += 1
                 return

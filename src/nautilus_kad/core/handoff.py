@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .context import NodeContext
+from .fanout import StoreBatch, StoreFanout, StoreItem
 from .ids import ID_BITS, NodeId
 from .messages import Contact
 from .replication import HeldKeys, RepublishSchedule
-from .transfer import ReplBatch, ReplItem, Transfers
 
 
 @dataclass(slots=True, eq=False)
@@ -81,20 +81,20 @@ class _Ranker:
 class Scans:
     """The scans waiting to run, resumed in chunks."""
 
-    __slots__ = ("_ctx", "_held", "_schedule", "_since", "_transfers", "scans", "wakeup")
+    __slots__ = ("_ctx", "_fanout", "_held", "_schedule", "_since", "scans", "wakeup")
 
     def __init__(
         self,
         ctx: NodeContext,
         held: HeldKeys,
         schedule: RepublishSchedule,
-        transfers: Transfers,
+        fanout: StoreFanout,
         since: Callable[[], dict[NodeId, float]],
     ) -> None:
         self._ctx = ctx
         self._held = held
         self._schedule = schedule
-        self._transfers = transfers
+        self._fanout = fanout
         self._since = since
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
         self.scans: deque[_Scan] = deque()
@@ -187,8 +187,8 @@ class Scans:
         k = self._ctx.config.k
         redundancy = self._ctx.config.handoff_redundancy
         ranker = self._ranker(peer.node_id)
-        items: list[ReplItem] = []
-        batch = ReplBatch("handoff")
+        items: list[StoreItem] = []
+        batch = StoreBatch("handoff")
         for key in keys:
             if ranker.closer_than_peer(key) >= k:
                 continue
@@ -196,11 +196,11 @@ class Scans:
             if stored is None:
                 continue
             if ranker.closer_than_us(key, stored.stored_at, redundancy) < redundancy:
-                items.append(ReplItem(peer, key, batch))
+                items.append(StoreItem(peer, key, batch))
         if items:
             batch.outstanding = len(items)
             self._ctx.stats["handoff.records"] += len(items)
-            self._transfers.queue.extend(items)
+            self._fanout.queue.extend(items)
 
     def _repair_keys(self, dead: Contact, keys: list[NodeId], now: float) -> None:
         """``dead`` failed: re-replicate soon every record among ``keys`` it was among the k

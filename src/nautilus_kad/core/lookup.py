@@ -591,23 +591,23 @@ class _Shared:
         node_id = cand.contact.node_id
         me = path._path
         answered = self.answered.get(node_id)
-        if answered is not None:
-            if answered == me:
-                return _GO
+        if answered is not None and answered != me:
             cand.final = True
             return _NEVER
         owner = self.owners.setdefault(node_id, me)
-        if owner == me:
-            return _GO
-        theirs = self.paths[owner].candidate(node_id)
-        if theirs is not None:
-            if theirs.state is _IN_FLIGHT:
-                return _DEFER
-            if theirs.final:
-                cand.final = True
-                return _NEVER
+        if owner != me:
+            theirs = self.paths[owner].candidate(node_id)
+            if theirs is not None:
+                if theirs.state is _IN_FLIGHT:
+                    return _DEFER
+                if theirs.final:
+                    cand.final = True
+                    return _NEVER
         # The owner has not asked it yet (it is this path's now), or asked and heard nothing
-        # past its soft timeout: take it over, at an address nobody tried yet.
+        # past its soft timeout: take it over. Either way, only at an address no path asked
+        # yet, the owner too: answers and timeouts are routed by (node, address) to the path
+        # that asked there, so a second request to the same pair would send the first one's
+        # outcome to the wrong path, and leave the path that asked waiting for ever.
         attempts = self.attempts
         while (node_id, cand.contact.address) in attempts:
             if not path._next_address(cand):

@@ -55,6 +55,12 @@ class MessageType(enum.IntEnum):
     """Reachability test, helper B → prober C."""
     PROBE = 0x07
     """Reachability test, prober C → A: never answered."""
+    REGISTER = 0x08
+    """NAT traversal: a client registers with (and keeps its mapping open at) a rendezvous."""
+    CONNECT = 0x09
+    """NAT traversal: ask a rendezvous (or the target itself) to introduce us."""
+    FORWARD = 0x0A
+    """NAT traversal: the rendezvous hands a CONNECT's sealed offer to the registered target."""
     PONG = 0x81
     NODES = 0x82
     VALUE = 0x83
@@ -62,6 +68,9 @@ class MessageType(enum.IntEnum):
     ERROR = 0x85
     DIALBACK_REPLY = 0x86
     PROBE_RELAY_REPLY = 0x87
+    REGISTER_REPLY = 0x88
+    CONNECT_REPLY = 0x89
+    FORWARD_REPLY = 0x8A
 
     @property
     def is_request(self) -> bool:
@@ -225,12 +234,107 @@ class ProbeRelayReply:
     TYPE = MessageType.PROBE_RELAY_REPLY
 
 
+# --- NAT traversal (core/connectwire.py has their wire forms, docs/nat.md the protocol) ---
+
+
+class TraversalStatus(enum.IntEnum):
+    """Outcome codes of REGISTER, CONNECT and FORWARD (and of relay reservations)."""
+
+    OK = 0
+    NOT_FOUND = 1
+    """No registration (reservation) for that node here."""
+    REFUSED = 2
+    """The target's allow/deny hook refused the connection."""
+    RATE_LIMITED = 3
+    """Too many requests from your IP (or in total) this period."""
+    NOT_SERVER = 4
+    """This node is a client: it neither registers nor relays anyone."""
+    RESERVATION_REFUSED = 5
+    """The rendezvous holds its maximum of registrations."""
+    IP_LIMIT = 6
+    """Too many registrations from your IP here."""
+    RESOURCE_LIMIT = 7
+    """No circuit: too many circuits in total or for that peer."""
+    NO_ANSWER = 8
+    """The target did not answer the forwarded offer in time."""
+    BAD_OFFER = 9
+    """The sealed offer did not verify, was stale, replayed or not for this node."""
+    NO_RELAY = 10
+    """No circuit was asked for, or relaying is switched off here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Client → rendezvous: keep my mapping (the address this arrives from) for a lease.
+    Sent again every keepalive interval: it is also the keepalive."""
+
+    TYPE = MessageType.REGISTER
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterReply:
+    observed: Address
+    status: TraversalStatus
+    lease: int
+    """Seconds the rendezvous keeps the registration without another REGISTER."""
+    TYPE = MessageType.REGISTER_REPLY
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Initiator → rendezvous (or → the target, when it is a server): introduce me to
+    ``target``. ``offer`` is sealed by the initiator (core/introduction.py); ``relay`` asks
+    for a circuit as well."""
+
+    target: NodeId
+    offer: bytes
+    relay: bool
+    TYPE = MessageType.CONNECT
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectReply:
+    observed: Address
+    status: TraversalStatus
+    answer: bytes
+    """The target's sealed answer (empty unless ``status`` is OK)."""
+    peer: Address | None
+    """Where the rendezvous sees the target (None when the target answered itself)."""
+    circuit: int
+    """The initiator's circuit id at this relay (0: none, see ``relay_status``)."""
+    relay_status: TraversalStatus
+    TYPE = MessageType.CONNECT_REPLY
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Rendezvous → registered target: an initiator's sealed offer, the address the
+    rendezvous saw it come from, and the target's circuit id (0: none)."""
+
+    offer: bytes
+    source: Address
+    circuit: int
+    TYPE = MessageType.FORWARD
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardReply:
+    observed: Address
+    status: TraversalStatus
+    answer: bytes
+    TYPE = MessageType.FORWARD_REPLY
+
+
 Request = Ping | FindNode | FindValue | Store
 Response = Pong | Nodes | Value | Stored | Error
 NatRequest = Dialback | ProbeRelay | Probe
 NatResponse = DialbackReply | ProbeRelayReply
 NatMessage = NatRequest | NatResponse
-Message = Request | Response | NatMessage
+TraversalRequest = Register | Connect | Forward
+TraversalResponse = RegisterReply | ConnectReply | ForwardReply
+TraversalMessage = TraversalRequest | TraversalResponse
+AnyRequest = Request | NatRequest | TraversalRequest
+Message = Request | Response | NatMessage | TraversalMessage
 
 
 @dataclass(frozen=True, slots=True)

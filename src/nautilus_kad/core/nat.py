@@ -138,6 +138,28 @@ class NatState:
         epoch = self.tracker.started(1, now)
         return self.rounds.start(helper, epoch, now, answer_timeout)
 
+    def received_from(self, ip: str, now: float) -> None:
+        """A datagram came from ``ip`` (any kind): it refreshes a hole our NAT may hold open
+        for it (see :meth:`.ContactedIps.received`)."""
+        self.contacted.received(ip, now)
+
+    def hold_off(self, probers: list[str], now: float) -> bool:
+        """Whether to delay the rounds wanted now, given the IPs of the servers that could
+        probe us (our table's, less the helpers about to be asked). Only after a tainted
+        probe, and only while every one of them is still one we contacted: in a small
+        network each probe would then come through a hole our traffic opened, and keep it
+        open (NATs refresh on inbound traffic), so rounds could never prove anything. The
+        rounds wait until the first of them is clear."""
+        if not self.rounds.taint_last or not probers:
+            return False
+        contacted = self.contacted
+        clear = min(contacted.clear_at(ip) for ip in probers)
+        if clear <= now:
+            return False
+        self.tracker.wait_until(clear)
+        self._stats["rounds.held_off"] += 1
+        return True
+
     def no_helpers(self, now: float) -> None:
         """Rounds were wanted but no server could be asked: retry shortly."""
         self.tracker.unavailable(now)
@@ -208,13 +230,14 @@ class NatState:
         return out
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """``node.reachability``: mode, since when, external addresses, NAT classes, the last
-        probe results and the counters."""
+        """``node.reachability``: mode, since when (and for how long: ``in_mode_s``), external
+        addresses, NAT classes, the last probe results and the counters."""
         tracker = self.tracker
         return {
             "mode": tracker.mode.value,
             "fixed": tracker.fixed is not None,
             "since": tracker.since,
+            "in_mode_s": max(0.0, now - tracker.since),
             "external": {
                 f"ipv{f}": {"ip": v.ip, "address": v.address} for f, v in self.voters.items()
             },

@@ -140,6 +140,11 @@ class NatLink:
             for _, address in out:
                 sent_to(address[0], now)
 
+    def received(self, address: Address, now: float) -> None:
+        """A datagram came from ``address`` (valid or not: our NAT let it in either way)."""
+        if self.auto:
+            self.nat.received_from(address[0], now)
+
     def timer(self) -> float:
         return self.service.timer()
 
@@ -147,6 +152,14 @@ class NatLink:
         self._now = now
         self.service.run(now)
         self.sync(now)
+
+    def nat_class(self) -> str:
+        """Our NAT class in our address family (``public``, ``endpoint-independent`` …)."""
+        return self.nat.classes[self.nat.family].value
+
+    def external(self) -> Address | None:
+        """Our adopted external address in our family (None while not agreed on)."""
+        return self.nat.voters[self.nat.family].address
 
     def reachability(self, now: float) -> dict[str, object]:
         return self.nat.snapshot(now)

@@ -229,6 +229,9 @@ class NatService:
         if not chosen:
             nat.no_helpers(now)
             return
+        asked = {c.address for c in chosen}
+        if nat.hold_off([c.host for c in self._servers() if c.address not in asked], now):
+            return
         for contact in chosen:
             nonce = nat.start_round(contact.address, now, self._answer_timeout)
             if not self._send_request(contact.address, contact.node_id, Dialback(nonce), now, 0):

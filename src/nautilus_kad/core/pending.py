@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import NodeId
-from .messages import Address, NatRequest, Request
+from .messages import Address, AnyRequest
 from .session import HandshakeOffer, Session
 
 
@@ -21,7 +21,7 @@ class Pending:
     txid: bytes
     address: Address
     node_id: NodeId | None
-    request: Request | NatRequest
+    request: AnyRequest
     sent_at: float
     query_id: int | None
     slow: bool = False

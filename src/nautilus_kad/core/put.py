@@ -2,9 +2,9 @@
 
 :class:`Puts` is the STORE phase of a user's put (after the lookup for the key), of
 :meth:`~nautilus_kad.core.engine.KadEngine.store_at` (no lookup: the caller knows the nodes)
-and of the publisher's own re-put. Each :class:`PutQuery` is the rpc owner of its STOREs: a
-slow replica gets the lookup's grace and one re-sent copy, and the query ends when every STORE
-was answered or gave up.
+and of the publisher's own re-put. The STOREs are a foreground batch of the one fan-out
+(:mod:`.fanout`): a slow replica gets the lookup's grace and one re-sent copy, and the put ends
+when every STORE was answered or gave up.
 
 :class:`Publisher` remembers the records this node's user published with ``republish=True``
 and re-puts each one every ``publisher_republish_interval`` with a longer TTL, until a newer
@@ -14,92 +14,45 @@ version by anyone else supersedes it or the user unpublishes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .context import FLAG_CLIENT, NodeContext
 from .events import PutDone
+from .fanout import StoreBatch, StoreFanout, StoreItem
 from .holdings import Holdings
 from .ids import NodeId
 from .lookup import Candidate
 from .lookups import LookupQuery, Lookups
-from .messages import Contact, Error, ErrorCode, Message, Store, Stored
-from .pending import Pending
+from .messages import Contact, ErrorCode
 from .records import Record
 from .replication import among_k_closest
-from .rpc import Requests
 
 _SUPERSEDED = frozenset({ErrorCode.STALE_RECORD, ErrorCode.STALE_SEQUENCE})
 """Refusals that mean a newer version is stored: the publisher stops republishing its own."""
 
 
-@dataclass(slots=True, eq=False)
-class PutQuery:
-    """The STOREs of one put, and what they brought."""
-
-    query_id: int
-    record: Record
-    queries: int
-    owner: Puts
-    waiting: set[bytes] = field(default_factory=set)
-    acks: list[Contact] = field(default_factory=list)
-    errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
-    internal: bool = False
-    """The publisher's own republish: no event; a STALE answer ends the republishing."""
-
-    # --- rpc owner ---------------------------------------------------------------------
-
-    def on_answer(
-        self, pending: Pending, contact: Contact, message: Message, rtt: float, departing: bool,
-        now: float,
-    ) -> None:  # fmt: skip
-        self.waiting.discard(pending.txid)
-        stats = self.owner.stats
-        if departing:  # a copy that leaves with it (its handoff may be past this key)
-            stats["put.store_departing"] += 1
-        elif isinstance(message, Stored):
-            self.acks.append(contact)
-        else:
-            stats["put.store_refused"] += 1
-            if isinstance(message, Error):
-                self.errors.append((message.code, message.message))
-        self.owner.progress(self)
-
-    def on_slow(self, pending: Pending, now: float) -> None:
-        # A slow replica gets the same grace as a slow peer of a lookup (and one more
-        # copy of its STORE): on a loaded machine an answer 50 ms late is common, and a
-        # put that stops counting at the soft timeout reports fewer copies than it made.
-        if not self.owner.requests.resend_and_wait(pending, now):
-            self.on_timeout(pending, now)
-
-    def on_grace_over(self, pending: Pending, now: float) -> None:
-        """The put finishes without that replica's answer."""
-        self.on_timeout(pending, now)
-
-    def on_timeout(self, pending: Pending, now: float) -> None:
-        self.waiting.discard(pending.txid)
-        self.owner.progress(self)
-
-
 class Puts:
-    """The STORE fan-out of puts (user, ``store_at``, publisher re-put)."""
+    """Puts (user, ``store_at``, publisher re-put): the lookup, our own copy, then a
+    foreground batch of the one STORE fan-out."""
 
-    __slots__ = ("_ctx", "_holdings", "_lookups", "_superseded", "requests", "stats")
+    __slots__ = ("_ctx", "_fanout", "_holdings", "_lookups", "_superseded", "stats")
 
     def __init__(
         self,
         ctx: NodeContext,
         lookups: Lookups,
-        requests: Requests,
+        fanout: StoreFanout,
         holdings: Holdings,
         superseded: Callable[[Record], None],
     ) -> None:
         self._ctx = ctx
         self.stats = ctx.stats
         self._lookups = lookups
-        self.requests = requests
+        self._fanout = fanout
         self._holdings = holdings
         self._superseded = superseded
 
@@ -110,25 +63,35 @@ class Puts:
         def found(query: LookupQuery, closest: list[Candidate], now: float) -> None:
             if not internal and self._lookups.failed(query):
                 return
-            put = PutQuery(
-                query.query_id, record, query.lookup.queries_sent, self, internal=internal
-            )
-            self.store_on(put, cas, [cand for cand in closest if cand.token], now)
+            targets = [cand for cand in closest if cand.token]
+            self.store_on(
+                query.query_id, record, cas, targets, now,
+                queries=query.lookup.queries_sent, internal=internal,
+            )  # fmt: skip
 
         return self._lookups.start(record.key, now, want_value=False, on_done=found)
 
-    def new(self, record: Record) -> PutQuery:
-        """A put with no lookup (``store_at``)."""
-        return PutQuery(self._lookups.queries.new_id(), record, 0, self)
+    def new_id(self) -> int:
+        """A query id for a put with no lookup (``store_at``)."""
+        return self._lookups.queries.new_id()
 
     def store_on(
-        self, put: PutQuery, cas: int | None, targets: list[Candidate], now: float
+        self,
+        query_id: int,
+        record: Record,
+        cas: int | None,
+        targets: list[Candidate],
+        now: float,
+        *,
+        queries: int = 0,
+        internal: bool = False,
     ) -> None:
-        """STORE ``put.record`` on ``targets`` (nearest first, each with a token), and on
-        this node when it is among them."""
+        """STORE ``record`` on ``targets`` (nearest first, each with a token), and on this
+        node when it is among them; ends with :class:`PutDone` (or, ``internal``, the
+        publisher's bookkeeping)."""
         ctx = self._ctx
-        record = put.record
-        self._lookups.queries[put.query_id] = put
+        batch = StoreBatch("put", background=False, key=record.key, record=record)
+        batch.query_id = query_id
         # We store too when we are among the k closest (in a small network we may be one of
         # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = ctx.node_id ^ record.key
@@ -139,41 +102,33 @@ class Puts:
             own = Contact(ctx.node_id, *(ctx.address or ctx.observed_address or ("0.0.0.0", 1)))
             code, text = self._holdings.accept(record, cas, now, validate=False)
             if code is None:
-                put.acks.append(own)
+                batch.stored_on.append(own)
             else:
-                put.errors.append((code, text))
+                batch.errors.append((code, text))
             if len(targets) >= ctx.config.k:
                 targets = targets[:-1]
-        for cand in targets:
-            txid = self.requests.send(
-                cand.contact.address,
-                cand.contact.node_id,
-                Store(record, cand.token, cas),
-                now,
-                put.query_id,
-            )
-            if txid:
-                put.waiting.add(txid)
-        self.progress(put)
+        batch.on_done = functools.partial(self._done, queries=queries, internal=internal)
+        items = [
+            StoreItem(cand.contact, record.key, batch, record, cand.token, cas) for cand in targets
+        ]
+        self._fanout.send_now(batch, items, now)
 
-    def progress(self, put: PutQuery) -> None:
-        queries = self._lookups.queries
-        if put.waiting or queries.get(put.query_id) is not put:
-            return
-        del queries[put.query_id]
-        if put.internal:
+    def _done(self, batch: StoreBatch, now: float, *, queries: int, internal: bool) -> None:
+        record = batch.record
+        assert record is not None and batch.query_id is not None
+        if internal:
             self.stats["publish.republished"] += 1
-            if any(code in _SUPERSEDED for code, _ in put.errors):
-                self._superseded(put.record)
+            if any(code in _SUPERSEDED for code, _ in batch.errors):
+                self._superseded(record)
             return
         self._ctx.events.append(
             PutDone(
-                put.query_id,
-                put.record.key,
-                len(put.acks),
-                tuple(put.acks),
-                put.queries,
-                tuple(put.errors),
+                batch.query_id,
+                record.key,
+                len(batch.stored_on),
+                tuple(batch.stored_on),
+                queries,
+                tuple(batch.errors),
             )
         )
 

@@ -91,6 +91,10 @@ class ReachabilityTracker:
         """Rounds were wanted but no helper could be asked: try again shortly."""
         self.next_probe_at = now + self.config.probe_timeout
 
+    def wait_until(self, when: float) -> None:
+        """Rounds are wanted but cannot prove anything before ``when``: start them then."""
+        self.next_probe_at = when
+
     def timer(self) -> float:
         """When :meth:`wanted` next becomes non-zero (inf: after a result)."""
         return self.next_probe_at

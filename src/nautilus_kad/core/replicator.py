@@ -2,9 +2,9 @@
 
 Every holder republishes each record to the current k closest once per
 ``republish_interval`` (skipped when another holder re-stored it since: it arrived again
-within the interval), through a lookup for the key and the replication queue
-(:mod:`~.transfer`). A holder outside the k closest hands its surplus copy over and drops it
-once enough of the k closest stored it. A republish that confirms fewer than k copies is
+within the interval), through a lookup for the key and background batches of the STORE
+fan-out (:mod:`~.fanout`). A holder outside the k closest hands its surplus copy over and
+drops it once enough of the k closest stored it. A republish that confirms fewer than k copies is
 retried after ``repair_delay`` (doubling), and a holder's death schedules a repair (a top-up
 from the routing table, or a full republish after a shortfall). :meth:`Replicator.leave`
 republishes everything once more, to nodes that do not hold it yet, before a clean stop.
@@ -18,12 +18,12 @@ from collections import deque
 
 from .context import FLAG_LEAVING, NodeContext
 from .events import LeaveDone
+from .fanout import StoreBatch, StoreFanout, StoreItem
 from .holdings import Holdings
 from .ids import NodeId
 from .lookup import Candidate
 from .lookups import LookupQuery, Lookups
 from .replication import DueState, RepublishSchedule, among_k_closest
-from .transfer import ReplBatch, ReplItem, Transfers
 
 TOP_UP_MAX = 3
 """Nodes one repair top-up STOREs on at most."""
@@ -35,8 +35,17 @@ acknowledged the republish (under churn, one of k is often just dying)."""
 class Replicator:
     """Republish timers, repairs and the leave of one holder."""
 
-    __slots__ = ("_ctx", "_holdings", "_lookups", "_ready", "_republishing", "_starting",
-                 "_transfers", "leaving", "schedule")  # fmt: skip
+    __slots__ = (
+        "_ctx",
+        "_fanout",
+        "_holdings",
+        "_lookups",
+        "_ready",
+        "_republishing",
+        "_starting",
+        "leaving",
+        "schedule",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -44,27 +53,27 @@ class Replicator:
         schedule: RepublishSchedule,
         holdings: Holdings,
         lookups: Lookups,
-        transfers: Transfers,
+        fanout: StoreFanout,
     ) -> None:
         self._ctx = ctx
         self.schedule = schedule
         self._holdings = holdings
         self._lookups = lookups
-        self._transfers = transfers
+        self._fanout = fanout
         self._ready: deque[NodeId] = deque()
         self._republishing = 0
-        self.leaving: ReplBatch | None = None
+        self.leaving: StoreBatch | None = None
         self._starting = False
 
     def leave(self, qid: int, now: float) -> None:
         """Hand every record on (see :meth:`~nautilus_kad.core.engine.KadEngine.leave`)."""
         keys = self._holdings.held.all()
-        batch = ReplBatch(
+        batch = StoreBatch(
             "leave", query_id=qid, records=len(keys), outstanding=len(keys), on_done=self._left
         )
         # Leaving supersedes any replication still waiting: it is about to be cut off.
         self._ready.clear()
-        self._transfers.queue.clear()
+        self._fanout.queue.clear()
         self.leaving = batch
         self._ctx.flags |= FLAG_LEAVING  # every datagram from now on says so
         self._ready.extend(keys)
@@ -72,7 +81,7 @@ class Replicator:
             self._ctx.events.append(LeaveDone(qid, 0, 0, 0))
         self.start_republishes(now)
 
-    def _left(self, batch: ReplBatch, now: float) -> None:
+    def _left(self, batch: StoreBatch, now: float) -> None:
         assert batch.query_id is not None
         self._ctx.events.append(LeaveDone(batch.query_id, batch.records, batch.sent, batch.acks))
 
@@ -155,12 +164,12 @@ class Replicator:
         targets = others[len(others) - min(deaths, TOP_UP_MAX, len(others)) :]
         if not targets:
             return
-        batch = ReplBatch("repair", key=key)
-        items = [ReplItem(c, key, batch) for c in targets]
+        batch = StoreBatch("repair", key=key)
+        items = [StoreItem(c, key, batch) for c in targets]
         batch.outstanding = len(items)
         self._ctx.stats["repair.topups"] += 1
         self._ctx.stats["repair.stores"] += len(items)
-        self._transfers.queue.extend(items)
+        self._fanout.queue.extend(items)
 
     def start_republishes(self, now: float) -> None:
         # A lookup can finish inside _start_lookup (nobody to ask) and call back here:
@@ -175,7 +184,7 @@ class Replicator:
                 key = self._ready.popleft()
                 if key not in self._holdings.held:
                     if leaving is not None:
-                        self._transfers.batch_step(leaving, 1, 0, now)
+                        self._fanout.batch_step(leaving, 1, 0, now)
                     continue
                 self._republishing += 1
                 self._ctx.stats["leave.lookups" if leaving else "republish.started"] += 1
@@ -194,7 +203,7 @@ class Replicator:
         query: LookupQuery,
         closest: list[Candidate],
         now: float,
-        leave: ReplBatch | None,
+        leave: StoreBatch | None,
     ) -> None:
         self._republishing -= 1
         self._republish_stores(query.lookup.target, closest, now, query, leave)
@@ -206,7 +215,7 @@ class Replicator:
         closest: list[Candidate],
         now: float,
         query: LookupQuery,
-        leave: ReplBatch | None,
+        leave: StoreBatch | None,
     ) -> None:
         """The republish lookup for ``key`` found ``closest``: STORE on the k closest (when
         leaving: on those of them that answered without the value)."""
@@ -218,15 +227,15 @@ class Replicator:
                 []
                 if stored is None
                 else [
-                    ReplItem(c.contact, key, leave)
+                    StoreItem(c.contact, key, leave)
                     for c in closest
                     if c.contact.node_id not in holders
                 ]
             )
             leave.outstanding += len(items)
-            self._transfers.queue.extendleft(reversed(items))
-            self._transfers.batch_step(leave, 1, 0, now)  # the lookup itself is done
-            self._transfers.pump(now)
+            self._fanout.queue.extendleft(reversed(items))
+            self._fanout.batch_step(leave, 1, 0, now)  # the lookup itself is done
+            self._fanout.pump(now)
             return
         if stored is None:
             return
@@ -234,22 +243,22 @@ class Replicator:
         farthest = closest[-1].distance if closest else 0
         among = among_k_closest(own_distance, len(closest), farthest, k)
         targets = closest[: k - 1] if among else closest[:k]
-        batch = ReplBatch(
+        batch = StoreBatch(
             "republish", key=key, record=stored.record, own_copy=among, on_done=self._outcome
         )
         if not among:
             # k nodes closer than us answered: once all of them stored it, our copy is
             # surplus (keeping it would make every former holder republish it for ever).
             batch.drop_after_acks = math.ceil(DROP_SHARE * k)
-        items = [ReplItem(c.contact, key, batch) for c in targets]
+        items = [StoreItem(c.contact, key, batch) for c in targets]
         batch.outstanding = len(items)
         if not items:
             self._outcome(batch, now)
             return
-        self._transfers.queue.extend(items)
-        self._transfers.pump(now)
+        self._fanout.queue.extend(items)
+        self._fanout.pump(now)
 
-    def _outcome(self, batch: ReplBatch, now: float) -> None:
+    def _outcome(self, batch: StoreBatch, now: float) -> None:
         """A republish finished. Surplus copy handed over: drop it. Fewer than k copies
         confirmed while we know k nodes (the lookup lost peers to timeouts right after
         deaths, or under load): try again after ``repair_delay`` (doubling each time, up to

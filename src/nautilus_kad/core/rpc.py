@@ -22,6 +22,9 @@ from .events import QueryFailed
 from .ids import NodeId
 from .messages import (
     Address,
+    AnyRequest,
+    Connect,
+    ConnectReply,
     Contact,
     Dialback,
     DialbackReply,
@@ -29,15 +32,17 @@ from .messages import (
     Error,
     FindNode,
     FindValue,
+    Forward,
+    ForwardReply,
     Message,
     MessageType,
-    NatRequest,
     Nodes,
     Ping,
     Pong,
     ProbeRelay,
     ProbeRelayReply,
-    Request,
+    Register,
+    RegisterReply,
     Store,
     Stored,
     Value,
@@ -126,7 +131,7 @@ class Requests:
         self,
         address: Address,
         node_id: NodeId | None,
-        request: Request | NatRequest,
+        request: AnyRequest,
         now: float,
         query_id: int | None,
         pad_to: int = 0,
@@ -229,7 +234,7 @@ class Requests:
         return timers[0][0] if timers else math.inf
 
 
-def answers(request: Request | NatRequest, response: Message) -> bool:
+def answers(request: AnyRequest, response: Message) -> bool:
     """Whether ``response`` is a legal answer to ``request`` (ERROR always is)."""
     if isinstance(response, Error):
         return True
@@ -246,4 +251,10 @@ def answers(request: Request | NatRequest, response: Message) -> bool:
             return isinstance(response, DialbackReply)
         case ProbeRelay():
             return isinstance(response, ProbeRelayReply)
+        case Register():
+            return isinstance(response, RegisterReply)
+        case Connect():
+            return isinstance(response, ConnectReply)
+        case Forward():
+            return isinstance(response, ForwardReply)
     return False

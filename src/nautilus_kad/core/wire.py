@@ -40,14 +40,13 @@ from .ids import NodeId
 from .limits import MAX_PING_BYTES
 from .messages import (
     Address,
+    AnyRequest,
     Contact,
     Envelope,
     FindNode,
     FindValue,
     Message,
-    NatRequest,
     Nodes,
-    Request,
     Store,
     Value,
 )
@@ -344,7 +343,7 @@ class Wire:
         self,
         address: Address,
         node_id: NodeId | None,
-        request: Request | NatRequest,
+        request: AnyRequest,
         recover: bool,
     ) -> bool:
         """Offer a session to peers that keep answering us (``session_after_answers`` times

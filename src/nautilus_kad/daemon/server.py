@@ -198,6 +198,7 @@ class Daemon:
             "records_bytes": int(stats.get("store.bytes", 0)),
             "queries_in_flight": len(self.activity.in_flight),
             "event_clients": len(self.hub),
+            "reachability": views.reachability(node),
         }
 
     def snapshot(self) -> dict[str, Any]:

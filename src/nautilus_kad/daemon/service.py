@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..aio.channels import echo_channels as echo_channels_of
 from ..aio.node import Node
 from ..clierrors import describe_os_error
 from ..core.addresses import format_address
@@ -64,9 +65,12 @@ async def serve(
     config: KadConfig | None,
     api: ApiSettings,
     echo: Callable[[str], None],
+    *,
+    echo_channels: bool = False,
 ) -> int:
     """Run a node (and its API) until a signal or ``stop``; return the signal's number, or
-    :data:`STOPPED_BY_API`."""
+    :data:`STOPPED_BY_API`. With ``echo_channels`` every datagram of every channel a peer
+    opens is sent back (``run --echo``)."""
     if api.enabled and not is_loopback(api.host) and not api.allow_remote:
         raise KadError(
             f"the API would listen on {api.host}, which is not a loopback address: anyone who "
@@ -97,6 +101,9 @@ async def serve(
             if api.enabled:
                 daemon = await _start_api(node, host, port, data_dir, api, stop.set, echo)
             await _join(node, bootstrap, echo)
+            if echo_channels:
+                echoing = loop.create_task(echo_channels_of(node.incoming()))
+                echoing.add_done_callback(lambda task: task.cancelled() or task.exception())
             _log.info("node %s up at %s", node.node_id.short(), format_address(node.address))
             notify(f"READY=1\nSTATUS=node {node.node_id.short()} at {format_address(node.address)}")
             echo("daemon is ready")

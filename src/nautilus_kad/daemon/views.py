@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from ..aio.node import Node
+from ..core.addresses import format_address
 from ..core.ids import NodeId
 
 MAX_PAGE = 500
@@ -80,6 +81,28 @@ def records(node: Node, offset: int, limit: int) -> dict[str, Any]:
         "offset": offset,
         "limit": limit,
         "records": page,
+    }
+
+
+def reachability(node: Node) -> dict[str, Any]:
+    """Whether the node serves (issue 11): ``mode`` (client or server), ``fixed`` by
+    configuration or measured, ``since_s`` (seconds in this mode), the adopted IPv4 / IPv6
+    ``external`` address (``ip:port``, the IP alone behind a NAT that changes ports, or
+    None), the ``nat_class`` per family, and the last probe rounds won out of those kept."""
+    snap: dict[str, Any] = node.reachability
+    external: dict[str, str | None] = {}
+    for family, seen in snap["external"].items():
+        address = seen["address"]
+        external[family] = format_address(address) if address is not None else seen["ip"]
+    probes = snap["last_probes"]
+    return {
+        "mode": snap["mode"],
+        "fixed": snap["fixed"],
+        "since_s": round(snap["in_mode_s"], 1),
+        "external": external,
+        "nat_class": snap["nat_class"],
+        "probes_ok": sum(1 for p in probes if p["ok"]),
+        "probes": len(probes),
     }
 
 

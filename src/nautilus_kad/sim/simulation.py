@@ -318,6 +318,8 @@ class SimNode:
                 op = self.ops.pop(event.query_id, None)  # type: ignore[union-attr]
                 if op is not None:
                     sim._finish(op, event)
+            elif sim.event_listener is not None:
+                sim.event_listener(self, event)
             event = engine.next_event()
         self._arm(self.scheduler.now)
 
@@ -445,6 +447,9 @@ class Simulation:
         self._done_listeners: list[Callable[[OpRecord], object]] = []
         self._waiting: dict[int, Operation] = {}
         self._abort_listeners: list[Callable[[Operation], object]] = []
+        self.event_listener: Callable[[SimNode, Event], object] | None = None
+        """Called with every other event a node reports (channels, peers added or removed):
+        what a scenario follows beyond the operations above (sim/connectscenario.py)."""
 
     # --- time ------------------------------------------------------------------------
 

@@ -64,6 +64,14 @@ function renderStatus() {
   st.className = `state ${s.state}`;
   $("udp").textContent = s.udp_address;
   $("uptime").textContent = ago(s.uptime_s);
+  const r = s.reachability;
+  if (r) {
+    const ext = r.external.ipv4 || r.external.ipv6;
+    const cls = r.nat_class.ipv4 !== "unknown" ? r.nat_class.ipv4 : r.nat_class.ipv6;
+    $("reach").textContent = r.mode + (ext ? ` · ${ext}` : "") + ` · NAT ${cls}`;
+    $("reach").title = (r.fixed ? "fixed by --mode" : `${r.probes_ok}/${r.probes} probe rounds ok`) +
+      `, in this mode for ${ago(r.since_s)}`;
+  }
   $("contacts").textContent = `${s.contacts}` + (s.stale ? ` (${s.stale} failing)` : "") +
     (s.replacements ? ` +${s.replacements} spare` : "");
   $("records-count").textContent = `${s.records} (${bytes(s.records_bytes)})`;

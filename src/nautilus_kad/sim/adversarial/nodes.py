@@ -7,10 +7,10 @@ leaves the rest (decoding, signing with the node's own key, sessions, timers) to
 own code; :func:`turn_honest` swaps it back. Honest nodes are never touched: they run the
 unmodified engine.
 
-Behaviours (:mod:`.hostile` makes the answers):
+Behaviours (:mod:`.answers` makes the answers):
 
 * the answering ones (``misroute``, ``scatter``, ``forge``, ``scatter-forge``) answer every
-  FIND_NODE and FIND_VALUE with the contacts :class:`~.hostile.Conspiracy` chooses, and never
+  FIND_NODE and FIND_VALUE with the contacts :class:`~.answers.Conspiracy` chooses, and never
   with a value (the node's store is swapped for one that keeps nothing, while it still
   acknowledges STOREs);
 * ``silent`` — after joining, the node drops every datagram it receives and sends nothing.
@@ -25,14 +25,14 @@ from collections.abc import Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..core.engine import KadEngine
-from ..core.identity import Identity
-from ..core.ids import ID_BITS, NodeId
-from ..core.messages import Address, Contact
-from ..core.records import Record
-from ..core.storage import RecordStore, StoredRecord
-from .hostile import ANSWERING, BEHAVIOURS, MISROUTE, SILENT, Conspiracy
-from .simulation import SimNode
+from ...core.engine import KadEngine
+from ...core.identity import Identity
+from ...core.ids import ID_BITS, NodeId
+from ...core.messages import Address, Contact
+from ...core.records import Record
+from ...core.storage import RecordStore, StoredRecord
+from ..simulation import SimNode
+from .answers import ANSWERING, BEHAVIOURS, MISROUTE, SILENT, Conspiracy
 
 __all__ = [
     "BEHAVIOURS",

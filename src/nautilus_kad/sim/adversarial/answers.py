@@ -18,16 +18,16 @@ Every answer is a pure function of what was asked before: runs stay deterministi
   against honest ids.
 * ``scatter-forge`` — half and half, interleaved: forged honest neighbours of the target
   and fresh colluders.
-* ``silent`` — handled by the engine layer (:mod:`.adversary`): drop everything.
+* ``silent`` — handled by the engine layer (:mod:`.nodes`): drop everything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..core.ids import NodeId
-from ..core.messages import Address, Contact
-from .simulation import LiveIds
+from ...core.ids import NodeId
+from ...core.messages import Address, Contact
+from ..simulation import LiveIds
 
 MISROUTE = "misroute"
 SCATTER = "scatter"

@@ -1,6 +1,6 @@
 """``nautilus-kad sim-adversarial``: lookup success against hostile nodes, per d.
 
-Registered into the main CLI next to ``sim``; it drives :func:`.adversarial.run_adversarial`
+Registered into the main CLI next to ``sim``; it drives :func:`.scenario.run_adversarial`
 and prints one row per (malicious level, disjoint paths).
 """
 
@@ -15,10 +15,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .adversarial import BEHAVIOURS, SYBIL, AdversarialResult, AdversarialSpec, run_adversarial
-from .command import peak_rss_mib
-from .hostile import ANSWERING
-from .simulation import default_sim_config
+from ..command import peak_rss_mib
+from ..simulation import default_sim_config
+from .answers import ANSWERING
+from .scenario import BEHAVIOURS, SYBIL, AdversarialResult, AdversarialSpec, run_adversarial
 
 _HELP = """Measure lookups against hostile nodes, for d disjoint paths (S/Kademlia).
 

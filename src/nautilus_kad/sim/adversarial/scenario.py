@@ -1,14 +1,14 @@
 """The adversarial scenario: lookup success against hostile nodes, for d disjoint paths.
 
-One network of honest nodes joins once (as in :mod:`.scenario`); then, for each behaviour and
-each malicious level, a set of nodes turns hostile (:mod:`.adversary`, answers from
-:mod:`.hostile`; or Sybils placed next to the target keys), and for each number of disjoint
+One network of honest nodes joins once (as in :mod:`..scenario`); then, for each behaviour and
+each malicious level, a set of nodes turns hostile (:mod:`.nodes`, answers from
+:mod:`.answers`; or Sybils placed next to the target keys), and for each number of disjoint
 paths ``d`` a batch
 of FIND_NODE lookups and FIND_VALUE gets runs from honest nodes that have not looked anything
 up before. The malicious sets are nested (the first 10% are also among the first 20%), and the
 nodes that turn hostile behaved honestly while the network formed, as a patient attacker does.
 
-Every lookup and get is scored twice against ground truth (:mod:`.adversarial_scoring`):
+Every lookup and get is scored twice against ground truth (:mod:`.scoring`):
 ours (the lookup's result holds the honest node closest to the target; the get finds the
 value, stored beforehand on the honest nodes among the key's k closest live nodes) and the
 paper's strict one (some path got there without querying a hostile node).
@@ -24,19 +24,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..core.config import KadConfig
-from ..core.events import GetDone, LookupDone
-from ..core.ids import NodeId
-from ..core.lookup import AnyLookup
-from ..core.messages import Contact
-from ..core.records import Record, make_immutable
-from .adversarial_scoring import lookup_ok, strict_ok
-from .adversary import Colluders, sybil_identity, turn_honest, turn_hostile
-from .hostile import ANSWERING, MISROUTE
-from .hostile import BEHAVIOURS as HOSTILE_BEHAVIOURS
-from .network import LatencyModel, LogNormalLatency
-from .scenario import collector_paused
-from .simulation import Operation, SimNode, Simulation, default_sim_config
+from ...core.config import KadConfig
+from ...core.events import GetDone, LookupDone
+from ...core.ids import NodeId
+from ...core.lookup import AnyLookup
+from ...core.messages import Contact
+from ...core.records import Record, make_immutable
+from ..network import LatencyModel, LogNormalLatency
+from ..scenario import collector_paused
+from ..simulation import Operation, SimNode, Simulation, default_sim_config
+from .answers import ANSWERING, MISROUTE
+from .answers import BEHAVIOURS as HOSTILE_BEHAVIOURS
+from .nodes import Colluders, sybil_identity, turn_honest, turn_hostile
+from .scoring import lookup_ok, strict_ok
 
 SYBIL = "sybil"
 BEHAVIOURS = (*HOSTILE_BEHAVIOURS, SYBIL)
@@ -283,7 +283,15 @@ class _Runner:
         sim.run(at)
         ops = [op for op, _ in lookups] + gets
         if not sim.wait(ops, timeout=600.0):
-            raise RuntimeError("adversarial cell did not finish in 600 virtual seconds")
+            stuck = [op for op in ops if op.record is None and not op.aborted]
+            named = ", ".join(
+                f"{op.kind} from node {op.node.index} for {op.target!r} on {paths} paths"
+                for op in stuck[:5]
+            )
+            raise RuntimeError(
+                f"adversarial cell did not finish in 600 virtual seconds: "
+                f"{len(stuck)} operations still running ({named})"
+            )
         ok_lookups = strict_lookups = 0
         hostile = self.colluders
         hops: list[int] = []

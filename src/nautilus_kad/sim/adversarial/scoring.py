@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 
-from ..core.events import LookupDone
-from ..core.ids import NodeId
-from ..core.lookup import AnyLookup, CandidateState, DisjointLookup, Lookup
+from ...core.events import LookupDone
+from ...core.ids import NodeId
+from ...core.lookup import AnyLookup, CandidateState, DisjointLookup, Lookup
 
 
 def paths_of(lookup: AnyLookup) -> Sequence[Lookup]:
