@@ -96,7 +96,7 @@ def _solo_or_shared(item: pytest.Item) -> Iterator[None]:
     """A readers-writer lock between the workers of one run: every test holds the room
     shared, a ``solo`` test holds it alone. The turnstile stops new shared holders while a
     solo test waits, so it is not starved by the other worker's next tests."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    if not hasattr(item.config, "workerinput"):  # not an xdist worker
         yield
         return
     # Each worker's basetemp is <the run's basetemp>/popen-gwN: the parent is this run's.
@@ -112,7 +112,7 @@ def _solo_or_shared(item: pytest.Item) -> Iterator[None]:
             yield
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # outermost: the wait is not the test's time
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     with _solo_or_shared(item):
         yield
