@@ -178,6 +178,7 @@ class Daemon:
         return lab.run(self.host, [*KAD, *args, "--data-dir", str(self.data_dir)], timeout=90)
 
 
+@pytest.mark.slow
 def test_real_nodes_learn_whether_they_are_reachable(tmp_path: Path) -> None:
     """``nautilus-kad run --mode auto`` behind each kind of NAT (timers scaled by 0.05, the
     lab's NAT filters and conntrack shortened to match): full cone and a public node become
