@@ -67,17 +67,19 @@ def main(argv: list[str] | None = None) -> None:
         hosts = {name: spec for name, spec in hosts.items() if name in wanted}
     started, cpu = time.perf_counter(), time.process_time()
     results: list[CellResult] = []
-    with tempfile.TemporaryDirectory(prefix="nat-pairs-") as root:
-        console.print(f"building the lab: {len(hosts)} hosts and 3 servers")
-        with World(Path(root), hosts) as world:
-            world.wait_registered()
-            console.print(f"lab ready after {time.perf_counter() - started:.0f} s")
-            for cell in cells:
-                tries = args.tries if cell.expect != "none" else min(args.tries, 3)
-                result = run_cell(world, cell, tries, args.timeout)
-                results.append(result)
-                console.print(f"  {cell.name}: {summary(result)}")
-    print_table(results, args.tries)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nat-pairs-") as root:
+            console.print(f"building the lab: {len(hosts)} hosts and 3 servers")
+            with World(Path(root), hosts) as world:
+                world.wait_registered()
+                console.print(f"lab ready after {time.perf_counter() - started:.0f} s")
+                for cell in cells:
+                    tries = args.tries if cell.expect != "none" else min(args.tries, 3)
+                    result = run_cell(world, cell, tries, args.timeout)
+                    results.append(result)
+                    console.print(f"  {cell.name}: {summary(result)}")
+    finally:  # the cells done so far, also when one broke the lab
+        print_table(results, args.tries)
     wall = time.perf_counter() - started
     print(f"wall {wall:.0f} s, this process's CPU {time.process_time() - cpu:.1f} s")
     if args.json is not None:
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def summary(result: CellResult) -> str:
-    return f"{result.direct} direct, {result.relayed} relayed, {result.failed} failed"
+    r = row(result)
+    times = "" if r["p50 s"] is None else f", p50 {r['p50 s']:.2f} s, max {r['max s']:.2f} s"
+    return f"{result.direct} direct, {result.relayed} relayed, {result.failed} failed{times}"
 
 
 def row(result: CellResult) -> dict[str, object]:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     table = Table(title=f"{args.nodes} nodes, {args.natted:.0%} behind NATs (seed {args.seed})")
     for name in ("policy", "lookup success", "get success", "put success", "lookup p50 s",
                  "lookup p99 s", "timeouts/op", "polluting contacts", "tables polluted",
-                 "servers", "reachable clients", "hidden servers", "wall s"):  # fmt: skip
+                 "servers", "reachable clients", "hidden servers", "wall s", "cpu s"):  # fmt: skip
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             str(row["reachable clients"]),
             str(row["hidden servers"]),
             f"{row['wall s']:.0f}",
+            f"{row['cpu s']:.0f}",
         )
     out = Console(width=160)
     out.print(table)

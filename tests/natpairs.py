@@ -332,6 +332,8 @@ def run_cell(world: World, cell: Cell, tries: int, timeout: float = 10.0) -> Cel
         else:
             result.failed += 1
             code = str(answer["code"]) if path == "failed" else f"{path} without echo"
+            if path != "failed" and answer.get("code"):
+                code = f"{path}, then {answer['code']}"
             result.codes[code] = result.codes.get(code, 0) + 1
     return result
 

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import replace
 
-from nautilus_kad import ConnectError, KadConfig, Node
+from nautilus_kad import ChannelClosedError, ConnectError, KadConfig, Node
 from nautilus_kad.aio.channels import echo_channels
 
 STAT_PREFIXES = ("nat.punch.", "relay.", "rendezvous.", "connect.", "channel.")
@@ -62,27 +62,29 @@ async def one_connect(node: Node, target: bytes, timeout: float, upgrade_wait: f
         return {"path": "failed", "code": exc.code, "took": time.monotonic() - started}
     took = time.monotonic() - started
     path = channel.path
-    echoed = False
+    echoed = upgraded = False
+    closed = None
     try:
-        for i in range(3):  # a datagram may be lost (the lab's loss cells): try three
+        for i in range(5):  # a datagram or its echo may be lost (the loss cells): try five
             payload = f"echo-{i}-{started}".encode()
             await channel.send(payload)
             try:
-                answer = await asyncio.wait_for(channel.recv(), 2.0)
+                answer = await asyncio.wait_for(channel.recv(), 1.0)
             except TimeoutError:
                 continue
             if answer == payload:
                 echoed = True
                 break
-        upgraded = False
         if path == "relayed" and upgrade_wait > 0:
             deadline = time.monotonic() + upgrade_wait
             while time.monotonic() < deadline and channel.path == "relayed":
                 await asyncio.sleep(0.05)
             upgraded = channel.path == "direct"
+    except ChannelClosedError as exc:  # the peer or the relay ended it under us
+        closed = str(exc)
     finally:
         await channel.close()
-    return {"path": path, "took": took, "echoed": echoed, "code": None, "upgraded": upgraded}
+    return {"path": path, "took": took, "echoed": echoed, "code": closed, "upgraded": upgraded}
 
 
 async def hold(node: Node, target: bytes, seconds: float) -> None:
@@ -96,10 +98,10 @@ async def hold(node: Node, target: bytes, seconds: float) -> None:
     direct = channel.path == "direct"
     end = time.monotonic() + seconds
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end and not channel.closed:
             await channel.send(b"hold-%d" % sent)
             sent += 1
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, ChannelClosedError):
                 await asyncio.wait_for(channel.recv(), 0.1)
                 echoed += 1
                 echoed_direct += direct

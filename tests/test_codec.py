@@ -24,6 +24,7 @@ from nautilus_kad.core.codec import (
 from nautilus_kad.core.config import MAX_DATAGRAM, KadConfig
 from nautilus_kad.core.engine import FLAG_CLIENT, TOKEN_BYTES
 from nautilus_kad.core.errors import DecodeError
+from nautilus_kad.core.fields import ContactMemo
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import (
@@ -541,3 +542,53 @@ def test_oversize_and_undersize() -> None:
 def test_deep_nesting_is_rejected(depth: int, reason: str) -> None:
     payload = b"\x91" * depth + b"\x00"
     assert _decode_reason(payload + b"\x00" * 64) == reason
+
+
+def test_decoded_contacts_are_built_per_decode_and_equal_the_originals() -> None:
+    """Nothing is cached across decodes: two nodes decoding the same NODES answer get their
+    own contact objects (the nodes of one process share no state that separate processes
+    could not), equal, hashing alike and as immutable as ones built the ordinary way."""
+    contacts = tuple(Contact(NodeId(7 * n + 1), f"198.51.100.{n}", 4000 + n) for n in range(20))
+    data = encode_message(
+        Nodes(("198.51.100.7", 65535), b"\x01" * 8, contacts), TXID, SIGNER_AUTHS[0]
+    )
+    first = decode_datagram(data, RECEIVER).message
+    second = decode_datagram(data, Authenticator(Identity.generate(random.Random(3)))).message
+    assert isinstance(first, Nodes) and isinstance(second, Nodes)
+    assert first.contacts == second.contacts == contacts
+    assert [hash(c) for c in first.contacts] == [hash(c) for c in contacts]
+    assert all(a is not b for a, b in zip(first.contacts, second.contacts, strict=True))
+    assert all(type(c) is Contact and type(c.node_id) is NodeId for c in first.contacts)
+    with pytest.raises(AttributeError):
+        first.contacts[0].port = 1  # type: ignore[misc]
+
+
+def test_a_contact_memo_changes_nothing_but_the_objects_reused() -> None:
+    """The simulator's shared memo (core/fields.py ContactMemo) decodes and encodes exactly
+    as the per-node path: same bytes, equal contacts, the same errors for bad ones; a second
+    decode reuses the first one's objects, and the memo stays within its bound."""
+    memo = ContactMemo(size=8)
+    signer = Authenticator(SIGNERS[0])
+    signer.contacts = memo
+    reader = Authenticator(Identity.generate(random.Random(4)))
+    reader.contacts = memo
+    contacts = tuple(Contact(NodeId(5 * n + 3), f"203.0.113.{n}", 5000 + n) for n in range(6))
+    message = Nodes(("203.0.113.9", 4000), b"\x02" * 8, contacts)
+    data = encode_message(message, TXID, signer)
+    assert data == encode_message(message, TXID, signer)  # the memoised wire form
+    assert data == encode_message(message, TXID, SIGNER_AUTHS[0])  # no memo: same bytes
+    first, second = (decode_datagram(data, reader).message for _ in range(2))
+    assert isinstance(first, Nodes) and isinstance(second, Nodes)
+    assert first == second == decode_datagram(data, RECEIVER).message == message
+    assert all(a is b for a, b in zip(first.contacts, second.contacts, strict=True))
+    assert len(memo) <= 2 * memo.size
+    moved = Nodes(message.observed, message.token, (Contact(NodeId(3), "203.0.113.0", 1),))
+    got = decode_datagram(encode_message(moved, TXID, signer), reader).message
+    assert got == moved  # the same id at another port is not mistaken for the memoised one
+    for bad in ([[NodeId(3).to_bytes32(), b"\xcb\x00q\x00", 0]], [[b"x", b"\x01" * 4, 5]]):
+        body = [[b"\xcb\x00q\t", 4000], b"\x02" * 8, bad]
+        payload = msgpack.packb([PROTOCOL_VERSION, 0x82, TXID, SIGNERS[0].public_key, 0, body])
+        datagram = payload + SIGNERS[0].sign(payload)
+        for auth in (reader, RECEIVER):
+            with pytest.raises(DecodeError):
+                decode_datagram(datagram, auth)

@@ -173,6 +173,7 @@ def test_metrics_have_units_types_and_no_created_series(
         "nautilus_kad_query_duration_seconds": "histogram",
         "nautilus_kad_query_hops": "histogram",
         "nautilus_kad_query_requests": "histogram",
+        "nautilus_kad_query_timeouts": "histogram",
         "nautilus_kad_rpc_rtt_seconds": "histogram",
         "nautilus_kad_routing_table_contacts": "gauge",
         "nautilus_kad_routing_table_bucket_contacts": "gauge",

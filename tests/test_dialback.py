@@ -263,17 +263,20 @@ def test_inbound_traffic_keeps_a_contacted_ip_contacted() -> None:
     assert contacted.clear_at("198.51.100.7") == -math.inf
 
 
-def test_after_a_tainted_probe_rounds_wait_for_a_prober_that_can_prove_something() -> None:
+def test_tainted_rounds_in_a_row_make_the_next_wait_for_a_clean_prober() -> None:
     state = NatState(CFG, random.Random(5), 0.0)
     probers = ["192.0.2.1", "192.0.2.2"]
     for ip in probers:
         state.sent_to(ip, 0.0)
     assert not state.hold_off(probers, 1.0)  # no evidence yet: a big network's prober is new
-    nonce = state.start_round(B, 1.0, answer_timeout=2.0)
-    state.dialback_answered(nonce, ProbeStatus.ARRANGED, 1.5)
-    state.received_from("192.0.2.1", 2.0)
-    assert state.probe_arrived(("192.0.2.1", 4000), nonce, 2.0) is Verdict.TAINTED
-    assert state.hold_off(probers, 3.0)  # both still contacted: wait for the first to clear
+    for n in range(CFG.probe_window):
+        nonce = state.start_round(B, 1.0, answer_timeout=2.0)
+        state.dialback_answered(nonce, ProbeStatus.ARRANGED, 1.5)
+        state.received_from("192.0.2.1", 2.0)
+        assert state.probe_arrived(("192.0.2.1", 4000), nonce, 2.0) is Verdict.TAINTED
+        state.probe_arrived(("192.0.2.1", 4000), nonce, 2.0)  # its second copy
+        assert state.hold_off(probers, 3.0) is (n == CFG.probe_window - 1)
+    # Every round tainted, both still contacted: wait for the first to clear.
     assert state.tracker.next_probe_at == CFG.contacted_window
     assert not state.hold_off(probers, CFG.contacted_window)
     assert state.stats()["rounds.held_off"] == 1
@@ -345,6 +348,14 @@ def test_public_class_needs_the_bound_address() -> None:
     state = NatState(CFG, random.Random(1), 0.0, local=A)
     observe_all(state, A, 0.0)
     assert state.classes[4] is NatClass.PUBLIC
+
+
+def test_a_node_bound_to_every_address_is_public_when_the_external_ip_is_its_own() -> None:
+    for own, expected in ((True, NatClass.PUBLIC), (False, NatClass.ENDPOINT_INDEPENDENT)):
+        state = NatState(CFG, random.Random(1), 0.0, local=("0.0.0.0", A[1]))
+        state.is_local = lambda ip, own=own: own and ip == A[0]  # type: ignore[misc]
+        observe_all(state, A, 0.0)
+        assert state.classes[4] is expected
 
 
 def test_class_survives_votes_ageing_out() -> None:

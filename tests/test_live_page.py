@@ -235,6 +235,15 @@ def test_a_killed_peer_shows_its_failures(page: Any, net: Net) -> None:
     # A lookup of the dead peer's id asks it first; its request times out.
     lookup = kad("lookup", victim.node_id, "--data-dir", str(net.data_dir))
     assert lookup.returncode == 0, err(lookup)
+    # The lookup waited on the dead peer in vain: it reports the timeout (API and page).
+    done = net.api("lookups")["recent"][0]
+    assert done["kind"] == "lookup" and done["target"] == victim.node_id
+    assert done["timeouts"] >= 1
+    recent = page.locator("[data-testid=lookup-recent][data-kind=lookup]").first
+    recent.wait_for(timeout=WAIT_MS)
+    lost = recent.locator("[data-testid=lookup-timeouts]")
+    assert int(lost.inner_text()) == done["timeouts"]
+    assert "bad" in (lost.get_attribute("class") or "")
     failures = contact.locator("[data-testid=contact-failures]")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from nautilus_kad.core.codec import encode_message
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.lookup import (
-    MAX_ADDRESSES,
-    MAX_VOUCHED,
-    CandidateState,
-    DisjointLookup,
-    Lookup,
-)
+from nautilus_kad.core.lookup import MAX_ADDRESSES, MAX_VOUCHED, CandidateState, Lookup
+from nautilus_kad.core.lookup_disjoint import DisjointLookup
 from nautilus_kad.core.messages import Contact, FindNode
 from nautilus_kad.sim import SimAuthenticator, Simulation
 

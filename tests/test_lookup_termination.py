@@ -26,13 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.lookup import (
-    AnyLookup,
-    CandidateState,
-    DisjointLookup,
-    Lookup,
-    new_lookup,
-)
+from nautilus_kad.core.lookup import CandidateState, Lookup
+from nautilus_kad.core.lookup_disjoint import AnyLookup, DisjointLookup, new_lookup
 from nautilus_kad.core.messages import Address, Contact
 
 HARD = 2.0

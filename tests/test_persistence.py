@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from enginenet_durability import EngineNet
+from enginenet import EngineNet
 
 from nautilus_kad import KadConfig, Node
 from nautilus_kad.core.config import KadConfig as CoreConfig
@@ -91,7 +91,7 @@ def test_an_engine_on_a_persistent_store_serves_and_republishes_what_it_held(
     tmp_path: Path,
 ) -> None:
     config = CoreConfig(k=4, republish_interval=600.0)
-    net = EngineNet(config, seed=3)
+    net = EngineNet(config=config, seed=3)
     store = SqliteStore(tmp_path / "db")
     keeper = net.add(store=store)
     others = [net.add() for _ in range(5)]

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from enginenet_durability import EngineNet, build
+from enginenet import EngineNet, build
 
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine

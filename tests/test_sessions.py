@@ -296,7 +296,7 @@ def test_replayed_handshake_does_not_create_a_usable_session() -> None:
 
 
 def test_replayed_signed_requests_are_dropped_and_old_stores_lose_their_token() -> None:
-    from test_records_signed import Client, signed  # noqa: PLC0415
+    from test_record_kinds import Client, signed  # noqa: PLC0415
 
     net = EngineNet(1, seed=6)
     storer = net.engine(0)
@@ -567,7 +567,7 @@ def test_live_cipher_contexts_are_bounded_and_a_dropped_one_is_rebuilt() -> None
 
 @pytest.mark.parametrize("kind", list(RecordKind))
 def test_max_store_and_value_fit_in_a_session_datagram(kind: RecordKind) -> None:
-    from test_records_signed import _widest  # noqa: PLC0415
+    from test_record_kinds import _widest  # noqa: PLC0415
 
     net, a, b = _ESTABLISHED
     mine = a.sessions.for_send(net.address_of(b), b.node_id, net.now)
@@ -642,7 +642,7 @@ def test_a_padded_first_contact_gets_a_full_answer(
 
 
 def test_a_maximal_value_goes_out_without_the_accept() -> None:
-    from test_records_signed import _widest  # noqa: PLC0415
+    from test_record_kinds import _widest  # noqa: PLC0415
 
     net = EngineNet(1, seed=9)
     server = net.engine(0)

@@ -71,3 +71,46 @@ def test_each_node_learns_its_reachability_and_only_servers_route() -> None:
         )
     for node in seeds + public + natted["full-cone"]:
         assert not hidden_ids & {c.node_id for c in node.engine.table}
+
+
+def test_a_new_external_address_is_adopted_within_two_windows_and_rechecked() -> None:
+    """Issue 11 point 1 end to end: a full-cone node's router gets a new WAN IP mid-run (its
+    mappings lost). Its ordinary traffic votes the new address in within two vote windows;
+    it goes back to client at once and its rounds prove the new address reachable again."""
+    config = default_sim_config().with_changes(nat=NatConfig(vote_prefix_v4=32))
+    sim = Simulation(seed=6, config=config)
+    seeds = [sim.add_node(mode="server") for _ in range(60)]
+    sim.join(seeds[0], [])
+    for node in seeds[1:]:
+        sim.join(node, [seeds[0].address])
+    sim.run_for(10.0)
+    box = sim.add_nat(KINDS["full-cone"])
+    node = sim.add_node(mode="auto", nat=box)
+    assert sim.wait([sim.join(node, [s.address for s in seeds[:3]])], timeout=60.0)
+
+    def busy(seconds: float) -> None:
+        """An ordinary lookup every 100 s: each answer is a vote (and each peer asked is
+        one whose probes prove nothing for a while: 60 servers leave enough others)."""
+        for step in range(int(seconds // 100)):
+            sim.wait([sim.lookup(node, key_id(f"q{sim.now}-{step}".encode()))], timeout=30.0)
+            sim.run_for(100.0)
+
+    busy(900.0)
+    nat = node.engine.nat
+    old = nat.voters[4].address
+    assert nat.mode is Mode.SERVER and old is not None and old[0] == box.ip
+    changes = nat.stats()["mode.changes"]
+    renumbered_at = sim.now
+    new_ip = sim.renumber_nat(box)
+    window = config.nat.vote_window
+    busy(2 * window)
+    adopted = nat.voters[4]
+    assert adopted.address is not None and adopted.address[0] == new_ip, adopted.address
+    assert adopted.changed_at is not None and adopted.changed_at - renumbered_at <= 2 * window
+    assert nat.stats()["address.changes"] == 1
+    # Re-checked: demoted at the change (whatever the dwell), then proved again.
+    assert nat.stats()["mode.changes"] >= changes + 1
+    busy(config.nat.mode_min_dwell + 300.0)
+    assert nat.mode is Mode.SERVER, node.engine.natlink.reachability(sim.now)
+    assert nat.stats()["mode.changes"] == changes + 2
+    assert nat.tracker.epoch == 1  # the old address's rounds were voided

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from enginenet_durability import EngineNet
+from enginenet import EngineNet
 
 from nautilus_kad import KadConfig, Node, QueryError
 from nautilus_kad.core.codec import decode_datagram, encode_message
@@ -20,7 +20,7 @@ BASE = KadConfig(k=4)
 
 
 def _pair(victim_config: KadConfig) -> tuple[EngineNet, KadEngine, KadEngine]:
-    net = EngineNet(BASE, seed=5)
+    net = EngineNet(config=BASE, seed=5)
     victim = net.add(config=victim_config)
     writer = net.add()
     net.join(writer, victim)
@@ -92,7 +92,7 @@ def test_quota_is_given_back_when_records_expire() -> None:
 
 def test_put_reports_the_refusals() -> None:
     writer_full = KadConfig(k=4, max_records=0)
-    net2 = EngineNet(BASE, seed=6)
+    net2 = EngineNet(config=BASE, seed=6)
     victim2 = net2.add(config=BASE.with_changes(max_records=0))
     writer2 = net2.add(config=writer_full)
     net2.join(writer2, victim2)

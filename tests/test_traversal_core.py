@@ -198,8 +198,13 @@ def test_relay_forwards_same_size_only_from_each_side_and_within_its_limits() ->
     assert relay.forward(relayed(circuit.a_id, inner), stranger, 1.0) is None  # wrong sender
     assert relay.forward(relayed(circuit.b_id, inner), b, 1.0) is not None  # the way back
     assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) is not None  # 84 bytes so far
-    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) is None  # over 100 bytes
+    # Over 100 bytes: closed, and the sender gets a 6-byte end notice (never more than
+    # what it sent), again on each later datagram from that side, from no one else.
+    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) == (release(circuit.a_id), a)
     assert stats["relay.dropped.bytes"] == 1 and len(relay) == 0  # closed at the limit
+    assert relay.knows(relayed(circuit.b_id, inner))
+    assert relay.forward(relayed(circuit.b_id, inner), b, 1.5) == (release(circuit.b_id), b)
+    assert relay.forward(relayed(circuit.b_id, inner), stranger, 1.5) is None
     # Circuits per peer, then in total.
     assert relay.open(a, b, 42, 2.0)[0] is TraversalStatus.OK
     assert relay.open(("7.7.7.7", 7), b, 42, 2.0)[0] is TraversalStatus.OK

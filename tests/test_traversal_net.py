@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -386,3 +387,65 @@ def test_forged_and_replayed_forwards_are_refused_and_counted() -> None:
 
     with LoopRunner() as runner:
         runner.run(main(), 60)
+
+
+def test_a_relay_that_ends_a_circuit_tells_the_channel() -> None:
+    async def main() -> None:
+        # 600 bytes per direction: a few datagrams, then the relay ends the circuit.
+        async with _network(relay_only=True, circuit_bytes=600) as (servers, target, initiator):
+            echo = asyncio.get_running_loop().create_task(_echo(target))
+            channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
+            assert channel.path == "relayed"
+            with pytest.raises(ChannelClosedError):
+                for _ in range(20):  # bounded: the limit is reached within a few
+                    await channel.send(bytes(200))
+                    await asyncio.wait_for(channel.recv(), 3)
+            assert channel.close_reason == "the relay ended the circuit"
+            assert sum(s.stats.get("relay.circuits.closed.bytes", 0) for s in servers) == 1
+            assert sum(s.stats.get("relay.ended_notices", 0) for s in servers) >= 1
+            echo.cancel()
+
+    with LoopRunner() as runner:
+        runner.run(main(), 60)
+
+
+@pytest.mark.parametrize("relay_only", [False, True])
+def test_connects_survive_a_fifth_of_all_datagrams_lost(
+    monkeypatch: pytest.MonkeyPatch, relay_only: bool
+) -> None:
+    """Every node drops 20 % of what it receives (each introduction crosses 4 such drops):
+    lost REGISTERs, CONNECTs, FORWARDs, punches and relay PINGs are all sent again."""
+    from nautilus_kad.aio import transport  # noqa: PLC0415
+
+    drops = random.Random(12)
+    lossy = {"on": False}
+    receive = transport.EngineProtocol.datagram_received
+
+    def maybe_drop(self: transport.EngineProtocol, data: bytes, addr: tuple[object, ...]) -> None:
+        if lossy["on"] and drops.random() < 0.2:
+            return
+        receive(self, data, addr)
+
+    monkeypatch.setattr(transport.EngineProtocol, "datagram_received", maybe_drop)
+
+    async def main() -> None:
+        scaled = TraversalConfig().scaled(0.05)
+        async with _network(keepalive=scaled.keepalive, lease=scaled.lease,
+                            relay_only=relay_only) as (_, target, initiator):  # fmt: skip
+            lossy["on"] = True
+            await asyncio.sleep(1.0)  # a few keepalive rounds under loss first
+            outcomes = []
+            for _ in range(10):
+                try:
+                    channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
+                    await channel.send(b"x")  # traffic on the path a while: it must hold
+                    await asyncio.sleep(0.3)
+                    outcomes.append(channel.close_reason or channel.path)
+                    await channel.close()
+                except ConnectError as exc:
+                    outcomes.append(exc.code)
+            assert outcomes.count("relayed" if relay_only else "direct") >= 9, outcomes
+            assert initiator.stats.get("connect.retries", 0) >= 1  # loss was real, and met
+
+    with LoopRunner() as runner:
+        runner.run(main(), 120)

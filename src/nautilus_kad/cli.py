@@ -48,6 +48,7 @@ from .demo import (
     DEMO_NODES,
     DEMO_REPUBLISH_INTERVAL,
     DEMO_SUCCESS_AFTER_KILL,
+    DEMO_VALUES,
     DemoReport,
     demo_table,
     run_demo,
@@ -1151,7 +1152,7 @@ def connect_command(
 @click.option(
     "--values",
     type=click.IntRange(min=1),
-    default=50,
+    default=DEMO_VALUES,
     show_default=True,
     help="Values to put and get.",
 )

@@ -65,7 +65,7 @@ from ..core.storage import RecordStore
 from ..persist import DataDir
 from .blobs import Progress, fetch_value, published_pieces, store_pieces
 from .channels import Channel, ChannelHub
-from .transport import EngineProtocol, LoopClock, open_endpoint
+from .transport import EngineProtocol, LoopClock, is_local_ip, open_endpoint
 
 AddressLike = str | tuple[str, int]
 
@@ -122,6 +122,8 @@ class GetResult:
     record: Record | None
     hops: int
     queries: int
+    timeouts: int = 0
+    """Requests of the get that timed out (no answer by its end)."""
 
 
 class Node:
@@ -208,6 +210,7 @@ class Node:
         node._protocol = protocol
         node._address = address
         engine.address = address
+        engine.nat.is_local = is_local_ip  # bound to 0.0.0.0: is the external IP ours?
         engine.traversal.enable(clock.now())  # a client registers with rendezvous
         saved: list[Address] = []
         if directory is not None:
@@ -590,7 +593,7 @@ class Node:
         if isinstance(event, QueryFailed):
             raise QueryError(f"get failed: {event.reason}")
         assert isinstance(event, GetDone)
-        return GetResult(event.record, event.hops, event.queries)
+        return GetResult(event.record, event.hops, event.queries, event.timeouts)
 
     async def find_node(self, node_id: NodeId | int) -> list[Contact]:
         """The k closest live nodes to ``node_id``, nearest first."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -162,3 +163,16 @@ async def open_endpoint(
     sockname = _transport.get_extra_info("sockname")
     address: Address = (sockname[0], sockname[1])
     return protocol, address
+
+
+@functools.lru_cache(maxsize=64)
+def is_local_ip(ip: str) -> bool:
+    """Whether ``ip`` is one of this host's addresses: only then can a socket bind to it.
+    A node bound to 0.0.0.0 asks it of its adopted external IP (no datagram is sent)."""
+    try:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip, 0))
+    except (OSError, ValueError):
+        return False
+    return True

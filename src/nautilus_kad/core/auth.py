@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from nacl.bindings import crypto_sign_open
@@ -19,6 +19,9 @@ from nacl.exceptions import CryptoError
 
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_for
 from .ids import NodeId
+
+if TYPE_CHECKING:
+    from .fields import ContactMemo
 
 
 def ed25519_valid(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -49,12 +52,15 @@ class Authenticator:
     """Signs our datagrams and verifies peers', caching the node ids of the most recent
     peer keys that signed validly (bounded LRU)."""
 
-    __slots__ = ("_cache", "_cache_size", "identity")
+    __slots__ = ("_cache", "_cache_size", "contacts", "identity")
 
     def __init__(self, identity: Identity, cache_size: int = 4096) -> None:
         self.identity = identity
         self._cache_size = cache_size
         self._cache: dict[bytes, NodeId] = {}
+        self.contacts: ContactMemo | None = None
+        """The codec's memo of contact lists (core/fields.py), or None: each node builds its
+        own contacts (the default; the simulator shares one memo between its nodes)."""
 
     def sign(self, payload: bytes) -> bytes:
         return self.identity.sign(payload)

@@ -106,6 +106,7 @@ class Channel:
         self.created = now
         self.last_rx = now
         self.last_tx = now
+        self.last_ping = now
         self.deadline = float("inf")
         self.pair = "unknown-unknown"
         """Our NAT class and the peer's (for the ``nat.punch.*`` counters)."""

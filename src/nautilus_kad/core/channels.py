@@ -131,6 +131,22 @@ class Channels:
         else:
             self._drop("type")
 
+    def relay_ended(self, data: bytes, address: Address, now: float) -> bool:
+        """A relay's end notice for one of our circuits (True), or not ours (False)."""
+        if len(data) != RELAY_HEADER.size:
+            return False
+        circuit = RELAY_HEADER.unpack_from(data)[2]
+        for channel in self._by_handle.values():
+            if (address, circuit) in channel.relays:
+                channel.relays.discard((address, circuit))
+                if (channel.relay, channel.circuit) == (address, circuit):
+                    channel.relay, channel.circuit, channel.use_relay = None, 0, False
+                    if channel.direct is None:
+                        self.close(channel, "the relay ended the circuit", now, notify=False)
+                self.stats["channel.relay.ended"] += 1
+                return True
+        return False
+
     def _drop(self, reason: str) -> None:
         self.stats["rx.dropped"] += 1
         self.stats["channel.rx.dropped"] += 1
@@ -303,17 +319,25 @@ class Channels:
             # leave the channel without one), bounded by the connect's deadline.
             channel.relay_at = math.inf if channel.use_relay else now + config.punch_interval
             self._send(channel, channel.ping(relay, True, self._nonce(), now), relay, now)
-        if channel.announced and now - channel.last_tx >= config.keepalive:
+        # A keepalive after ``keepalive`` without sending; and while nothing arrived for
+        # that long, every half interval (the PONG is what proves the peer still there).
+        half = config.keepalive / 2
+        quiet = now - channel.last_rx >= config.keepalive
+        if channel.announced and (
+            now - channel.last_tx >= config.keepalive or (quiet and now - channel.last_ping >= half)
+        ):
             path = channel.address
             if path is not None:
                 ping = channel.ping(path, channel.direct is None, self._nonce(), now)
                 self._send(channel, ping, path, now)
+                channel.last_ping = now
                 self.stats["channel.keepalives"] += 1
         due = channel.next_deadline()
         if channel.announced:
             due = min(
-                due, channel.last_tx + config.keepalive, channel.last_rx + config.channel_idle
-            )
+                due, channel.last_tx + config.keepalive, channel.last_rx + config.channel_idle,
+                max(channel.last_rx + config.keepalive, channel.last_ping + half),
+            )  # fmt: skip
         if channel.direct is None and channel.upgrades_left:
             due = min(due, channel.next_upgrade)
         return max(due, now + 1e-3)

@@ -27,6 +27,7 @@ from .auth import Authenticator
 from .config import MAX_DATAGRAM
 from .errors import DecodeError
 from .fields import (
+    ContactMemo,
     EncodeError,
     _bytes,
     _decode_address,
@@ -69,6 +70,7 @@ from .limits import (
 from .messages import (
     Connect,
     ConnectReply,
+    Contact,
     Dialback,
     DialbackReply,
     Envelope,
@@ -91,6 +93,7 @@ from .messages import (
     Store,
     Stored,
     Value,
+    new_envelope,
 )
 from .natwire import NAT_TYPES, decode_nat_body, encode_nat_body
 from .session import (
@@ -130,7 +133,9 @@ _REQUEST_TYPES = frozenset(t for t in MessageType if t.is_request)
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 
 
-def _encode_body(message: Message) -> list[Any]:
+def _encode_body(message: Message, memo: ContactMemo | None = None) -> list[Any]:
+    if memo is not None and type(message) is Nodes:
+        return [_encode_address(message.observed), message.token, memo.encode(message.contacts)]
     encode = _BODY_ENCODERS.get(type(message))
     if encode is None:
         raise EncodeError(f"not a message: {message!r}")
@@ -209,7 +214,7 @@ def encode_message(
             txid,
             auth.identity.public_key,
             flags,
-            _encode_body(message),
+            _encode_body(message, auth.contacts),
         ]
         if extended:
             fields.append(None if handshake is None else _encode_handshake(handshake))
@@ -243,6 +248,7 @@ def encode_session_message(
     flags: int = 0,
     *,
     max_size: int = MAX_DATAGRAM,
+    memo: ContactMemo | None = None,
 ) -> bytes:
     """Frame ``message`` as a session datagram, sealed with the session's next counter.
 
@@ -253,7 +259,7 @@ def encode_session_message(
         raise EncodeError("txid must be 8 bytes")
     limit = min(max_size, MAX_DATAGRAM) - HEADER_BYTES - TAG_BYTES
     while True:
-        plaintext = _pack([int(message.TYPE), txid, flags, _encode_body(message)])
+        plaintext = _pack([int(message.TYPE), txid, flags, _encode_body(message, memo)])
         if len(plaintext) <= limit:
             return session.seal(plaintext)
         if isinstance(message, Nodes) and message.contacts:
@@ -265,9 +271,11 @@ def encode_session_message(
 # --- decoding --------------------------------------------------------------------------
 
 
-def _decode_body(msg_type: MessageType, body: Any) -> Message:
+def _decode_body(msg_type: MessageType, body: Any, memo: ContactMemo | None = None) -> Message:
     if type(body) is not list:
         raise DecodeError("schema", "body must be a list")
+    if memo is not None and msg_type is MessageType.NODES:
+        return _decode_nodes(msg_type, body, memo.decode)
     return _BODY_DECODERS[msg_type](msg_type, body)
 
 
@@ -305,11 +313,15 @@ def _decode_pong(msg_type: MessageType, body: list[Any]) -> Message:
     return Pong(_decode_address(observed))
 
 
-def _decode_nodes(msg_type: MessageType, body: list[Any]) -> Message:
+def _decode_nodes(
+    msg_type: MessageType,
+    body: list[Any],
+    decode_contacts: Callable[[list[Any]], tuple[Contact, ...]] = _decode_contacts,
+) -> Message:
     observed, token, contacts = _list(body, 3, "NODES body")
     if type(contacts) is not list:
         raise DecodeError("schema", "contacts must be a list")
-    return Nodes(_decode_address(observed), _decode_token(token), _decode_contacts(contacts))
+    return Nodes(_decode_address(observed), _decode_token(token), decode_contacts(contacts))
 
 
 def _decode_value(msg_type: MessageType, body: list[Any]) -> Message:
@@ -404,7 +416,7 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
         _bytes(txid, TXID_BYTES, "txid")
         _bytes(sender_key, PUBLIC_KEY_BYTES, "sender key")
         _int(flags, 0, 255, "flags")
-    message = _decode_body(msg_type, body)
+    message = _decode_body(msg_type, body, auth.contacts)
     handshake = None
     if len(envelope) == 8:
         handshake = _decode_handshake(envelope[6], msg_type.is_request)
@@ -413,7 +425,7 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
     sender_id = auth.verify(sender_key, payload, signature)
     if sender_id is None:
         raise DecodeError("signature")
-    return Envelope(txid, sender_id, sender_key, flags, message, handshake=handshake)
+    return new_envelope(txid, sender_id, sender_key, flags, message, handshake)
 
 
 def parse_session_header(data: bytes) -> tuple[int, int, int]:
@@ -428,7 +440,9 @@ def parse_session_header(data: bytes) -> tuple[int, int, int]:
     return kind, sid, counter
 
 
-def decode_session_datagram(data: bytes, session: Session, counter: int, now: float) -> Envelope:
+def decode_session_datagram(
+    data: bytes, session: Session, counter: int, now: float, memo: ContactMemo | None = None
+) -> Envelope:
     """Authenticate (replay window, then AEAD) and strictly decode a session data datagram
     addressed to ``session``; raises :class:`DecodeError` for anything invalid."""
     if len(data) < MIN_DATA_DATAGRAM or data[1] != KIND_DATA:
@@ -452,8 +466,8 @@ def decode_session_datagram(data: bytes, session: Session, counter: int, now: fl
         raise DecodeError("schema", "txid must be 8 bytes")
     if type(flags) is not int or not 0 <= flags <= 255:
         raise DecodeError("schema", "flags out of range")
-    message = _decode_body(msg_type, body)
-    return Envelope(txid, session.peer_id, session.peer_key, flags, message, None, session)
+    message = _decode_body(msg_type, body, memo)
+    return new_envelope(txid, session.peer_id, session.peer_key, flags, message, None, session)
 
 
 def is_request(message: Message) -> bool:

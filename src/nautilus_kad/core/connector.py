@@ -66,6 +66,8 @@ class Attempt:
     by_txid: dict[bytes, int] = field(default_factory=dict)
     codes: list[str] = field(default_factory=list)
     channel: Channel | None = None
+    looking: bool = False
+    """The lookup of the target is still running (no failure before it ends)."""
 
 
 class Connector:
@@ -122,6 +124,13 @@ class Connector:
         if entry is not None:
             self._direct(attempt, entry.contact, now)
             return
+        # Ask the closest we already know at once, while the lookup runs: in a small network
+        # (or a well-filled table) they are the target's rendezvous, and a lossy path then
+        # pays for one introduction, not for a lookup first.
+        attempt.looking = True
+        attempt.candidates = ctx.table.closest(target, self.config.connect_fanout)
+        for _ in attempt.candidates:
+            self._ask_next(attempt, now)
         self._lookups.start(
             target, now, want_value=False,
             on_done=lambda query, closest, at: self._found(attempt, query, closest, at),
@@ -130,6 +139,7 @@ class Connector:
     def _found(
         self, attempt: Attempt, query: LookupQuery, closest: list[Candidate], now: float
     ) -> None:
+        attempt.looking = False
         if self.attempts.get(attempt.query_id) is not attempt:
             return
         contacts = [c.contact for c in closest]
@@ -145,15 +155,19 @@ class Connector:
             if contact.node_id == attempt.target:
                 self._direct(attempt, contact, now)
                 return
-        if not contacts:
+        known = {c.node_id for c in attempt.candidates}
+        fresh = [c for c in contacts if c.node_id not in known]
+        attempt.candidates.extend(fresh[: max(0, self.config.connect_tries - len(known))])
+        if not attempt.candidates:
             self._finish_failed(attempt, "not_found", "the lookup found no node")
             return
-        attempt.candidates = contacts[: self.config.connect_tries]
-        for _ in range(self.config.connect_fanout):
+        for _ in range(max(0, self.config.connect_fanout - len(attempt.silent))):
             self._ask_next(attempt, now)
+        if not attempt.waiting:
+            self._next_or_fail(attempt, now)
 
     def _direct(self, attempt: Attempt, contact: Contact, now: float) -> None:
-        attempt.candidates = [contact]
+        attempt.candidates.insert(attempt.asked, contact)  # asked next: indices before stay
         self._ask_next(attempt, now)
 
     def _ask_next(self, attempt: Attempt, now: float) -> None:
@@ -193,7 +207,11 @@ class Connector:
             self._next_or_fail(attempt, now)
             return
         if attempt.channel is not None or self.attempts.get(attempt.query_id) is not attempt:
-            if reply.circuit:  # a later rendezvous also granted a circuit: not needed
+            # A later answer: another rendezvous's circuit is not needed. (A repeated CONNECT
+            # to the same rendezvous got the circuit the channel uses: that one stays.)
+            channel = attempt.channel
+            ours = channel is not None and (sender, reply.circuit) in channel.relays
+            if reply.circuit and not ours:
                 self._queue(release(reply.circuit), sender)
             return
         try:
@@ -270,7 +288,7 @@ class Connector:
         if self.attempts.get(attempt.query_id) is not attempt:
             return
         self._ask_next(attempt, now)
-        if not attempt.waiting:
+        if not attempt.waiting and not attempt.looking:
             codes = attempt.codes
             for code in ("refused", "rate_limited", "limit", "bad_answer", "no_answer"):
                 if code in codes:

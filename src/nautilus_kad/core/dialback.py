@@ -257,9 +257,10 @@ class ProbeRounds:
         self.rng = rng
         self.rounds: dict[bytes, Round] = {}
         self.stats: Counter[str] = Counter()
-        self.taint_last = False
-        """Whether the last probe that came was tainted (then the next rounds wait until a
-        prober we did not contact is possible: see :meth:`.NatState.hold_off`)."""
+        self.tainted_in_row = 0
+        """Rounds in a row whose probe came from an IP we had contacted (no success or
+        failure between them): many mean the probers around us are all ones we talk to,
+        and the next rounds wait (see :meth:`.NatState.hold_off`)."""
 
     def start(self, helper: Address, epoch: int, now: float, answer_timeout: float) -> bytes:
         """A new round through ``helper``: the nonce for its DIALBACK. Until the helper
@@ -298,12 +299,12 @@ class ProbeRounds:
         if source[0] == round_.helper[0] or contacted.recently(source[0], now):
             # Proves nothing; the round goes on (a proper copy may still come).
             self.stats["probes.tainted"] += 1
+            self.tainted_in_row += not round_.tainted  # once per round (copies come twice)
             round_.tainted = True
-            self.taint_last = True
             return Verdict.TAINTED, round_
         del self.rounds[nonce]
         self.stats["probes.answered"] += 1
-        self.taint_last = False
+        self.tainted_in_row = 0
         return Verdict.SUCCESS, round_
 
     def expired(self, now: float) -> list[Round]:
@@ -316,6 +317,8 @@ class ProbeRounds:
                 self.stats["probes.unanswered"] += 1
             else:
                 self.stats["probes.timed_out"] += 1
+                if not round_.tainted:
+                    self.tainted_in_row = 0  # a clean prober's probe did not get in
         return done
 
     def forget_epoch(self, epoch: int) -> None:

@@ -44,7 +44,8 @@ from .handoff import Scans
 from .holdings import Holdings
 from .identity import Identity
 from .ids import NodeId, random_id_in_bucket
-from .lookup import AnyLookup, Candidate
+from .lookup import Candidate
+from .lookup_disjoint import AnyLookup
 from .lookups import LookupQuery, Lookups, nothing
 from .messages import (
     Address,
@@ -61,6 +62,7 @@ from .messages import (
     ProbeRelay,
     Store,
     Value,
+    new_contact,
 )
 from .natlink import NatLink
 from .peers import Peers
@@ -506,7 +508,7 @@ class KadEngine:
         if pending.offer is not None:
             self.wire.finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
-        contact = Contact(envelope.sender_id, address[0], address[1])
+        contact = new_contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         departing = self.peers.on_answer(contact, envelope.flags, rtt, now)
         observed = getattr(message, "observed", None)
@@ -556,6 +558,7 @@ class KadEngine:
                 tuple(c.contact for c in closest),
                 lookup.hops,
                 lookup.queries_sent,
+                query.timeouts,
             )
         )
 

@@ -37,6 +37,9 @@ class LookupDone:
     contacts: tuple[Contact, ...]
     hops: int
     queries: int
+    timeouts: int = 0
+    """Requests it sent that passed their soft timeout and had not answered when it ended
+    (dead or overloaded peers it waited on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class GetDone:
     """Valid copies peers returned (a signed get asks a quorum of them)."""
     repaired: int = 0
     """Replicas that served an older signed record and were sent the newest one."""
+    timeouts: int = 0
+    """Requests it sent that passed their soft timeout and had not answered when it ended
+    (dead or overloaded peers it waited on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,9 @@ class PutDone:
     queries: int
     errors: tuple[tuple[ErrorCode, str], ...] = ()
     """ERROR answers of the storers that refused the record (code, text)."""
+    timeouts: int = 0
+    """Requests of its lookup and STOREs that passed their soft timeout and had not
+    answered when it ended."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ differing mostly by accident. Here every STORE is a :class:`StoreItem` of a
 * a slow STORE is sent once more and waited for ``slow_grace`` (a lost datagram costs one
   re-send, not a replica);
 * a refusal, a departing storer and a timeout all count as "not stored", in one set of
-  counters (``store.*``);
+  counters (``fanout.*``; ``store.*`` is the storer's side);
 * the token is the one the caller has (a lookup's answer), else the one the peer gave us
   recently; a peer without one first gets one FIND_NODE, and the items for it wait;
 * when the last item of a batch is done its continuation runs (a put's
@@ -70,6 +70,9 @@ class StoreBatch:
     errors: list[tuple[ErrorCode, str]] = field(default_factory=list)
     """Why storers refused (a put reports them; the publisher reads STALE there)."""
     on_done: Callable[[StoreBatch, float], None] | None = None
+    timeouts: int = 0
+    """STOREs that passed their soft timeout and had not been answered when the batch
+    ended (a put reports them, with its lookup's, in :class:`~.events.PutDone`)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -126,12 +129,14 @@ class _Sink:
         item = owner.take(pending.txid)
         if item is None:
             return
+        if pending.slow:
+            item.batch.timeouts -= 1  # it answered after all
         stats = owner.stats
         stored = isinstance(message, Stored) and not departing
         if departing:  # a copy that leaves with it (its handoff may be past this key)
-            stats["store.departing"] += 1
+            stats["fanout.departing"] += 1
         elif not stored:
-            stats["store.refused"] += 1
+            stats["fanout.refused"] += 1
             if isinstance(message, Error):
                 item.batch.errors.append((message.code, message.message))
         if stored:
@@ -147,7 +152,8 @@ class _Sink:
         item = owner.inflight.get(pending.txid)
         if item is None:
             return
-        owner.stats["store.slow"] += 1
+        owner.stats["fanout.slow"] += 1
+        item.batch.timeouts += 1
         if not owner.requests.resend_and_wait(pending, now):
             self.on_grace_over(pending, now)
 

@@ -2,8 +2,8 @@
 
 The codec (:mod:`.codec`) frames whole messages; this module encodes and strictly decodes the
 fields inside their bodies. Decoders check every type and length exactly (``bool`` is not an
-``int`` here) and raise only :class:`~.errors.DecodeError`. Contacts are cached both ways: the
-same few thousand peers appear in answer after answer.
+``int`` here) and raise only :class:`~.errors.DecodeError`. Contact lists can be memoised
+(:class:`ContactMemo`); by default every node decodes and encodes its own.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .limits import (
     TOKEN_MAX_BYTES,
     VALUE_LIMITS,
 )
-from .messages import Address, Contact
+from .messages import Address, Contact, new_contact
 from .records import Record, RecordKind
 
 
@@ -92,32 +92,12 @@ def _encode_record(record: Record) -> list[Any]:
     ]
 
 
-_WIRE_CACHE_SIZE = 65536
-_contact_wire: dict[int, tuple[Contact, list[Any]]] = {}
-"""Wire forms of recently encoded contacts by node id, with the contact they were made from. A
-NODES answer names the same peers over and over; reusing their wire form saves most of the
-encoding. Cleared when full."""
-
-
 def _encode_contacts(contacts: tuple[Contact, ...]) -> list[list[Any]]:
-    """:func:`_encode_contact` over a NODES list (the encoder's hot loop), memoised."""
-    cache = _contact_wire
-    out: list[list[Any]] = []
-    append = out.append
-    for c in contacts:
-        hit = cache.get(c.node_id)
-        if hit is not None:
-            known = hit[0]
-            # The same object, or an equal one (another node's entry for the same peer).
-            if known is c or (known.port == c.port and known.host == c.host):
-                append(hit[1])
-                continue
-        wire = [c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port]
-        if len(cache) >= _WIRE_CACHE_SIZE:
-            cache.clear()
-        cache[c.node_id] = (c, wire)
-        append(wire)
-    return out
+    """:func:`_encode_contact` over a NODES list (the encoder's hot loop), inlined.
+
+    Nothing is cached across calls: a process-wide cache of wire forms would be state that
+    the nodes of one process share and separate processes could not."""
+    return [[c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port] for c in contacts]
 
 
 # --- decoding --------------------------------------------------------------------------
@@ -164,29 +144,17 @@ def _decode_contact(value: Any) -> Contact:
     )
 
 
-_CONTACT_CACHE_SIZE = 65536
-_contact_cache: dict[bytes, tuple[bytes, int, Contact]] = {}
-"""Recently decoded contacts by raw id, with the raw address they came with. Contacts are
-immutable, so a NODES answer naming a peer we decoded before reuses that object instead of
-rebuilding it (peers are named over and over). Cleared when full."""
-
-
 def _decode_contacts(values: list[Any]) -> tuple[Contact, ...]:
     """:func:`_decode_contact` over a whole NODES list, inlined (the decoder's hot loop):
     same checks in the same order, same errors."""
     contacts: list[Contact] = []
     append = contacts.append
-    cache = _contact_cache
     for value in values:
         if type(value) is not list or len(value) != 3:
             raise DecodeError("schema", "contact must be a list of 3")
         raw_id, host_raw, port = value
         if type(raw_id) is not bytes or len(raw_id) != ID_BYTES:
             raise DecodeError("schema", f"contact id must be {ID_BYTES} bytes")
-        known = cache.get(raw_id)
-        if known is not None and known[0] == host_raw and type(port) is int and known[1] == port:
-            append(known[2])  # the same id, address bytes and port were valid before
-            continue
         if type(host_raw) is not bytes:
             raise DecodeError("schema", "address must be bytes")
         try:
@@ -195,12 +163,85 @@ def _decode_contacts(values: list[Any]) -> tuple[Contact, ...]:
             raise DecodeError("schema", "address must be 4 or 16 bytes") from exc
         if type(port) is not int or not 1 <= port <= 65535:
             raise DecodeError("schema", "contact port out of range")
-        contact = Contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port)
-        if len(cache) >= _CONTACT_CACHE_SIZE:
-            cache.clear()
-        cache[raw_id] = (host_raw, port, contact)
-        append(contact)
+        append(new_contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port))
     return tuple(contacts)
+
+
+class ContactMemo:
+    """Wire forms of contacts encoded before, and contacts decoded before, both ways by node
+    id (bounded; cleared when full). A NODES answer names the same peers over and over:
+    reusing their objects saves most of the encoding and decoding.
+
+    Off by default (each node builds its own contacts: a memo shared by the nodes of one
+    process would be state separate processes could not share). The simulator gives one
+    memo to all its nodes (:class:`~nautilus_kad.sim.auth.SimKeyring`), so that a large
+    simulation runs fast; contacts are immutable and the memo only ever returns one equal
+    to what decoding would build, so this changes no behaviour."""
+
+    __slots__ = ("_decoded", "_encoded", "size")
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self._encoded: dict[int, tuple[Contact, list[Any]]] = {}
+        self._decoded: dict[bytes, tuple[bytes, int, Contact]] = {}
+
+    def __len__(self) -> int:
+        return len(self._encoded) + len(self._decoded)
+
+    def encode(self, contacts: tuple[Contact, ...]) -> list[list[Any]]:
+        """:func:`_encode_contacts`, memoised."""
+        cache = self._encoded
+        out: list[list[Any]] = []
+        append = out.append
+        for c in contacts:
+            hit = cache.get(c.node_id)
+            if hit is not None:
+                known = hit[0]
+                # The same object, or an equal one (another node's entry for the same peer).
+                if known is c or (known.port == c.port and known.host == c.host):
+                    append(hit[1])
+                    continue
+            wire = [c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port]
+            if len(cache) >= self.size:
+                cache.clear()
+            cache[c.node_id] = (c, wire)
+            append(wire)
+        return out
+
+    def decode(self, values: list[Any]) -> tuple[Contact, ...]:
+        """:func:`_decode_contacts`, memoised: same checks in the same order, same errors."""
+        contacts: list[Contact] = []
+        append = contacts.append
+        cache = self._decoded
+        for value in values:
+            if type(value) is not list or len(value) != 3:
+                raise DecodeError("schema", "contact must be a list of 3")
+            raw_id, host_raw, port = value
+            if type(raw_id) is not bytes or len(raw_id) != ID_BYTES:
+                raise DecodeError("schema", f"contact id must be {ID_BYTES} bytes")
+            known = cache.get(raw_id)
+            if (
+                known is not None
+                and known[0] == host_raw
+                and type(port) is int
+                and known[1] == port
+            ):
+                append(known[2])  # the same id, address bytes and port were valid before
+                continue
+            if type(host_raw) is not bytes:
+                raise DecodeError("schema", "address must be bytes")
+            try:
+                host = unpack_ip(host_raw)
+            except ValueError as exc:
+                raise DecodeError("schema", "address must be 4 or 16 bytes") from exc
+            if type(port) is not int or not 1 <= port <= 65535:
+                raise DecodeError("schema", "contact port out of range")
+            contact = new_contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port)
+            if len(cache) >= self.size:
+                cache.clear()
+            cache[raw_id] = (host_raw, port, contact)
+            append(contact)
+        return tuple(contacts)
 
 
 def _decode_token(value: Any) -> bytes:

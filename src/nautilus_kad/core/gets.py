@@ -100,6 +100,7 @@ class Gets:
                 lookup.queries_sent,
                 answers=len(query.answers),
                 repaired=repaired,
+                timeouts=query.timeouts,
             )
         )
 

@@ -9,7 +9,7 @@ the value budget. Open and immutable records are then capped at the round
 key, salt, sequence number and signature, so its limit is lower by exactly their size.
 
 The codec refuses (encoding) and rejects (decoding) values over these limits, and
-``tests/test_records_signed.py`` proves that a maximal STORE and VALUE of every kind fits, in
+``tests/test_record_kinds.py`` proves that a maximal STORE and VALUE of every kind fits, in
 the signed envelope and in a session datagram, while one byte more does not fit a signed
 record's budget.
 """

@@ -23,7 +23,8 @@ from .context import NodeContext
 from .errors import ValidationError
 from .events import QueryFailed
 from .ids import NodeId
-from .lookup import AnyLookup, Candidate, new_lookup
+from .lookup import Candidate
+from .lookup_disjoint import AnyLookup, new_lookup
 from .messages import Contact, FindNode, FindValue, Message, Nodes, Request, Value
 from .pending import Pending
 from .records import Record, RecordKind, record_expiry, validate_record
@@ -64,6 +65,10 @@ class LookupQuery:
     holders_only: bool = False
     """A leaving node's lookup for one of its keys: a FIND_VALUE that does not stop at the
     value but notes who has it."""
+    timeouts: int = 0
+    """Requests that passed their soft timeout and had not answered by the end (a late
+    answer while the query runs takes its timeout back): what the lookup waited on in
+    vain, reported with its result."""
 
     # --- rpc owner ---------------------------------------------------------------------
 
@@ -71,9 +76,12 @@ class LookupQuery:
         self, pending: Pending, contact: Contact, message: Message, rtt: float, departing: bool,
         now: float,
     ) -> None:  # fmt: skip
+        if pending.slow:
+            self.timeouts -= 1  # it answered after all
         self.owner.on_response(self, contact, message, now, departing)
 
     def on_slow(self, pending: Pending, now: float) -> None:
+        self.timeouts += 1
         if pending.node_id is not None:
             self.lookup.on_soft_timeout(pending.node_id, pending.address)
             if not self.owner.requests.resend_and_wait(pending, now):

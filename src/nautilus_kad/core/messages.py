@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BadSignatureError,
@@ -352,3 +352,55 @@ class Envelope:
     message: Message
     handshake: Handshake | None = None
     session: Session | None = None
+
+
+# --- fast builders for the datagram path ------------------------------------------------
+# A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+# costs about twice as much as setting its slots directly. The decoder builds a contact per
+# contact of every NODES answer and an envelope per datagram, so these two are built here
+# slot by slot from values the caller already checked: the objects are the same (equal,
+# same hash, just as immutable afterwards).
+
+_object_new = object.__new__
+_contact_slots: dict[str, Any] = dict(vars(Contact))
+_set_contact_id = _contact_slots["node_id"].__set__
+_set_contact_host = _contact_slots["host"].__set__
+_set_contact_port = _contact_slots["port"].__set__
+_envelope_slots: dict[str, Any] = dict(vars(Envelope))
+_set_txid = _envelope_slots["txid"].__set__
+_set_sender_id = _envelope_slots["sender_id"].__set__
+_set_sender_key = _envelope_slots["sender_key"].__set__
+_set_flags = _envelope_slots["flags"].__set__
+_set_message = _envelope_slots["message"].__set__
+_set_handshake = _envelope_slots["handshake"].__set__
+_set_session = _envelope_slots["session"].__set__
+
+
+def new_contact(node_id: NodeId, host: str, port: int) -> Contact:
+    """``Contact(node_id, host, port)``, for checked values, in half the time."""
+    contact: Contact = _object_new(Contact)
+    _set_contact_id(contact, node_id)
+    _set_contact_host(contact, host)
+    _set_contact_port(contact, port)
+    return contact
+
+
+def new_envelope(
+    txid: bytes,
+    sender_id: NodeId,
+    sender_key: bytes,
+    flags: int,
+    message: Message,
+    handshake: Handshake | None = None,
+    session: Session | None = None,
+) -> Envelope:
+    """``Envelope(...)``, for checked values, in half the time."""
+    envelope: Envelope = _object_new(Envelope)
+    _set_txid(envelope, txid)
+    _set_sender_id(envelope, sender_id)
+    _set_sender_key(envelope, sender_key)
+    _set_flags(envelope, flags)
+    _set_message(envelope, message)
+    _set_handshake(envelope, handshake)
+    _set_session(envelope, session)
+    return envelope

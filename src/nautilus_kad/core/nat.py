@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from .natwire import ProbeStatus
 from .reachability import Mode, ModeChange, ReachabilityTracker
 
 MODES = ("auto", "server", "client")
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 __all__ = ["MODES", "Change", "ClassChange", "NatState", "Verdict"]
 
 
@@ -68,6 +70,9 @@ class NatState:
         self.family = family
         self.local = local
         """The address our socket is bound to, when known (tells PUBLIC from a cone NAT)."""
+        self.is_local: Callable[[str], bool] | None = None
+        """Whether an IP is one of this host's own (set by a driver whose socket is bound to
+        a wildcard address: the adopted external IP being ours means no NAT)."""
         self.voters = {4: ExternalAddressVoter(config, 4), 6: ExternalAddressVoter(config, 6)}
         self.classes = {4: NatClass.UNKNOWN, 6: NatClass.UNKNOWN}
         fixed = None if mode == "auto" else Mode(mode)
@@ -118,7 +123,11 @@ class NatState:
         of_ip = sum(1 for host, _ in observations if host == voter.ip)
         if of_ip < self.config.class_min_observers and voter.ip is not None:
             return  # votes aged out (an idle node): keep what they showed, until new ones
-        new = classify(observations, voter.ip, self.local, self.config.class_min_observers)
+        local, is_local = self.local, self.is_local
+        if local is not None and local[0] in WILDCARDS and voter.ip and is_local is not None:
+            # Bound to every address: the external IP being one of them means no NAT.
+            local = (voter.ip, local[1]) if is_local(voter.ip) else local
+        new = classify(observations, voter.ip, local, self.config.class_min_observers)
         old = self.classes[voter.family]
         if new is not old:
             self.classes[voter.family] = new
@@ -145,12 +154,14 @@ class NatState:
 
     def hold_off(self, probers: list[str], now: float) -> bool:
         """Whether to delay the rounds wanted now, given the IPs of the servers that could
-        probe us (our table's, less the helpers about to be asked). Only after a tainted
-        probe, and only while every one of them is still one we contacted: in a small
-        network each probe would then come through a hole our traffic opened, and keep it
-        open (NATs refresh on inbound traffic), so rounds could never prove anything. The
-        rounds wait until the first of them is clear."""
-        if not self.rounds.taint_last or not probers:
+        probe us (our table's, less the helpers about to be asked). Only after
+        ``probe_window`` rounds in a row came back tainted, and only while every one of
+        those servers is still one we contacted: in a small network each probe would then
+        come through a hole our traffic opened, and keep it open (NATs refresh on inbound
+        traffic), so rounds could never prove anything. The rounds wait until the first of
+        them is clear. (In a bigger network helpers pick probers we never met, and rounds
+        go on at once.)"""
+        if self.rounds.tainted_in_row < self.config.probe_window or not probers:
             return False
         contacted = self.contacted
         clear = min(contacted.clear_at(ip) for ip in probers)

@@ -66,7 +66,7 @@ class Puts:
             targets = [cand for cand in closest if cand.token]
             self.store_on(
                 query.query_id, record, cas, targets, now,
-                queries=query.lookup.queries_sent, internal=internal,
+                queries=query.lookup.queries_sent, internal=internal, timeouts=query.timeouts,
             )  # fmt: skip
 
         return self._lookups.start(record.key, now, want_value=False, on_done=found)
@@ -85,13 +85,16 @@ class Puts:
         *,
         queries: int = 0,
         internal: bool = False,
+        timeouts: int = 0,
     ) -> None:
         """STORE ``record`` on ``targets`` (nearest first, each with a token), and on this
         node when it is among them; ends with :class:`PutDone` (or, ``internal``, the
-        publisher's bookkeeping)."""
+        publisher's bookkeeping). ``timeouts``: those of the lookup before (the put
+        reports them with its STOREs')."""
         ctx = self._ctx
         batch = StoreBatch("put", background=False, key=record.key, record=record)
         batch.query_id = query_id
+        batch.timeouts = timeouts
         # We store too when we are among the k closest (in a small network we may be one of
         # the nodes that should hold the record) unless we are a client that will not serve.
         own_distance = ctx.node_id ^ record.key
@@ -129,6 +132,7 @@ class Puts:
                 tuple(batch.stored_on),
                 queries,
                 tuple(batch.errors),
+                batch.timeouts,
             )
         )
 

@@ -14,10 +14,10 @@ Refusals carry codes (RESOURCE_LIMIT, NO_RELAY) and are counted as ``relay.refus
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from .channel import KIND_RELAYED, RELAY_HEADER
+from .channel import KIND_RELAYED, KIND_RELEASE, RELAY_HEADER
 from .messages import Address, TraversalStatus
 from .session import SESSION_MAGIC
 from .traversalconfig import TraversalConfig
@@ -49,6 +49,9 @@ class Relay:
         self._by_id: dict[int, tuple[Circuit, bool]] = {}
         """Circuit id → (circuit, whether the id is the initiator's side)."""
         self.circuits: list[Circuit] = []
+        self._ended: OrderedDict[int, Address] = OrderedDict()
+        """Ids of recently closed circuits → that side's address: a datagram still sent on
+        one gets a 6-byte end notice, so the channel learns its relay is gone."""
 
     def __len__(self) -> int:
         return len(self.circuits)
@@ -89,9 +92,20 @@ class Relay:
         return self._by_id.get(circuit.a_id, (None, True))[0] is circuit
 
     def knows(self, data: bytes) -> bool:
-        """Whether a relayed datagram names one of our circuits (else it may be for one of
-        our own channels, relayed by another node)."""
-        return len(data) > RELAY_HEADER.size and RELAY_HEADER.unpack_from(data)[2] in self._by_id
+        """Whether a relayed datagram names one of our circuits, live or recently ended
+        (else it may be for one of our own channels, relayed by another node)."""
+        if len(data) <= RELAY_HEADER.size:
+            return False
+        cid = RELAY_HEADER.unpack_from(data)[2]
+        return cid in self._by_id or cid in self._ended
+
+    def ended(self, data: bytes, source: Address) -> tuple[bytes, Address] | None:
+        """The end notice for a datagram on a circuit that ended (from its own side)."""
+        cid = RELAY_HEADER.unpack_from(data)[2]
+        if self._ended.get(cid) != source:
+            return None
+        self.stats["relay.ended_notices"] += 1
+        return RELAY_HEADER.pack(SESSION_MAGIC, KIND_RELEASE, cid), source
 
     def forward(self, data: bytes, source: Address, now: float) -> tuple[bytes, Address] | None:
         """The datagram to send on for a relayed datagram from ``source``, or None (dropped
@@ -102,8 +116,8 @@ class Relay:
         cid = RELAY_HEADER.unpack_from(data)[2]
         found = self._by_id.get(cid)
         if found is None:
-            self._drop("unknown")
-            return None
+            self._drop("ended" if cid in self._ended else "unknown")
+            return self.ended(data, source)
         circuit, from_a = found
         if source != (circuit.a if from_a else circuit.b):
             self._drop("sender")
@@ -111,14 +125,14 @@ class Relay:
         if self._expired(circuit, now):
             self.close(circuit, "expired")
             self._drop("expired")
-            return None
+            return self.ended(data, source)
         size = len(data) - RELAY_HEADER.size
         config = self.config
         carried = (circuit.to_b if from_a else circuit.to_a) + size
         if carried > config.circuit_bytes:
             self.close(circuit, "bytes")
             self._drop("bytes")
-            return None
+            return self.ended(data, source)
         if from_a:
             circuit.to_b = carried
         else:
@@ -149,6 +163,10 @@ class Relay:
         if self._by_id.pop(circuit.a_id, None) is not None:
             self._by_id.pop(circuit.b_id, None)
             self.circuits.remove(circuit)
+            self._ended[circuit.a_id] = circuit.a
+            self._ended[circuit.b_id] = circuit.b
+            while len(self._ended) > 2048:
+                self._ended.popitem(last=False)
             self.stats["relay.circuits.closed"] += 1
             self.stats[f"relay.circuits.closed.{reason}"] += 1
 

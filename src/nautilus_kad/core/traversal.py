@@ -163,22 +163,23 @@ class Traversal:
             wire.respond(envelope, response, address, at, size, verified)
 
         lease = int(self.config.lease)
+        if not self.quota.admit(address[0], now):
+            self.stats["rendezvous.refused.rate_limited"] += 1
+            limited = TraversalStatus.RATE_LIMITED
+            refusal: Message
+            if isinstance(request, Register):
+                refusal = RegisterReply(address, limited, 0)
+            elif isinstance(request, Forward):
+                refusal = ForwardReply(address, limited, b"")
+            else:
+                refusal = ConnectReply(address, limited, b"", None, 0, TraversalStatus.NO_RELAY)
+            reply(refusal, now)
+            return
         if isinstance(request, Forward):  # we are the target, the sender our rendezvous
             status, answer = self.connector.accept(
                 request.offer, request.source, address, request.circuit, now
             )
             reply(ForwardReply(address, status, answer), now)
-            return
-        if not self.quota.admit(address[0], now):
-            self.stats["rendezvous.refused.rate_limited"] += 1
-            refusal: Message = (
-                RegisterReply(address, TraversalStatus.RATE_LIMITED, 0)
-                if isinstance(request, Register)
-                else ConnectReply(
-                    address, TraversalStatus.RATE_LIMITED, b"", None, 0, TraversalStatus.NO_RELAY
-                )
-            )
-            reply(refusal, now)
             return
         if isinstance(request, Register):
             if self._is_client():
@@ -271,7 +272,8 @@ class Traversal:
         stats["rx.bytes"] += len(data)
         kind = data[1]
         if kind == KIND_RELEASE:
-            self.relay.release(data, address)
+            if not self.channels.relay_ended(data, address, now):
+                self.relay.release(data, address)
             return
         if kind == KIND_RELAYED and self.relay.knows(data):
             forwarded = self.relay.forward(data, address, now)

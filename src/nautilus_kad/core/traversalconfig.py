@@ -45,8 +45,9 @@ class TraversalConfig:
     """A circuit's lifetime."""
     circuit_bytes: int = 128 * 1024
     """Bytes a circuit carries per direction."""
-    circuit_idle: float = 30.0
-    """A circuit that carried nothing this long is closed."""
+    circuit_idle: float = 60.0
+    """A circuit that carried nothing this long is closed (three channel keepalives: one
+    or two lost on a lossy path must not end it)."""
     serve_period: float = 60.0
     """Period of the request limits below."""
     serve_per_ip: int = 300
@@ -75,7 +76,7 @@ class TraversalConfig:
     """While relayed, punch again every this long …"""
     upgrade_tries: int = 6
     """… this many times."""
-    channel_idle: float = 75.0
+    channel_idle: float = 120.0
     """A channel that received nothing (not even a keepalive) this long is closed."""
     max_channels: int = 256
     """Channels (open or being set up) at once."""

@@ -168,7 +168,7 @@ class Wire:
                 self._outbox.append((unknown_session_notice(sid, counter), address))
                 self._ctx.stats["tx.session_notices"] += 1
             raise DecodeError("session.unknown")
-        envelope = decode_session_datagram(data, session, counter, now)
+        envelope = decode_session_datagram(data, session, counter, now, self._ctx.auth.contacts)
         self._ctx.stats["rx.session"] += 1
         return envelope
 
@@ -231,7 +231,14 @@ class Wire:
         session = envelope.session
         if session is not None:
             self.queue(
-                encode_session_message(response, envelope.txid, session, self._ctx.flags), address
+                encode_session_message(
+                    response,
+                    envelope.txid,
+                    session,
+                    self._ctx.flags,
+                    memo=self._ctx.auth.contacts,
+                ),
+                address,
             )
             return
         accept: HandshakeAccept | None = None
@@ -321,7 +328,9 @@ class Wire:
         if self._ctx.config.sessions and not recover and not pending.pad_to:
             session = self._ctx.sessions.for_send(address, pending.node_id, now)
         if session is not None:
-            data = encode_session_message(request, pending.txid, session, self._ctx.flags)
+            data = encode_session_message(
+                request, pending.txid, session, self._ctx.flags, memo=self._ctx.auth.contacts
+            )
             pending.session = session
             pending.counter = session.send_counter
             self._by_notice[(address, session.remote_sid, session.send_counter)] = pending.txid
@@ -406,7 +415,9 @@ class Wire:
                 return  # expired or replaced since: the hard timeout will tell
             by_notice = self._by_notice
             by_notice.pop((pending.address, session.remote_sid, pending.counter), None)
-            data = encode_session_message(request, pending.txid, session, self._ctx.flags)
+            data = encode_session_message(
+                request, pending.txid, session, self._ctx.flags, memo=self._ctx.auth.contacts
+            )
             pending.counter = session.send_counter
             by_notice[(pending.address, session.remote_sid, session.send_counter)] = pending.txid
             self._ctx.stats["tx.session"] += 1

@@ -2,8 +2,10 @@
 
 The daemon runs every action of its API through :meth:`Activity.run`, which times it and,
 through the node's event listener, picks up what the engine reports when the query ends
-(hops, requests sent, the contacts it ended at). The engine does not report per-query
-timeouts, so operations carry none (the node-wide count is ``tx.timeouts``).
+(hops, requests sent, requests that timed out, the contacts it ended at). A query's
+``timeouts`` are its requests that passed their soft timeout and had not answered when it
+ended (dead or overloaded peers it waited on); the node-wide count of hard timeouts is
+``tx.timeouts``.
 
 :class:`Traffic` samples the node's counters once a second for the last minute's rates.
 """
@@ -45,6 +47,7 @@ class Operation:
     error: str | None = None
     hops: int | None = None
     requests: int | None = None
+    timeouts: int | None = None
     path: list[dict[str, Any]] = field(default_factory=list)
     """The contacts the query ended at (the closest found, or the storers), nearest first,
     with their distance to the target in bits."""
@@ -61,7 +64,7 @@ class Operation:
             "error": self.error,
             "hops": self.hops,
             "requests": self.requests,
-            "timeouts": None,
+            "timeouts": self.timeouts,
             "path": self.path,
         }
 
@@ -103,20 +106,26 @@ class Activity:
     def on_event(self, event: Event) -> None:
         """Fill in what the engine tells about a query that just ended (node listener)."""
         if isinstance(event, LookupDone):
-            self._attach(event.target, event.hops, event.queries, event.contacts)
+            self._attach(event.target, event.hops, event.queries, event.timeouts, event.contacts)
         elif isinstance(event, GetDone):
-            self._attach(event.key, event.hops, event.queries, ())
+            self._attach(event.key, event.hops, event.queries, event.timeouts, ())
         elif isinstance(event, PutDone):
-            self._attach(event.key, None, event.queries, event.stored_on)
+            self._attach(event.key, None, event.queries, event.timeouts, event.stored_on)
 
     def _attach(
-        self, target: NodeId, hops: int | None, requests: int, contacts: tuple[Contact, ...]
+        self,
+        target: NodeId,
+        hops: int | None,
+        requests: int,
+        timeouts: int,
+        contacts: tuple[Contact, ...],
     ) -> None:
         wanted = target.hex()
         for op in self.in_flight.values():
             if op.target == wanted and op.requests is None:
                 op.hops = hops
                 op.requests = requests
+                op.timeouts = timeouts
                 op.path = [
                     {
                         "node_id": c.node_id.hex(),
@@ -141,7 +150,6 @@ class Activity:
         return {
             "in_flight": [op.to_json(now) for op in self.in_flight.values()],
             "recent": [op.to_json(now) for op in self.recent],
-            "timeouts_reported": False,
         }
 
 

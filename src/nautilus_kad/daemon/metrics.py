@@ -29,6 +29,7 @@ KINDS = ("ping", "lookup", "get", "put", "bootstrap")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 HOP_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TIMEOUT_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -70,6 +71,13 @@ class NodeMetrics:
             buckets=REQUEST_BUCKETS,
             registry=self.registry,
         )
+        self.timeouts = Histogram(
+            P + "query_timeouts",
+            "Requests of each of this node's queries that timed out (no answer by its end).",
+            ["kind"],
+            buckets=TIMEOUT_BUCKETS,
+            registry=self.registry,
+        )
         self.rtt = Histogram(
             P + "rpc_rtt_seconds",
             "Round-trip time of every answered request.",
@@ -96,6 +104,8 @@ class NodeMetrics:
             self.hops.labels(kind).observe(op.hops)
         if op.requests is not None:
             self.requests.labels(kind).observe(op.requests)
+        if op.timeouts is not None:
+            self.timeouts.labels(kind).observe(op.timeouts)
 
 
 def _labelled(stats: dict[str, float], prefix: str) -> Iterator[tuple[str, float]]:

@@ -24,24 +24,28 @@ import random
 from typing import Any
 
 from ..core.auth import Authenticator
+from ..core.fields import ContactMemo
 from ..core.identity import SIGNATURE_BYTES, Identity, node_id_for
 from ..core.ids import NodeId
 
 
 class SimKeyring:
-    """What all simulated nodes share: the tag key and a cache of public key → NodeId.
+    """What all simulated nodes share: the tag key, a cache of public key → NodeId and the
+    codec's memo of contact lists (core/fields.py).
 
-    The cache holds a pure function's results, so sharing it between nodes changes no
-    behaviour; it only saves every node from hashing every peer's key again.
+    Both caches hold pure functions' results (contacts are immutable), so sharing them
+    between nodes changes no behaviour; they only save every node from hashing every peer's
+    key, and decoding and encoding every contact, again. Real nodes share nothing.
     """
 
-    __slots__ = ("ids", "key")
+    __slots__ = ("contacts", "ids", "key")
 
     def __init__(self, key: bytes) -> None:
         if not 16 <= len(key) <= 64:
             raise ValueError("the simulation tag key must be 16 to 64 bytes")
         self.key = key
         self.ids: dict[bytes, NodeId] = {}
+        self.contacts = ContactMemo()
 
 
 class SimAuthenticator(Authenticator):
@@ -55,6 +59,7 @@ class SimAuthenticator(Authenticator):
 
     def __init__(self, identity: Identity, keyring: SimKeyring) -> None:
         super().__init__(identity, cache_size=0)
+        self.contacts = keyring.contacts
         self._keyring = keyring
         self._prefix = identity.public_key
         keyring.ids.setdefault(identity.public_key, identity.node_id)

@@ -109,7 +109,9 @@ def engine_totals(nodes: Iterable[SimNode], prefixes: tuple[str, ...]) -> dict[s
     return dict(sorted(total.items()))
 
 
-_STAT_PREFIXES = ("republish.", "repair.", "replicate.", "handoff", "neighbours.", "publish.")
+_STAT_PREFIXES = (
+    "republish.", "repair.", "replicate.", "fanout.", "handoff", "neighbours.", "publish.",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,14 @@ class NatBox:
         t = self.type
         return f"<NatBox {self.ip} {t.mapping.value}/{t.filtering.value} {len(self._in)}>"
 
+    def renumber(self, ip: str) -> None:
+        """The box gets a new external IP (a router that reconnects to its ISP): every
+        mapping is lost. Use :meth:`.network.Network.renumber_nat`, which moves its routes."""
+        self.ip = ip
+        self._out.clear()
+        self._in.clear()
+        self.stats["renumbered"] += 1
+
     def _key(self, internal: Address, destination: Address) -> tuple[Address, object]:
         mapping = self.type.mapping
         if mapping is EI:

@@ -99,6 +99,8 @@ class NatScenarioResult:
     """Share of reachable nodes whose table holds at least one such contact."""
     joined: int
     wall: float
+    cpu: float
+    """CPU seconds of this process for the run (the machine may be shared: compare these)."""
     digest: str
     servers: int = 0
     """Nodes in server mode when the workload started."""
@@ -124,6 +126,7 @@ class NatScenarioResult:
             "hidden servers": self.hidden_servers,
             "tables polluted": self.tables_polluted,
             "wall s": self.wall,
+            "cpu s": self.cpu,
         }
 
 
@@ -145,7 +148,7 @@ def _kinds(spec: NatScenarioSpec, sim: Simulation) -> list[NatType | None]:
 
 
 def run_nat_scenario(spec: NatScenarioSpec, progress: Progress | None = None) -> NatScenarioResult:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     sim = Simulation(seed=spec.seed, config=spec.config)
     plan = _kinds(spec, sim)
     reachable: list[SimNode] = []
@@ -256,6 +259,7 @@ def run_nat_scenario(spec: NatScenarioSpec, progress: Progress | None = None) ->
         reachable_clients=reachable_clients,
         hidden_servers=hidden_servers,
         wall=time.perf_counter() - started,
+        cpu=time.process_time() - cpu_started,
         digest=sim.digest(),
     )
 

@@ -268,6 +268,17 @@ class Network:
             raise ValueError(f"address {box.ip} is already in use")
         self._nats[box.ip] = box
 
+    def renumber_nat(self, box: NatBox, ip: str) -> None:
+        """Give ``box`` the external IP ``ip`` (which must be free): its mappings are lost,
+        and what is sent to its old IP reaches nobody."""
+        if ip in self._nats or any(a[0] == ip for a in self._endpoints):
+            raise ValueError(f"address {ip} is already in use")
+        if self._nats.get(box.ip) is not box:
+            raise ValueError("that NAT is not on this network")
+        del self._nats[box.ip]
+        box.renumber(ip)
+        self._nats[ip] = box
+
     def nat(self, ip: str) -> NatBox | None:
         return self._nats.get(ip)
 

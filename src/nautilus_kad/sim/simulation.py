@@ -493,6 +493,13 @@ class Simulation:
         self.nats.append(box)
         return box
 
+    def renumber_nat(self, box: NatBox) -> str:
+        """Give ``box`` a fresh external IP mid-run (its mappings are lost); the new IP."""
+        # 172.17.x.x onwards: clear of the IPs add_nat hands out (172.16.x.x).
+        ip = nat_ip((1 << 16) + sum(b.stats["renumbered"] for b in self.nats))
+        self.network.renumber_nat(box, ip)
+        return ip
+
     def add_node(
         self,
         *,

@@ -146,6 +146,7 @@ function renderLookups() {
       el("td", { class: op.result === "failed" ? "bad" : "", title: op.error || "" }, op.result),
       el("td", { class: "num", testid: "lookup-hops" }, op.hops ?? "–"),
       el("td", { class: "num" }, op.requests ?? "–"),
+      el("td", { class: op.timeouts ? "num bad" : "num", testid: "lookup-timeouts" }, op.timeouts ?? "–"),
       el("td", { class: "num" }, op.seconds === null ? "–" : (op.seconds * 1000).toFixed(1)));
     row.addEventListener("click", () => {
       if (state.openOps.has(op.id)) state.openOps.delete(op.id); else state.openOps.add(op.id);
@@ -158,7 +159,7 @@ function renderLookups() {
       for (const p of op.path) {
         path.append(el("span", { title: `${p.node_id} at ${p.address}` }, `${short(p.node_id)} (${p.distance_bits} bits)`));
       }
-      rows.push(el("tr", { class: "detail" }, el("td", { colspan: 6 }, path)));
+      rows.push(el("tr", { class: "detail" }, el("td", { colspan: 7 }, path)));
     }
   }
   $("recent").replaceChildren(...rows);
@@ -234,7 +235,8 @@ function connect() {
     state.lookups.recent.length = Math.min(state.lookups.recent.length, 20);
     renderLookups();
     const extra = op.hops !== null ? `, ${op.hops} hops` : "";
-    log(`${op.kind} ${short(op.target)} ${op.result}${extra}, ${op.requests ?? 0} requests, ` +
+    const lost = op.timeouts ? `, ${op.timeouts} timed out` : "";
+    log(`${op.kind} ${short(op.target)} ${op.result}${extra}, ${op.requests ?? 0} requests${lost}, ` +
         `${(op.seconds * 1000).toFixed(1)} ms` + (op.error ? ` (${op.error})` : ""), op.result === "failed" ? "bad" : "");
     if (op.kind === "put" || op.kind === "get") loadRecords();
   });

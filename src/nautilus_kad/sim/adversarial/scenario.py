@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ...core.config import KadConfig
 from ...core.events import GetDone, LookupDone
 from ...core.ids import NodeId
-from ...core.lookup import AnyLookup
+from ...core.lookup_disjoint import AnyLookup
 from ...core.messages import Contact
 from ...core.records import Record, make_immutable
 from ..network import LatencyModel, LogNormalLatency

@@ -23,7 +23,8 @@ from collections.abc import Container, Sequence
 
 from ...core.events import LookupDone
 from ...core.ids import NodeId
-from ...core.lookup import AnyLookup, CandidateState, DisjointLookup, Lookup
+from ...core.lookup import CandidateState, Lookup
+from ...core.lookup_disjoint import AnyLookup, DisjointLookup
 
 
 def paths_of(lookup: AnyLookup) -> Sequence[Lookup]:

@@ -9,7 +9,8 @@ from test_lookup import World, kademlia_answers
 
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.lookup import DisjointLookup, Lookup, new_lookup
+from nautilus_kad.core.lookup import Lookup
+from nautilus_kad.core.lookup_disjoint import DisjointLookup, new_lookup
 from nautilus_kad.core.messages import Contact
 from nautilus_kad.sim import Simulation
 

@@ -1,0 +1,128 @@
+"""Bootstrap and single-request probes (core/bootstrap.py): ping, joining through seeds,
+refreshing idle buckets; the engine driven by hand with explicit ``now``."""
+
+from __future__ import annotations
+
+import pytest
+from enginenet import (
+    EngineNet,
+    addr,
+    bootstrapped,
+    decode_out,
+)
+
+from nautilus_kad.core.codec import encode_message
+from nautilus_kad.core.config import KadConfig
+from nautilus_kad.core.events import (
+    BootstrapDone,
+    PeerAdded,
+    PingDone,
+    QueryFailed,
+)
+from nautilus_kad.core.messages import (
+    Contact,
+    MessageType,
+    Pong,
+)
+
+
+def test_ping_round_trip_and_both_tables() -> None:
+    net = EngineNet(seed=1, now=0.0)
+    a, b = net.add(), net.add()
+    qid = a.ping(addr(b), net.now)
+    # Deliver A's PING by hand: B answers, and pings the stranger before trusting it.
+    ((ping_data, dst),) = a.datagrams_to_send()
+    assert dst == addr(b)
+    b.receive_datagram(ping_data, addr(a), net.now)
+    out = decode_out(b)
+    kinds = sorted((env.message.TYPE, addr) for env, addr in out)
+    assert kinds == [(MessageType.PING, addr(a)), (MessageType.PONG, addr(a))]
+    assert a.node_id not in b.table  # not before the stranger proved its address
+    for env, _ in out:
+        if isinstance(env.message, Pong):
+            assert env.message.observed == addr(a)
+    # Re-inject what we intercepted and let the network run.
+    for env, _ in out:
+        data = encode_message(env.message, env.txid, b.auth)
+        a.receive_datagram(data, addr(b), net.now)
+    net.deliver()
+    done = net.result(a, qid)
+    assert isinstance(done, PingDone)
+    assert done.contact == Contact(b.node_id, *addr(b))
+    assert done.rtt == 0.0
+    assert b.node_id in a.table
+    assert a.node_id in b.table
+    assert PeerAdded(Contact(a.node_id, *addr(a))) in net.events[addr(b)]
+    assert a.observed_address == addr(a)
+
+
+def test_ping_rtt_uses_now() -> None:
+    net = EngineNet(seed=2, now=0.0)
+    a, b = net.add(), net.add()
+    qid = a.ping(addr(b), 10.0)
+    ((data, _),) = a.datagrams_to_send()
+    b.receive_datagram(data, addr(a), 10.1)
+    for out, dst in b.datagrams_to_send():
+        if dst == addr(a):
+            a.receive_datagram(out, addr(b), 10.25)
+    event = a.next_event()
+    while event is not None and not isinstance(event, PingDone):
+        event = a.next_event()
+    assert isinstance(event, PingDone)
+    assert event.query_id == qid
+    assert event.rtt == pytest.approx(0.25)
+
+
+def test_ping_dead_address_fails_after_request_timeout() -> None:
+    net = EngineNet(seed=5, now=0.0)
+    a = net.add()
+    qid = a.ping(("10.99.0.1", 4000), net.now)
+    net.deliver()
+    assert a.get_timer() <= net.config.request_timeout
+    net.advance_to(net.config.request_timeout - 0.001)
+    assert not net.pending_result(a, qid)
+    assert a.pending_requests == 1
+    net.advance_to(net.config.request_timeout)
+    failed = net.result(a, qid)
+    assert isinstance(failed, QueryFailed)
+    assert "10.99.0.1" in failed.reason
+    assert a.pending_requests == 0
+    assert a.stats["tx.timeouts"] == 1
+
+
+def test_bootstrap_fails_without_answers() -> None:
+    net = EngineNet(seed=13, now=0.0)
+    a = net.add()
+    qid = a.bootstrap([], net.now)
+    failed = net.result(a, qid)
+    assert isinstance(failed, QueryFailed)
+    qid = a.bootstrap([("10.99.0.1", 4000), ("10.99.0.2", 4000)], net.now)
+    net.advance_to(net.config.request_timeout - 0.001)
+    assert not net.pending_result(a, qid)
+    net.advance_to(net.config.request_timeout)
+    failed = net.result(a, qid)
+    assert isinstance(failed, QueryFailed)
+
+
+def test_bootstrap_survives_a_dead_seed() -> None:
+    net = EngineNet(seed=14, now=0.0)
+    seed = net.add()
+    a = net.add()
+    qid = a.bootstrap([("10.99.0.1", 4000), addr(seed)], net.now)
+    done = net.result(a, qid)
+    assert isinstance(done, BootstrapDone)
+    assert done.table_size == 1
+    assert seed.node_id in a.table
+
+
+def test_idle_buckets_are_refreshed() -> None:
+    config = KadConfig(refresh_interval=600.0, refresh_check_interval=60.0)
+    net = bootstrapped(6, config, seed=15)
+    before = {addr(e): e.stats["lookups.started"] for e in list(net.engines.values())}
+    net.advance_to(config.refresh_interval - config.refresh_check_interval - 1)
+    assert {addr(e): e.stats["lookups.started"] for e in list(net.engines.values())} == before
+    net.advance_to(config.refresh_interval + config.refresh_check_interval)
+    for e in list(net.engines.values()):
+        assert e.stats["lookups.started"] > before[addr(e)]
+        assert e.table.buckets_to_refresh(net.now) == []
+    assert net.lost == 0

@@ -1,0 +1,172 @@
+"""The routing table's door (core/peers.py): who is admitted, timeouts that feed failures and
+evict, who gets pinged, and the one removal path every eviction takes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from enginenet import (
+    EngineNet,
+    Peer,
+    addr,
+    known_by,
+    lone_engine,
+    open_record,
+)
+
+from nautilus_kad.core.codec import decode_datagram, encode_message
+from nautilus_kad.core.config import KadConfig
+from nautilus_kad.core.engine import TOKEN_BYTES
+from nautilus_kad.core.events import (
+    LookupDone,
+    PeerRemoved,
+    PingDone,
+    QueryFailed,
+)
+from nautilus_kad.core.ids import NodeId, key_id
+from nautilus_kad.core.messages import (
+    Contact,
+    FindNode,
+    Nodes,
+    Ping,
+    Pong,
+    Value,
+)
+
+
+def test_unverified_stranger_never_enters_table() -> None:
+    net = EngineNet(seed=3, now=0.0)
+    b = net.add()
+    liar = Peer(5, address=("10.66.0.1", 6666))  # no engine behind that address
+    answer = liar.request(b, Ping(), net.now, flags=0)
+    assert isinstance(answer.message, Pong)
+    net.advance_to(net.config.request_timeout + 1)
+    assert liar.identity.node_id not in b.table
+    assert len(b.table) == 0
+
+
+def test_client_mode_requester_is_not_added_nor_pinged() -> None:
+    net = EngineNet(seed=4, now=0.0)
+    server = net.add()
+    client = net.add(client_mode=True)
+    qid = client.ping(addr(server), net.now)
+    done = net.result(client, qid)
+    assert isinstance(done, PingDone)
+    assert server.node_id in client.table
+    assert client.node_id not in server.table
+    assert server.stats["tx.request.PING"] == 0  # the client was not verified
+
+
+def test_timeouts_feed_failures_and_evict() -> None:
+    net = EngineNet(seed=6, now=0.0)
+    a, b = net.add(), net.add()
+    net.result(a, a.ping(addr(b), net.now))
+    assert b.node_id in a.table
+    net.down.add(addr(b))
+    rng = random.Random(7)
+    max_failures = net.config.max_failures
+    for n in range(1, max_failures + 1):
+        qid = a.find_node(NodeId.random(rng), net.now)
+        net.advance_to(net.now + net.config.request_timeout)
+        done = net.result(a, qid)
+        # Peers were known and none answered: a failure, never an empty "success".
+        assert isinstance(done, QueryFailed)
+        assert done.reason == "no peer answered"
+        entry = a.table.get(b.node_id)
+        if n < max_failures:
+            assert entry is not None
+            assert entry.failures == n
+            assert not any(isinstance(e, PeerRemoved) for e in net.events[addr(a)])
+        else:
+            assert entry is None
+    removed = [e for e in net.events[addr(a)] if isinstance(e, PeerRemoved)]
+    assert removed == [PeerRemoved(Contact(b.node_id, *addr(b)))]
+    assert a.stats["tx.timeouts"] == max_failures
+
+
+def test_soft_timeout_does_not_fail_a_slow_peer() -> None:
+    # A peer that answers after its soft timeout but before the hard one still counts.
+    net = EngineNet(seed=8, now=0.0)
+    a, b = net.add(), net.add()
+    net.result(a, a.ping(addr(b), net.now))
+    qid = a.find_node(NodeId(12345), net.now)
+    ((request, _),) = a.datagrams_to_send()
+    soft = a.table.soft_timeout(b.node_id)
+    assert soft < net.config.request_timeout
+    a.handle_timer(soft + 0.01)  # soft timeout passes: the lookup waits for b anyway
+    b.receive_datagram(request, addr(a), soft + 0.02)
+    for data, dst in b.datagrams_to_send():
+        if dst == addr(a):
+            a.receive_datagram(data, addr(b), soft + 0.03)
+    events = []
+    while (e := a.next_event()) is not None:
+        events.append(e)
+    done = [e for e in events if isinstance(e, LookupDone)]
+    assert len(done) == 1
+    assert done[0].query_id == qid
+    assert [c.node_id for c in done[0].contacts] == [b.node_id]
+    entry = a.table.get(b.node_id)
+    assert entry is not None
+    assert entry.failures == 0
+
+
+def test_a_peer_we_await_an_answer_from_is_not_pinged_back() -> None:
+    """A queried node often PINGs the requester to verify it before its answer arrives:
+    the requester must not verify it in turn (the answer will), or every query costs an
+    extra round trip (the simulator saw 15% more datagrams in a 3 000-node join)."""
+    engine = lone_engine(seed=11)
+    first = Peer(12, address=("10.2.0.2", 5000))
+    second = Peer(13, address=("10.2.0.3", 5000))
+    engine.ping(first.address, 0.0)
+    assert first.answer(engine, lambda env: Pong(engine.address), 0.0) == 1
+    engine.find_node(NodeId(12345), 0.1)
+    referral = Contact(second.identity.node_id, *second.address)
+    assert first.answer(engine, lambda env: Nodes(engine.address, b"", (referral,)), 0.1) == 1
+    # The lookup now asks `second`, a node it learned of and that is not in its table.
+    ((data, dst),) = engine.datagrams_to_send()
+    query = decode_datagram(data, second.auth)
+    assert dst == second.address and isinstance(query.message, FindNode)
+    assert second.identity.node_id not in engine.table
+    pings_before = engine.stats["tx.request.PING"]
+    # Before answering, `second` verifies the requester with a PING of its own.
+    pong = second.request(engine, Ping(), 0.15, flags=0).message
+    assert isinstance(pong, Pong)
+    assert engine.stats["tx.request.PING"] == pings_before  # its answer will prove it
+    answer = encode_message(Nodes(engine.address, b"", ()), query.txid, second.auth)
+    engine.receive_datagram(answer, second.address, 0.2)
+    assert second.identity.node_id in engine.table
+    # A stranger (no request of ours in flight to it) is still verified.
+    stranger = Peer(14, address=("10.2.0.4", 5000))
+    stranger.request(engine, Ping(), 0.25, flags=0)
+    assert engine.stats["tx.request.PING"] == pings_before + 1
+
+
+@pytest.mark.parametrize("how", ["invalid value", "timeout"])
+def test_every_eviction_takes_the_same_path(how: str) -> None:
+    """One peer-removal path: a peer evicted for serving an invalid value goes as a dead one
+    does. Its token is forgotten, and the records it co-held with us get a repair scan.
+    (Before, only a timeout did this; an eviction for misbehaving only emitted PeerRemoved.)"""
+    engine = lone_engine(64, KadConfig(max_failures=1))
+    peer = Peer(65)
+    known_by(engine, peer)
+    kept = open_record(b"kept", b"v")
+    assert engine.holdings.accept(kept, None, 0.0, validate=True) == (None, "")
+    engine.tokens.remember(peer.identity.node_id, b"t" * TOKEN_BYTES, 0.0)
+    if how == "invalid value":
+        forged = open_record(b"something else", b"forged")
+        engine.get(key_id(b"wanted"), 0.0)
+        reply = lambda env: Value(addr(engine), b"t" * TOKEN_BYTES, forged)  # noqa: E731
+        assert peer.answer(engine, reply, 0.0) == 1
+        assert engine.stats["get.invalid_value"] == 1
+    else:
+        engine.find_node(NodeId(5), 0.0)  # a request that names the peer's node id
+        engine.handle_timer(engine.config.request_timeout)
+    events = []
+    while (event := engine.next_event()) is not None:
+        events.append(event)
+    assert PeerRemoved(Contact(peer.identity.node_id, *peer.address)) in events
+    assert peer.identity.node_id not in engine.table
+    assert peer.identity.node_id not in engine.tokens.from_peers
+    engine.handle_timer(engine.config.request_timeout + 1.0)  # the scans run
+    assert engine.stats["repair.scheduled"] == 1  # a repair of the record it co-held
