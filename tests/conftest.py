@@ -13,7 +13,7 @@ rules keep that from changing what any test shows:
   fail when starved of CPU (``test_durability_net`` under a loaded machine);
 * tests that share a module-scoped fixture (a formed network, a browser) go to one worker
   together (an ``xdist_group`` per module), so the fixture is built once, not once per
-  worker;
+  worker; the ``natlab`` tests all go to one worker, so two NAT labs never run at once;
 * ``solo`` and then ``slow`` tests are handed out first, so that no long scenario starts
   last while the other worker has nothing left to do.
 
@@ -51,8 +51,13 @@ def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Users of a module-scoped fixture go to one xdist worker together. (Marked here, at
-    collection, so that xdist's ``pytest_collection_modifyitems`` sees the mark.)"""
+    """The NAT lab tests go to one xdist worker, one after another: two labs never run at
+    once (each is wall-bound, so the other worker's CPU work overlaps them). Users of a
+    module-scoped fixture go to one worker together. (Marked here, at collection, so that
+    ``pytest_collection_modifyitems`` sees the marks.)"""
+    if item.get_closest_marker("natlab") is not None:
+        item.add_marker(pytest.mark.xdist_group("natlab"))
+        return
     fixtureinfo = getattr(item, "_fixtureinfo", None)
     if fixtureinfo is None:
         return
