@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import random
 
-from enginenet import EngineNet
+import pytest
+from enginenet import EngineNet, Peer, addr, known_by, lone_engine, open_record
 
 from nautilus_kad.core.auth import Authenticator
-from nautilus_kad.core.codec import decode_datagram
+from nautilus_kad.core.codec import decode_datagram, encode_message
 from nautilus_kad.core.config import KadConfig
-from nautilus_kad.core.engine import KadEngine
+from nautilus_kad.core.context import FLAG_LEAVING
+from nautilus_kad.core.engine import TOKEN_BYTES, KadEngine
 from nautilus_kad.core.events import GetDone, PutDone
-from nautilus_kad.core.fanout import FANOUT_QID
+from nautilus_kad.core.fanout import FANOUT_QID, StoreBatch, StoreItem
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import key_id
-from nautilus_kad.core.messages import Address, Contact, Store
+from nautilus_kad.core.messages import Address, Contact, Envelope, FindNode, Nodes, Store, Stored
 from nautilus_kad.core.records import Record
 
 SIGNED_ONLY = KadConfig(sessions=False)
@@ -97,3 +99,132 @@ def test_every_store_is_owned_by_the_fanout() -> None:
     assert len(owners) >= 12
     assert set(owners) == {FANOUT_QID}
     assert all(e.replication_backlog == 0 for e in engines)
+
+
+# --- the fan-out's own rules, one engine and hand-driven peers -------------------------------
+
+_TOKEN = b"t" * TOKEN_BYTES
+
+
+def _alone(config: KadConfig | None = None) -> tuple[KadEngine, Peer]:
+    engine = lone_engine(71, config or KadConfig(sessions=False))
+    peer = Peer(72)
+    known_by(engine, peer)
+    return engine, peer
+
+
+def _stores_to(engine: KadEngine, peer: Peer) -> list[Envelope]:
+    out = [
+        decode_datagram(d, peer.auth)
+        for d, dst in engine.datagrams_to_send()
+        if dst == peer.address
+    ]
+    return [env for env in out if isinstance(env.message, Store)]
+
+
+def _batch(engine: KadEngine, *, background: bool) -> tuple[StoreBatch, list[float]]:
+    done: list[float] = []
+    batch = StoreBatch("test", background=background, on_done=lambda b, now: done.append(now))
+    return batch, done
+
+
+def test_a_storer_that_is_leaving_does_not_count_as_a_copy() -> None:
+    engine, peer = _alone()
+    record = open_record(b"leaving", b"v")
+    engine.tokens.remember(peer.identity.node_id, _TOKEN, 0.0)
+    qid = engine.store_at(record, [Contact(peer.identity.node_id, *peer.address)], 0.0)
+    (env,) = _stores_to(engine, peer)
+    answer = encode_message(Stored(addr(engine)), env.txid, peer.auth, FLAG_LEAVING)
+    engine.receive_datagram(answer, peer.address, 0.01)
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, PutDone)]
+    assert [d.query_id for d in done] == [qid]
+    assert Contact(peer.identity.node_id, *peer.address) not in done[0].stored_on
+    assert engine.stats["fanout.departing"] == 1
+
+
+def test_without_grace_a_slow_foreground_store_ends_at_its_soft_timeout() -> None:
+    engine, peer = _alone(KadConfig(sessions=False, slow_grace=0.0))
+    record = open_record(b"no grace", b"v")
+    engine.tokens.remember(peer.identity.node_id, _TOKEN, 0.0)
+    qid = engine.store_at(record, [Contact(peer.identity.node_id, *peer.address)], 0.0)
+    assert len(_stores_to(engine, peer)) == 1
+    soft = engine.get_timer()
+    assert soft < engine.config.request_timeout
+    engine.handle_timer(soft)
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, PutDone)]
+    assert [d.query_id for d in done] == [qid]
+    assert engine.stats["fanout.slow"] == 1
+
+
+def test_a_full_request_table_holds_background_stores_back() -> None:
+    engine, peer = _alone(KadConfig(sessions=False, max_pending_requests=1))
+    record = open_record(b"held back", b"v")
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    engine.tokens.remember(peer.identity.node_id, _TOKEN, 0.0)
+    batch, _ = _batch(engine, background=True)
+    contact = Contact(peer.identity.node_id, *peer.address)
+    engine.fanout.queue.extend(StoreItem(contact, record.key, batch) for _ in range(2))
+    batch.outstanding = 2
+    engine.fanout.pump(0.0)
+    assert len(_stores_to(engine, peer)) == 1  # the second waits for a free request slot
+    assert len(engine.fanout.queue) == 1 and engine.replication_backlog == 2
+    # A foreground STORE that finds the table full is done at once, not stored.
+    fore, fore_done = _batch(engine, background=False)
+    engine.fanout.send_now(fore, [StoreItem(contact, record.key, fore, record, _TOKEN)], 0.0)
+    assert fore_done == [0.0] and fore.acks == 0
+    assert engine.stats["tx.refused.pending_limit"] >= 2
+
+
+def test_a_background_store_of_a_record_gone_meanwhile_is_done_unsent() -> None:
+    engine, peer = _alone()
+    batch, done = _batch(engine, background=True)
+    contact = Contact(peer.identity.node_id, *peer.address)
+    engine.fanout.queue.append(StoreItem(contact, key_id(b"gone"), batch))
+    batch.outstanding = 1
+    engine.fanout.pump(0.0)
+    assert done == [0.0] and batch.sent == 0
+    assert _stores_to(engine, peer) == []
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_store_without_a_token_first_asks_the_peer_for_one(background: bool) -> None:
+    engine, peer = _alone()
+    record = open_record(b"token first", b"v")
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    batch, done = _batch(engine, background=background)
+    contact = Contact(peer.identity.node_id, *peer.address)
+    engine.tokens.from_peers.pop(peer.identity.node_id, None)
+    items = [StoreItem(contact, record.key, batch, None if background else record)]
+    if background:
+        engine.fanout.queue.extend(items)
+        batch.outstanding = 1
+        engine.fanout.pump(0.0)
+    else:
+        engine.fanout.send_now(batch, items, 0.0)
+    asks = [decode_datagram(d, peer.auth) for d, dst in engine.datagrams_to_send()]
+    assert [type(env.message) for env in asks] == [FindNode]
+    assert engine.stats["replicate.token_requests"] == 1
+    answer = Nodes(addr(engine), _TOKEN, ())
+    engine.receive_datagram(encode_message(answer, asks[0].txid, peer.auth), peer.address, 0.01)
+    (store,) = _stores_to(engine, peer)
+    assert store.message.token == _TOKEN
+    engine.receive_datagram(
+        encode_message(Stored(addr(engine)), store.txid, peer.auth), peer.address, 0.02
+    )
+    assert done == [0.02] and batch.acks == 1
+
+
+def test_a_store_whose_token_never_comes_is_done_unsent() -> None:
+    engine, peer = _alone()
+    record = open_record(b"no token", b"v")
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    batch, done = _batch(engine, background=True)
+    contact = Contact(peer.identity.node_id, *peer.address)
+    engine.tokens.from_peers.pop(peer.identity.node_id, None)
+    engine.fanout.queue.extend(StoreItem(contact, record.key, batch) for _ in range(2))
+    batch.outstanding = 2
+    engine.fanout.pump(0.0)
+    assert engine.stats["replicate.token_requests"] == 1  # one request for both items
+    engine.handle_timer(engine.config.request_timeout + 0.1)
+    assert done == [engine.config.request_timeout + 0.1] and batch.sent == 0
+    assert engine.replication_backlog == 0

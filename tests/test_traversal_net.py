@@ -409,7 +409,10 @@ def test_a_relay_that_ends_a_circuit_tells_the_channel() -> None:
         runner.run(main(), 60)
 
 
-def test_connects_survive_a_fifth_of_all_datagrams_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("relay_only", [False, True])
+def test_connects_survive_a_fifth_of_all_datagrams_lost(
+    monkeypatch: pytest.MonkeyPatch, relay_only: bool
+) -> None:
     """Every node drops 20 % of what it receives (each introduction crosses 4 such drops):
     lost REGISTERs, CONNECTs, FORWARDs, punches and relay PINGs are all sent again."""
     from nautilus_kad.aio import transport  # noqa: PLC0415
@@ -427,20 +430,21 @@ def test_connects_survive_a_fifth_of_all_datagrams_lost(monkeypatch: pytest.Monk
 
     async def main() -> None:
         scaled = TraversalConfig().scaled(0.05)
-        async with _network(keepalive=scaled.keepalive, lease=scaled.lease) as (
-            _, target, initiator,
-        ):  # fmt: skip
+        async with _network(keepalive=scaled.keepalive, lease=scaled.lease,
+                            relay_only=relay_only) as (_, target, initiator):  # fmt: skip
             lossy["on"] = True
             await asyncio.sleep(1.0)  # a few keepalive rounds under loss first
             outcomes = []
             for _ in range(10):
                 try:
                     channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
-                    outcomes.append(channel.path)
+                    await channel.send(b"x")  # traffic on the path a while: it must hold
+                    await asyncio.sleep(0.3)
+                    outcomes.append(channel.close_reason or channel.path)
                     await channel.close()
                 except ConnectError as exc:
                     outcomes.append(exc.code)
-            assert outcomes.count("direct") >= 9, outcomes
+            assert outcomes.count("relayed" if relay_only else "direct") >= 9, outcomes
             assert initiator.stats.get("connect.retries", 0) >= 1  # loss was real, and met
 
     with LoopRunner() as runner:

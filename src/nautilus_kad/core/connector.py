@@ -207,7 +207,11 @@ class Connector:
             self._next_or_fail(attempt, now)
             return
         if attempt.channel is not None or self.attempts.get(attempt.query_id) is not attempt:
-            if reply.circuit:  # a later rendezvous also granted a circuit: not needed
+            # A later answer: another rendezvous's circuit is not needed. (A repeated CONNECT
+            # to the same rendezvous got the circuit the channel uses: that one stays.)
+            channel = attempt.channel
+            ours = channel is not None and (sender, reply.circuit) in channel.relays
+            if reply.circuit and not ours:
                 self._queue(release(reply.circuit), sender)
             return
         try:
