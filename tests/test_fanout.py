@@ -18,8 +18,17 @@ from nautilus_kad.core.events import GetDone, PutDone
 from nautilus_kad.core.fanout import FANOUT_QID, StoreBatch, StoreItem
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import key_id
-from nautilus_kad.core.messages import Address, Contact, Envelope, FindNode, Nodes, Store, Stored
-from nautilus_kad.core.records import Record
+from nautilus_kad.core.messages import (
+    Address,
+    Contact,
+    Envelope,
+    FindNode,
+    Nodes,
+    Store,
+    Stored,
+    Value,
+)
+from nautilus_kad.core.records import Record, RecordKind, make_signed
 
 SIGNED_ONLY = KadConfig(sessions=False)
 """Every datagram signed, so the test can read each one."""
@@ -228,3 +237,29 @@ def test_a_store_whose_token_never_comes_is_done_unsent() -> None:
     engine.handle_timer(engine.config.request_timeout + 0.1)
     assert done == [engine.config.request_timeout + 0.1] and batch.sent == 0
     assert engine.replication_backlog == 0
+
+
+def test_a_late_older_signed_copy_is_corrected_through_the_fanout() -> None:
+    """A replica that answers a signed get after it ended, with an older version, gets the
+    newest one: a write-back STORE of the fan-out like every other."""
+    engine = lone_engine(81, KadConfig(sessions=False, signed_get_quorum=1))
+    first, late = Peer(82, ("192.0.2.51", 5000)), Peer(83, ("192.0.2.52", 5000))
+    known_by(engine, first)
+    known_by(engine, late)
+    owner = Identity.generate(random.Random(84))
+    old = make_signed(owner, b"s", b"old", 1, 3600)
+    new = make_signed(owner, b"s", b"new", 2, 3600)
+    qid = engine.get(new.key, 0.0, kind=RecordKind.SIGNED)
+    asks = {dst: decode_datagram(d, first.auth) for d, dst in engine.datagrams_to_send()}
+    answer = encode_message(Value(addr(engine), _TOKEN, new), asks[first.address].txid, first.auth)
+    engine.receive_datagram(answer, first.address, 0.01)
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, GetDone)]
+    assert [(d.query_id, d.record) for d in done] == [(qid, new)]
+    engine.datagrams_to_send()
+    answer = encode_message(Value(addr(engine), _TOKEN, old), asks[late.address].txid, late.auth)
+    engine.receive_datagram(answer, late.address, 0.02)
+    (store,) = _stores_to(engine, late)
+    assert isinstance(store.message, Store) and store.message.record == new
+    assert engine.stats["get.repaired"] == 1
+    owners = {p.query_id for p in engine.requests.pending.values() if isinstance(p.request, Store)}
+    assert owners == {FANOUT_QID}
