@@ -19,6 +19,7 @@ DATA_DIR_LINE = re.compile(r"^data dir .*: (\d+) records?$")
 REJOINED = re.compile(r"^rejoined through saved peers: (\d+) peers? in the routing table$")
 
 
+@pytest.mark.slow
 def test_run_with_a_data_dir_survives_sigkill(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     seed = RunningNode.start()

@@ -178,6 +178,7 @@ class Daemon:
         raise AssertionError(f"{self.host.netns} not ready:\n{self.log.read_text()}")
 
 
+@pytest.mark.slow
 def test_real_nodes_learn_whether_they_are_reachable(tmp_path: Path) -> None:
     """``nautilus-kad run --mode auto`` behind each kind of NAT (timers scaled by 0.05, the
     bootstrap servers' too, the lab's NAT filters and conntrack shortened to match): full

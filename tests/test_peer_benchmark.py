@@ -103,6 +103,7 @@ def _peer_python(tmp: Path) -> Path:
         pytest.skip(f"cannot install the peer from PyPI here: {exc}")
 
 
+@pytest.mark.slow
 def test_peer_benchmark_prints_one_table_with_both_libraries(tmp_path: Path) -> None:
     _peer_python(tmp_path)  # installed once, then reused by the command below
     out = tmp_path / "peer.json"

@@ -34,6 +34,7 @@ def test_ruff_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy_strict_clean() -> None:
     result = subprocess.run(
         [_tool("mypy")],

@@ -35,6 +35,6 @@ def test_readme_starts_with_the_two_commands() -> None:
     text = README.read_text(encoding="utf-8")
     commands = re.findall(r"```sh\n(.*?)\n```", text, re.S)
     assert commands[0].endswith("nautilus-kad demo")
-    assert commands[1].endswith("-m pytest")
+    assert " -m pytest" in commands[1]
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[1] in ci, ".ci/run must run exactly the README's test command"

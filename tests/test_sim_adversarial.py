@@ -189,6 +189,7 @@ def test_sybil_ids_sit_next_to_their_key_and_join() -> None:
         sybil_identity(key, 300, rng)
 
 
+@pytest.mark.slow
 def test_disjoint_paths_hold_against_20_percent_misrouting_and_forging() -> None:
     """The issue's bound at CI scale: 800 nodes with k = 8 (a larger network with k = 20 needs
     minutes), 20% hostile nodes, misrouting and the strongest behaviour (scatter-forge:

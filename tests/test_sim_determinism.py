@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from nautilus_kad.sim import ChurnModel, ScenarioSpec, run_scenario
 
 SCENARIO = dict(nodes=120, lookups=80, puts=8, gets_per_put=2, loss=0.02, op_rate=20.0, trace=True)
@@ -34,6 +36,7 @@ def digest_in_subprocess(seed: int, hash_seed: str) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 def test_same_digest_across_processes_and_hash_seeds() -> None:
     first = digest_in_subprocess(7, "1")
     second = digest_in_subprocess(7, "4242")
@@ -41,6 +44,7 @@ def test_same_digest_across_processes_and_hash_seeds() -> None:
     assert first == second
 
 
+@pytest.mark.slow
 def test_in_process_digest_matches_and_depends_on_the_seed() -> None:
     spec = ScenarioSpec(seed=7, churn=ChurnModel(15.0), **SCENARIO)  # type: ignore[arg-type]
     result = run_scenario(spec)

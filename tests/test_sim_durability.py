@@ -36,6 +36,7 @@ K = default_sim_config().k
 # Wall-clock limits above the suite's default: these take 10-25 s of CPU, and CI shares its
 # cores.
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_half_the_nodes_crash_and_one_repair_period_restores_the_records() -> None:
     result = run_mass_kill(MassKillSpec(nodes=250, records=250, seed=3))
     assert result.joined == 250
@@ -61,6 +62,7 @@ def test_half_the_nodes_crash_and_one_repair_period_restores_the_records() -> No
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_gets_succeed_under_continuous_churn() -> None:
     spec = ChurnSpec(nodes=150, records=150, hours=2.0, mean_session=1800.0, gets=800, seed=5)
     result = run_churn(spec)

@@ -8,6 +8,7 @@ import pytest
 from nautilus_kad.sim.natscenario import NatScenarioSpec, run_nat_scenario
 
 
+@pytest.mark.slow
 def test_unreachable_servers_pollute_and_clients_do_not() -> None:
     small = dict(nodes=150, lookups=40, puts=15, seed=2)
     off = run_nat_scenario(NatScenarioSpec(policy="off", **small))  # type: ignore[arg-type]

@@ -23,6 +23,9 @@ from nautilus_kad.sim import (
 from nautilus_kad.sim.report import Summary
 from nautilus_kad.sim.simulation import OpRecord
 
+# Every scenario here is 1 000 to 1 500 nodes: the xdist workers take them first.
+pytestmark = pytest.mark.slow
+
 
 def rows(records: list[OpRecord]) -> dict[tuple[str, str], Summary]:
     return {(s.phase, s.kind): s for s in summarize(records)}

