@@ -329,9 +329,9 @@ def test_no_switch_over_query_kinds() -> None:
 def test_the_checks_catch_what_they_guard() -> None:
     src = (
         "match q:\n    case LookupQuery():\n        pass\n"
-        "if isinstance(q, (PutQuery, X)):\n    pass\n"
+        "if isinstance(q, (ProbeQuery, X)):\n    pass\n"
     )
-    assert _isinstance_targets(ast.parse(src)) == {"LookupQuery", "PutQuery", "X"}
+    assert _isinstance_targets(ast.parse(src)) == {"LookupQuery", "ProbeQuery", "X"}
     imp = find_imports("from .engine import KadEngine\n", f"{PACKAGE}.core.peers")
     assert any(_within(c, f"{PACKAGE}.core.engine") for c in imp[0].candidates())
 

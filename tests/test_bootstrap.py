@@ -9,12 +9,14 @@ from enginenet import (
     addr,
     bootstrapped,
     decode_out,
+    lone_engine,
 )
 
 from nautilus_kad.core.codec import encode_message
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.events import (
     BootstrapDone,
+    NodesAnswered,
     PeerAdded,
     PingDone,
     QueryFailed,
@@ -126,3 +128,30 @@ def test_idle_buckets_are_refreshed() -> None:
         assert e.stats["lookups.started"] > before[addr(e)]
         assert e.table.buckets_to_refresh(net.now) == []
     assert net.lost == 0
+
+
+# --- single-request probes ------------------------------------------------------------------
+
+
+def test_find_node_at_asks_one_address_and_reports_its_answer() -> None:
+    """``find_node_at``: one FIND_NODE to one address (no lookup), answered by NodesAnswered."""
+    net = EngineNet(seed=15, now=0.0)
+    a, b = net.add(), net.add()
+    c = net.add()
+    known_by_b = b.ping(addr(c), net.now)
+    assert isinstance(net.result(b, known_by_b), PingDone)
+    qid = a.find_node_at(addr(b), c.node_id, net.now)
+    done = net.result(a, qid)
+    assert isinstance(done, NodesAnswered)
+    assert done.contact == Contact(b.node_id, *addr(b))
+    assert Contact(c.node_id, *addr(c)) in done.contacts
+
+
+def test_probes_fail_at_once_when_the_request_table_is_full() -> None:
+    engine = lone_engine(16, KadConfig(max_pending_requests=1))
+    first = engine.ping(("192.0.2.70", 5000), 0.0)
+    ping = engine.ping(("192.0.2.71", 5000), 0.0)
+    find = engine.find_node_at(("192.0.2.72", 5000), engine.node_id, 0.0)
+    failed = [e for e in iter(engine.next_event, None) if isinstance(e, QueryFailed)]
+    assert [e.query_id for e in failed] == [ping, find]
+    assert first not in {e.query_id for e in failed}

@@ -56,6 +56,9 @@ def test_port_restricted_pair_connects_directly(world: World) -> None:
     assert max(result.times) < 2.0, result.times
 
 
+# solo: a wall-clock bound (or a relay counter read right after); failed once on the
+# xdist workers at load ~22 and passed on the rerun, so nothing runs beside it.
+@pytest.mark.solo
 def test_symmetric_pair_gets_a_relayed_channel(world: World) -> None:
     before = world.relay_bytes()
     result = run_cell(world, Cell("SYM x SYM", "SYM1", "SYM2", "relayed"), tries=2)

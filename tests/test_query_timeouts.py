@@ -2,7 +2,7 @@
 
 A query's ``timeouts`` are its requests that passed their soft timeout and had not answered
 when it ended: the dead or overloaded peers it waited on (the daemon shows them per lookup).
-Driven by hand on the in-test router of test_engine.py: explicit time, no sockets.
+Driven by hand on the in-memory engine network (tests/enginenet.py): explicit time, no sockets.
 """
 
 from __future__ import annotations

@@ -6,12 +6,15 @@ found can be given any record right after it.
 
 from __future__ import annotations
 
+import pytest
 from enginenet import build
 
 from nautilus_kad.core.config import KadConfig
+from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LookupDone, PutDone
+from nautilus_kad.core.ids import key_id
 from nautilus_kad.core.messages import Contact
-from nautilus_kad.core.records import make_immutable
+from nautilus_kad.core.records import Record, make_immutable
 
 K = 4
 CONFIG = KadConfig(k=K)
@@ -68,3 +71,16 @@ def test_a_get_with_alpha_1_asks_one_node_when_it_holds_the_value() -> None:
         assert isinstance(done, GetDone) and done.record == record
         assert reader.stats["tx.request.FIND_VALUE"] - sent <= most
     assert reader.stats["tx.request.FIND_VALUE"] - sent == CONFIG.alpha  # the default asks three
+
+
+def test_store_at_refuses_an_expired_record_and_can_make_us_its_publisher() -> None:
+    net, engines = build(6, KadConfig(k=4), seed=9)
+    writer = engines[1]
+    expired = Record(key_id(b"expired"), b"v", int((net.now - 7200) * 1000), 60)
+    with pytest.raises(ValidationError):
+        writer.store_at(expired, [], net.now)
+    record = net.record(key_id(b"published"), b"v")
+    others = [Contact(e.node_id, *net.address_of(e)) for e in engines if e is not writer]
+    done = net.wait_for(writer, writer.store_at(record, others, net.now, republish=True))
+    assert isinstance(done, PutDone)
+    assert [r for r, _ in writer.published()] == [record]

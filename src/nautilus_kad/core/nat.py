@@ -202,6 +202,8 @@ class NatState:
 
     def timer(self) -> float:
         """The next deadline: a round's, or the next round's start."""
+        if not self.rounds.rounds:  # the usual case: asked after every datagram
+            return self.tracker.timer()
         return min(self.rounds.timer(), self.tracker.timer())
 
     def _note(self, change: ModeChange | None) -> None:

@@ -194,8 +194,9 @@ class NatService:
     # --- timers --------------------------------------------------------------------------
 
     def timer(self) -> float:
-        copies = self._copies[0][0] if self._copies else math.inf
-        return min(self.nat.timer(), copies)
+        if not self._copies:  # the usual case: asked after every datagram
+            return self.nat.timer()
+        return min(self.nat.timer(), self._copies[0][0])
 
     def run(self, now: float) -> None:
         """Send due probe copies, end due rounds, and start the rounds that are wanted."""
