@@ -302,9 +302,11 @@ class World:
         return printed
 
     def relay_bytes(self) -> int:
-        """Bytes the servers relayed so far (all of them)."""
+        """Bytes relayed so far by every server-mode node (the world's servers and its
+        public hosts: any of them may be a client's rendezvous and relay)."""
         total = 0
-        for server in self.servers:
+        public = [p for n, p in self.peers.items() if self.plan[n][0] == "public"]
+        for server in [*self.servers, *public]:
             stats = server.status()["stats"]
             assert isinstance(stats, dict)
             total += int(stats.get("relay.bytes", 0))

@@ -248,6 +248,9 @@ def test_a_daemon_killed_hard_leaves_a_file_the_cli_sees_through(
     assert len(notice) == 1 and notice[0].startswith("notice: ") and "is gone" in notice[0]
 
 
+# solo: a wall-clock bound (or a relay counter read right after); failed once on the
+# xdist workers at load ~22 and passed on the rerun, so nothing runs beside it.
+@pytest.mark.solo
 def test_an_api_url_with_nothing_there_fails_fast_with_its_own_status() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -259,6 +262,9 @@ def test_an_api_url_with_nothing_there_fails_fast_with_its_own_status() -> None:
     assert "cannot reach the daemon" in err(result) and "connection refused" in err(result)
 
 
+# solo: a wall-clock bound (or a relay counter read right after); failed once on the
+# xdist workers at load ~22 and passed on the rerun, so nothing runs beside it.
+@pytest.mark.solo
 def test_a_daemon_that_never_answers_is_an_error_within_seconds(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

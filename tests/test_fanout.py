@@ -163,6 +163,12 @@ def test_without_grace_a_slow_foreground_store_ends_at_its_soft_timeout() -> Non
     done = [e for e in iter(engine.next_event, None) if isinstance(e, PutDone)]
     assert [d.query_id for d in done] == [qid]
     assert engine.stats["fanout.slow"] == 1
+    # Its answer arriving after the put ended changes nothing.
+    (store,) = _stores_to(engine, peer)  # the one re-sent copy
+    engine.receive_datagram(
+        encode_message(Stored(addr(engine)), store.txid, peer.auth), peer.address, soft + 0.01
+    )
+    assert [e for e in iter(engine.next_event, None) if isinstance(e, PutDone)] == []
 
 
 def test_a_full_request_table_holds_background_stores_back() -> None:
