@@ -2,15 +2,17 @@
 nodes in network namespaces behind nftables NATs (tests/natlab.py) connect to each other
 through the real protocol (tests/natpeer.py runs a :class:`~nautilus_kad.Node` per host).
 
-* two port-restricted NATs: every connect gets a direct channel, within 2 s;
-* two symmetric NATs: every connect gets a relayed channel, within 3 s;
+* two port-restricted NATs: every connect gets a direct channel;
+* two symmetric NATs: every connect gets a relayed channel;
 * a relayed channel (the two NATs could not reach each other at first) moves to the direct
   path once it opens, and the relay then carries nothing;
 * ``nautilus-kad connect`` gets the answer of a ``nautilus-kad run --echo`` behind a NAT;
 * a port-restricted NAT whose binding timeout (4 s) is shorter than the idle time (10 s):
   a node sending keepalives stays reachable, one that does not is not.
 
-The full matrix (every pair, hairpinning, loss) is ``benchmarks/nat_pairs.py``. These need
+The full matrix (every pair, hairpinning, loss) and the time targets (direct within 2 s,
+relayed within 3 s) are ``benchmarks/nat_pairs.py``: speed lives in benchmarks, not in tests;
+here every connect must only end within its own timeout (never hang). These need
 root, ``ip`` and ``nft``: they skip without them, and fail when ``CI`` is set.
 """
 
@@ -53,17 +55,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def test_port_restricted_pair_connects_directly(world: World) -> None:
     result = run_cell(world, Cell("PR x PR", "PR1", "PR2", "direct"), tries=5)
     assert (result.direct, result.relayed, result.failed) == (5, 0, 0), result
-    assert max(result.times) < 2.0, result.times
+    assert max(result.times) < 10.0, result.times  # ended within the connect timeout
 
 
-# solo: a wall-clock bound (or a relay counter read right after); failed once on the
-# xdist workers at load ~22 and passed on the rerun, so nothing runs beside it.
+# solo: the relay counter is read right after; failed once on the xdist workers at load
+# ~22 and passed on the rerun, so nothing runs beside it.
 @pytest.mark.solo
 def test_symmetric_pair_gets_a_relayed_channel(world: World) -> None:
     before = world.relay_bytes()
     result = run_cell(world, Cell("SYM x SYM", "SYM1", "SYM2", "relayed"), tries=2)
     assert (result.direct, result.relayed, result.failed) == (0, 2, 0), result
-    assert max(result.times) < 3.0, result.times
+    assert max(result.times) < 10.0, result.times  # ended within the connect timeout
     assert world.relay_bytes() > before  # the echoes went through a relay
 
 
