@@ -73,8 +73,10 @@ def test_a_relayed_channel_moves_to_the_direct_path_and_the_relay_goes_quiet(
     world: World,
 ) -> None:
     """One fresh channel is tried again when the first never upgrades (seen about once in
-    three module runs on the loaded machine, not yet diagnosed: see the issue-12 notes);
-    two in a row fail the test."""
+    three module runs on the loaded machine, not yet diagnosed); two in a row fail the test.
+    A channel that did upgrade and then carried nothing direct was a race, now fixed: the
+    target closed on the relay's end notice before the initiator's first direct datagram
+    (test_traversal_net's did-not-upgrade test)."""
     for _ in range(2):
         summary = _relayed_then_direct(world)
         if summary is not None:

@@ -456,3 +456,57 @@ def test_connects_survive_a_fifth_of_all_datagrams_lost(
 
     with LoopRunner() as runner:
         runner.run(main(), 120)
+
+
+def test_the_peer_that_did_not_upgrade_finds_the_direct_path_when_the_relay_ends() -> None:
+    """The initiator upgrades to the direct path and releases the circuit; the target,
+    which has not seen a direct datagram yet, sends through the relay and gets the relay's
+    end notice. It must look for the direct path (punch, bounded) instead of closing the
+    channel (the NAT lab saw this race: the target closed and the initiator's direct
+    datagrams were dropped as unknown)."""
+
+    async def main() -> None:
+        quiet = _config(punch_rounds=0, relay_after=0.0, upgrade_tries=0)
+        upgrading = _config(punch_rounds=0, relay_after=0.0, upgrade_tries=1,
+                            upgrade_interval=0.5)  # fmt: skip
+        nodes: list[Node] = []
+        try:
+            first = await Node.start(port=0, config=quiet)
+            nodes.append(first)
+            for _ in range(SERVERS - 1):
+                nodes.append(await Node.start(port=0, config=quiet, bootstrap=[first.address]))
+            target = await Node.start(port=0, config=quiet, client_mode=True,
+                                      bootstrap=[nodes[1].address])  # fmt: skip
+            nodes.append(target)
+            initiator = await Node.start(port=0, config=upgrading, client_mode=True,
+                                         bootstrap=[nodes[2].address])  # fmt: skip
+            nodes.append(initiator)
+            for _ in range(100):  # the target registers with its rendezvous (bounded wait)
+                if len(target.engine.traversal.registrar.registered()) >= 3:
+                    break
+                await asyncio.sleep(0.02)
+            incoming = target.incoming()
+            channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
+            theirs = await asyncio.wait_for(anext(aiter(incoming)), 5)
+            assert channel.path == theirs.path == "relayed"
+            for _ in range(300):  # the initiator's one upgrade try (after 0.5 s)
+                if channel.path == "direct":
+                    break
+                await asyncio.sleep(0.01)
+            assert channel.path == "direct" and theirs.path == "relayed"
+            got = None
+            for i in range(30):  # bounded: the first sends meet the end notice and are lost
+                await theirs.send(b"t%d" % i)
+                with contextlib.suppress(TimeoutError):
+                    got = await asyncio.wait_for(channel.recv(), 0.2)
+                    break
+            assert got is not None and theirs.path == "direct", (got, theirs.path)
+            assert target.stats.get("channel.relay.rescues", 0) == 1
+            await channel.send(b"back")
+            assert await asyncio.wait_for(theirs.recv(), 3) == b"back"
+        finally:
+            for node in nodes:
+                await node.stop(handoff=False)
+
+    with LoopRunner() as runner:
+        runner.run(main(), 60)

@@ -108,6 +108,10 @@ class Channel:
         self.last_tx = now
         self.last_ping = now
         self.deadline = float("inf")
+        self.rescue_until = float("inf")
+        """After the relay ended our circuit with no direct path known: until when we punch
+        for the direct path the peer may already use before closing (see
+        :meth:`Channels.relay_ended`)."""
         self.pair = "unknown-unknown"
         """Our NAT class and the peer's (for the ``nat.punch.*`` counters)."""
 
@@ -178,7 +182,7 @@ class Channel:
             self.next_punch = now
 
     def next_deadline(self) -> float:
-        due = min(self.deadline, self.relay_at)
+        due = min(self.deadline, self.relay_at, self.rescue_until)
         if self.punches_left:
             due = min(due, self.next_punch)
         return due

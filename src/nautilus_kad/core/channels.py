@@ -44,6 +44,10 @@ from .session import SESSION_MAGIC
 
 Queue = Callable[[bytes, Address], None]
 
+RESCUE_ROUNDS = 3
+"""Punch rounds after the relay ended a circuit with no direct path known (as an upgrade
+try punches 3 rounds)."""
+
 
 class Channels:
     """The channel table of one node."""
@@ -142,10 +146,26 @@ class Channels:
                 if (channel.relay, channel.circuit) == (address, circuit):
                     channel.relay, channel.circuit, channel.use_relay = None, 0, False
                     if channel.direct is None:
-                        self.close(channel, "the relay ended the circuit", now, notify=False)
+                        self._rescue(channel, now)
                 self.stats["channel.relay.ended"] += 1
                 return True
         return False
+
+    def _rescue(self, channel: Channel, now: float) -> None:
+        """The relay ended our circuit and we know no direct path. The peer may have just
+        upgraded: its PING and our PONG proved the direct path to it, it released the
+        circuit, and our next relayed datagram met the relay's end notice before the peer's
+        first direct one reached us. So punch the peer's addresses for one punch period and
+        close only if no direct path appears by then (bounded: ``relay_after`` at most)."""
+        if not (channel.may_punch and channel.candidates):
+            self.close(channel, "the relay ended the circuit", now, notify=False)
+            return
+        self.stats["channel.relay.rescues"] += 1
+        channel.punch(RESCUE_ROUNDS, now)
+        channel.rescue_until = now + max(
+            self.config.relay_after, (RESCUE_ROUNDS + 2) * self.config.punch_interval
+        )
+        self.wake(now)
 
     def _drop(self, reason: str) -> None:
         self.stats["rx.dropped"] += 1
@@ -196,9 +216,10 @@ class Channels:
             self._adopt_direct(channel, address, now)
 
     def _adopt_direct(self, channel: Channel, address: Address, now: float) -> None:
-        was_relayed = channel.announced and channel.use_relay
+        was_relayed = channel.announced and (channel.use_relay or channel.rescue_until < math.inf)
         channel.direct = address
         channel.relay_at = math.inf
+        channel.rescue_until = math.inf
         channel.punches_left = 0
         channel.upgrades_left = 0
         self.stats[f"nat.punch.{channel.pair}.direct"] += 1
@@ -259,6 +280,11 @@ class Channels:
             return "channel is closed"
         framed = channel.frame(DATA, data)
         if framed is None:
+            if channel.rescue_until < math.inf:
+                # Looking for the direct path after the relay ended (bounded, see _rescue):
+                # the datagram is lost, as datagrams may be; the channel is not closed.
+                self.stats["channel.tx.dropped.rescue"] += 1
+                return None
             return "channel has no path yet"
         self.stats["channel.tx.data"] += 1
         self.stats["channel.tx.bytes"] += len(data)
@@ -298,6 +324,9 @@ class Channels:
             return math.inf
         if channel.announced and now - channel.last_rx > config.channel_idle:
             self.close(channel, "idle", now)
+            return math.inf
+        if channel.direct is None and channel.relay is None and now >= channel.rescue_until:
+            self.close(channel, "the relay ended the circuit", now, notify=False)
             return math.inf
         if channel.direct is None and channel.upgrades_left and now >= channel.next_upgrade:
             channel.upgrades_left -= 1
