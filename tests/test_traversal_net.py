@@ -41,9 +41,11 @@ def _config(**traversal: object) -> KadConfig:
 
 
 @contextlib.asynccontextmanager
-async def _network(**traversal: object) -> AsyncIterator[tuple[list[Node], Node, Node]]:
+async def _network(
+    initiator_config: KadConfig | None = None, **traversal: object
+) -> AsyncIterator[tuple[list[Node], Node, Node]]:
     """5 servers, a client-mode target registered with its rendezvous and a client-mode
-    initiator."""
+    initiator (with ``initiator_config`` when given, else the others' configuration)."""
     config = _config(**traversal)
     nodes: list[Node] = []
     try:
@@ -54,8 +56,8 @@ async def _network(**traversal: object) -> AsyncIterator[tuple[list[Node], Node,
         target = await Node.start(port=0, config=config, client_mode=True,
                                   bootstrap=[nodes[1].address])  # fmt: skip
         nodes.append(target)
-        initiator = await Node.start(port=0, config=config, client_mode=True,
-                                     bootstrap=[nodes[2].address])  # fmt: skip
+        initiator = await Node.start(port=0, config=initiator_config or config,
+                                     client_mode=True, bootstrap=[nodes[2].address])  # fmt: skip
         nodes.append(initiator)
         for _ in range(100):  # the target registers with its rendezvous (bounded wait)
             if len(target.engine.traversal.registrar.registered()) >= 3:
@@ -466,25 +468,11 @@ def test_the_peer_that_did_not_upgrade_finds_the_direct_path_when_the_relay_ends
     datagrams were dropped as unknown)."""
 
     async def main() -> None:
-        quiet = _config(punch_rounds=0, relay_after=0.0, upgrade_tries=0)
         upgrading = _config(punch_rounds=0, relay_after=0.0, upgrade_tries=1,
                             upgrade_interval=0.5)  # fmt: skip
-        nodes: list[Node] = []
-        try:
-            first = await Node.start(port=0, config=quiet)
-            nodes.append(first)
-            for _ in range(SERVERS - 1):
-                nodes.append(await Node.start(port=0, config=quiet, bootstrap=[first.address]))
-            target = await Node.start(port=0, config=quiet, client_mode=True,
-                                      bootstrap=[nodes[1].address])  # fmt: skip
-            nodes.append(target)
-            initiator = await Node.start(port=0, config=upgrading, client_mode=True,
-                                         bootstrap=[nodes[2].address])  # fmt: skip
-            nodes.append(initiator)
-            for _ in range(100):  # the target registers with its rendezvous (bounded wait)
-                if len(target.engine.traversal.registrar.registered()) >= 3:
-                    break
-                await asyncio.sleep(0.02)
+        async with _network(upgrading, punch_rounds=0, relay_after=0.0, upgrade_tries=0) as (
+            _, target, initiator,
+        ):  # fmt: skip
             incoming = target.incoming()
             channel = await initiator.connect(target.node_id.to_bytes32(), timeout=5)
             theirs = await asyncio.wait_for(anext(aiter(incoming)), 5)
@@ -504,9 +492,6 @@ def test_the_peer_that_did_not_upgrade_finds_the_direct_path_when_the_relay_ends
             assert target.stats.get("channel.relay.rescues", 0) == 1
             await channel.send(b"back")
             assert await asyncio.wait_for(theirs.recv(), 3) == b"back"
-        finally:
-            for node in nodes:
-                await node.stop(handoff=False)
 
     with LoopRunner() as runner:
         runner.run(main(), 60)
