@@ -23,6 +23,7 @@ Sans-I/O: time comes in as ``now``; the voter never asks anyone anything.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,6 +116,9 @@ class ExternalAddressVoter:
         self.changed_at: float | None = None
         """When :attr:`ip` or :attr:`address` last changed (None: never adopted)."""
         self.stats: Counter[str] = Counter()
+        self.version = 0
+        """Bumped whenever the votes change (what :meth:`observations` shows then depends
+        only on time): lets the NAT class be re-derived only when its inputs moved."""
         self._votes: OrderedDict[str, tuple[Address, float, str]] = OrderedDict()
         """Observer network -> (what it saw, when, the observer's IP), least recent first."""
 
@@ -154,6 +158,7 @@ class ExternalAddressVoter:
         if previous is not None and previous[0] != observed:
             self.stats["votes.replaced"] += 1
         votes[group] = (observed, now, observer[0])
+        self.version += 1
         if len(votes) > cfg.vote_max_observers:
             votes.popitem(last=False)
         self.stats["votes.counted"] += 1
@@ -166,6 +171,8 @@ class ExternalAddressVoter:
         stale = [group for group, (_, when, _) in votes.items() if when < horizon]
         for group in stale:
             del votes[group]
+        if stale:
+            self.version += 1
 
     # --- the decision --------------------------------------------------------------------
 
@@ -201,6 +208,15 @@ class ExternalAddressVoter:
         """(observer IP, what it saw) of every live vote, oldest first."""
         horizon = now - self.config.vote_window
         return [(who, seen) for seen, when, who in self._votes.values() if when >= horizon]
+
+    def oldest_live(self, now: float) -> float:
+        """When the oldest vote :meth:`observations` shows at ``now`` was cast (inf: none).
+        While no vote comes or goes (:attr:`version` unchanged), :meth:`observations` shows
+        the same at a later ``t`` as long as that vote is still live then
+        (``oldest >= t - vote_window``, the same test it applies)."""
+        horizon = now - self.config.vote_window
+        live = [when for _, when, _ in self._votes.values() if when >= horizon]
+        return min(live, default=math.inf)
 
     def __len__(self) -> int:
         """Observer networks currently holding a vote (live or not yet expired)."""

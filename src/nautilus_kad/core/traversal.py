@@ -103,7 +103,7 @@ class Traversal:
         self._external = external
         self.config = config = ctx.config.traversal
         self.stats = ctx.stats
-        self.channels = Channels(ctx, wire.queue)
+        self.channels = Channels(ctx, self._queue_channel)
         self.connector = Connector(ctx, self.channels, lookups, self._send_connect, wire.queue,
                                    self._own)  # fmt: skip
         self.registrar = Registrar(config, ctx.stats)
@@ -275,6 +275,17 @@ class Traversal:
         stats = self.stats
         stats["rx.datagrams"] += 1
         stats["rx.bytes"] += len(data)
+        # The source IP's token bucket first, as for every other datagram: a flood of channel
+        # or relayed datagrams costs one lookup each, not a circuit or AEAD check. What we
+        # send a peer pays for its answers in advance (_queue_channel), so a channel that
+        # talks both ways is not throttled by its own traffic.
+        refused = self._wire.ingress.admit(address[0], now)
+        if refused is not None:
+            stats["rx.dropped"] += 1
+            stats[f"rx.dropped.{refused}"] += 1
+            stats["channel.rx.dropped"] += 1
+            stats[f"channel.rx.dropped.{refused}"] += 1
+            return
         kind = data[1]
         if kind == KIND_RELEASE:
             if not self.channels.relay_ended(data, address, now):
@@ -283,14 +294,17 @@ class Traversal:
         if kind == KIND_RELAYED and self.relay.knows(data):
             forwarded = self.relay.forward(data, address, now)
             if forwarded is not None:
-                self._wire.queue(*forwarded)
+                self._queue_channel(*forwarded)
             return
         self.channels.datagram(data, address, now)
 
     # --- timers --------------------------------------------------------------------------
 
     def timer(self) -> float:
-        due = min(self.connector.timer(), self.channels.timer(), self._next_check)
+        # Asked after every datagram: the connector is skipped while it has no attempt.
+        due = min(self.channels.timer(), self._next_check)
+        if self.connector.attempts:
+            due = min(due, self.connector.timer())
         if self.registrar.active:
             due = min(due, self.registrar.next_round, self._next_announce)
         return due
@@ -334,6 +348,12 @@ class Traversal:
             self.registrar.announced(self._ctx.node_id, found, self._known(), now)
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _queue_channel(self, data: bytes, address: Address) -> None:
+        """Send a channel or relayed datagram; its answer is paid for at the receiver's
+        rate limit (one token, as for our requests)."""
+        self._wire.ingress.expect(address[0])
+        self._wire.queue(data, address)
 
     def _known(self) -> list[Contact]:
         """Our table's closest to our own id (rendezvous candidates)."""
