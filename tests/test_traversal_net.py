@@ -468,8 +468,11 @@ def test_connects_survive_a_fifth_of_all_datagrams_lost(
     lossy = {"on": False}
     receive = transport.EngineProtocol.datagram_received
 
+    dropped = [0]
+
     def maybe_drop(self: transport.EngineProtocol, data: bytes, addr: tuple[object, ...]) -> None:
         if lossy["on"] and drops.random() < 0.2:
+            dropped[0] += 1
             return
         receive(self, data, addr)
 
@@ -492,7 +495,10 @@ def test_connects_survive_a_fifth_of_all_datagrams_lost(
                 except ConnectError as exc:
                     outcomes.append(exc.code)
             assert outcomes.count("relayed" if relay_only else "direct") >= 9, outcomes
-            assert initiator.stats.get("connect.retries", 0) >= 1  # loss was real, and met
+            # The loss was real. (Not "connect.retries >= 1": a CONNECT is re-sent only while
+            # no candidate has answered, and with 3 candidates asked at once each connect
+            # needs none with probability ~0.8, so 10 connects needed none ~1 time in 10.)
+            assert dropped[0] >= 20, dropped  # about 80 in a run
 
     with LoopRunner() as runner:
         runner.run(main(), 120)
