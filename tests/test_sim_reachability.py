@@ -5,10 +5,11 @@ clients and never enter a routing table, and everyone can put and get."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
+from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.ids import key_id
 from nautilus_kad.core.natconfig import NatConfig
-from nautilus_kad.core.natlink import NatLink
 from nautilus_kad.core.reachability import Mode
 from nautilus_kad.sim import Simulation
 from nautilus_kad.sim.nat import ADDRESS_RESTRICTED, FULL_CONE, PORT_RESTRICTED, SYMMETRIC, NatType
@@ -135,14 +136,17 @@ def test_the_nat_deadline_the_engine_reads_is_always_the_current_one() -> None:
     auto += [sim.add_node(mode="auto", nat=KINDS[kind]) for kind in ("full-cone", "symmetric")]
     reads = [0]
     for node in seeds + auto:
-        link = node.engine.natlink
+        engine = node.engine
 
-        def checked(link: NatLink = link) -> float:
+        def checked(
+            engine: KadEngine = engine, get_timer: Callable[[], float] = engine.get_timer
+        ) -> float:
             reads[0] += 1
+            link = engine.natlink
             assert link.deadline == link.service.timer()
-            return link.deadline
+            return get_timer()
 
-        link.timer = checked  # type: ignore[method-assign]
+        engine.get_timer = checked  # type: ignore[method-assign]
     joins = [sim.join(node, [s.address for s in seeds[:3]]) for node in auto]
     assert sim.wait(joins, timeout=60.0) and all(op.succeeded for op in joins)
     sim.run_for(900.0)

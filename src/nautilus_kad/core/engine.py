@@ -223,7 +223,7 @@ class KadEngine:
             self.scans.wakeup,
             self.peers.next_neighbour_check,
             self.requests.next_deadline(),
-            self.natlink.timer(),
+            self.natlink.deadline,
             self.traversal.timer(),
             self.publisher.next_deadline(),
         )
@@ -457,7 +457,7 @@ class KadEngine:
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
         self.requests.run(now)
-        if self.natlink.timer() <= now:
+        if self.natlink.deadline <= now:
             self.natlink.run(now)
         if self.traversal.timer() <= now:
             self.traversal.run(now)

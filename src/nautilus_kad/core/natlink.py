@@ -9,7 +9,7 @@ The engine hands it four things and asks it one:
   sender saw us at (a vote for our external address);
 * :meth:`NatLink.sent` — datagrams we are sending (an IP we send to may have a hole in our
   NAT's filter for a while, so a probe from it would prove nothing);
-* :meth:`NatLink.run` when :meth:`NatLink.timer` is due;
+* :meth:`NatLink.run` when :attr:`NatLink.deadline` is due;
 * and :attr:`NatLink.is_client`, which it keeps in the context's flags.
 
 What the NAT state learns (address, NAT class, mode) is logged at INFO; its counters are

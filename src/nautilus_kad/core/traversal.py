@@ -300,7 +300,10 @@ class Traversal:
     # --- timers --------------------------------------------------------------------------
 
     def timer(self) -> float:
-        due = min(self.connector.timer(), self.channels.timer(), self._next_check)
+        # Asked after every datagram: the connector is skipped while it has no attempt.
+        due = min(self.channels.timer(), self._next_check)
+        if self.connector.attempts:
+            due = min(due, self.connector.timer())
         if self.registrar.active:
             due = min(due, self.registrar.next_round, self._next_announce)
         return due
