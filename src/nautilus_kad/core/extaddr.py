@@ -132,6 +132,20 @@ class ExternalAddressVoter:
         vote caused, if any.
         """
         cfg = self.config
+        votes = self._votes
+        group = network_of(observer[0], cfg.vote_prefix_v4, cfg.vote_prefix_v6)
+        previous = votes.get(group) if group is not None else None
+        if (
+            previous is not None
+            and previous[0] == observed
+            and now - previous[1] < cfg.vote_window / 4
+        ):
+            # The same word again, soon: nothing to decide (every answer carries a vote, so
+            # this is the common case, checked first; the vote's time is refreshed by a later
+            # repeat). What it repeats passed the checks below when it was counted, and its
+            # observer's network names the family (a /24 is never a /56).
+            self.stats["votes.repeated"] += 1
+            return None
         host, port = observed
         if ip_family(observer[0]) != self.family or ip_family(host) != self.family:
             self.stats["votes.rejected.family"] += 1
@@ -139,20 +153,8 @@ class ExternalAddressVoter:
         if not (_votable(host) and 1 <= port <= 65535):
             self.stats["votes.rejected.invalid"] += 1
             return None
-        group = network_of(observer[0], cfg.vote_prefix_v4, cfg.vote_prefix_v6)
         if group is None:  # pragma: no cover - ip_family accepted it
             self.stats["votes.rejected.invalid"] += 1
-            return None
-        votes = self._votes
-        previous = votes.get(group)
-        if (
-            previous is not None
-            and previous[0] == observed
-            and now - previous[1] < cfg.vote_window / 4
-        ):
-            # The same word again, soon: nothing to decide (every answer carries a vote, so
-            # this is the common case; the vote's time is refreshed by a later repeat).
-            self.stats["votes.repeated"] += 1
             return None
         votes.pop(group, None)
         if previous is not None and previous[0] != observed:

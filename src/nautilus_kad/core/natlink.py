@@ -136,7 +136,7 @@ class NatLink:
         ``observed``: its word is a vote."""
         self._now = now
         self.nat.local = self._ctx.address  # tells a public node from a cone NAT
-        self.service.observed(observer, observed, now)
+        self.nat.observed(observer, observed, now)  # what NatService.observed does
         if self.nat.changes:
             self.sync(now)
 

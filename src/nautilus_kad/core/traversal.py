@@ -292,8 +292,7 @@ class Traversal:
                 self.relay.release(data, address)
             return
         if kind == KIND_RELAYED and self.relay.knows(data):
-            forwarded = self.relay.forward(data, address, now)
-            if forwarded is not None:
+            for forwarded in self.relay.forward(data, address, now):
                 self._queue_channel(*forwarded)
             return
         self.channels.datagram(data, address, now)

@@ -52,6 +52,10 @@ class TraversalConfig:
     """A circuit's lifetime."""
     circuit_bytes: int = 128 * 1024
     """Bytes a circuit carries per direction."""
+    relay_renewals: int = 4
+    """A relayed channel whose circuit a relay ended (its time or bytes were used up) with
+    no direct path known asks the same rendezvous for a new circuit, this many times in the
+    channel's life; then it closes ("the relay ended the circuit")."""
     circuit_idle: float = 60.0
     """A circuit that carried nothing this long is closed (three channel keepalives: one
     or two lost on a lossy path must not end it)."""
@@ -95,8 +99,8 @@ class TraversalConfig:
     def __post_init__(self) -> None:
         if self.rendezvous < 0 or self.connect_fanout < 1 or self.connect_tries < 1:
             raise ValueError("rendezvous >= 0, connect_fanout >= 1 and connect_tries >= 1")
-        if self.punch_rounds < 0 or self.upgrade_tries < 0:
-            raise ValueError("punch_rounds and upgrade_tries must be >= 0")
+        if self.punch_rounds < 0 or self.upgrade_tries < 0 or self.relay_renewals < 0:
+            raise ValueError("punch_rounds, upgrade_tries and relay_renewals must be >= 0")
         for name in (
             "keepalive", "announce_interval", "lease", "punch_interval", "channel_idle",
             "serve_period",
