@@ -99,12 +99,18 @@ async def hold(node: Node, target: bytes, seconds: float) -> None:
     end = time.monotonic() + seconds
     try:
         while time.monotonic() < end and not channel.closed:
+            # Paced, as the docstring says: sending again as soon as the echo was back
+            # (about 1 700 a second) used up a relay circuit's 128 KiB in about 2 s, and
+            # when the machine was slow to open the direct path the relay ended the circuit
+            # first: the "never upgrades" the upgrade test used to retry.
+            tick = time.monotonic() + 0.1
             await channel.send(b"hold-%d" % sent)
             sent += 1
             with contextlib.suppress(TimeoutError, ChannelClosedError):
                 await asyncio.wait_for(channel.recv(), 0.1)
                 echoed += 1
                 echoed_direct += direct
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
             if not direct and channel.path == "direct":
                 direct = True
                 print(json.dumps({"event": "direct"}), flush=True)

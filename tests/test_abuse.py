@@ -181,6 +181,27 @@ def test_a_flooding_ip_is_throttled_then_ignored_while_others_are_served() -> No
     assert stats["rx.dropped.signature"] == 0 and stats["rx.dropped.blocked"] == 161
 
 
+def test_channel_and_relayed_datagrams_pass_the_same_per_ip_rate_limit() -> None:
+    """NAT traversal's channel (0xC1 0x03) and relayed (0xC1 0x04) datagrams bypass the
+    wire's decoder; they still meet the source IP's token bucket first, and each drop is
+    counted under ``channel.rx.dropped.*`` too."""
+    server = make_server(rate_limit=10.0, rate_burst=20, rate_penalty=60.0)
+    flooder: Address = ("8.8.8.8", 5000)
+    for kind in (0x03, 0x04):
+        for _ in range(100):
+            server.receive_datagram(bytes([0xC1, kind]) + bytes(40), flooder, NOW)
+    stats = server.stats
+    looked_at = stats["channel.rx.dropped.unknown"] + stats["channel.rx.dropped.schema"]
+    assert looked_at == 20  # the burst is looked at (no such channel or circuit) ...
+    assert stats["channel.rx.dropped.rate_limited"] == 20  # ... then a burst of refusals
+    assert stats["channel.rx.dropped.blocked"] == 160  # ... then the IP is ignored
+    assert stats["rx.dropped.rate_limited"] + stats["rx.dropped.blocked"] == 180
+    # The same bucket: the blocked IP's DHT requests are not served either.
+    peer = Peer(flooder, 3, client=True)
+    server.receive_datagram(peer.request(Ping()), flooder, NOW + 1)
+    assert sent_to(server, flooder) == []
+
+
 def test_size_is_checked_before_the_rate_limit() -> None:
     server = make_server(rate_limit=1.0, rate_burst=1)
     peer = Peer(("8.8.8.8", 5000), 1, client=True)

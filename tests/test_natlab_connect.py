@@ -72,20 +72,15 @@ def test_symmetric_pair_gets_a_relayed_channel(world: World) -> None:
 def test_a_relayed_channel_moves_to_the_direct_path_and_the_relay_goes_quiet(
     world: World,
 ) -> None:
-    """One fresh channel is tried again when the first never upgrades (seen about once in
-    three module runs on the loaded machine, not yet diagnosed); two in a row fail the test.
-    A channel that did upgrade and then carried nothing direct was a race, now fixed: the
-    target closed on the relay's end notice before the initiator's first direct datagram
-    (test_traversal_net's did-not-upgrade test)."""
-    for _ in range(2):
-        summary = _relayed_then_direct(world)
-        if summary is not None:
-            assert int(str(summary["echoed_direct"])) >= 10, summary
-            return
-    pytest.fail("a relayed channel never moved to the direct path, twice")
-
-
-def _relayed_then_direct(world: World) -> dict[str, object] | None:
+    """No retry: a try that never upgraded (about once in three module runs on the loaded
+    machine) was the peer's hold loop sending as fast as its echoes came back, about 1 700
+    datagrams a second, which used up the circuit's 128 KiB per direction in about 2 s; when
+    the machine was slow to lift the block, the relay ended the circuit before the direct
+    path opened (reproduced by lifting the block 5.5 s late: 2 of 2 closed on the relay's end
+    notice). The hold now sends every 0.1 s, as documented. A channel that did upgrade and
+    then carried nothing direct was a race, also fixed: the target closed on the relay's end
+    notice before the initiator's first direct datagram (test_traversal_net's
+    did-not-upgrade test)."""
     a, b = world.hosts["PR1"], world.hosts["PR2"]
     assert a.wan_ip is not None and b.wan_ip is not None
     peer = world.peers["PR1"]
@@ -96,13 +91,12 @@ def _relayed_then_direct(world: World) -> dict[str, object] | None:
     finally:
         world.lab.block(a.wan_ip, b.wan_ip, blocked=False)
     event = peer.answer(20.0)
-    if event != {"event": "direct"}:  # the hold ended relayed: its summary line
-        return None
+    assert event == {"event": "direct"}, event  # else the hold's summary line
     time.sleep(3.0)  # a later punch got through; a few seconds on, the relay is quiet
     quiet = world.relay_bytes()
     summary = peer.answer(20.0)
     assert world.relay_bytes() == quiet
-    return summary
+    assert int(str(summary["echoed_direct"])) >= 10, summary
 
 
 def test_the_cli_connects_to_a_run_echo_daemon_behind_a_nat(world: World) -> None:

@@ -4,6 +4,10 @@ clients and never enter a routing table, and everyone can put and get."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
+from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.ids import key_id
 from nautilus_kad.core.natconfig import NatConfig
 from nautilus_kad.core.reachability import Mode
@@ -114,3 +118,41 @@ def test_a_new_external_address_is_adopted_within_two_windows_and_rechecked() ->
     assert nat.mode is Mode.SERVER, node.engine.natlink.reachability(sim.now)
     assert nat.stats()["mode.changes"] == changes + 2
     assert nat.tracker.epoch == 1  # the old address's rounds were voided
+
+
+def test_the_nat_deadline_the_engine_reads_is_always_the_current_one() -> None:
+    """The engine reads the NAT layer's next deadline after every datagram; NatLink keeps
+    it as an attribute refreshed by each entry point that can move it. Checked at every
+    read, through probe rounds that succeed (public, full cone), fail (symmetric) and
+    the helper and prober services the servers run."""
+    config = default_sim_config().with_changes(nat=NatConfig(vote_prefix_v4=32))
+    sim = Simulation(seed=7, config=config)
+    seeds = [sim.add_node(mode="server") for _ in range(12)]
+    sim.join(seeds[0], [])
+    for node in seeds[1:]:
+        sim.join(node, [seeds[0].address])
+    sim.run_for(10.0)
+    auto = [sim.add_node(mode="auto") for _ in range(2)]
+    auto += [sim.add_node(mode="auto", nat=KINDS[kind]) for kind in ("full-cone", "symmetric")]
+    reads = [0]
+    for node in seeds + auto:
+        engine = node.engine
+
+        def checked(
+            engine: KadEngine = engine, get_timer: Callable[[], float] = engine.get_timer
+        ) -> float:
+            reads[0] += 1
+            link = engine.natlink
+            assert link.deadline == link.service.timer()
+            return get_timer()
+
+        engine.get_timer = checked  # type: ignore[method-assign]
+    joins = [sim.join(node, [s.address for s in seeds[:3]]) for node in auto]
+    assert sim.wait(joins, timeout=60.0) and all(op.succeeded for op in joins)
+    sim.run_for(900.0)
+    assert [node.engine.nat.mode for node in auto] == [Mode.SERVER] * 3 + [Mode.CLIENT]
+    served = sum((n.engine.nat.stats() for n in seeds), Counter[str]())
+    assert served["dialback.arranged"] > 0 and served["relay.probed"] > 0
+    rounds = sum((n.engine.nat.stats() for n in auto), Counter[str]())
+    assert rounds["rounds.succeeded"] > 0 and rounds["probes.timed_out"] > 0
+    assert reads[0] > 1000

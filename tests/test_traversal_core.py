@@ -190,21 +190,23 @@ def test_relay_forwards_same_size_only_from_each_side_and_within_its_limits() ->
     assert status is TraversalStatus.OK and circuit is not None
     inner = bytes([SESSION_MAGIC, 3]) + b"x" * 40
     out = relay.forward(relayed(circuit.a_id, inner), a, 1.0)
-    assert out is not None
-    data, to = out
+    assert len(out) == 1
+    ((data, to),) = out
     assert to == b and RELAY_HEADER.unpack_from(data) == (SESSION_MAGIC, KIND_RELAYED,
                                                             circuit.b_id)  # fmt: skip
     assert len(data) == len(relayed(circuit.a_id, inner))  # never amplifies
-    assert relay.forward(relayed(circuit.a_id, inner), stranger, 1.0) is None  # wrong sender
-    assert relay.forward(relayed(circuit.b_id, inner), b, 1.0) is not None  # the way back
-    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) is not None  # 84 bytes so far
-    # Over 100 bytes: closed, and the sender gets a 6-byte end notice (never more than
-    # what it sent), again on each later datagram from that side, from no one else.
-    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) == (release(circuit.a_id), a)
+    assert relay.forward(relayed(circuit.a_id, inner), stranger, 1.0) == []  # wrong sender
+    assert len(relay.forward(relayed(circuit.b_id, inner), b, 1.0)) == 1  # the way back
+    assert len(relay.forward(relayed(circuit.a_id, inner), a, 1.0)) == 1  # 84 bytes so far
+    # Over 100 bytes: closed, and each side gets a 6-byte end notice (never more than what
+    # came in), then again on each later datagram from that side, from no one else.
+    assert relay.forward(relayed(circuit.a_id, inner), a, 1.0) == [
+        (release(circuit.a_id), a), (release(circuit.b_id), b)
+    ]  # fmt: skip
     assert stats["relay.dropped.bytes"] == 1 and len(relay) == 0  # closed at the limit
     assert relay.knows(relayed(circuit.b_id, inner))
-    assert relay.forward(relayed(circuit.b_id, inner), b, 1.5) == (release(circuit.b_id), b)
-    assert relay.forward(relayed(circuit.b_id, inner), stranger, 1.5) is None
+    assert relay.forward(relayed(circuit.b_id, inner), b, 1.5) == [(release(circuit.b_id), b)]
+    assert relay.forward(relayed(circuit.b_id, inner), stranger, 1.5) == []
     # Circuits per peer, then in total.
     assert relay.open(a, b, 42, 2.0)[0] is TraversalStatus.OK
     assert relay.open(("7.7.7.7", 7), b, 42, 2.0)[0] is TraversalStatus.OK

@@ -112,6 +112,11 @@ class Channel:
         """After the relay ended our circuit with no direct path known: until when we punch
         for the direct path the peer may already use before closing (see
         :meth:`Channels.relay_ended`)."""
+        self.renewal: tuple[Address, NodeId | None, bytes, bytes, bytes] | None = None
+        """The initiator's means to ask for a new circuit when the relay ends ours: (the
+        rendezvous that granted it, its id, the offer's nonce, our ephemeral public key, the
+        peer's sealed answer, which a re-dated offer must get back unchanged)."""
+        self.renewals_left = 0
         self.pair = "unknown-unknown"
         """Our NAT class and the peer's (for the ``nat.punch.*`` counters)."""
 

@@ -59,6 +59,8 @@ class Channels:
         self.stats = ctx.stats
         self._by_handle: dict[int, Channel] = {}
         self._wake = math.inf
+        self.renew: Callable[[Channel, float], bool] | None = None
+        """Asks the rendezvous for a new circuit (core/connector.py; True: asked)."""
 
     def __len__(self) -> int:
         return len(self._by_handle)
@@ -155,16 +157,36 @@ class Channels:
         """The relay ended our circuit and we know no direct path. The peer may have just
         upgraded: its PING and our PONG proved the direct path to it, it released the
         circuit, and our next relayed datagram met the relay's end notice before the peer's
-        first direct one reached us. So punch the peer's addresses for one punch period and
-        close only if no direct path appears by then (bounded: ``relay_after`` at most)."""
-        if not (channel.may_punch and channel.candidates):
+        first direct one reached us. So punch the peer's addresses for one punch period.
+        And the circuit may have used up its time or bytes: the initiator asks the
+        rendezvous for a new one (``relay_renewals`` times), the target waits for it. The
+        channel closes only if neither brings a path back in time (bounded)."""
+        config = self.config
+        punching = channel.may_punch and bool(channel.candidates)
+        renewing = channel.initiator and self.renew is not None and self.renew(channel, now)
+        waiting = not channel.initiator and config.relay_renewals > 0
+        if not (punching or renewing or waiting):
             self.close(channel, "the relay ended the circuit", now, notify=False)
             return
         self.stats["channel.relay.rescues"] += 1
-        channel.punch(RESCUE_ROUNDS, now)
-        channel.rescue_until = now + max(
-            self.config.relay_after, (RESCUE_ROUNDS + 2) * self.config.punch_interval
-        )
+        if punching:
+            channel.punch(RESCUE_ROUNDS, now)
+        window = max(config.relay_after, (RESCUE_ROUNDS + 2) * config.punch_interval)
+        if renewing or waiting:
+            # A CONNECT to the rendezvous, its FORWARD to the target and back, with retries.
+            window += (config.connect_retries + 2) * config.connect_retry
+        channel.rescue_until = now + window
+        self.wake(now)
+
+    def relayed_again(self, channel: Channel, relay: Address, circuit: int, now: float) -> None:
+        """The rendezvous granted the initiator a new circuit: use it, and PING through it
+        so the target takes it up too."""
+        channel.relay, channel.circuit = relay, circuit
+        channel.relays.add((relay, circuit))
+        channel.use_relay = True
+        channel.rescue_until = math.inf
+        self.stats["channel.relay.renewed"] += 1
+        self._send(channel, channel.ping(relay, True, self._nonce(), now), relay, now)
         self.wake(now)
 
     def _drop(self, reason: str) -> None:
@@ -235,6 +257,7 @@ class Channels:
         first = not channel.use_relay
         channel.use_relay = True
         channel.relay_at = math.inf
+        channel.rescue_until = math.inf  # a new circuit after the old one ended
         if first and not channel.announced:
             self.stats[f"nat.punch.{channel.pair}.relayed"] += 1
             channel.upgrades_left = self.config.upgrade_tries if channel.may_punch else 0

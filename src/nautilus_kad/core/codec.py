@@ -94,6 +94,7 @@ from .messages import (
     Stored,
     Value,
     new_envelope,
+    new_nodes,
 )
 from .natwire import NAT_TYPES, decode_nat_body, encode_nat_body
 from .session import (
@@ -321,7 +322,7 @@ def _decode_nodes(
     observed, token, contacts = _list(body, 3, "NODES body")
     if type(contacts) is not list:
         raise DecodeError("schema", "contacts must be a list")
-    return Nodes(_decode_address(observed), _decode_token(token), decode_contacts(contacts))
+    return new_nodes(_decode_address(observed), _decode_token(token), decode_contacts(contacts))
 
 
 def _decode_value(msg_type: MessageType, body: list[Any]) -> Message:

@@ -170,9 +170,12 @@ class KadConfig:
     """A session is replaced by a fresh handshake after this long, however busy."""
     max_sessions: int = 4096
     """Sessions kept at most; half-open ones (never used by the initiator) are evicted first."""
-    session_ciphers: int = 16
+    session_ciphers: int = 4
     """AEAD contexts kept live across all sessions (each holds about 2.3 KiB of native
-    memory); a session past them rebuilds its context on its next datagram (about 1.5 µs)."""
+    memory); a session past them rebuilds its context on its next datagram (about 1.5 µs).
+    Most sessions carry a few datagrams between long pauses: in a 200-node loopback network
+    60% of the datagrams rebuilt their context with 16 kept and 63% with 4, so more buys
+    little but costs 2.3 KiB each in every node; a busy pair of peers keeps theirs."""
     max_pending_offers: int = 1024
     """Handshakes we initiated and still wait on, at most."""
     max_replay_entries: int = 65536

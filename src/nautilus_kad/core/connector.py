@@ -93,6 +93,9 @@ class Connector:
         self.policy: Policy | None = None
         self.attempts: dict[int, Attempt] = {}
         self._by_txid: dict[bytes, Attempt] = {}
+        self._renewals: dict[bytes, Channel] = {}
+        """CONNECTs asking for a new circuit for an open channel, by txid."""
+        channels.renew = self.renew
         self._accepted: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
         """Offer nonce → (our answer, channel handle): replays and repeats through another
         rendezvous get the same answer and no second channel."""
@@ -192,6 +195,10 @@ class Connector:
         self.stats["connect.asked"] += 1
 
     def on_reply(self, txid: bytes, sender: Address, reply: ConnectReply, now: float) -> None:
+        renewing = self._renewals.pop(txid, None)
+        if renewing is not None:
+            self._renewed(renewing, sender, reply, now)
+            return
         attempt = self._by_txid.pop(txid, None)
         if attempt is None:
             return
@@ -251,6 +258,11 @@ class Connector:
             if reply.circuit:
                 channel.relay, channel.circuit = sender, reply.circuit
                 channel.relays.add((sender, reply.circuit))
+                index = attempt.by_txid.get(txid, -1)
+                rendezvous = attempt.candidates[index].node_id if index >= 0 else None
+                channel.renewal = (sender, rendezvous, attempt.nonce, attempt.public,
+                                   reply.answer)  # fmt: skip
+                channel.renewals_left = self.config.relay_renewals
         attempt.channel = channel
         self._start(channel, answer.nat_class, now)
         self.channels.add(channel, now)
@@ -273,7 +285,52 @@ class Connector:
             return
         channel.punch(config.punch_rounds, now)
 
+    def renew(self, channel: Channel, now: float) -> bool:
+        """The relay ended the circuit of ``channel`` (ours, relayed, no direct path): ask
+        the rendezvous that granted it for a new one, with a re-dated copy of the offer
+        (same nonce and key: the target knows it and answers with the same answer, adding
+        the new circuit to the channel). True if asked."""
+        renewal = channel.renewal
+        if renewal is None or channel.renewals_left <= 0:
+            return False
+        rendezvous, rendezvous_id, nonce, public, _ = renewal
+        channel.renewals_left -= 1
+        ctx = self._ctx
+        nat_class, _, addresses = self._own()
+        offer = seal(
+            ctx.auth, OFFER, channel.peer_id, nonce, now, public, channel.handle, nat_class,
+            addresses,
+        )  # fmt: skip
+        txid = self._send_request(rendezvous, rendezvous_id, Connect(channel.peer_id, offer, True),
+                                  now)  # fmt: skip
+        if not txid:
+            return False
+        self._renewals[txid] = channel
+        self.stats["channel.relay.renewals"] += 1
+        return True
+
+    def _renewed(self, channel: Channel, sender: Address, reply: ConnectReply, now: float) -> None:
+        renewal = channel.renewal
+        usable = (
+            self.channels.get(channel.handle) is channel
+            and channel.direct is None
+            and channel.relay is None
+            and renewal is not None
+            and reply.status is TraversalStatus.OK
+            and reply.circuit != 0
+            and reply.answer == renewal[4]  # the same target and channel, not a new one
+        )
+        if not usable:
+            self.stats[f"channel.relay.renew_failed.{reply.status.name.lower()}"] += 1
+            if reply.circuit:
+                self._queue(release(reply.circuit), sender)
+            return
+        self.channels.relayed_again(channel, sender, reply.circuit, now)
+
     def on_timeout(self, txid: bytes, now: float) -> None:
+        if self._renewals.pop(txid, None) is not None:
+            self.stats["channel.relay.renew_failed.no_answer"] += 1
+            return  # the channel's rescue window closes it
         attempt = self._by_txid.pop(txid, None)
         if attempt is None:
             return

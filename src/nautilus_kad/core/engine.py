@@ -215,18 +215,28 @@ class KadEngine:
 
     def get_timer(self) -> float:
         """The next time :meth:`handle_timer` must run."""
-        return min(
-            self.tokens.next_rotation,
-            self._next_refresh_check,
-            self._next_expiry,
-            self.replicator.schedule.next_deadline(),
-            self.scans.wakeup,
-            self.peers.next_neighbour_check,
-            self.requests.next_deadline(),
-            self.natlink.timer(),
-            self.traversal.timer(),
-            self.publisher.next_deadline(),
-        )
+        # The minimum of ten deadlines, compared one by one: the simulator asks after every
+        # datagram, and builtin min() over ten arguments costs twice these comparisons.
+        due = self.tokens.next_rotation
+        if (t := self._next_refresh_check) < due:
+            due = t
+        if (t := self._next_expiry) < due:
+            due = t
+        if (t := self.replicator.schedule.next_deadline()) < due:
+            due = t
+        if (t := self.scans.wakeup) < due:
+            due = t
+        if (t := self.peers.next_neighbour_check) < due:
+            due = t
+        if (t := self.requests.next_deadline()) < due:
+            due = t
+        if (t := self.natlink.deadline) < due:
+            due = t
+        if (t := self.traversal.timer()) < due:
+            due = t
+        if (t := self.publisher.next_deadline()) < due:
+            due = t
+        return due
 
     @property
     def replication_backlog(self) -> int:
@@ -457,7 +467,7 @@ class KadEngine:
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at ``now``: request timeouts and periodic upkeep."""
         self.requests.run(now)
-        if self.natlink.timer() <= now:
+        if self.natlink.deadline <= now:
             self.natlink.run(now)
         if self.traversal.timer() <= now:
             self.traversal.run(now)

@@ -23,6 +23,7 @@ Sans-I/O: time comes in as ``now``; the voter never asks anyone anything.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,6 +116,9 @@ class ExternalAddressVoter:
         self.changed_at: float | None = None
         """When :attr:`ip` or :attr:`address` last changed (None: never adopted)."""
         self.stats: Counter[str] = Counter()
+        self.version = 0
+        """Bumped whenever the votes change (what :meth:`observations` shows then depends
+        only on time): lets the NAT class be re-derived only when its inputs moved."""
         self._votes: OrderedDict[str, tuple[Address, float, str]] = OrderedDict()
         """Observer network -> (what it saw, when, the observer's IP), least recent first."""
 
@@ -128,6 +132,20 @@ class ExternalAddressVoter:
         vote caused, if any.
         """
         cfg = self.config
+        votes = self._votes
+        group = network_of(observer[0], cfg.vote_prefix_v4, cfg.vote_prefix_v6)
+        previous = votes.get(group) if group is not None else None
+        if (
+            previous is not None
+            and previous[0] == observed
+            and now - previous[1] < cfg.vote_window / 4
+        ):
+            # The same word again, soon: nothing to decide (every answer carries a vote, so
+            # this is the common case, checked first; the vote's time is refreshed by a later
+            # repeat). What it repeats passed the checks below when it was counted, and its
+            # observer's network names the family (a /24 is never a /56).
+            self.stats["votes.repeated"] += 1
+            return None
         host, port = observed
         if ip_family(observer[0]) != self.family or ip_family(host) != self.family:
             self.stats["votes.rejected.family"] += 1
@@ -135,25 +153,14 @@ class ExternalAddressVoter:
         if not (_votable(host) and 1 <= port <= 65535):
             self.stats["votes.rejected.invalid"] += 1
             return None
-        group = network_of(observer[0], cfg.vote_prefix_v4, cfg.vote_prefix_v6)
         if group is None:  # pragma: no cover - ip_family accepted it
             self.stats["votes.rejected.invalid"] += 1
-            return None
-        votes = self._votes
-        previous = votes.get(group)
-        if (
-            previous is not None
-            and previous[0] == observed
-            and now - previous[1] < cfg.vote_window / 4
-        ):
-            # The same word again, soon: nothing to decide (every answer carries a vote, so
-            # this is the common case; the vote's time is refreshed by a later repeat).
-            self.stats["votes.repeated"] += 1
             return None
         votes.pop(group, None)
         if previous is not None and previous[0] != observed:
             self.stats["votes.replaced"] += 1
         votes[group] = (observed, now, observer[0])
+        self.version += 1
         if len(votes) > cfg.vote_max_observers:
             votes.popitem(last=False)
         self.stats["votes.counted"] += 1
@@ -166,6 +173,8 @@ class ExternalAddressVoter:
         stale = [group for group, (_, when, _) in votes.items() if when < horizon]
         for group in stale:
             del votes[group]
+        if stale:
+            self.version += 1
 
     # --- the decision --------------------------------------------------------------------
 
@@ -201,6 +210,15 @@ class ExternalAddressVoter:
         """(observer IP, what it saw) of every live vote, oldest first."""
         horizon = now - self.config.vote_window
         return [(who, seen) for seen, when, who in self._votes.values() if when >= horizon]
+
+    def oldest_live(self, now: float) -> float:
+        """When the oldest vote :meth:`observations` shows at ``now`` was cast (inf: none).
+        While no vote comes or goes (:attr:`version` unchanged), :meth:`observations` shows
+        the same at a later ``t`` as long as that vote is still live then
+        (``oldest >= t - vote_window``, the same test it applies)."""
+        horizon = now - self.config.vote_window
+        live = [when for _, when, _ in self._votes.values() if when >= horizon]
+        return min(live, default=math.inf)
 
     def __len__(self) -> int:
         """Observer networks currently holding a vote (live or not yet expired)."""

@@ -217,9 +217,9 @@ class ContactMemo:
             if type(value) is not list or len(value) != 3:
                 raise DecodeError("schema", "contact must be a list of 3")
             raw_id, host_raw, port = value
-            if type(raw_id) is not bytes or len(raw_id) != ID_BYTES:
+            if type(raw_id) is not bytes:
                 raise DecodeError("schema", f"contact id must be {ID_BYTES} bytes")
-            known = cache.get(raw_id)
+            known = cache.get(raw_id)  # (every id in the memo has the right length)
             if (
                 known is not None
                 and known[0] == host_raw
@@ -228,6 +228,8 @@ class ContactMemo:
             ):
                 append(known[2])  # the same id, address bytes and port were valid before
                 continue
+            if len(raw_id) != ID_BYTES:
+                raise DecodeError("schema", f"contact id must be {ID_BYTES} bytes")
             if type(host_raw) is not bytes:
                 raise DecodeError("schema", "address must be bytes")
             try:

@@ -366,6 +366,10 @@ _contact_slots: dict[str, Any] = dict(vars(Contact))
 _set_contact_id = _contact_slots["node_id"].__set__
 _set_contact_host = _contact_slots["host"].__set__
 _set_contact_port = _contact_slots["port"].__set__
+_nodes_slots: dict[str, Any] = dict(vars(Nodes))
+_set_nodes_observed = _nodes_slots["observed"].__set__
+_set_nodes_token = _nodes_slots["token"].__set__
+_set_nodes_contacts = _nodes_slots["contacts"].__set__
 _envelope_slots: dict[str, Any] = dict(vars(Envelope))
 _set_txid = _envelope_slots["txid"].__set__
 _set_sender_id = _envelope_slots["sender_id"].__set__
@@ -383,6 +387,16 @@ def new_contact(node_id: NodeId, host: str, port: int) -> Contact:
     _set_contact_host(contact, host)
     _set_contact_port(contact, port)
     return contact
+
+
+def new_nodes(observed: Address, token: bytes, contacts: tuple[Contact, ...]) -> Nodes:
+    """``Nodes(observed, token, contacts)``, for checked values, in half the time (one is
+    built for every FIND answered and every NODES received)."""
+    nodes: Nodes = _object_new(Nodes)
+    _set_nodes_observed(nodes, observed)
+    _set_nodes_token(nodes, token)
+    _set_nodes_contacts(nodes, contacts)
+    return nodes
 
 
 def new_envelope(

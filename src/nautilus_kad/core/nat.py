@@ -49,6 +49,8 @@ class ClassChange:
 
 
 Change = AddressChange | ModeChange | ClassChange
+_ClassInputs = tuple[int, str | None, Address | None]
+"""What a NAT classification reads besides time: votes version, external IP, bound address."""
 
 
 class NatState:
@@ -81,6 +83,10 @@ class NatState:
         self.contacted = ContactedIps(config.contacted_window, config.contacted_max)
         self.helper = Helper(config, rng)
         self.prober = Prober(config)
+        self._classified: dict[int, tuple[_ClassInputs, float, float]] = {}
+        """Per family: what the last classification read (votes version, external IP,
+        bound address), when, and the cast time of its oldest live vote. Every answer is a
+        vote, mostly a repeat: the class is derived again only when one of these moved."""
         self.changes: deque[Change] = deque(maxlen=64)
         """What changed, oldest first, for the driver to log (bounded)."""
         self._stats: Counter[str] = Counter()
@@ -119,14 +125,24 @@ class NatState:
         self._reclassify(voter, now)
 
     def _reclassify(self, voter: ExternalAddressVoter, now: float) -> None:
-        observations = [seen for _, seen in voter.observations(now)]
-        of_ip = sum(1 for host, _ in observations if host == voter.ip)
-        if of_ip < self.config.class_min_observers and voter.ip is not None:
-            return  # votes aged out (an idle node): keep what they showed, until new ones
         local, is_local = self.local, self.is_local
         if local is not None and local[0] in WILDCARDS and voter.ip and is_local is not None:
             # Bound to every address: the external IP being one of them means no NAT.
             local = (voter.ip, local[1]) if is_local(voter.ip) else local
+        inputs = (voter.version, voter.ip, local)
+        last = self._classified.get(voter.family)
+        if (
+            last is not None
+            and last[0] == inputs
+            and last[1] <= now
+            and last[2] >= now - self.config.vote_window
+        ):
+            return  # the same live votes, IP and address as last time: the same outcome
+        self._classified[voter.family] = (inputs, now, voter.oldest_live(now))
+        observations = [seen for _, seen in voter.observations(now)]
+        of_ip = sum(1 for host, _ in observations if host == voter.ip)
+        if of_ip < self.config.class_min_observers and voter.ip is not None:
+            return  # votes aged out (an idle node): keep what they showed, until new ones
         new = classify(observations, voter.ip, local, self.config.class_min_observers)
         old = self.classes[voter.family]
         if new is not old:

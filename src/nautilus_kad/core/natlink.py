@@ -9,7 +9,7 @@ The engine hands it four things and asks it one:
   sender saw us at (a vote for our external address);
 * :meth:`NatLink.sent` — datagrams we are sending (an IP we send to may have a hole in our
   NAT's filter for a while, so a probe from it would prove nothing);
-* :meth:`NatLink.run` when :meth:`NatLink.timer` is due;
+* :meth:`NatLink.run` when :attr:`NatLink.deadline` is due;
 * and :attr:`NatLink.is_client`, which it keeps in the context's flags.
 
 What the NAT state learns (address, NAT class, mode) is logged at INFO; its counters are
@@ -39,16 +39,18 @@ _log = logging.getLogger("nautilus_kad.engine")
 class _Owner:
     """The rpc owner of the DIALBACK and PROBE_RELAY requests the NAT service sends."""
 
-    __slots__ = ("service",)
+    __slots__ = ("link",)
 
-    def __init__(self, service: NatService) -> None:
-        self.service = service
+    def __init__(self, link: NatLink) -> None:
+        self.link = link
 
     def on_answer(
         self, pending: Pending, contact: Any, message: Message, rtt: float, departing: bool,
         now: float,
     ) -> None:  # fmt: skip
-        self.service.on_answer(pending.request, pending.txid, message, now)
+        link = self.link
+        link.service.on_answer(pending.request, pending.txid, message, now)
+        link.deadline = link.service.timer()
 
     def on_slow(self, pending: Pending, now: float) -> None:
         pass
@@ -57,7 +59,9 @@ class _Owner:
         pass
 
     def on_timeout(self, pending: Pending, now: float) -> None:
-        self.service.on_timeout(pending.request, pending.txid, now)
+        link = self.link
+        link.service.on_timeout(pending.request, pending.txid, now)
+        link.deadline = link.service.timer()
 
 
 class NatLink:
@@ -97,6 +101,11 @@ class NatLink:
         )
         if self.nat.is_client:
             ctx.flags |= FLAG_CLIENT
+        self.deadline = self.service.timer()
+        """The NAT layer's next deadline, kept current by every entry point that can move
+        it (:meth:`sync` and the rpc owner's outcomes): the engine asks for its timer after
+        every datagram, and this makes that one attribute read. ``sent`` and ``received``
+        only date the holes in our NAT, which no deadline depends on."""
 
     @property
     def is_client(self) -> bool:
@@ -127,7 +136,7 @@ class NatLink:
         ``observed``: its word is a vote."""
         self._now = now
         self.nat.local = self._ctx.address  # tells a public node from a cone NAT
-        self.service.observed(observer, observed, now)
+        self.nat.observed(observer, observed, now)  # what NatService.observed does
         if self.nat.changes:
             self.sync(now)
 
@@ -146,7 +155,7 @@ class NatLink:
             self.nat.received_from(address[0], now)
 
     def timer(self) -> float:
-        return self.service.timer()
+        return self.deadline
 
     def run(self, now: float) -> None:
         self._now = now
@@ -172,7 +181,7 @@ class NatLink:
         qid = self._owner
         if qid is None:  # made on first use: a node that never probes keeps its query ids
             qid = self._owner = self._queries.new_id()
-            self._queries[qid] = _Owner(self.service)
+            self._queries[qid] = _Owner(self)
         return self._requests.send(address, node_id, request, now, qid, pad)
 
     def _notice(self, address: Address, probe: Probe, now: float) -> None:
@@ -203,6 +212,7 @@ class NatLink:
                 _log.info("reachability: IPv%d external address %s", change.family, shown)
         ctx = self._ctx
         ctx.flags = ctx.flags | FLAG_CLIENT if self.nat.is_client else ctx.flags & ~FLAG_CLIENT
+        self.deadline = self.service.timer()
 
     def counters(self) -> dict[str, int]:
         """The NAT counters, as ``nat.*`` (votes, probes sent / answered / refused, mode

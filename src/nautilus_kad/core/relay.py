@@ -107,32 +107,31 @@ class Relay:
         self.stats["relay.ended_notices"] += 1
         return RELAY_HEADER.pack(SESSION_MAGIC, KIND_RELEASE, cid), source
 
-    def forward(self, data: bytes, source: Address, now: float) -> tuple[bytes, Address] | None:
-        """The datagram to send on for a relayed datagram from ``source``, or None (dropped
-        and counted: unknown circuit, wrong sender, over its limits)."""
+    def forward(self, data: bytes, source: Address, now: float) -> list[tuple[bytes, Address]]:
+        """The datagrams to send for a relayed datagram from ``source``: the datagram on to
+        the other side; nothing (dropped and counted: unknown circuit, wrong sender); or, on
+        a circuit that ended, end notices (to both sides when this datagram hit the limit
+        that ended it: the initiator can ask for a new circuit at once, core/connector.py)."""
         if len(data) <= RELAY_HEADER.size:
             self._drop("short")
-            return None
+            return []
         cid = RELAY_HEADER.unpack_from(data)[2]
         found = self._by_id.get(cid)
         if found is None:
             self._drop("ended" if cid in self._ended else "unknown")
-            return self.ended(data, source)
+            notice = self.ended(data, source)
+            return [] if notice is None else [notice]
         circuit, from_a = found
         if source != (circuit.a if from_a else circuit.b):
             self._drop("sender")
-            return None
+            return []
         if self._expired(circuit, now):
-            self.close(circuit, "expired")
-            self._drop("expired")
-            return self.ended(data, source)
+            return self._ended_by(circuit, "expired")
         size = len(data) - RELAY_HEADER.size
         config = self.config
         carried = (circuit.to_b if from_a else circuit.to_a) + size
         if carried > config.circuit_bytes:
-            self.close(circuit, "bytes")
-            self._drop("bytes")
-            return self.ended(data, source)
+            return self._ended_by(circuit, "bytes")
         if from_a:
             circuit.to_b = carried
         else:
@@ -141,7 +140,18 @@ class Relay:
         self.stats["relay.bytes"] += size
         self.stats["relay.datagrams"] += 1
         other_id, other = (circuit.b_id, circuit.b) if from_a else (circuit.a_id, circuit.a)
-        return RELAY_HEADER.pack(SESSION_MAGIC, KIND_RELAYED, other_id) + data[6:], other
+        return [(RELAY_HEADER.pack(SESSION_MAGIC, KIND_RELAYED, other_id) + data[6:], other)]
+
+    def _ended_by(self, circuit: Circuit, reason: str) -> list[tuple[bytes, Address]]:
+        """A limit ended ``circuit``: a 6-byte end notice to each side (one datagram in,
+        two of 6 bytes out, once per circuit: no amplifier)."""
+        self.close(circuit, reason)
+        self._drop(reason)
+        self.stats["relay.ended_notices"] += 2
+        return [
+            (RELAY_HEADER.pack(SESSION_MAGIC, KIND_RELEASE, circuit.a_id), circuit.a),
+            (RELAY_HEADER.pack(SESSION_MAGIC, KIND_RELEASE, circuit.b_id), circuit.b),
+        ]
 
     def _drop(self, reason: str) -> None:
         self.stats["rx.dropped"] += 1

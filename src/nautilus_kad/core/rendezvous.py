@@ -10,10 +10,15 @@ its entry and uses no new slot. Limits: ``max_registrations`` in all
 counted as ``rendezvous.refused.*``.
 
 Client side (:class:`Registrar`): every ``keepalive`` seconds a client REGISTERs with the
-``rendezvous`` servers of its routing table closest to its own id (the nodes a lookup of
-its id finds). The REGISTER is the keepalive that holds its NAT mapping open. A server that
-stops answering is replaced at once by the next closest, and a change of the address a
-server observes us at makes the client register again with all of them.
+``rendezvous`` servers closest to its own id (the nodes a lookup of its id finds), taken
+from its routing table and from its last lookup of its own id. That lookup runs every
+``announce_interval`` (core/traversal.py): nobody looks a client up, so its table learns
+little of its neighbourhood after its join, and rendezvous picked in a small network would
+stay while the network grows. When the lookup finds closer servers, the client registers
+with them at once; the ones it leaves keep its entry until the lease runs out (they may
+still introduce it meanwhile). The REGISTER is the keepalive that holds its NAT mapping
+open. A server that stops answering is replaced at once by the next closest, and a change
+of the address a server observes us at makes the client register again with all of them.
 """
 
 from __future__ import annotations
@@ -122,6 +127,8 @@ class Registrar:
         self.config = config
         self.stats = stats
         self.servers: dict[NodeId, Server] = {}
+        self.found: list[Contact] = []
+        """The closest servers the last lookup of our own id found."""
         self.next_round = float("inf")
         self.active = False
 
@@ -134,6 +141,28 @@ class Registrar:
         self.active = False
         self.next_round = float("inf")
         self.servers.clear()
+        self.found = []
+
+    def candidates(self, own: NodeId, known: list[Contact]) -> list[Contact]:
+        """The servers to choose from, closest to ``own`` first: ``known`` (our table's
+        closest, whose addresses are the freshest) and those our last own-id lookup found."""
+        merged = {c.node_id: c for c in known}
+        for contact in self.found:
+            merged.setdefault(contact.node_id, contact)
+        ranked = sorted(merged.values(), key=lambda c: int(c.node_id ^ own))
+        return ranked[: 4 * self.config.rendezvous]
+
+    def announced(
+        self, own: NodeId, found: list[Contact], known: list[Contact], now: float
+    ) -> None:
+        """A lookup of our own id found ``found``: when it brings servers closer than the
+        ones we use, register with them now (the round picks them)."""
+        self.found = [c for c in found if c.node_id != own][: 4 * self.config.rendezvous]
+        self.stats["rendezvous.client.announces"] += 1
+        best = {c.node_id for c in self.candidates(own, known)[: self.config.rendezvous]}
+        if best - self.servers.keys():
+            self.stats["rendezvous.client.repicked"] += 1
+            self.next_round = now
 
     def due(self, closest: list[Contact], now: float) -> list[Contact]:
         """A round is due: the servers to REGISTER with now (the closest that have not

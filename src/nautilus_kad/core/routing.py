@@ -22,7 +22,7 @@ Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, 
 from __future__ import annotations
 
 import bisect
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from .addresses import subnet_of
@@ -54,16 +54,25 @@ class RttEstimator:
         return min(ceiling, max(floor, self.srtt + 4 * self.rttvar))
 
 
-class Entry:
-    """One routing-table entry."""
+class Entry(RttEstimator):
+    """One routing-table entry, with its peer's round-trip estimate (:attr:`rtt`).
 
-    __slots__ = ("contact", "failures", "last_seen", "rtt")
+    The entry *is* its estimator (a subclass, not a second object): a table holds hundreds
+    of entries in every node, and one object less per entry is about 60 bytes less each."""
+
+    __slots__ = ("contact", "failures", "last_seen")
 
     def __init__(self, contact: Contact, now: float) -> None:
         self.contact = contact
         self.last_seen = now
         self.failures = 0
-        self.rtt = RttEstimator()
+        self.srtt = None
+        self.rttvar = 0.0
+
+    @property
+    def rtt(self) -> RttEstimator:
+        """This entry's smoothed round-trip time and variation (RFC 6298)."""
+        return self
 
     @property
     def is_stale(self) -> bool:
@@ -71,13 +80,17 @@ class Entry:
 
 
 class KBucket:
-    """Up to k entries ordered least- to most-recently seen, plus a replacement cache."""
+    """Up to k entries ordered least- to most-recently seen, plus a replacement cache.
+
+    Both are plain dicts, which keep insertion order (moving a key to the end is a pop and a
+    re-insert): an ``OrderedDict`` costs about twice the memory per key, and a 10 000-node
+    simulation holds a few hundred thousand keys."""
 
     __slots__ = ("entries", "last_touched", "replacements")
 
     def __init__(self, now: float) -> None:
-        self.entries: OrderedDict[NodeId, Entry] = OrderedDict()
-        self.replacements: OrderedDict[NodeId, Contact] = OrderedDict()
+        self.entries: dict[NodeId, Entry] = {}
+        self.replacements: dict[NodeId, Contact] = {}
         self.last_touched = now
 
     def __len__(self) -> int:
@@ -186,7 +199,8 @@ class RoutingTable:
             entry.contact = contact
             entry.last_seen = now
             entry.failures = 0
-            bucket.entries.move_to_end(node_id)
+            entries = bucket.entries
+            entries[node_id] = entries.pop(node_id)  # most recently seen last
             return False, None
         if not self._subnet_allows(bucket, contact.host):
             self.refused_subnet += 1
@@ -200,10 +214,11 @@ class RoutingTable:
                 self._evict(bucket, stale_id)
                 self._insert(bucket, index, contact, now)
                 return True, None
-        bucket.replacements[node_id] = contact
-        bucket.replacements.move_to_end(node_id)
-        if len(bucket.replacements) > self.config.replacement_cache_size:
-            bucket.replacements.popitem(last=False)
+        replacements = bucket.replacements
+        replacements.pop(node_id, None)
+        replacements[node_id] = contact  # freshest last
+        if len(replacements) > self.config.replacement_cache_size:
+            del replacements[next(iter(replacements))]
         oldest = next(iter(bucket.entries.values()))
         if now - oldest.last_seen >= self.config.ping_after_idle:
             return False, oldest.contact
@@ -351,8 +366,8 @@ class RoutingTable:
             if count - len(result) == 1 and len(entries) > 1:
                 # One more is all we need (a typical answer: k from one bucket plus one):
                 # the nearest of this bucket, if usable, without sorting the rest.
-                best = min(entries, key=key)
-                entry = entries[best]
+                # (the smallest distance, mapped back to its id: C-level, no key calls)
+                entry = entries[min(map(key, entries)) ^ target]  # type: ignore[index]
                 if include_stale or not entry.failures:
                     result.append(entry.contact)
                     return result

@@ -31,13 +31,13 @@ from .messages import (
     FindValue,
     Message,
     MessageType,
-    Nodes,
     Ping,
     Pong,
     Request,
     Store,
     Stored,
     Value,
+    new_nodes,
 )
 from .peers import Peers
 from .records import Record, for_transfer
@@ -104,7 +104,7 @@ class Responder:
                 response = Pong(address)
             case FindNode(target=target):
                 token = self._tokens.issue(address)
-                response = Nodes(address, token, self._closest_for(target, sender))
+                response = new_nodes(address, token, self._closest_for(target, sender))
             case FindValue(key=key):
                 token = self._tokens.issue(address)
                 stored = ctx.store.get(key, now)
@@ -113,7 +113,7 @@ class Responder:
                         address, token, for_transfer(stored.record, stored.expires_at, now)
                     )
                 else:
-                    response = Nodes(address, token, self._closest_for(key, sender))
+                    response = new_nodes(address, token, self._closest_for(key, sender))
             case Store(record=record, token=token, expected_seq=expected_seq):
                 response = self._store(record, token, expected_seq, address, now)
         wire.respond(envelope, response, address, now, request_size, verified)

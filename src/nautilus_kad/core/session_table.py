@@ -161,11 +161,13 @@ class SessionTable:
         observed: Address,
         auth: Authenticator,
         now: float,
+        address: Address | None = None,
     ) -> Session | None:
         """Finish our handshake with the responder's accept (from its verified response).
 
         ``observed`` is our address as the responder saw it (every response carries it): the
-        responder bound the keys to that address.
+        responder bound the keys to that address. ``address`` is where the accept came from
+        (equal to the offer's; passed so the session keeps the node's one copy of it).
         """
         pending = self._offers.get(offer.to)
         if pending is None or pending.sid != offer.sid:
@@ -188,7 +190,7 @@ class SessionTable:
         session = Session(
             peer_id=peer_id,
             peer_key=peer_key,
-            address=offer.to,
+            address=offer.to if address is None or address != offer.to else address,
             local_sid=pending.sid,
             remote_sid=accept.sid,
             send_key=to_initiator,

@@ -11,6 +11,7 @@ is surely still valid at its issuer (``TOKEN_REUSE`` of a rotation period).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from .context import NodeContext
@@ -27,11 +28,12 @@ token stays valid for one to two rotation periods at its issuer)."""
 class WriteTokens:
     """The tokens we issue (a rotating HMAC secret) and the ones peers issued to us."""
 
-    __slots__ = ("_ctx", "_last", "_previous", "_secret", "from_peers", "next_rotation")
+    __slots__ = ("_ctx", "_keyed", "_last", "_previous", "_secret", "from_peers", "next_rotation")
 
     def __init__(self, ctx: NodeContext, now: float) -> None:
         self._ctx = ctx
         self._secret = ctx.rng.randbytes(16)
+        self._keyed = _keyed(self._secret)
         self._previous = self._secret
         self._last = ("", b"")
         """(requester IP, its token under the current secret) of the last FIND_* answer."""
@@ -47,7 +49,12 @@ class WriteTokens:
         # remember the last one (no more, a table per requester would cost memory).
         last_ip, token = self._last
         if last_ip != address[0]:
-            token = _token(self._secret, address)
+            inner, outer = self._keyed
+            inner = inner.copy()
+            inner.update(pack_ip(address[0]))
+            outer = outer.copy()
+            outer.update(inner.digest())
+            token = outer.digest()[:TOKEN_BYTES]  # = _token(self._secret, address)
             self._last = (address[0], token)
         return token
 
@@ -64,6 +71,7 @@ class WriteTokens:
         of peers."""
         self._previous = self._secret
         self._secret = self._ctx.rng.randbytes(16)
+        self._keyed = _keyed(self._secret)
         self._last = ("", b"")
         rotation = self._ctx.config.token_rotation
         self.next_rotation = now + rotation
@@ -91,3 +99,14 @@ class WriteTokens:
 
 def _token(secret: bytes, address: Address) -> bytes:
     return hmac.digest(secret, pack_ip(address[0]), "sha256")[:TOKEN_BYTES]
+
+
+def _keyed(secret: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's inner and outer hashes with ``secret``'s pads already fed (RFC 2104):
+    a token is then two copies, two updates and two digests, less than half the cost of
+    :func:`hmac.digest`, which sets the key up again for every token. Same bytes out."""
+    block = secret.ljust(64, b"\0")  # a 16-byte secret is shorter than SHA-256's block
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )

@@ -26,11 +26,13 @@ from .channels import Channels
 from .connector import Connector, Policy
 from .context import NodeContext
 from .ids import NodeId
-from .lookups import Lookups
+from .lookup import Candidate
+from .lookups import LookupQuery, Lookups
 from .messages import (
     Address,
     Connect,
     ConnectReply,
+    Contact,
     Envelope,
     Error,
     Forward,
@@ -95,12 +97,13 @@ class Traversal:
         self._wire = wire
         self._requests = requests
         self._queries = queries
+        self._lookups = lookups
         self._is_client = is_client
         self._nat_class = nat_class
         self._external = external
         self.config = config = ctx.config.traversal
         self.stats = ctx.stats
-        self.channels = Channels(ctx, wire.queue)
+        self.channels = Channels(ctx, self._queue_channel)
         self.connector = Connector(ctx, self.channels, lookups, self._send_connect, wire.queue,
                                    self._own)  # fmt: skip
         self.registrar = Registrar(config, ctx.stats)
@@ -115,6 +118,8 @@ class Traversal:
         self.enabled = False
         """Whether a client registers with rendezvous (drivers switch it on)."""
         self._next_check = math.inf
+        self._next_announce = math.inf
+        """When a registered client next looks up its own id (re-picks its rendezvous)."""
 
     # --- commands ------------------------------------------------------------------------
 
@@ -270,24 +275,37 @@ class Traversal:
         stats = self.stats
         stats["rx.datagrams"] += 1
         stats["rx.bytes"] += len(data)
+        # The source IP's token bucket first, as for every other datagram: a flood of channel
+        # or relayed datagrams costs one lookup each, not a circuit or AEAD check. What we
+        # send a peer pays for its answers in advance (_queue_channel), so a channel that
+        # talks both ways is not throttled by its own traffic.
+        refused = self._wire.ingress.admit(address[0], now)
+        if refused is not None:
+            stats["rx.dropped"] += 1
+            stats[f"rx.dropped.{refused}"] += 1
+            stats["channel.rx.dropped"] += 1
+            stats[f"channel.rx.dropped.{refused}"] += 1
+            return
         kind = data[1]
         if kind == KIND_RELEASE:
             if not self.channels.relay_ended(data, address, now):
                 self.relay.release(data, address)
             return
         if kind == KIND_RELAYED and self.relay.knows(data):
-            forwarded = self.relay.forward(data, address, now)
-            if forwarded is not None:
-                self._wire.queue(*forwarded)
+            for forwarded in self.relay.forward(data, address, now):
+                self._queue_channel(*forwarded)
             return
         self.channels.datagram(data, address, now)
 
     # --- timers --------------------------------------------------------------------------
 
     def timer(self) -> float:
-        due = min(self.connector.timer(), self.channels.timer(), self._next_check)
+        # Asked after every datagram: the connector is skipped while it has no attempt.
+        due = min(self.channels.timer(), self._next_check)
+        if self.connector.attempts:
+            due = min(due, self.connector.timer())
         if self.registrar.active:
-            due = min(due, self.registrar.next_round)
+            due = min(due, self.registrar.next_round, self._next_announce)
         return due
 
     def run(self, now: float) -> None:
@@ -296,23 +314,49 @@ class Traversal:
         if now >= self._next_check:
             self._next_check = now + self.config.keepalive
             if self.enabled and self.config.rendezvous and self._is_client():
-                self.registrar.start(now)
+                if not self.registrar.active:
+                    self.registrar.start(now)
+                    # The first re-pick soon, not at once: a node that just joined knows its
+                    # neighbourhood, and clients switched on together spread their lookups.
+                    spread = min(self.config.keepalive, self.config.announce_interval)
+                    self._next_announce = now + self._ctx.rng.uniform(0.25, 1.0) * spread
             elif self.registrar.active:
                 self.registrar.stop()
+                self._next_announce = math.inf
             self.registrations.expire(now)
             self.relay.expire(now)
         registrar = self.registrar
+        own = self._ctx.node_id
+        if registrar.active and now >= self._next_announce:
+            self._next_announce = now + self.config.announce_interval
+            self.stats["rendezvous.client.lookups"] += 1
+            self._lookups.start(own, now, want_value=False, on_done=self._announced)
         if registrar.active and now >= registrar.next_round:
-            own = self._ctx.node_id
             # Stale entries too: a REGISTER is itself the liveness check, and on a lossy path
             # skipping them would stop the keepalives that could have refreshed them.
-            closest = self._ctx.table.closest(own, 4 * self.config.rendezvous)
-            for contact in registrar.due(list(closest), now):
+            closest = registrar.candidates(own, self._known())
+            for contact in registrar.due(closest, now):
                 self._request(contact.address, contact.node_id, Register(), now)
             if not closest:
                 registrar.next_round = now + min(0.5, self.config.keepalive)
 
+    def _announced(self, query: LookupQuery, closest: list[Candidate], now: float) -> None:
+        """Our own-id lookup ended: re-pick our rendezvous from what it found."""
+        if self.registrar.active:
+            found = [c.contact for c in closest]
+            self.registrar.announced(self._ctx.node_id, found, self._known(), now)
+
     # --- helpers -------------------------------------------------------------------------
+
+    def _queue_channel(self, data: bytes, address: Address) -> None:
+        """Send a channel or relayed datagram; its answer is paid for at the receiver's
+        rate limit (one token, as for our requests)."""
+        self._wire.ingress.expect(address[0])
+        self._wire.queue(data, address)
+
+    def _known(self) -> list[Contact]:
+        """Our table's closest to our own id (rendezvous candidates)."""
+        return list(self._ctx.table.closest(self._ctx.node_id, 4 * self.config.rendezvous))
 
     def _request(
         self, address: Address, node_id: NodeId | None, request: TraversalRequest, now: float

@@ -28,6 +28,13 @@ class TraversalConfig:
     """Servers a client-mode node registers with (the closest to its own id); 0 disables."""
     keepalive: float = 20.0
     """Interval of REGISTER (the keepalive) to each rendezvous, and of channel keepalives."""
+    announce_interval: float = 300.0
+    """A registered client looks up its own id this often (the first time soon after it
+    starts registering) and moves to the closest servers that lookup finds: its table
+    learns little of its own neighbourhood after its join (nobody looks a client up), so
+    without it the rendezvous chosen in a small network stay while the network grows and a
+    lookup of the client's id no longer finds them (hyperdht re-announces to a fresh
+    lookup's closest every few minutes)."""
     # --- rendezvous and relay (server side) --------------------------------------------------
     lease: float = 70.0
     """How long a rendezvous keeps a registration after the last REGISTER."""
@@ -45,6 +52,10 @@ class TraversalConfig:
     """A circuit's lifetime."""
     circuit_bytes: int = 128 * 1024
     """Bytes a circuit carries per direction."""
+    relay_renewals: int = 4
+    """A relayed channel whose circuit a relay ended (its time or bytes were used up) with
+    no direct path known asks the same rendezvous for a new circuit, this many times in the
+    channel's life; then it closes ("the relay ended the circuit")."""
     circuit_idle: float = 60.0
     """A circuit that carried nothing this long is closed (three channel keepalives: one
     or two lost on a lossy path must not end it)."""
@@ -88,9 +99,12 @@ class TraversalConfig:
     def __post_init__(self) -> None:
         if self.rendezvous < 0 or self.connect_fanout < 1 or self.connect_tries < 1:
             raise ValueError("rendezvous >= 0, connect_fanout >= 1 and connect_tries >= 1")
-        if self.punch_rounds < 0 or self.upgrade_tries < 0:
-            raise ValueError("punch_rounds and upgrade_tries must be >= 0")
-        for name in ("keepalive", "lease", "punch_interval", "channel_idle", "serve_period"):
+        if self.punch_rounds < 0 or self.upgrade_tries < 0 or self.relay_renewals < 0:
+            raise ValueError("punch_rounds, upgrade_tries and relay_renewals must be >= 0")
+        for name in (
+            "keepalive", "announce_interval", "lease", "punch_interval", "channel_idle",
+            "serve_period",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -99,6 +113,7 @@ class TraversalConfig:
         return replace(
             self,
             keepalive=self.keepalive * factor,
+            announce_interval=self.announce_interval * factor,
             lease=self.lease * factor,
             circuit_duration=self.circuit_duration * factor,
             circuit_idle=self.circuit_idle * factor,

@@ -379,6 +379,7 @@ class Wire:
                 observed=observed,
                 auth=self._ctx.auth,
                 now=now,
+                address=address,
             )
             if session is not None:
                 self._ctx.stats["session.established"] += 1

@@ -38,12 +38,15 @@ class SimKeyring:
     key, and decoding and encoding every contact, again. Real nodes share nothing.
     """
 
-    __slots__ = ("contacts", "ids", "key")
+    __slots__ = ("contacts", "ids", "key", "tagger")
 
     def __init__(self, key: bytes) -> None:
         if not 16 <= len(key) <= 64:
             raise ValueError("the simulation tag key must be 16 to 64 bytes")
         self.key = key
+        self.tagger = hashlib.blake2b(digest_size=SIGNATURE_BYTES, key=key)
+        """The keyed hash with nothing fed yet: each tag starts from a copy of it, which
+        costs half of building a keyed BLAKE2b afresh (same bytes out)."""
         self.ids: dict[bytes, NodeId] = {}
         self.contacts = ContactMemo()
 
@@ -65,16 +68,17 @@ class SimAuthenticator(Authenticator):
         keyring.ids.setdefault(identity.public_key, identity.node_id)
 
     def sign(self, payload: bytes) -> bytes:
-        return hashlib.blake2b(
-            self._prefix + payload, digest_size=SIGNATURE_BYTES, key=self._keyring.key
-        ).digest()
+        tag = self._keyring.tagger.copy()
+        tag.update(self._prefix)
+        tag.update(payload)
+        return tag.digest()
 
     def verify(self, public_key: bytes, payload: bytes, signature: bytes) -> NodeId | None:
         keyring = self._keyring
-        expected = hashlib.blake2b(
-            public_key + payload, digest_size=SIGNATURE_BYTES, key=keyring.key
-        ).digest()
-        if signature != expected:
+        tag = keyring.tagger.copy()
+        tag.update(public_key)
+        tag.update(payload)
+        if signature != tag.digest():
             return None
         node_id = keyring.ids.get(public_key)
         if node_id is None:

@@ -172,6 +172,12 @@ def collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # Everything the run allocated is still "young" to the collector: enabling it as is
+        # would make its next pass scan the whole simulation once. Filing those objects with
+        # the oldest generation (freeze, then unfreeze: two list splices) skips that pass.
+        if not gc.get_freeze_count():  # (a caller's own frozen objects stay frozen)
+            gc.freeze()
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 
