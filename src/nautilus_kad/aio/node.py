@@ -860,6 +860,9 @@ async def _resolve(address: AddressLike, family: int) -> Address:
         host, port = parse_address(address)
     else:
         host, port = address
+    numeric = _numeric(host, port, family)
+    if numeric is not None:
+        return numeric  # no resolver round trip for every ping of an address we hold
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, family=family, type=socket.SOCK_DGRAM
@@ -870,3 +873,15 @@ async def _resolve(address: AddressLike, family: int) -> Address:
         raise KadError(f"no address found for {host!r}")
     sockaddr = infos[0][4]
     return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def _numeric(host: object, port: object, family: int) -> Address | None:
+    """``(host, port)`` itself when it is already what the resolver would return: an IP
+    literal of the socket's family in its canonical text form and a valid port."""
+    if not isinstance(host, str) or type(port) is not int or not 0 <= port <= 65535:
+        return None
+    try:
+        canonical = socket.inet_ntop(family, socket.inet_pton(family, host))
+    except (OSError, ValueError):
+        return None
+    return (host, port) if canonical == host else None
