@@ -99,6 +99,9 @@ _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 _NAT_REQUEST_CLASSES = frozenset({Dialback, ProbeRelay, Probe})  # core/natlink.py serves them
 _TOKEN_ANSWERS = (Nodes, Value)
 """Answers carrying a write token (a tuple: ``Nodes | Value`` would build a union per use)."""
+_DEFAULT_CONFIG = KadConfig()
+"""The configuration of an engine given none: frozen constants, so every such engine of a
+process reads the one instance (with its NAT and traversal parts: about 3 KiB per engine)."""
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -117,7 +120,7 @@ class KadEngine:
         store: RecordStore | None = None,
         client_mode: bool = False,
     ) -> None:
-        config = config or KadConfig()
+        config = config if config is not None else _DEFAULT_CONFIG
         self.identity = identity
         self.node_id: NodeId = identity.node_id
         self.table = RoutingTable(self.node_id, config, now)
