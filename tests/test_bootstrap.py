@@ -155,3 +155,51 @@ def test_probes_fail_at_once_when_the_request_table_is_full() -> None:
     failed = [e for e in iter(engine.next_event, None) if isinstance(e, QueryFailed)]
     assert [e.query_id for e in failed] == [ping, find]
     assert first not in {e.query_id for e in failed}
+
+
+def test_the_join_refreshes_only_buckets_its_own_lookup_left_incomplete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The paper's join refreshes every bucket farther than the nearest neighbour; the own-id
+    lookup already proved complete every bucket nearer than its k-th closest answer, so only
+    the bucket of that answer and the farther ones are refreshed, and the table still holds
+    every node of the buckets that were skipped."""
+    from nautilus_kad.core.bootstrap import Bootstrap  # noqa: PLC0415
+    from nautilus_kad.core.ids import ID_BITS  # noqa: PLC0415
+    from nautilus_kad.core.lookups import Lookups  # noqa: PLC0415
+    from nautilus_kad.sim.simulation import Simulation, default_sim_config  # noqa: PLC0415
+
+    config = default_sim_config().with_changes(join_refresh=True, k=8)
+    sim = Simulation(5, config=config)
+    assert all(op.succeeded for op in sim.grow(150))
+    joiner = sim.add_node()
+    own = int(joiner.node_id)
+    targets: list[int] = []
+    radius: list[int] = []
+    start, last_incomplete = Lookups.start, Bootstrap._last_incomplete
+
+    def spy_start(self: Lookups, target: object, *args: object, **kwargs: object) -> int:
+        if self._ctx.node_id == joiner.node_id:  # type: ignore[attr-defined]
+            targets.append(int(target))  # type: ignore[call-overload]
+        return start(self, target, *args, **kwargs)  # type: ignore[arg-type]
+
+    def spy_last(self: Bootstrap, closest: list) -> int:  # type: ignore[type-arg]
+        radius.append(closest[-1].distance if len(closest) >= config.k else -1)
+        return last_incomplete(self, closest)
+
+    monkeypatch.setattr(Lookups, "start", spy_start)
+    monkeypatch.setattr(Bootstrap, "_last_incomplete", spy_last)
+    seeds = [n.address for n in sim.joined.sample(sim.rng, 3)]
+    op = sim.join(joiner, seeds)
+    sim.run_for(30.0)
+    assert op.succeeded
+    assert targets[0] == own and len(radius) == 1 and radius[0] > 0
+    farthest_incomplete = ID_BITS - radius[0].bit_length()
+    buckets = [ID_BITS - (own ^ t).bit_length() for t in targets[1:]]
+    assert buckets == list(range(farthest_incomplete + 1))  # the skipped ones: none asked
+    nearest_bucket = max(joiner.engine.table.bucket_sizes())
+    assert farthest_incomplete + 1 < nearest_bucket  # something was skipped at this size
+    others = [n for n in sim.joined if n is not joiner]
+    inside = {int(n.node_id) for n in others if (own ^ int(n.node_id)) < radius[0]}
+    assert len(inside) >= config.k - 1
+    assert inside <= {int(c.node_id) for c in joiner.engine.table}

@@ -17,7 +17,7 @@ from enginenet import (
 
 from nautilus_kad.core.codec import decode_datagram, encode_message
 from nautilus_kad.core.config import KadConfig
-from nautilus_kad.core.engine import TOKEN_BYTES
+from nautilus_kad.core.engine import FLAG_CLIENT, TOKEN_BYTES
 from nautilus_kad.core.events import (
     LookupDone,
     PeerRemoved,
@@ -170,3 +170,40 @@ def test_every_eviction_takes_the_same_path(how: str) -> None:
     assert peer.identity.node_id not in engine.tokens.from_peers
     engine.handle_timer(engine.config.request_timeout + 1.0)  # the scans run
     assert engine.stats["repair.scheduled"] == 1  # a repair of the record it co-held
+
+
+@pytest.mark.parametrize("how", ["request", "answer"])
+def test_a_peer_that_turns_client_is_demoted_without_a_repair(how: str) -> None:
+    """A routing-table peer whose probes failed sends with the client flag from then on:
+    it leaves the table the one way (PeerRemoved, token and join time forgotten), counted
+    as ``peer.demoted``, with no repair scan (it still answers; holders' checks find what
+    it no longer keeps). Whether the flag comes on a request it sends or on an answer."""
+    engine = lone_engine(66)
+    peer = Peer(67)
+    known_by(engine, peer)
+    node_id = peer.identity.node_id
+    assert node_id in engine.peers.since
+    kept = open_record(b"kept", b"v")
+    assert engine.holdings.accept(kept, None, 0.0, validate=True) == (None, "")
+    engine.tokens.remember(node_id, b"t" * TOKEN_BYTES, 0.0)
+    if how == "request":
+        answer = peer.request(engine, Ping(), 1.0, flags=FLAG_CLIENT)
+        assert isinstance(answer.message, Pong)  # served all the same
+    else:
+        engine.ping(peer.address, 1.0)
+        ((data, _),) = engine.datagrams_to_send()
+        txid = decode_datagram(data, peer.auth).txid
+        pong = encode_message(Pong(addr(engine)), txid, peer.auth, FLAG_CLIENT)
+        engine.receive_datagram(pong, peer.address, 1.0)
+    events = []
+    while (event := engine.next_event()) is not None:
+        events.append(event)
+    assert PeerRemoved(Contact(node_id, *peer.address)) in events
+    assert node_id not in engine.table
+    assert engine.stats["peer.demoted"] == 1
+    assert node_id not in engine.tokens.from_peers and node_id not in engine.peers.since
+    engine.handle_timer(engine.config.request_timeout + 1.0)
+    assert engine.stats["repair.scheduled"] == 0
+    # Demoted once: a second client-flagged request finds nothing to remove.
+    peer.request(engine, Ping(), 2.0, flags=FLAG_CLIENT)
+    assert engine.stats["peer.demoted"] == 1

@@ -24,19 +24,36 @@ from nautilus_kad.core.events import (
 )
 from nautilus_kad.core.ids import NodeId, key_id
 from nautilus_kad.core.messages import (
+    AnyRequest,
+    Connect,
+    ConnectReply,
     Contact,
+    Dialback,
+    DialbackReply,
     Envelope,
     Error,
     ErrorCode,
     FindNode,
     FindValue,
+    Forward,
+    ForwardReply,
     Message,
     Nodes,
+    Ping,
     Pong,
+    Probe,
+    ProbeRelay,
+    ProbeRelayReply,
+    ProbeStatus,
+    Register,
+    RegisterReply,
+    Store,
     Stored,
+    TraversalStatus,
     Value,
 )
 from nautilus_kad.core.records import Record
+from nautilus_kad.core.rpc import answers
 
 
 def test_response_checks_txid_address_and_replay() -> None:
@@ -182,3 +199,41 @@ def test_a_lookup_request_past_its_soft_timeout_is_sent_once_more() -> None:
     done = [e for e in iter(engine.next_event, None) if isinstance(e, LookupDone)]
     assert [e.query_id for e in done] == [qid]
     assert [c.node_id for c in done[0].contacts] == [peer.identity.node_id]
+
+
+def test_each_request_accepts_only_its_own_answers_and_error() -> None:
+    """The answer table of the rpc layer, row by row: what a request of each kind may be
+    answered with (anything else is dropped as a mismatch), the NAT and traversal
+    requests included; ERROR answers every request."""
+    seen = ("192.0.2.1", 4000)
+    record = Record(key_id(b"k"), b"v", 1, 60)
+    answers_of: dict[type, Message] = {
+        Pong: Pong(seen),
+        Nodes: Nodes(seen, b"", ()),
+        Value: Value(seen, b"", record),
+        Stored: Stored(seen),
+        DialbackReply: DialbackReply(seen, ProbeStatus.ARRANGED),
+        ProbeRelayReply: ProbeRelayReply(seen, ProbeStatus.ARRANGED),
+        RegisterReply: RegisterReply(seen, TraversalStatus.OK, 60),
+        ConnectReply: ConnectReply(seen, TraversalStatus.OK, b"", None, 0, TraversalStatus.OK),
+        ForwardReply: ForwardReply(seen, TraversalStatus.OK, b""),
+    }
+    table: list[tuple[AnyRequest, set[type]]] = [
+        (Ping(), {Pong}),
+        (FindNode(NodeId(1)), {Nodes}),
+        (FindValue(NodeId(1)), {Nodes, Value}),
+        (Store(record, b""), {Stored}),
+        (Dialback(bytes(8)), {DialbackReply}),
+        (ProbeRelay(bytes(8), seen), {ProbeRelayReply}),
+        (Register(), {RegisterReply}),
+        (Connect(NodeId(1), b"", False), {ConnectReply}),
+        (Forward(b"", seen, 0), {ForwardReply}),
+    ]
+    for request, legal in table:
+        assert answers(request, Error(seen, ErrorCode.SERVER_ERROR, "no")), request
+        for kind, answer in answers_of.items():
+            assert answers(request, answer) is (kind in legal), (request, kind)
+    # A message that answers nothing (a PROBE is a notice) is no request's answer, and a
+    # request kind the table does not know has no legal answer but ERROR.
+    assert not answers(Ping(), Probe(bytes(8)))
+    assert not answers(Probe(bytes(8)), Pong(seen))

@@ -34,7 +34,9 @@ def _store(net: EngineNet, writer: KadEngine, victim: KadEngine, record: Record)
     writer.find_node(victim.node_id, net.now)
     net.deliver()
     net.take(writer, LookupDone)
-    token, _ = writer.tokens.from_peers[victim.node_id]
+    last = writer.tokens.last(victim.node_id)
+    assert last is not None
+    token, _ = last
     # A fresh transaction id each time: a byte-identical datagram is a replay, and dropped.
     txid = net.rng.randbytes(8)
     datagram = encode_message(Store(record, token), txid, writer.auth)

@@ -103,6 +103,11 @@ class EngineProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._flush_due = False
+        self._bursts = type(self.loop).__module__.startswith("uvloop")
+        """uvloop hands over every datagram one readiness event brought (up to 32) before
+        it runs what was scheduled, so one flush can serve them all; the standard loop reads
+        one datagram per callback, where a deferred flush would only add a step."""
         self.send_errors = 0
         self.addresses = AddressBook()
 
@@ -132,6 +137,16 @@ class EngineProtocol(asyncio.DatagramProtocol):
             self.engine.stats["engine.errors"] += 1
             if self.engine.stats["engine.errors"] == 1:
                 _log.exception("engine failed on a datagram from %s; continuing", addr[0])
+        if not self._bursts:
+            self.flush()
+        elif not self._flush_due:
+            # One flush for the whole burst: answers go out, events are handed out and the
+            # engine's timer is computed once per burst instead of once per datagram.
+            self._flush_due = True
+            self.loop.call_soon(self._flush_burst)
+
+    def _flush_burst(self) -> None:
+        self._flush_due = False
         self.flush()
 
     def error_received(self, exc: Exception) -> None:

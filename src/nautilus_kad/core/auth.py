@@ -9,8 +9,8 @@ replace the public-key operations with cheap stand-ins.
 
 from __future__ import annotations
 
-import itertools
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -19,6 +19,9 @@ from nacl.exceptions import CryptoError
 
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_for
 from .ids import NodeId
+from .replay import ReplayFilter
+
+__all__ = ["Authenticator", "ReplayFilter", "ed25519_valid", "verify_signature"]
 
 if TYPE_CHECKING:
     from .fields import ContactMemo
@@ -52,7 +55,7 @@ class Authenticator:
     """Signs our datagrams and verifies peers', caching the node ids of the most recent
     peer keys that signed validly (bounded LRU)."""
 
-    __slots__ = ("_cache", "_cache_size", "contacts", "identity")
+    __slots__ = ("_cache", "_cache_size", "contacts", "identity", "known")
 
     def __init__(self, identity: Identity, cache_size: int = 4096) -> None:
         self.identity = identity
@@ -61,6 +64,10 @@ class Authenticator:
         self.contacts: ContactMemo | None = None
         """The codec's memo of contact lists (core/fields.py), or None: each node builds its
         own contacts (the default; the simulator shares one memo between its nodes)."""
+        self.known: Callable[[NodeId], NodeId] | None = None
+        """The node's own copy of an id it already holds (its routing table's), so the
+        routing table, the sessions, the write tokens and the peers' records of one peer
+        share one 256-bit int instead of one each (set by the engine)."""
 
     def sign(self, payload: bytes) -> bytes:
         return self.identity.sign(payload)
@@ -75,6 +82,8 @@ class Authenticator:
         node_id = cache.pop(public_key, None)
         if node_id is None:
             node_id = node_id_for(public_key)
+            if self.known is not None:
+                node_id = self.known(node_id)
         cache[public_key] = node_id
         if len(cache) > self._cache_size:
             del cache[next(iter(cache))]
@@ -93,48 +102,3 @@ class Authenticator:
             return bytes(private.exchange(X25519PublicKey.from_public_bytes(peer_public)))
         except ValueError:
             return None
-
-
-class ReplayFilter:
-    """Recently seen signed requests, by their signature, so an exact replay is dropped.
-
-    Signed requests carry no counter (sessions do): within ``window`` seconds a replay is
-    recognised here; after it, a replayed STORE fails its write token (tokens live at most two
-    rotation periods, which is what ``window`` should cover) and a replayed PING or FIND is a
-    harmless, amplification-limited repeat. At most ``capacity`` signatures are kept (oldest
-    forgotten first).
-    """
-
-    __slots__ = ("_next_sweep", "_seen", "capacity", "window")
-
-    def __init__(self, window: float, capacity: int) -> None:
-        self.window = window
-        self.capacity = capacity
-        self._seen: dict[int, float] = {}
-        """First 64 bits of each signature → when it was seen, oldest first (a plain dict
-        keeps insertion order at half an OrderedDict's memory)."""
-        self._next_sweep = 0.0
-
-    def replayed(self, signature: bytes, now: float) -> bool:
-        """True if ``signature`` was seen within the window; otherwise remember it."""
-        seen = self._seen
-        if now >= self._next_sweep:  # forget the expired, a few times per window
-            cutoff = now - self.window
-            expired = [k for k, t in itertools.takewhile(lambda kt: kt[1] < cutoff, seen.items())]
-            for key in expired:
-                del seen[key]
-            self._next_sweep = now + self.window / 16
-        # 64 bits of an Ed25519 signature identify it (a false match among 65 536 remembered
-        # signatures has odds of 2**-32).
-        key = int.from_bytes(signature[:8], "big")
-        seen_at = seen.get(key)
-        if seen_at is not None and now - seen_at <= self.window:
-            return True
-        seen.pop(key, None)
-        seen[key] = now
-        if len(seen) > self.capacity:
-            del seen[next(iter(seen))]
-        return False
-
-    def __len__(self) -> int:
-        return len(self._seen)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .context import NodeContext
 from .events import BootstrapDone, NodesAnswered, PingDone
-from .ids import NodeId, random_id_in_bucket
+from .ids import ID_BITS, NodeId, random_id_in_bucket
 from .lookup import Candidate
 from .lookups import LookupQuery, Lookups
 from .messages import Address, Contact, Message, Nodes, Ping
@@ -125,11 +125,11 @@ class Bootstrap:
 
     def _lookup(self, query: BootstrapQuery, target: NodeId, now: float) -> None:
         def done(_: LookupQuery, closest: list[Candidate], now: float) -> None:
-            self._lookup_done(query, now)
+            self._lookup_done(query, closest, now)
 
         self._lookups.start(target, now, want_value=False, on_done=done)
 
-    def _lookup_done(self, query: BootstrapQuery, now: float) -> None:
+    def _lookup_done(self, query: BootstrapQuery, closest: list[Candidate], now: float) -> None:
         ctx = self._ctx
         query.lookups_waiting -= 1
         if query.lookups_waiting > 0:
@@ -140,7 +140,10 @@ class Bootstrap:
             query.phase = "refresh"
             sizes = ctx.table.bucket_sizes()
             nearest = max(sizes) if sizes else 0
-            targets = [random_id_in_bucket(ctx.node_id, i, ctx.rng) for i in range(nearest)]
+            targets = [
+                random_id_in_bucket(ctx.node_id, i, ctx.rng)
+                for i in range(min(nearest, self._last_incomplete(closest)))
+            ]
             query.lookups_waiting = len(targets)
             for target in targets:
                 self._lookup(query, target, now)
@@ -149,3 +152,18 @@ class Bootstrap:
         if query.lookups_waiting <= 0 and self._queries.get(query.query_id) is query:
             del self._queries[query.query_id]
             ctx.events.append(BootstrapDone(query.query_id, len(ctx.table)))
+
+    def _last_incomplete(self, closest: list[Candidate]) -> int:
+        """One past the farthest bucket the own-id lookup may have left incomplete.
+
+        The lookup ends when the k closest nodes it heard of have all answered: every node
+        nearer to us than the k-th of them answered it, and so entered our table. A bucket
+        whose whole range lies nearer than that is therefore complete already, and a refresh
+        lookup there would only ask again the nodes we just heard from (at 200 nodes, four
+        of the seven refresh lookups the paper's rule makes). The bucket holding the k-th
+        closest is partly outside that radius and is refreshed, as is every farther one.
+        With fewer than k answers the radius proves nothing: every bucket is refreshed.
+        """
+        if len(closest) < self._ctx.config.k:
+            return ID_BITS
+        return ID_BITS - closest[-1].distance.bit_length() + 1

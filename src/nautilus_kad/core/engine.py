@@ -97,6 +97,11 @@ _RX_RESPONSE_KEY = {t: f"rx.response.{t.name}" for t in MessageType}
 _REQUEST_CLASSES = frozenset({Ping, FindNode, FindValue, Store})
 """The request message classes (``message.TYPE.is_request``, without an enum property)."""
 _NAT_REQUEST_CLASSES = frozenset({Dialback, ProbeRelay, Probe})  # core/natlink.py serves them
+_TOKEN_ANSWERS = (Nodes, Value)
+"""Answers carrying a write token (a tuple: ``Nodes | Value`` would build a union per use)."""
+_DEFAULT_CONFIG = KadConfig()
+"""The configuration of an engine given none: frozen constants, so every such engine of a
+process reads the one instance (with its NAT and traversal parts: about 3 KiB per engine)."""
 
 
 # --- bookkeeping for what we are waiting on ---------------------------------------------
@@ -115,7 +120,7 @@ class KadEngine:
         store: RecordStore | None = None,
         client_mode: bool = False,
     ) -> None:
-        config = config or KadConfig()
+        config = config if config is not None else _DEFAULT_CONFIG
         self.identity = identity
         self.node_id: NodeId = identity.node_id
         self.table = RoutingTable(self.node_id, config, now)
@@ -129,6 +134,7 @@ class KadEngine:
             store if store is not None else MemoryStore(),
             FLAG_CLIENT if client_mode else 0,
         )
+        ctx.auth.known = self.table.canonical
         self.stats: Counter[str] = ctx.stats
         self.rng = rng
         self._events: deque[Event] = ctx.events
@@ -525,7 +531,7 @@ class KadEngine:
         if observed is not None:
             self.observed_address = observed
             self.natlink.answered(address, observed, now)
-        if isinstance(message, Nodes | Value) and message.token:
+        if isinstance(message, _TOKEN_ANSWERS) and message.token:
             self.tokens.remember(contact.node_id, message.token, now)
 
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None

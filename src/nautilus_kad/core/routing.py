@@ -107,7 +107,8 @@ class RoutingTable:
         self._buckets: dict[int, KBucket] = {}
         self._indices: list[int] = []
         """The keys of ``_buckets``, sorted (buckets are only ever added)."""
-        self._index: dict[NodeId, int] = {}
+        self._size = 0
+        """Entries in the table (a node id's bucket follows from the id: no index is kept)."""
         self._global_rtt = RttEstimator()
         self._subnets: Counter[str] = Counter()
         """Entries per public /24 or /48 in the whole table."""
@@ -120,10 +121,10 @@ class RoutingTable:
     # --- inspection ------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self._size
 
     def __contains__(self, node_id: object) -> bool:
-        return node_id in self._index
+        return isinstance(node_id, int) and self._locate(node_id) is not None
 
     def __iter__(self) -> Iterator[Contact]:
         for index in sorted(self._buckets):
@@ -136,10 +137,20 @@ class RoutingTable:
             yield from bucket.entries.values()
 
     def get(self, node_id: NodeId) -> Entry | None:
-        index = self._index.get(node_id)
-        if index is None:
-            return None
-        return self._buckets[index].entries.get(node_id)
+        bucket = self._buckets.get(ID_BITS - (self.own_id ^ node_id).bit_length())
+        return None if bucket is None else bucket.entries.get(node_id)
+
+    def canonical(self, node_id: NodeId) -> NodeId:
+        """The table's own copy of ``node_id`` if it holds it, else ``node_id``: callers that
+        keep an id share the table's instead of keeping an equal one."""
+        entry = self.get(node_id)
+        return node_id if entry is None else entry.contact.node_id
+
+    def _locate(self, node_id: int) -> int | None:
+        """The index of the bucket holding ``node_id`` as an entry, or None."""
+        index = ID_BITS - (self.own_id ^ node_id).bit_length()
+        bucket = self._buckets.get(index)
+        return index if bucket is not None and node_id in bucket.entries else None
 
     def bucket_sizes(self) -> dict[int, int]:
         """Non-empty buckets by index: how full the table is, for displays and tests."""
@@ -227,12 +238,12 @@ class RoutingTable:
     def _insert(self, bucket: KBucket, index: int, contact: Contact, now: float) -> None:
         bucket.entries[contact.node_id] = Entry(contact, now)
         bucket.replacements.pop(contact.node_id, None)
-        self._index[contact.node_id] = index
+        self._size += 1
         self._count_subnet(contact.host, 1)
 
     def _evict(self, bucket: KBucket, node_id: NodeId) -> None:
         entry = bucket.entries.pop(node_id)
-        del self._index[node_id]
+        self._size -= 1
         self._count_subnet(entry.contact.host, -1)
 
     # --- diversity ---------------------------------------------------------------------
@@ -268,7 +279,7 @@ class RoutingTable:
         Returns the contact removed from the table, if the failure removed it: replaced by the
         freshest verified spare at once, or dropped after ``max_failures`` in a row.
         """
-        index = self._index.get(node_id)
+        index = self._locate(node_id)
         if index is None:
             return None
         bucket = self._buckets[index]
@@ -290,7 +301,7 @@ class RoutingTable:
         """``node_id`` said it is leaving (a clean shutdown): out of the table at once, its
         place taken by the freshest verified spare that fits. Returns its contact if it was
         in the table."""
-        index = self._index.get(node_id)
+        index = self._locate(node_id)
         if index is None:
             self._drop_spare(node_id)
             return None
@@ -310,7 +321,7 @@ class RoutingTable:
             bucket.replacements.pop(node_id, None)
 
     def remove(self, node_id: NodeId) -> bool:
-        index = self._index.get(node_id)
+        index = self._locate(node_id)
         if index is None:
             return False
         self._evict(self._buckets[index], node_id)
@@ -353,7 +364,7 @@ class RoutingTable:
         first; then buckets ``i-1, i-2, … 0`` in turn. Each bucket is sorted on its own, and
         only until ``count`` contacts are found.
         """
-        if not self._index or count <= 0:
+        if not self._size or count <= 0:
             return []
         buckets = self._buckets
         t = self.own_id ^ target
@@ -412,7 +423,7 @@ class RoutingTable:
     def buckets_to_refresh(self, now: float) -> list[int]:
         """Bucket indices idle for ``refresh_interval``, from 0 up to the deepest populated
         one (deeper buckets can only fill through our own-id lookup)."""
-        if not self._index:
+        if not self._size:
             return []
         deepest = max(i for i, b in self._buckets.items() if b.entries)
         due = []

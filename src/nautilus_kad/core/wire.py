@@ -66,6 +66,8 @@ from .session import (
 )
 
 _unpack_header = HEADER.unpack_from
+_FINDS = (FindNode, FindValue)
+"""The padded requests (a tuple: ``FindNode | FindValue`` would build a union per use)."""
 _ANSWERED_PEERS = 4096
 """Addresses that answered us recently: the peers worth a session handshake."""
 _DECLINED = 1024
@@ -341,7 +343,7 @@ class Wire:
                 offer = self._ctx.sessions.make_offer(address, self._ctx.auth, self._ctx.rng, now)
                 pending.offer = offer
                 self._ctx.stats["session.offered"] += 1
-            pad = self.pad_to if isinstance(request, FindNode | FindValue) else pending.pad_to
+            pad = self.pad_to if isinstance(request, _FINDS) else pending.pad_to
             data = encode_message(
                 request, pending.txid, self._ctx.auth, self._ctx.flags, handshake=offer, pad_to=pad
             )
