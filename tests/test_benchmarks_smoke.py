@@ -68,3 +68,21 @@ def test_benchmark_module_entry_point(tmp_path: Path) -> None:
     assert "get latency p50" in result.stdout
     assert "throughput" not in data
     assert data["network"]["puts"]["count"] == 10
+
+
+@pytest.mark.parametrize("size", [["--nodes", "8"], ["--sim", "40"]])
+def test_memory_benchmark_prints_its_breakdown(tmp_path: Path, size: list[str]) -> None:
+    out = tmp_path / "memory.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", *size, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "routing table" in result.stdout and "RSS growth / node" in result.stdout
+    (run,) = json.loads(out.read_text())
+    assert run["nodes"] == int(size[1]) and run["rss_per_node"] > 0
+    assert run["parts"]["routing table"][0] > 0  # the walk reaches each node's own state

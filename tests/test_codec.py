@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from nautilus_kad.core import codec
 from nautilus_kad.core.auth import Authenticator
 from nautilus_kad.core.codec import (
     MAX_CONTACTS,
@@ -24,7 +25,7 @@ from nautilus_kad.core.codec import (
 from nautilus_kad.core.config import MAX_DATAGRAM, KadConfig
 from nautilus_kad.core.engine import FLAG_CLIENT, TOKEN_BYTES
 from nautilus_kad.core.errors import DecodeError
-from nautilus_kad.core.fields import ContactMemo
+from nautilus_kad.core.fields import ContactMemo, pack_ip
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.messages import (
@@ -43,6 +44,7 @@ from nautilus_kad.core.messages import (
     Value,
 )
 from nautilus_kad.core.records import Record
+from nautilus_kad.core.session import HandshakeAccept
 
 _RNG = random.Random(20240601)
 SIGNERS = [Identity.generate(_RNG) for _ in range(3)]
@@ -592,3 +594,33 @@ def test_a_contact_memo_changes_nothing_but_the_objects_reused() -> None:
         for auth in (reader, RECEIVER):
             with pytest.raises(DecodeError):
                 decode_datagram(datagram, auth)
+
+
+def test_memo_packed_nodes_are_the_bytes_msgpack_packs_in_every_framing() -> None:
+    """A memo splices each contact's packed bytes where the contact list would be packed:
+    the datagram must be byte for byte the one packed without a memo, whatever the count
+    (fixarray or array16 header), the address family, a handshake, padding or trimming."""
+    memo = ContactMemo(size=64)
+    signer = Authenticator(SIGNERS[0])
+    signer.contacts = memo
+    plain = SIGNER_AUTHS[0]
+    for count in (0, 1, 15, 16, 20, MAX_CONTACTS):
+        contacts = tuple(
+            Contact(NodeId(7 * n + 1), f"203.0.113.{n}" if n % 3 else f"2001:db8::{n}", 1 + n * 997)
+            for n in range(count)
+        )
+        message = Nodes(("203.0.113.9", 4000), b"\x02" * 8, contacts)
+        framings: list[dict[str, Any]] = [
+            {},
+            {"pad_to": 1000},
+            {"handshake": HandshakeAccept(b"\x05" * 32, 77)},
+            {"max_size": 400},
+        ]
+        for framing in framings:
+            for _ in range(2):  # the second time from the memo
+                got = encode_message(message, TXID, signer, 3, **framing)
+                assert got == encode_message(message, TXID, plain, 3, **framing)
+        head = [0x82, TXID, 3]
+        body = [[pack_ip("203.0.113.9"), 4000], b"\x02" * 8, codec._encode_contacts(contacts)]
+        expected = msgpack.packb([*head, body], use_bin_type=True)
+        assert codec._pack_nodes_memo(list(head), message, memo) == expected

@@ -10,6 +10,7 @@ replace the public-key operations with cheap stand-ins.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -54,7 +55,7 @@ class Authenticator:
     """Signs our datagrams and verifies peers', caching the node ids of the most recent
     peer keys that signed validly (bounded LRU)."""
 
-    __slots__ = ("_cache", "_cache_size", "contacts", "identity")
+    __slots__ = ("_cache", "_cache_size", "contacts", "identity", "known")
 
     def __init__(self, identity: Identity, cache_size: int = 4096) -> None:
         self.identity = identity
@@ -63,6 +64,10 @@ class Authenticator:
         self.contacts: ContactMemo | None = None
         """The codec's memo of contact lists (core/fields.py), or None: each node builds its
         own contacts (the default; the simulator shares one memo between its nodes)."""
+        self.known: Callable[[NodeId], NodeId] | None = None
+        """The node's own copy of an id it already holds (its routing table's), so the
+        routing table, the sessions, the write tokens and the peers' records of one peer
+        share one 256-bit int instead of one each (set by the engine)."""
 
     def sign(self, payload: bytes) -> bytes:
         return self.identity.sign(payload)
@@ -77,6 +82,8 @@ class Authenticator:
         node_id = cache.pop(public_key, None)
         if node_id is None:
             node_id = node_id_for(public_key)
+            if self.known is not None:
+                node_id = self.known(node_id)
         cache[public_key] = node_id
         if len(cache) > self._cache_size:
             del cache[next(iter(cache))]

@@ -134,9 +134,21 @@ _REQUEST_TYPES = frozenset(t for t in MessageType if t.is_request)
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 
 
-def _encode_body(message: Message, memo: ContactMemo | None = None) -> list[Any]:
-    if memo is not None and type(message) is Nodes:
-        return [_encode_address(message.observed), message.token, memo.encode(message.contacts)]
+_ARRAY_OF_8 = _pack([None] * 8)[:1]
+_EMPTY_BIN = _pack(b"")
+
+
+def _pack_nodes_memo(head: list[Any], message: Nodes, memo: ContactMemo) -> bytes:
+    """``_pack(head + [NODES body])`` with the contacts packed by the memo: the body's
+    contact list is its last element and the body the list's last, so the packed empty list
+    (one byte, ``0x90``) at the very end is replaced by the memo's bytes for the contacts.
+    msgpack packs an array as its header then each element: the same bytes."""
+    head.append([_encode_address(message.observed), message.token, []])
+    packed: bytes = _pack(head)
+    return packed[:-1] + memo.pack(message.contacts)
+
+
+def _encode_body(message: Message) -> list[Any]:
     encode = _BODY_ENCODERS.get(type(message))
     if encode is None:
         raise EncodeError(f"not a message: {message!r}")
@@ -208,19 +220,27 @@ def encode_message(
         raise EncodeError("offers go in requests, accepts in responses")
     limit = min(max_size, MAX_DATAGRAM)
     extended = handshake is not None or pad_to > 0
+    memo = auth.contacts if type(message) is Nodes else None
     while True:
-        fields = [
-            PROTOCOL_VERSION,
-            int(message.TYPE),
-            txid,
-            auth.identity.public_key,
-            flags,
-            _encode_body(message, auth.contacts),
-        ]
-        if extended:
-            fields.append(None if handshake is None else _encode_handshake(handshake))
-            fields.append(b"")
-        payload = _pack(fields)
+        if memo is not None:
+            head = [PROTOCOL_VERSION, int(message.TYPE), txid, auth.identity.public_key, flags]
+            payload = _pack_nodes_memo(head, message, memo)  # type: ignore[arg-type]
+            if extended:  # six elements become eight: the handshake and the empty pad
+                handshake_field = None if handshake is None else _encode_handshake(handshake)
+                payload = _ARRAY_OF_8 + payload[1:] + _pack(handshake_field) + _EMPTY_BIN
+        else:
+            fields = [
+                PROTOCOL_VERSION,
+                int(message.TYPE),
+                txid,
+                auth.identity.public_key,
+                flags,
+                _encode_body(message),
+            ]
+            if extended:
+                fields.append(None if handshake is None else _encode_handshake(handshake))
+                fields.append(b"")
+            payload = _pack(fields)
         size = len(payload) + SIGNATURE_BYTES
         if size < pad_to:
             # The empty pad is the last element, packed as bin8 ``c4 00``: grow it in place
@@ -260,7 +280,10 @@ def encode_session_message(
         raise EncodeError("txid must be 8 bytes")
     limit = min(max_size, MAX_DATAGRAM) - HEADER_BYTES - TAG_BYTES
     while True:
-        plaintext = _pack([int(message.TYPE), txid, flags, _encode_body(message, memo)])
+        if memo is not None and type(message) is Nodes:
+            plaintext = _pack_nodes_memo([int(message.TYPE), txid, flags], message, memo)
+        else:
+            plaintext = _pack([int(message.TYPE), txid, flags, _encode_body(message)])
         if len(plaintext) <= limit:
             return session.seal(plaintext)
         if isinstance(message, Nodes) and message.contacts:

@@ -62,10 +62,12 @@ class KadConfig:
     join_refresh: bool = True
     """Join as the Kademlia paper does: after the own-id lookup, also look up a random id in
     every bucket farther than the nearest neighbour, so the table covers the whole id space
-    at once. Without it a join costs about a fifth of the messages (the own-id lookup alone
-    makes the node known to its k closest, which is what exact lookups need); the far
-    buckets then fill from traffic and refresh, and at 10 000 nodes lookups take about one
-    more hop (measured by the simulator, which runs without it by default)."""
+    at once; except the buckets that lookup proved complete (nearer than its k-th closest
+    answer: core/bootstrap.py), which at 200 nodes halves the join. Without it a join
+    costs about a fifth of the messages (the own-id lookup alone makes the node known to
+    its k closest, which is what exact lookups need); the far buckets then fill from
+    traffic and refresh, and at 10 000 nodes lookups take about one more hop (measured by
+    the simulator, which runs without it by default)."""
     ping_after_idle: float = 600.0
     """A full bucket pings its least recently seen entry before refusing a newcomer, if idle
     this long (old nodes that still answer are kept: they are the likeliest to stay)."""
@@ -146,11 +148,11 @@ class KadConfig:
     """Valid answers a get of a signed record collects among the closest nodes before it
     returns the highest sequence number (and writes it back to replicas that lag); at most
     k are ever asked."""
-    verify_cache_size: int = 32
-    """Peer public keys kept decoded (the most recent ones that signed validly), so a known
-    peer's signature check skips key parsing. Each costs about 600 bytes, most of it native
-    key state; a miss costs about 2 µs beside the 66 µs of the check, and peers that talk
-    repeatedly move to sessions, which need no signature check at all."""
+    verify_cache_size: int = 8
+    """Node ids of the peer keys that signed validly most recently, so a known peer's id is
+    not hashed again. Each costs about 100 bytes in every node (the key, the dict slot); a
+    miss costs one SHA-256 (about 1 µs) beside the 66 µs of the signature check, and peers
+    that talk repeatedly move to sessions, which need no signature check at all."""
     max_pending_requests: int = 4096
     """Outstanding requests per node; new ones beyond this fail at once."""
     max_pending_verifications: int = 256

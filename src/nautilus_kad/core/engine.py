@@ -134,6 +134,7 @@ class KadEngine:
             store if store is not None else MemoryStore(),
             FLAG_CLIENT if client_mode else 0,
         )
+        ctx.auth.known = self.table.canonical
         self.stats: Counter[str] = ctx.stats
         self.rng = rng
         self._events: deque[Event] = ctx.events

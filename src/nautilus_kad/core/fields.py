@@ -12,6 +12,8 @@ import ipaddress
 from functools import lru_cache
 from typing import Any
 
+import msgpack
+
 from .errors import DecodeError
 from .identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from .ids import ID_BYTES, NodeId
@@ -167,6 +169,16 @@ def _decode_contacts(values: list[Any]) -> tuple[Contact, ...]:
     return tuple(contacts)
 
 
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def array_header(length: int) -> bytes:
+    """The msgpack header of an array of ``length`` (< 65 536) elements."""
+    if length < 16:
+        return bytes((0x90 | length,))
+    return b"\xdc" + length.to_bytes(2, "big")
+
+
 class ContactMemo:
     """Wire forms of contacts encoded before, and contacts decoded before, both ways by node
     id (bounded; cleared when full). A NODES answer names the same peers over and over:
@@ -182,17 +194,19 @@ class ContactMemo:
 
     def __init__(self, size: int = 65536) -> None:
         self.size = size
-        self._encoded: dict[int, tuple[Contact, list[Any]]] = {}
+        self._encoded: dict[int, tuple[Contact, bytes]] = {}
         self._decoded: dict[bytes, tuple[bytes, int, Contact]] = {}
 
     def __len__(self) -> int:
         return len(self._encoded) + len(self._decoded)
 
-    def encode(self, contacts: tuple[Contact, ...]) -> list[list[Any]]:
-        """:func:`_encode_contacts`, memoised."""
+    def pack(self, contacts: tuple[Contact, ...]) -> bytes:
+        """The msgpack bytes of :func:`_encode_contacts`, memoised: each contact's packed
+        form is kept, so a NODES answer packs as an array header and a join (the codec
+        splices these bytes where the list would have been packed: the same bytes)."""
         cache = self._encoded
-        out: list[list[Any]] = []
-        append = out.append
+        parts: list[bytes] = [array_header(len(contacts))]
+        append = parts.append
         for c in contacts:
             hit = cache.get(c.node_id)
             if hit is not None:
@@ -201,12 +215,12 @@ class ContactMemo:
                 if known is c or (known.port == c.port and known.host == c.host):
                     append(hit[1])
                     continue
-            wire = [c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port]
+            wire = _pack([c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port])
             if len(cache) >= self.size:
                 cache.clear()
             cache[c.node_id] = (c, wire)
             append(wire)
-        return out
+        return b"".join(parts)
 
     def decode(self, values: list[Any]) -> tuple[Contact, ...]:
         """:func:`_decode_contacts`, memoised: same checks in the same order, same errors."""

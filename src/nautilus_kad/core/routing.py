@@ -140,6 +140,12 @@ class RoutingTable:
         bucket = self._buckets.get(ID_BITS - (self.own_id ^ node_id).bit_length())
         return None if bucket is None else bucket.entries.get(node_id)
 
+    def canonical(self, node_id: NodeId) -> NodeId:
+        """The table's own copy of ``node_id`` if it holds it, else ``node_id``: callers that
+        keep an id share the table's instead of keeping an equal one."""
+        entry = self.get(node_id)
+        return node_id if entry is None else entry.contact.node_id
+
     def _locate(self, node_id: int) -> int | None:
         """The index of the bucket holding ``node_id`` as an entry, or None."""
         index = ID_BITS - (self.own_id ^ node_id).bit_length()
