@@ -93,11 +93,18 @@ class EngineProtocol(asyncio.DatagramProtocol):
             self.engine.stats["engine.errors"] += 1
             if self.engine.stats["engine.errors"] == 1:
                 _log.exception("engine failed on a datagram from %s; continuing", addr[0])
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Flush once the loop has handed over the rest of this burst (uvloop), or now.
+
+        Datagrams of one readiness event, and the requests that coroutines woken by their
+        answers start in the same pass, then share one flush: answers and requests go out,
+        events are handed out and the engine's timer is computed once per burst instead of
+        once per datagram."""
         if not self._bursts:
             self.flush()
         elif not self._flush_due:
-            # One flush for the whole burst: answers go out, events are handed out and the
-            # engine's timer is computed once per burst instead of once per datagram.
             self._flush_due = True
             self.loop.call_soon(self._flush_burst)
 

@@ -107,7 +107,8 @@ class _TokenQuery:
         pass
 
     def on_grace_over(self, pending: Pending, now: float) -> None:
-        pass
+        """Never called: only :meth:`.Requests.resend_and_wait` arms a grace, and this
+        owner's requests never pass through it (it waits for the hard deadline)."""
 
     def on_timeout(self, pending: Pending, now: float) -> None:
         del self.owner.queries[self.query_id]
