@@ -28,11 +28,11 @@ replication.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .context import NodeContext
+from .fifo import Fifo
 from .ids import NodeId
 from .messages import Contact, Error, ErrorCode, FindNode, Message, Store, Stored
 from .pending import Pending
@@ -189,7 +189,7 @@ class StoreFanout:
         self.queries = queries
         self.requests = requests
         self._tokens = tokens
-        self.queue: deque[StoreItem] = deque()
+        self.queue: Fifo[StoreItem] = Fifo()
         """Background items waiting for a window slot."""
         self.inflight: dict[bytes, StoreItem] = {}
         self.in_window = 0
