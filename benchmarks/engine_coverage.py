@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,7 @@ TESTS = (
     "test_bootstrap", "test_query_timeouts", "test_replication", "test_record_kinds",
     "test_sessions", "test_abuse", "test_storage_limits", "test_persistence", "test_store_at",
     "test_lookup", "test_lookup_disjoint", "test_lookup_addresses", "test_codec",
-    "test_routing", "test_sim_leave", "test_fuzz",
+    "test_routing", "test_sim_leave", "test_fuzz", "test_engine_timers",
 )  # fmt: skip
 """The engine's sans-I/O tests (tests/<name>.py)."""
 
@@ -65,7 +66,7 @@ def main() -> int:
     if args.no_fingerprint and args.data is None:
         parser.error("--no-fingerprint needs --data")
     with tempfile.TemporaryDirectory(prefix="engine-coverage-") as tmp:
-        data = (args.data or Path(tmp)).resolve()
+        data = (args.data or Path(tmp) / "data").resolve()
         data.mkdir(parents=True, exist_ok=True)
         for old in data.glob(".coverage*"):
             if not (args.no_fingerprint and old.name.startswith(".coverage.fingerprint")):
@@ -78,9 +79,11 @@ def main() -> int:
         pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
         if run(data / ".coverage.tests", pytest) != 0:
             print("some tests failed (coverage still reported)", file=sys.stderr)
-        env = dict(os.environ, COVERAGE_FILE=str(data / ".coverage"))
-        combine = [sys.executable, "-m", "coverage", "combine", "-q", "--keep"]
-        combine += [str(p) for p in sorted(data.glob(".coverage.*"))]
+        # Combined from copies: the originals stay for a later --no-fingerprint run.
+        work = Path(tmp)
+        copies = [shutil.copy(part, work / part.name) for part in data.glob(".coverage.*")]
+        env = dict(os.environ, COVERAGE_FILE=str(work / ".coverage"))
+        combine = [sys.executable, "-m", "coverage", "combine", "-q", *map(str, copies)]
         subprocess.run(combine, cwd=ROOT, env=env, check=True)
         files = [str(CORE / f"{name}.py") for name in MODULES]
         report = [sys.executable, "-m", "coverage", "report", f"--include={','.join(files)}"]

@@ -189,3 +189,32 @@ def test_the_engine_shows_a_running_lookups_state_machine() -> None:
     sim.run_for(10.0)
     assert node.engine.lookup_state(qid) is None  # it ended
     assert state.is_done and state.closest_responded()  # what the caller kept stays readable
+
+
+def test_answers_no_path_asked_for_and_departing_answers() -> None:
+    """An answer from a node no path asked changes nothing; a node that answers while
+    leaving lends its contacts to the path that asked it but is no result, and is no
+    result either when it says so after it answered."""
+    with pytest.raises(ValueError, match="at least one path"):
+        DisjointLookup(NodeId(5), NodeId(1), 4, 1, [], paths=0)
+    world = World(60, 4)
+    target = NodeId.random(random.Random(5))
+    seeds = [world.contacts[n] for n in world.ids[:4]]
+    lookup = DisjointLookup(target, world.own, 4, 1, seeds, paths=2)
+    stranger = world.contacts[world.ids[50]]
+    lookup.on_response(stranger.node_id, [world.contacts[world.ids[51]]], b"", stranger.address)
+    assert lookup.responses == 0 and lookup.candidate(world.ids[51]) is None
+    assert lookup.closest_responded(0) == []
+    first, second = lookup.next_queries()  # one per path
+    assert lookup.candidate(first.node_id) is not None
+    lent = world.contacts[min(world.ids[4:50], key=lambda n: n ^ target)]  # worth keeping
+    lookup.on_departing(first.node_id, [lent], b"", first.address)
+    asker = lookup.paths[lookup._shared.owners[first.node_id]]
+    assert asker.candidate(lent.node_id) is not None  # its contacts are used
+    assert first.node_id not in {c.contact.node_id for c in lookup.closest_responded()}
+    # ``second`` answered its path; a later leaving answer changes nothing there.
+    lookup.on_response(second.node_id, [], b"", second.address)
+    assert second.node_id in {c.contact.node_id for c in lookup.closest_responded()}
+    responses = lookup.responses
+    lookup.on_departing(second.node_id, [lent], b"", second.address)
+    assert lookup.responses == responses

@@ -15,6 +15,7 @@ from enginenet import (
     open_record,
 )
 
+import nautilus_kad.core.peers as peers_module
 from nautilus_kad.core.codec import decode_datagram, encode_message
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import FLAG_CLIENT, TOKEN_BYTES
@@ -207,3 +208,17 @@ def test_a_peer_that_turns_client_is_demoted_without_a_repair(how: str) -> None:
     # Demoted once: a second client-flagged request finds nothing to remove.
     peer.request(engine, Ping(), 2.0, flags=FLAG_CLIENT)
     assert engine.stats["peer.demoted"] == 1
+
+
+def test_strikes_are_kept_for_the_most_recent_offenders_only() -> None:
+    """Each invalid value a peer served is a strike against it, in a table bounded to
+    the most recent offenders: the oldest offender is forgotten first."""
+    engine = lone_engine(72)
+    limit = peers_module._STRIKES
+    for n in range(limit + 1):
+        engine.peers.penalise(NodeId(n + 1), 0.0)
+    engine.peers.penalise(NodeId(2), 0.0)  # a repeat offender moves to the recent end
+    strikes = engine.peers.strikes
+    assert len(strikes) == limit and NodeId(1) not in strikes
+    assert strikes[NodeId(2)] == 2 and next(reversed(strikes)) == NodeId(2)
+    assert engine.stats["peer.misbehaved"] == limit + 2

@@ -11,6 +11,7 @@ from enginenet import (
     Peer,
     addr,
     bootstrapped,
+    known_by,
     lone_engine,
     open_record,
     truth,
@@ -26,6 +27,7 @@ from nautilus_kad.core.events import (
     LookupDone,
     PeerRemoved,
     PutDone,
+    QueryFailed,
 )
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId, key_id
@@ -310,3 +312,22 @@ def test_found_value_is_cached_at_closest_node_without_it() -> None:
     cached = nearest.store.get(record.key, net.now)
     assert cached is not None
     assert cached.record == record
+
+
+def test_a_put_that_hears_from_no_peer_fails_and_stores_nothing() -> None:
+    """The put's lookup asked the one peer we know and heard nothing: "stored" would be a
+    lie, so the put ends with QueryFailed (the caller retries) and keeps no copy."""
+    engine = lone_engine(70)
+    peer = Peer(71)
+    known_by(engine, peer)
+    record = open_record(b"unheard", b"v")
+    qid = engine.put(record, 1.0)
+    assert engine.datagrams_to_send()  # the lookup asks the peer, which stays silent
+    for t in (5.0, 12.0, 40.0, 80.0):
+        engine.handle_timer(t)
+        engine.datagrams_to_send()
+    events = []
+    while (event := engine.next_event()) is not None:
+        events.append(event)
+    assert events == [QueryFailed(qid, "no peer answered")]
+    assert engine.store.get(record.key, 80.0) is None

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from enginenet import EngineNet, build
+from enginenet import EngineNet, Peer, build, known_by, lone_engine
 
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
@@ -433,3 +433,18 @@ def test_one_rule_for_among_the_k_closest() -> None:
     root = Path(__file__).resolve().parents[1] / "src" / "nautilus_kad" / "core"
     callers = {p.name for p in root.glob("*.py") if "among_k_closest(" in p.read_text()}
     assert callers == {"replication.py", "put.py", "replicator.py"}
+
+
+def test_a_record_gone_by_its_republish_time_is_forgotten_not_republished() -> None:
+    """The republish timer outlived the record (its TTL ran out between two store
+    expiry ticks): nothing is republished, and the record is no longer held."""
+    engine = lone_engine(80, KadConfig(expire_interval=1e9))  # no expiry tick comes first
+    known_by(engine, Peer(81))
+    record = Record(NodeId(5), b"v", 1_000, 120)  # published at 1 s, gone at 121 s
+    assert engine.holdings.accept(record, None, 0.0, validate=True) == (None, "")
+    due = engine.replicator.schedule.next_deadline()
+    assert due > 121.0 and record.key in engine.holdings.held
+    engine.handle_timer(due)
+    assert record.key not in engine.holdings.held
+    assert engine.stats["republish.started"] == 0
+    assert engine.replicator.schedule.next_deadline() > due

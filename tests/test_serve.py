@@ -155,3 +155,20 @@ def test_store_full_is_refused() -> None:
     assert answer.code is ErrorCode.STORE_FULL
     # Updating an existing key is still allowed.
     assert isinstance(peer.store(engine, open_record(b"0", b"v", ts=9_999), token, 0.0), Stored)
+
+
+def test_an_expired_record_is_refused_with_a_valid_token() -> None:
+    """An open record lives ``ttl`` seconds from its publication, wherever it arrives: one
+    whose time is up is refused (INVALID_RECORD) and not kept, even with a good token."""
+    engine = lone_engine(24)
+    peer = Peer(25)
+    record = open_record(b"old", b"v", ts=1_000, ttl=3600)  # published at 1 s, gone at 3601
+    now = 4_000.0
+    token = peer.token(engine, now)
+    refused = peer.store(engine, record, token, now)
+    assert isinstance(refused, Error) and refused.code is ErrorCode.INVALID_RECORD
+    assert "expired" in refused.message
+    assert engine.stats["store.rejected.expired"] == 1
+    assert engine.store.get(record.key, now) is None
+    fresh = open_record(b"old", b"v", ts=int(now * 1000), ttl=3600)
+    assert isinstance(peer.store(engine, fresh, token, now), Stored)

@@ -803,3 +803,27 @@ def test_oversize_and_undersize_session_datagrams_are_dropped_unanswered() -> No
         assert b.stats["rx.dropped"] == before + 1
     assert b.stats["rx.dropped.oversize"] >= 1 and b.stats["rx.dropped.undersize"] >= 1
     assert b.datagrams_to_send() == []
+
+
+def test_pending_offers_are_bounded_expire_and_a_dropped_one_completes_nothing() -> None:
+    """Handshakes we started wait in a bounded table: past ``max_pending_offers`` the
+    oldest is forgotten, an offer older than the idle timeout expires, and an accept for
+    an offer no longer pending makes no session."""
+    table = SessionTable(KadConfig(max_pending_offers=2))
+    auth = Authenticator(Identity.generate(random.Random(1)))
+    rng = random.Random(2)
+    a, b, c = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
+    first = table.make_offer(a, auth, rng, 0.0)
+    table.make_offer(b, auth, rng, 1.0)
+    table.make_offer(c, auth, rng, 2.0)
+    assert not table.offering(a) and table.offering(b) and table.offering(c)
+    idle = table.idle_timeout
+    table.expire(1.0 + idle + 0.5)  # b's offer is past the idle timeout, c's is not
+    assert not table.offering(b) and table.offering(c)
+    accept = HandshakeAccept(bytes(32), 7)
+    peer = Identity.generate(random.Random(3))
+    done = table.complete(
+        first, accept, peer_id=peer.node_id, peer_key=peer.public_key, own_id=NodeId(1),
+        observed=("10.9.0.1", 9), auth=auth, now=3.0,
+    )  # fmt: skip
+    assert done is None and len(table) == 0

@@ -126,8 +126,16 @@ class ChannelHub:
         self._protocol = protocol
         self._connects: dict[int, asyncio.Future[Channel]] = {}
         self._channels: dict[int, Channel] = {}
-        self._incoming: asyncio.Queue[Channel] = asyncio.Queue(INCOMING_QUEUE)
+        self._queue: asyncio.Queue[Channel] | None = None
         self._stopped = False
+
+    @property
+    def _incoming(self) -> asyncio.Queue[Channel]:
+        """Channels peers opened to us, waiting for :meth:`incoming`. Made on first use:
+        most nodes never see one, and an empty queue costs about 2.5 KiB in every node."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(INCOMING_QUEUE)
+        return self._queue
 
     def _now_and_flush(self) -> tuple[float, EngineProtocol]:
         protocol = self._protocol()
@@ -192,9 +200,10 @@ class ChannelHub:
         for future in self._connects.values():
             if not future.done():
                 future.set_exception(ConnectError("stopped", "node stopped"))
-        marker = Channel(self, -1, NodeId(0), "direct", ("0.0.0.0", 0), None)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._incoming.put_nowait(marker)
+        if self._queue is not None:  # else nobody waits in incoming()
+            marker = Channel(self, -1, NodeId(0), "direct", ("0.0.0.0", 0), None)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(marker)
 
     def on_event(self, event: Event) -> bool:
         """Handle a channel event (True), or leave the event to the node (False)."""

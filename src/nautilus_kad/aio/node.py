@@ -798,7 +798,7 @@ class Node:
         future: asyncio.Future[Event] = loop.create_future()
         qid: int = command(self._now())
         self._futures[qid] = future
-        self._protocol.flush()
+        self._protocol.flush_soon()
         return await future
 
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:

@@ -23,49 +23,6 @@ _log = logging.getLogger("nautilus_kad.transport")
 
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 """Large enough to absorb a burst (a flood, or 200 peers answering at once) without loss."""
-INTERNED_ADDRESSES = 1024
-"""Peer addresses one node keeps a single copy of (:class:`AddressBook`)."""
-
-
-class AddressBook:
-    """One node's single copy of each peer address it hears from.
-
-    The event loop hands every datagram a new address tuple with a new host string (and a
-    new port int), and the engine keeps addresses in several places at once (the routing
-    table's contact, its session, the peers that answered, the unverified byte budgets), so
-    without this a node held a copy of the same address per datagram that left it anywhere:
-    about 140 bytes each. Here each distinct address, and each distinct host, is kept once
-    per node (per node, not per process: nodes of one process share nothing a separate
-    process could not share). Bounded: past ``capacity`` addresses the book starts afresh,
-    so a flood of forged sources costs at most that (the addresses already handed out stay
-    valid; only their sharing with later copies is lost).
-    """
-
-    __slots__ = ("_addresses", "_hosts", "capacity")
-
-    def __init__(self, capacity: int = INTERNED_ADDRESSES) -> None:
-        self.capacity = capacity
-        self._addresses: dict[tuple[Any, ...], Address] = {}
-        self._hosts: dict[str, str] = {}
-
-    def __len__(self) -> int:
-        return len(self._addresses)
-
-    def intern(self, addr: tuple[Any, ...]) -> Address:
-        """The one ``(host, port)`` of the socket address ``addr`` (an IPv6 one has four
-        fields; only the first two name the peer)."""
-        address = self._addresses.get(addr)
-        if address is not None:
-            return address
-        if len(self._addresses) >= self.capacity:
-            self._addresses.clear()
-            self._hosts.clear()
-        host = self._hosts.setdefault(addr[0], addr[0])
-        address = (host, addr[1])
-        # Keyed by the canonical tuple itself when the socket address is one (IPv4), so the
-        # book holds one tuple per address, not two.
-        self._addresses[address if len(addr) == 2 else addr] = address
-        return address
 
 
 class LoopClock:
@@ -109,7 +66,6 @@ class EngineProtocol(asyncio.DatagramProtocol):
         it runs what was scheduled, so one flush can serve them all; the standard loop reads
         one datagram per callback, where a deferred flush would only add a step."""
         self.send_errors = 0
-        self.addresses = AddressBook()
 
     # --- clock -------------------------------------------------------------------------
 
@@ -129,7 +85,7 @@ class EngineProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
-            self.engine.receive_datagram(data, self.addresses.intern(addr), self.now())
+            self.engine.receive_datagram(data, (addr[0], addr[1]), self.now())
         except Exception:
             # The decoder rejects bad input with its own error, so reaching this is a bug in
             # the engine. One datagram must not stop the node: count it, log the first one in
@@ -137,11 +93,18 @@ class EngineProtocol(asyncio.DatagramProtocol):
             self.engine.stats["engine.errors"] += 1
             if self.engine.stats["engine.errors"] == 1:
                 _log.exception("engine failed on a datagram from %s; continuing", addr[0])
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Flush once the loop has handed over the rest of this burst (uvloop), or now.
+
+        Datagrams of one readiness event, and the requests that coroutines woken by their
+        answers start in the same pass, then share one flush: answers and requests go out,
+        events are handed out and the engine's timer is computed once per burst instead of
+        once per datagram."""
         if not self._bursts:
             self.flush()
         elif not self._flush_due:
-            # One flush for the whole burst: answers go out, events are handed out and the
-            # engine's timer is computed once per burst instead of once per datagram.
             self._flush_due = True
             self.loop.call_soon(self._flush_burst)
 

@@ -44,7 +44,8 @@ class ProbeQuery:
         pass
 
     def on_grace_over(self, pending: Pending, now: float) -> None:
-        pass
+        """Never called: only :meth:`.Requests.resend_and_wait` arms a grace, and this
+        owner's requests never pass through it (it waits for the hard deadline)."""
 
     def on_timeout(self, pending: Pending, now: float) -> None:
         del self.queries[self.query_id]
@@ -73,7 +74,8 @@ class BootstrapQuery:
         pass
 
     def on_grace_over(self, pending: Pending, now: float) -> None:
-        pass
+        """Never called: only :meth:`.Requests.resend_and_wait` arms a grace, and this
+        owner's requests never pass through it (it waits for the hard deadline)."""
 
     def on_timeout(self, pending: Pending, now: float) -> None:
         self.seeds_waiting -= 1

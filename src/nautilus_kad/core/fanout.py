@@ -28,11 +28,11 @@ replication.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .context import NodeContext
+from .fifo import Fifo
 from .ids import NodeId
 from .messages import Contact, Error, ErrorCode, FindNode, Message, Store, Stored
 from .pending import Pending
@@ -107,7 +107,8 @@ class _TokenQuery:
         pass
 
     def on_grace_over(self, pending: Pending, now: float) -> None:
-        pass
+        """Never called: only :meth:`.Requests.resend_and_wait` arms a grace, and this
+        owner's requests never pass through it (it waits for the hard deadline)."""
 
     def on_timeout(self, pending: Pending, now: float) -> None:
         del self.owner.queries[self.query_id]
@@ -188,7 +189,7 @@ class StoreFanout:
         self.queries = queries
         self.requests = requests
         self._tokens = tokens
-        self.queue: deque[StoreItem] = deque()
+        self.queue: Fifo[StoreItem] = Fifo()
         """Background items waiting for a window slot."""
         self.inflight: dict[bytes, StoreItem] = {}
         self.in_window = 0

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .context import NodeContext
 from .fanout import StoreBatch, StoreFanout, StoreItem
+from .fifo import Fifo
 from .ids import ID_BITS, NodeId
 from .messages import Contact
 from .replication import HeldKeys, RepublishSchedule
@@ -97,7 +97,7 @@ class Scans:
         self._fanout = fanout
         self._since = since
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
-        self.scans: deque[_Scan] = deque()
+        self.scans: Fifo[_Scan] = Fifo()
         self.wakeup = math.inf
 
     def __len__(self) -> int:

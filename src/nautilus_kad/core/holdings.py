@@ -63,9 +63,6 @@ class Holdings:
         """What each held record counts against the byte limits (records.record_size)."""
         self.stored_bytes = 0
 
-    def __len__(self) -> int:
-        return len(self.held)
-
     def load(self, now: float, on_loaded: Callable[[NodeId, float], None]) -> None:
         """Index what a persistent store already holds (a restart); ``on_loaded(key,
         stored_at)`` arms each record's republish."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import deque
 
 from .context import FLAG_LEAVING, NodeContext
 from .events import LeaveDone
 from .fanout import StoreBatch, StoreFanout, StoreItem
+from .fifo import Fifo
 from .holdings import Holdings
 from .ids import NodeId
 from .lookup import Candidate
@@ -60,7 +60,7 @@ class Replicator:
         self._holdings = holdings
         self._lookups = lookups
         self._fanout = fanout
-        self._ready: deque[NodeId] = deque()
+        self._ready: Fifo[NodeId] = Fifo()
         self._republishing = 0
         self.leaving: StoreBatch | None = None
         self._starting = False

@@ -114,21 +114,14 @@ class Responder:
                     )
                 else:
                     response = new_nodes(address, token, self._closest_for(key, sender))
-            case Store(record=record, token=token, expected_seq=expected_seq):
-                response = self._store(record, token, expected_seq, address, now)
+            case Store(record=record, expected_seq=expected_seq):
+                response = self._store(record, expected_seq, address, now)
         wire.respond(envelope, response, address, now, request_size, verified)
 
     def _store(
-        self,
-        record: Record,
-        token: bytes,
-        expected_seq: int | None,
-        address: Address,
-        now: float,
+        self, record: Record, expected_seq: int | None, address: Address, now: float
     ) -> Message:
-        if not self._tokens.valid(token, address):
-            self._ctx.stats["store.rejected.token"] += 1
-            return Error(address, ErrorCode.BAD_TOKEN, "missing or expired write token")
+        """The storer's rules (the token was checked before anything else, in :meth:`answer`)."""
         code, text = self._holdings.accept(
             record, expected_seq, now, validate=True, source=address[0]
         )

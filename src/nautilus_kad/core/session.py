@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -145,7 +144,8 @@ class CipherPool:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._live: deque[tuple[Session, bool, ChaCha20Poly1305]] = deque()
+        self._live: list[tuple[Session, bool, ChaCha20Poly1305]] = []
+        """Oldest first (a few entries: a list, not a deque and its 760-byte block)."""
 
     def __len__(self) -> int:
         return len(self._live)
@@ -156,7 +156,7 @@ class CipherPool:
         live = self._live
         live.append((session, sending, cipher))
         if len(live) > self.capacity:
-            old, old_sending, old_cipher = live.popleft()
+            old, old_sending, old_cipher = live.pop(0)
             if old_sending:
                 if old._send is old_cipher:
                     old._send = None

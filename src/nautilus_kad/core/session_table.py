@@ -64,16 +64,6 @@ class SessionTable:
 
     # --- lookups -----------------------------------------------------------------------
 
-    def for_receive(self, sid: int, address: Address, now: float) -> Session | None:
-        """The live session ``sid`` at ``address``, or None (unknown, moved or expired)."""
-        session = self._by_sid.get(sid)
-        if session is None or session.address != address:
-            return None
-        if now - session.last_rx > self.idle_timeout or now - session.created > self.max_lifetime:
-            self.remove(session)
-            return None
-        return session
-
     def for_send(self, address: Address, node_id: NodeId | None, now: float) -> Session | None:
         """A session to send to ``address`` in, if one is live (and is ``node_id``'s)."""
         session = self._by_address.get(address)
@@ -226,12 +216,9 @@ class SessionTable:
             victim = next(s for s in self._by_sid.values() if s is not newcomer)
         self.remove(victim)
 
-    def touch(self, session: Session) -> None:
-        """``session`` was just used: it is the last to be evicted."""
-        self._by_sid.move_to_end(session.local_sid)
-
     def receive(self, sid: int, address: Address, now: float) -> Session | None:
-        """:meth:`for_receive` and :meth:`touch` in one (the receive hot path)."""
+        """The live session ``sid`` at ``address``, or None (unknown, moved or expired; an
+        expired one is dropped). A session used is the last to be evicted."""
         by_sid = self._by_sid
         session = by_sid.get(sid)
         if session is None or session.address != address:
