@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from enginenet import (
     EngineNet,
+    Peer,
     addr,
     bootstrapped,
     decode_out,
+    known_by,
     lone_engine,
 )
 
@@ -23,6 +25,7 @@ from nautilus_kad.core.events import (
 )
 from nautilus_kad.core.messages import (
     Contact,
+    FindNode,
     MessageType,
     Pong,
 )
@@ -203,3 +206,21 @@ def test_the_join_refreshes_only_buckets_its_own_lookup_left_incomplete(
     inside = {int(n.node_id) for n in others if (own ^ int(n.node_id)) < radius[0]}
     assert len(inside) >= config.k - 1
     assert inside <= {int(c.node_id) for c in joiner.engine.table}
+
+
+def test_a_rejoin_with_no_seed_goes_straight_to_the_lookups_when_the_table_has_peers() -> None:
+    """No address to contact, but the routing table already knows peers (a restart with
+    a saved table, a re-join): the bootstrap skips the seed phase and starts its own-id
+    lookup at once through those peers. With an empty table it fails at once."""
+    engine = lone_engine(90)
+    peer = Peer(91)
+    known_by(engine, peer)
+    engine.bootstrap([], 1.0)
+    sent = decode_out(engine)
+    assert [(type(env.message), to) for env, to in sent] == [(FindNode, peer.address)]
+    assert isinstance(sent[0][0].message, FindNode)
+    assert sent[0][0].message.target == engine.node_id
+    assert engine.next_event() is None  # under way, not failed
+    empty = lone_engine(92)
+    qid = empty.bootstrap([], 1.0)
+    assert empty.next_event() == QueryFailed(qid, "no bootstrap address to contact")

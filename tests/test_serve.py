@@ -3,10 +3,13 @@ token, conflicts and expiry follow the record rules, a full store refuses."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from enginenet import (
     Peer,
     held,
+    known_by,
     lone_engine,
     open_record,
 )
@@ -172,3 +175,20 @@ def test_an_expired_record_is_refused_with_a_valid_token() -> None:
     assert engine.store.get(record.key, now) is None
     fresh = open_record(b"old", b"v", ts=int(now * 1000), ttl=3600)
     assert isinstance(peer.store(engine, fresh, token, now), Stored)
+
+
+def test_served_requests_and_new_peers_are_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """At INFO the engine tells what it serves (kind, short sender id, address) and who
+    joins its routing table; below INFO it formats nothing."""
+    engine = lone_engine(26)
+    peer = Peer(27)
+    with caplog.at_level(logging.WARNING, logger="nautilus_kad.engine"):
+        peer.request(engine, FindValue(key_id(b"quiet")), 0.0)
+    assert caplog.records == []
+    with caplog.at_level(logging.INFO, logger="nautilus_kad.engine"):
+        known_by(engine, peer)
+        peer.request(engine, FindValue(key_id(b"x")), 1.0)
+    messages = [record.getMessage() for record in caplog.records]
+    short = peer.identity.node_id.short()
+    assert f"FIND_VALUE from {short} at {peer.address[0]}:{peer.address[1]}" in messages
+    assert any(m.startswith("peer ") and "joined the routing table" in m for m in messages)
