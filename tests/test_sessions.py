@@ -196,6 +196,36 @@ def test_low_order_ephemeral_key_is_not_accepted() -> None:
     assert len(b.sessions) == 0
 
 
+def test_a_low_order_key_in_a_responders_accept_makes_no_session() -> None:
+    """The initiator's twin of the test above: a hostile responder answers our offer with an
+    accept carrying the all-zero point (a validly signed response). The answer still counts
+    (PING done), but no session is made: the offer is dropped, counted as declined, and the
+    peer is not offered a session again."""
+    net, a, b = pair()
+    forged: list[bytes] = []
+
+    def zero_accept(data: bytes, source: Address, destination: Address) -> bytes:
+        if source != net.address_of(b) or data[0] == SESSION_MAGIC:
+            return data
+        envelope = decode_datagram(data, a.auth)
+        if not isinstance(envelope.handshake, HandshakeAccept):
+            return data
+        accept = HandshakeAccept(bytes(32), envelope.handshake.sid)
+        data = encode_message(
+            envelope.message, envelope.txid, b.auth, envelope.flags, handshake=accept
+        )
+        forged.append(data)
+        return data
+
+    net.filter = zero_accept
+    for _ in range(4):
+        assert isinstance(ping(net, a, b), PingDone)
+    assert len(forged) == 1  # one offer, answered with the bad key; none after
+    assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
+    assert a.stats["session.established"] == 0
+    assert len(a.sessions) == 0 and not a.sessions.offering(net.address_of(b))
+
+
 def test_a_peer_without_sessions_is_not_offered_again() -> None:
     net = EngineNet(1, seed=4)
     a = net.engine(0)
