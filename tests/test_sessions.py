@@ -32,6 +32,7 @@ from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.limits import MAX_SEQ, VALUE_LIMITS
 from nautilus_kad.core.messages import (
     Address,
+    Envelope,
     Error,
     ErrorCode,
     FindNode,
@@ -57,6 +58,7 @@ from nautilus_kad.core.session import (
     unknown_session_notice,
 )
 from nautilus_kad.core.session_table import SessionTable
+from nautilus_kad.core.wire import _DECLINED
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 
@@ -234,6 +236,29 @@ def test_a_peer_without_sessions_is_not_offered_again() -> None:
         assert isinstance(ping(net, a, b), PingDone)
     assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
     assert len(a.sessions) == len(b.sessions) == 0
+
+
+def test_the_declined_table_forgets_the_oldest_refusal() -> None:
+    """A peer that declined our offer is not offered again (for a while); the table of such
+    peers is bounded, and past its size the oldest refusal is forgotten: that peer is
+    offered a session once more (and declines again)."""
+    net = EngineNet(1, seed=4)
+    a = net.engine(0)
+    b = net.add(config=KadConfig(sessions=False))
+    for _ in range(3):
+        assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
+    pong = Envelope(b"t" * 8, b.node_id, b.identity.public_key, 0, Pong(net.address_of(a)))
+    others = [(f"198.51.{n // 250}.{n % 250 + 1}", 7000) for n in range(_DECLINED)]
+    for n, address in enumerate(others):  # answers to our offers that carried no accept
+        a.wire.finish_handshake(HandshakeOffer(bytes(32), n, address), pong, address, net.now)
+        if n == _DECLINED - 2:  # b's refusal is still the oldest one kept
+            assert isinstance(ping(net, a, b), PingDone)
+            assert a.stats["session.offered"] == 1
+    assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 2
+    assert a.stats["session.declined"] == 2 + _DECLINED
+    assert len(a.sessions) == 0
 
 
 # --- tampering and replays -------------------------------------------------------------------
