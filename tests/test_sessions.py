@@ -58,7 +58,7 @@ from nautilus_kad.core.session import (
     unknown_session_notice,
 )
 from nautilus_kad.core.session_table import SessionTable
-from nautilus_kad.core.wire import _DECLINED
+from nautilus_kad.core.wire import _DECLINE_BACKOFF, _DECLINED
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 
@@ -236,6 +236,40 @@ def test_a_peer_without_sessions_is_not_offered_again() -> None:
         assert isinstance(ping(net, a, b), PingDone)
     assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
     assert len(a.sessions) == len(b.sessions) == 0
+
+
+def test_a_declined_peer_is_offered_again_after_the_backoff() -> None:
+    """A refusal is remembered for the decline backoff, then the periodic upkeep forgets it:
+    the next request offers a session again."""
+    net = EngineNet(1, seed=4)
+    a = net.engine(0)
+    b = net.add(config=KadConfig(sessions=False))
+    for _ in range(3):
+        assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
+    net.advance(_DECLINE_BACKOFF / 2)
+    assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 1
+    net.advance(_DECLINE_BACKOFF / 2 + 60.0)
+    assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 2 and a.stats["session.declined"] == 2
+
+
+def test_a_confirmed_session_verifies_its_peers_address() -> None:
+    """A client is in no routing table and never answers our requests, so neither proves its
+    address; a confirmed session bound to that address does (our answers to it need no
+    amplification limit), while an address it never talked to us from stays unverified."""
+    net = EngineNet(1, seed=4)
+    server = net.engine(0)
+    client = net.add(config=KadConfig(mode="client"))
+    assert not server.wire.address_verified(client.node_id, net.address_of(client), net.now)
+    _, theirs = establish(net, client, server)
+    assert not theirs.confirmed  # the accept is sent; nothing came in the session yet
+    assert not server.wire.address_verified(client.node_id, net.address_of(client), net.now)
+    assert isinstance(ping(net, client, server), PingDone)  # in the session
+    assert theirs.confirmed and client.node_id not in server.table
+    assert server.wire.address_verified(client.node_id, net.address_of(client), net.now)
+    assert not server.wire.address_verified(client.node_id, ("10.9.9.9", 9), net.now)
 
 
 def test_the_declined_table_forgets_the_oldest_refusal() -> None:
