@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from enginenet import EngineNet, Peer, build, known_by, lone_engine, open_record
+from enginenet import EngineNet, Peer, addr, build, known_by, lone_engine, open_record
 
 from nautilus_kad.core.codec import decode_datagram
 from nautilus_kad.core.config import KadConfig
@@ -23,7 +23,7 @@ from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import ErrorCode, FindNode, Ping
+from nautilus_kad.core.messages import ErrorCode, FindNode, Nodes, Ping, Store
 from nautilus_kad.core.records import (
     Record,
     for_transfer,
@@ -470,3 +470,48 @@ def test_a_handoff_scan_for_a_newcomer_gone_before_its_turn_sends_nothing(leaves
     sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
     assert [type(m) for m in sent] == ([] if leaves else [FindNode])
     assert len(engine.scans) == 0
+
+
+def test_a_leave_counts_a_record_gone_meanwhile_as_handed_on_unsent() -> None:
+    """Leaving hands records on one lookup at a time here. A record dropped while its own
+    lookup runs gets no STORE when the lookup ends; one dropped while waiting for its turn
+    starts no lookup. Both still count as done: the leave ends, with no STORE sent."""
+    engine = lone_engine(91, KadConfig(sessions=False, max_concurrent_republish=1))
+    records = [open_record(b"gone during its lookup", b"v"), open_record(b"gone before", b"v")]
+    for record in records:
+        assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(92)
+    known_by(engine, peer)
+    engine.datagrams_to_send()  # the handoff scan's token request: not answered here
+    qid = engine.leave(0.0)
+    assert engine.stats["leave.lookups"] == 1
+    for record in records:
+        engine.holdings.remove(record.key)
+    token = b"t" * 8
+    assert peer.answer(engine, lambda env: Nodes(addr(engine), token, ()), 0.01) >= 1
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, LeaveDone)]
+    assert done == [LeaveDone(qid, 2, 0, 0)]
+    assert engine.stats["leave.lookups"] == 1  # none for the record gone before its turn
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert not [m for m in sent if isinstance(m, Store)]
+
+
+def test_a_republish_of_a_record_gone_during_its_lookup_stores_nothing() -> None:
+    """The regular republish of a record starts a lookup; the record is dropped before the
+    lookup ends: no STORE goes out, and nothing is left waiting."""
+    engine = lone_engine(93, KadConfig(sessions=False))
+    record = open_record(b"gone during its republish", b"v", ttl=86_400)
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(94)
+    known_by(engine, peer)
+    engine.datagrams_to_send()  # the handoff scan's token request: not answered here
+    state = engine.replicator.schedule.get(record.key)
+    assert state is not None
+    engine.handle_timer(state.due)
+    assert engine.stats["republish.started"] == 1
+    engine.holdings.remove(record.key)
+    token = b"t" * 8
+    assert peer.answer(engine, lambda env: Nodes(addr(engine), token, ()), state.due) >= 1
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert not [m for m in sent if isinstance(m, Store)]
+    assert engine.replication_backlog == 0
