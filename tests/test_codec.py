@@ -624,3 +624,50 @@ def test_memo_packed_nodes_are_the_bytes_msgpack_packs_in_every_framing() -> Non
         body = [[pack_ip("203.0.113.9"), 4000], b"\x02" * 8, codec._encode_contacts(contacts)]
         expected = msgpack.packb([*head, body], use_bin_type=True)
         assert codec._pack_nodes_memo(list(head), message, memo) == expected
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a list",
+        [b"\x01" * 32, b"\x01" * 4],  # two fields, not three
+        [1, b"\x01" * 4, 5],  # the id is no bytes
+        [b"\x01" * 31, b"\x01" * 4, 5],  # the id is short
+        [b"\x01" * 32, "203.0.113.1", 5],  # the address is no bytes
+        [b"\x01" * 32, b"\x01" * 5, 5],  # the address is 5 bytes
+        [b"\x01" * 32, b"\x01" * 4, 0],  # port 0
+        [b"\x01" * 32, b"\x01" * 4, "5"],  # a port that is no int
+        [b"\x01" * 32, b"\x01" * 4, 65536],
+    ],
+)
+def test_the_contact_memo_refuses_what_the_plain_decoder_refuses(bad: Any) -> None:
+    """The memo's decoder (the simulator's path) raises the plain decoder's schema error, with
+    the same message, for every malformed contact: after a good contact, and when the bad
+    one reuses a memoised id (so the memo's fast path must not accept it)."""
+    memo = ContactMemo(size=4)
+    good = [b"\x01" * 32, b"\x01" * 4, 5]
+    assert memo.decode([good]) == codec._decode_contacts([good])  # now memoised
+    with pytest.raises(DecodeError) as plain:
+        codec._decode_contacts([good, bad])
+    with pytest.raises(DecodeError) as memoised:
+        memo.decode([good, bad])
+    assert plain.value.reason == memoised.value.reason == "schema"
+    assert str(plain.value) == str(memoised.value)
+
+
+def test_the_contact_memo_is_cleared_when_full() -> None:
+    """A memo of size 2 never holds more than 2 decoded contacts: the third clears it, and a
+    contact decoded again after the clear is equal to the first one (a fresh object). The
+    same for packed contacts: the bytes stay those packed without a memo."""
+    memo = ContactMemo(size=2)
+    wires = [[NodeId(n).to_bytes32(), pack_ip(f"203.0.113.{n}"), 1000 + n] for n in (1, 2, 3)]
+    first = memo.decode(wires[:1])
+    memo.decode(wires[1:])
+    assert len(memo) == 1  # cleared when the third arrived, then holding it alone
+    again = memo.decode(wires[:1])
+    assert again == first and again[0] is not first[0]
+    contacts = tuple(Contact(NodeId(n), f"203.0.113.{n}", 1000 + n) for n in (1, 2, 3))
+    packer = ContactMemo(size=2)
+    for _ in range(2):
+        assert packer.pack(contacts) == msgpack.packb(codec._encode_contacts(contacts))
+        assert len(packer) <= 2

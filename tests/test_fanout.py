@@ -269,3 +269,29 @@ def test_a_late_older_signed_copy_is_corrected_through_the_fanout() -> None:
     assert engine.stats["get.repaired"] == 1
     owners = {p.query_id for p in engine.requests.pending.values() if isinstance(p.request, Store)}
     assert owners == {FANOUT_QID}
+
+
+def test_a_token_request_refused_by_a_full_request_table_ends_the_store() -> None:
+    """A foreground STORE with no token for its peer asks for one; when the request table is
+    full that FIND_NODE is refused, and the item is done unsent at once (no token request
+    left parked: once a slot is free, the next STORE to that peer asks again)."""
+    engine, peer = _alone(KadConfig(sessions=False, max_pending_requests=1))
+    record = open_record(b"no slot for the token", b"v")
+    contact = Contact(peer.identity.node_id, *peer.address)
+    engine.tokens.from_peers.pop(peer.identity.node_id, None)
+    engine.ping(("192.0.2.99", 9), 0.0)  # takes the one request slot
+    engine.datagrams_to_send()
+    batch, done = _batch(engine, background=False)
+    engine.fanout.send_now(batch, [StoreItem(contact, record.key, batch, record)], 0.0)
+    assert done == [0.0] and batch.sent == 0 and batch.acks == 0
+    assert engine.stats["replicate.token_requests"] == 0
+    assert engine.stats["tx.refused.pending_limit"] == 1
+    assert engine.datagrams_to_send() == []
+    later = engine.config.request_timeout + 0.1
+    engine.handle_timer(later)  # the PING times out: its slot is free
+    engine.datagrams_to_send()
+    again, _ = _batch(engine, background=False)
+    engine.fanout.send_now(again, [StoreItem(contact, record.key, again, record)], later)
+    asks = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert [type(m) for m in asks] == [FindNode]
+    assert engine.stats["replicate.token_requests"] == 1

@@ -222,3 +222,23 @@ def test_strikes_are_kept_for_the_most_recent_offenders_only() -> None:
     assert len(strikes) == limit and NodeId(1) not in strikes
     assert strikes[NodeId(2)] == 2 and next(reversed(strikes)) == NodeId(2)
     assert engine.stats["peer.misbehaved"] == limit + 2
+
+
+def test_no_verification_ping_without_the_amplification_budget_for_it() -> None:
+    """A known peer writes from a new address: we PING it there before moving its entry,
+    paid first from that unverified address's amplification budget. With the factor at 1 a
+    PING request earns less than the largest PING: no PING (counted), and the entry stays
+    at the proven address. With the default factor the same request pays for the PING."""
+    moved = ("192.0.2.51", 5001)
+    peer = Peer(62)
+    request = encode_message(Ping(), b"12345678", peer.auth, 0)
+    for factor, pinged in ((1, False), (3, True)):
+        engine = lone_engine(61, KadConfig(sessions=False, amplification_factor=factor))
+        known_by(engine, peer)
+        engine.receive_datagram(request, moved, 1.0)
+        sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+        assert (Ping() in sent) is pinged
+        assert engine.stats["verify.skipped.amplification"] == (0 if pinged else 1)
+        assert engine.stats["tx.request.PING"] == (2 if pinged else 1)  # known_by's is one
+        entry = engine.table.get(peer.identity.node_id)
+        assert entry is not None and entry.contact.address == peer.address

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import stat
@@ -16,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from enginenet import EngineNet
+from enginenet import EngineNet, open_record
 
 from nautilus_kad import KadConfig, Node
 from nautilus_kad.core.config import KadConfig as CoreConfig
+from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.events import GetDone
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId, key_id
 from nautilus_kad.core.messages import Contact
 from nautilus_kad.core.records import Record, make_immutable, make_signed, validate_record
+from nautilus_kad.core.storage import MemoryStore
 from nautilus_kad.persist import DataDir, DataDirLockedError, SqliteStore
 
 START = 1_000_000.0
@@ -122,6 +125,36 @@ def test_an_engine_on_a_persistent_store_serves_and_republishes_what_it_held(
     net.advance(config.republish_interval)
     assert len(net.holders(key)) >= config.k
     reopened.close()
+
+
+def test_a_restart_skips_expired_records_and_spreads_overdue_republishes() -> None:
+    """What an engine finds in its store at start-up: a record that expired while the node
+    was down is not held (no size, no timer); one whose republish fell due while it was down
+    is republished within ``repair_delay`` (spread, not all at once); a recent one keeps its
+    regular time, a republish interval after it was stored."""
+    config = CoreConfig(republish_interval=600.0, republish_jitter=0.0, repair_delay=30.0)
+    store = MemoryStore()
+    expired = open_record(b"expired while down", b"v", ttl=100)
+    overdue = open_record(b"overdue", b"v", ttl=86_400)
+    recent = open_record(b"recent", b"v", ttl=86_400)
+    store.put(expired, 0.0, 100.0)
+    store.put(overdue, 0.0, 86_400.0)
+    store.put(recent, 900.0, 86_400.0)
+    now = 1_000.0
+    engine = KadEngine(
+        Identity.generate(random.Random(5)),
+        config=config,
+        rng=random.Random(6),
+        now=now,
+        store=store,
+    )
+    assert expired.key not in engine.holdings.held
+    assert engine.replicator.schedule.get(expired.key) is None
+    assert {overdue.key, recent.key} <= set(engine.holdings.held.all())
+    due = engine.replicator.schedule.get(overdue.key)
+    assert due is not None and now <= due.due <= now + config.repair_delay
+    regular = engine.replicator.schedule.get(recent.key)
+    assert regular is not None and regular.due == 900.0 + config.republish_interval
 
 
 # --- the data directory -------------------------------------------------------------------

@@ -13,15 +13,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from enginenet import EngineNet, Peer, build, known_by, lone_engine
+from enginenet import EngineNet, Peer, build, known_by, lone_engine, open_record
 
+from nautilus_kad.core.codec import decode_datagram
 from nautilus_kad.core.config import KadConfig
+from nautilus_kad.core.context import FLAG_LEAVING
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import ErrorCode
+from nautilus_kad.core.messages import ErrorCode, FindNode, Ping
 from nautilus_kad.core.records import (
     Record,
     for_transfer,
@@ -448,3 +450,23 @@ def test_a_record_gone_by_its_republish_time_is_forgotten_not_republished() -> N
     assert record.key not in engine.holdings.held
     assert engine.stats["republish.started"] == 0
     assert engine.replicator.schedule.next_deadline() > due
+
+
+@pytest.mark.parametrize("leaves", [False, True])
+def test_a_handoff_scan_for_a_newcomer_gone_before_its_turn_sends_nothing(leaves: bool) -> None:
+    """A peer entering the table starts a handoff scan of the records it should hold (first a
+    token request, then the STORE). If it leaves the table before the scan's turn, the scan
+    is dropped when its turn comes: nothing is sent to it."""
+    engine = lone_engine(81, KadConfig(sessions=False))
+    record = open_record(b"handed over", b"v")
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(82)
+    known_by(engine, peer)
+    assert len(engine.scans) == 1
+    if leaves:
+        peer.request(engine, Ping(), 0.0, flags=FLAG_LEAVING)
+        assert peer.identity.node_id not in engine.table
+    engine.handle_timer(0.01)
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert [type(m) for m in sent] == ([] if leaves else [FindNode])
+    assert len(engine.scans) == 0

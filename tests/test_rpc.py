@@ -237,3 +237,41 @@ def test_each_request_accepts_only_its_own_answers_and_error() -> None:
     # request kind the table does not know has no legal answer but ERROR.
     assert not answers(Ping(), Probe(bytes(8)))
     assert not answers(Probe(bytes(8)), Pong(seen))
+
+
+def test_a_txid_drawn_twice_is_drawn_again() -> None:
+    """Two requests in flight never share a txid: when the random source repeats the txid of
+    a pending request (forced here: 8 random bytes collide about never), the next draw is
+    used, and each answer ends its own query."""
+    net = EngineNet(seed=9, now=0.0)
+    a, b, c = net.add(), net.add(), net.add()
+    rng = a.rng
+    draws: list[bytes] = []
+    forced: list[bytes] = []
+    real = rng.randbytes
+
+    def randbytes(n: int) -> bytes:
+        value = forced.pop(0) if forced and n == 8 else real(n)
+        if n == 8:
+            draws.append(value)
+        return value
+
+    rng.randbytes = randbytes  # type: ignore[method-assign]
+    first = a.ping(addr(b), net.now)
+    ((request_b, _),) = a.datagrams_to_send()
+    txid_b = decode_datagram(request_b, b.auth).txid
+    forced.append(txid_b)  # the next draw repeats it
+    count = len(draws)
+    second = a.ping(addr(c), net.now)
+    ((request_c, _),) = a.datagrams_to_send()
+    txid_c = decode_datagram(request_c, c.auth).txid
+    assert draws[count] == txid_b and txid_c == draws[count + 1] != txid_b
+    del rng.randbytes
+    b.receive_datagram(request_b, addr(a), net.now)
+    c.receive_datagram(request_c, addr(a), net.now)
+    for peer in (c, b):
+        for data, _ in peer.datagrams_to_send():
+            a.receive_datagram(data, addr(peer), net.now)
+    done = {e.query_id: e for e in iter(a.next_event, None) if isinstance(e, PingDone)}
+    assert set(done) == {first, second}
+    assert a.stats["rx.dropped"] == 0

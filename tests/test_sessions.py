@@ -32,6 +32,7 @@ from nautilus_kad.core.ids import NodeId
 from nautilus_kad.core.limits import MAX_SEQ, VALUE_LIMITS
 from nautilus_kad.core.messages import (
     Address,
+    Envelope,
     Error,
     ErrorCode,
     FindNode,
@@ -57,6 +58,7 @@ from nautilus_kad.core.session import (
     unknown_session_notice,
 )
 from nautilus_kad.core.session_table import SessionTable
+from nautilus_kad.core.wire import _DECLINE_BACKOFF, _DECLINED
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 
@@ -196,6 +198,36 @@ def test_low_order_ephemeral_key_is_not_accepted() -> None:
     assert len(b.sessions) == 0
 
 
+def test_a_low_order_key_in_a_responders_accept_makes_no_session() -> None:
+    """The initiator's twin of the test above: a hostile responder answers our offer with an
+    accept carrying the all-zero point (a validly signed response). The answer still counts
+    (PING done), but no session is made: the offer is dropped, counted as declined, and the
+    peer is not offered a session again."""
+    net, a, b = pair()
+    forged: list[bytes] = []
+
+    def zero_accept(data: bytes, source: Address, destination: Address) -> bytes:
+        if source != net.address_of(b) or data[0] == SESSION_MAGIC:
+            return data
+        envelope = decode_datagram(data, a.auth)
+        if not isinstance(envelope.handshake, HandshakeAccept):
+            return data
+        accept = HandshakeAccept(bytes(32), envelope.handshake.sid)
+        data = encode_message(
+            envelope.message, envelope.txid, b.auth, envelope.flags, handshake=accept
+        )
+        forged.append(data)
+        return data
+
+    net.filter = zero_accept
+    for _ in range(4):
+        assert isinstance(ping(net, a, b), PingDone)
+    assert len(forged) == 1  # one offer, answered with the bad key; none after
+    assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
+    assert a.stats["session.established"] == 0
+    assert len(a.sessions) == 0 and not a.sessions.offering(net.address_of(b))
+
+
 def test_a_peer_without_sessions_is_not_offered_again() -> None:
     net = EngineNet(1, seed=4)
     a = net.engine(0)
@@ -204,6 +236,63 @@ def test_a_peer_without_sessions_is_not_offered_again() -> None:
         assert isinstance(ping(net, a, b), PingDone)
     assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
     assert len(a.sessions) == len(b.sessions) == 0
+
+
+def test_a_declined_peer_is_offered_again_after_the_backoff() -> None:
+    """A refusal is remembered for the decline backoff, then the periodic upkeep forgets it:
+    the next request offers a session again."""
+    net = EngineNet(1, seed=4)
+    a = net.engine(0)
+    b = net.add(config=KadConfig(sessions=False))
+    for _ in range(3):
+        assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
+    net.advance(_DECLINE_BACKOFF / 2)
+    assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 1
+    net.advance(_DECLINE_BACKOFF / 2 + 60.0)
+    assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 2 and a.stats["session.declined"] == 2
+
+
+def test_a_confirmed_session_verifies_its_peers_address() -> None:
+    """A client is in no routing table and never answers our requests, so neither proves its
+    address; a confirmed session bound to that address does (our answers to it need no
+    amplification limit), while an address it never talked to us from stays unverified."""
+    net = EngineNet(1, seed=4)
+    server = net.engine(0)
+    client = net.add(config=KadConfig(mode="client"))
+    assert not server.wire.address_verified(client.node_id, net.address_of(client), net.now)
+    _, theirs = establish(net, client, server)
+    assert not theirs.confirmed  # the accept is sent; nothing came in the session yet
+    assert not server.wire.address_verified(client.node_id, net.address_of(client), net.now)
+    assert isinstance(ping(net, client, server), PingDone)  # in the session
+    assert theirs.confirmed and client.node_id not in server.table
+    assert server.wire.address_verified(client.node_id, net.address_of(client), net.now)
+    assert not server.wire.address_verified(client.node_id, ("10.9.9.9", 9), net.now)
+
+
+def test_the_declined_table_forgets_the_oldest_refusal() -> None:
+    """A peer that declined our offer is not offered again (for a while); the table of such
+    peers is bounded, and past its size the oldest refusal is forgotten: that peer is
+    offered a session once more (and declines again)."""
+    net = EngineNet(1, seed=4)
+    a = net.engine(0)
+    b = net.add(config=KadConfig(sessions=False))
+    for _ in range(3):
+        assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 1 and a.stats["session.declined"] == 1
+    pong = Envelope(b"t" * 8, b.node_id, b.identity.public_key, 0, Pong(net.address_of(a)))
+    others = [(f"198.51.{n // 250}.{n % 250 + 1}", 7000) for n in range(_DECLINED)]
+    for n, address in enumerate(others):  # answers to our offers that carried no accept
+        a.wire.finish_handshake(HandshakeOffer(bytes(32), n, address), pong, address, net.now)
+        if n == _DECLINED - 2:  # b's refusal is still the oldest one kept
+            assert isinstance(ping(net, a, b), PingDone)
+            assert a.stats["session.offered"] == 1
+    assert isinstance(ping(net, a, b), PingDone)
+    assert a.stats["session.offered"] == 2
+    assert a.stats["session.declined"] == 2 + _DECLINED
+    assert len(a.sessions) == 0
 
 
 # --- tampering and replays -------------------------------------------------------------------

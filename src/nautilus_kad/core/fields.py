@@ -61,10 +61,6 @@ def _encode_address(address: Address) -> list[Any]:
     return [pack_ip(address[0]), address[1]]
 
 
-def _encode_contact(contact: Contact) -> list[Any]:
-    return [contact.node_id.to_bytes32(), pack_ip(contact.host), contact.port]
-
-
 def _encode_record(record: Record) -> list[Any]:
     """Wire forms by kind (limits.py packs the same layouts to size the value budget)::
 
@@ -95,7 +91,8 @@ def _encode_record(record: Record) -> list[Any]:
 
 
 def _encode_contacts(contacts: tuple[Contact, ...]) -> list[list[Any]]:
-    """:func:`_encode_contact` over a NODES list (the encoder's hot loop), inlined.
+    """The wire form ``[id(32), ip(4|16), port]`` of every contact of a NODES list (the
+    encoder's hot loop).
 
     Nothing is cached across calls: a process-wide cache of wire forms would be state that
     the nodes of one process share and separate processes could not."""
@@ -137,18 +134,9 @@ def _decode_address(value: Any) -> Address:
     return (_decode_host(host_raw), _int(port, 1, 65535, "port"))
 
 
-def _decode_contact(value: Any) -> Contact:
-    raw_id, host_raw, port = _list(value, 3, "contact")
-    return Contact(
-        NodeId.from_bytes_exact(_bytes(raw_id, ID_BYTES, "contact id")),
-        _decode_host(host_raw),
-        _int(port, 1, 65535, "contact port"),
-    )
-
-
 def _decode_contacts(values: list[Any]) -> tuple[Contact, ...]:
-    """:func:`_decode_contact` over a whole NODES list, inlined (the decoder's hot loop):
-    same checks in the same order, same errors."""
+    """Every contact of a NODES list, each ``[id(32), ip(4|16), port]`` (the decoder's hot
+    loop): each field checked in that order, a schema error on the first bad one."""
     contacts: list[Contact] = []
     append = contacts.append
     for value in values:
