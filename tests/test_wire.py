@@ -8,7 +8,7 @@ from enginenet import (
     Peer,
     lone_engine,
 )
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nautilus_kad.core.codec import encode_message
@@ -57,6 +57,9 @@ def test_garbage_is_counted_and_never_answered() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=1500))
+@example(b"\xc1\x03")  # channel, relayed and release datagrams: each drop has a reason too
+@example(b"\xc1\x04" + bytes(40))
+@example(b"\xc1\x05" + bytes(40))
 def test_random_datagrams_never_answered(data: bytes) -> None:
     engine = lone_engine(43)
     engine.receive_datagram(data, ("192.0.2.9", 9), 0.0)

@@ -190,7 +190,10 @@ class Channels:
         self.wake(now)
 
     def _drop(self, reason: str) -> None:
+        # Also under rx.dropped.<reason>, as every other drop: the metric of drops by reason
+        # (and the rule that every dropped datagram has one) covers channel datagrams too.
         self.stats["rx.dropped"] += 1
+        self.stats[f"rx.dropped.channel.{reason}"] += 1
         self.stats["channel.rx.dropped"] += 1
         self.stats[f"channel.rx.dropped.{reason}"] += 1
 

@@ -154,7 +154,10 @@ class Relay:
         ]
 
     def _drop(self, reason: str) -> None:
+        # Also under rx.dropped.<reason>, as every other drop: the metric of drops by reason
+        # (and the rule that every dropped datagram has one) covers relayed datagrams too.
         self.stats["rx.dropped"] += 1
+        self.stats[f"rx.dropped.relay.{reason}"] += 1
         self.stats["relay.dropped"] += 1
         self.stats[f"relay.dropped.{reason}"] += 1
 
