@@ -515,3 +515,24 @@ def test_a_republish_of_a_record_gone_during_its_lookup_stores_nothing() -> None
     sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
     assert not [m for m in sent if isinstance(m, Store)]
     assert engine.replication_backlog == 0
+
+
+def test_a_republish_that_finds_no_node_keeps_the_record_for_the_next_interval() -> None:
+    """A node alone in the network republishes its record: the lookup finds nobody to store
+    on, so the republish ends at once with no STORE and no shortfall (fewer than k nodes are
+    known: nobody is missing), the record is kept and its next republish is a regular one."""
+    config = KadConfig(sessions=False, republish_jitter=0.0)
+    engine = lone_engine(95, config)
+    record = open_record(b"alone", b"v", ttl=86_400)
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    state = engine.replicator.schedule.get(record.key)
+    assert state is not None
+    due = state.due
+    engine.handle_timer(due)
+    assert engine.stats["republish.started"] == 1
+    assert engine.stats["republish.short"] == 0
+    assert engine.datagrams_to_send() == []
+    assert record.key in engine.holdings.held
+    again = engine.replicator.schedule.get(record.key)
+    assert again is not None and again.due == due + config.republish_interval
+    assert again.shortfalls == 0
