@@ -23,7 +23,18 @@ from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import ErrorCode, FindNode, Nodes, Ping, Store
+from nautilus_kad.core.messages import (
+    Address,
+    Envelope,
+    Error,
+    ErrorCode,
+    FindNode,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Store,
+)
 from nautilus_kad.core.records import (
     Record,
     for_transfer,
@@ -536,3 +547,36 @@ def test_a_republish_that_finds_no_node_keeps_the_record_for_the_next_interval()
     again = engine.replicator.schedule.get(record.key)
     assert again is not None and again.due == due + config.republish_interval
     assert again.shortfalls == 0
+
+
+def test_a_short_republish_of_a_record_dropped_meanwhile_schedules_no_repair() -> None:
+    """A republish whose STORE is refused falls short of k and schedules a repair; if the
+    record was dropped while the STORE was out, its end schedules nothing (the record has
+    no timer any more)."""
+    config = KadConfig(sessions=False, k=2)
+    for dropped in (False, True):
+        engine = lone_engine(97, config)
+        record = open_record(b"short", b"v", ttl=86_400)
+        assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+        peer = Peer(98)
+        known_by(engine, peer)
+        engine.datagrams_to_send()  # the handoff scan's token request: not answered here
+        state = engine.replicator.schedule.get(record.key)
+        assert state is not None
+        now = state.due
+        observed = addr(engine)
+
+        def reply(env: Envelope, observed: Address = observed) -> Message | None:
+            if isinstance(env.message, Store):
+                return Error(observed, ErrorCode.STORE_FULL, "refused")
+            if isinstance(env.message, Ping):
+                return Pong(observed)
+            return Nodes(observed, b"t" * 8, ())
+
+        engine.handle_timer(now)
+        assert peer.answer(engine, reply, now) >= 1  # the lookup (and upkeep PINGs)
+        if dropped:
+            engine.holdings.remove(record.key)
+        assert peer.answer(engine, reply, now) >= 1  # the STORE (and whatever else)
+        assert engine.stats["republish.short"] == (0 if dropped else 1)
+        assert (engine.replicator.schedule.get(record.key) is None) is dropped
