@@ -580,3 +580,23 @@ def test_a_short_republish_of_a_record_dropped_meanwhile_schedules_no_repair() -
         assert peer.answer(engine, reply, now) >= 1  # the STORE (and whatever else)
         assert engine.stats["republish.short"] == (0 if dropped else 1)
         assert (engine.replicator.schedule.get(record.key) is None) is dropped
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_a_handoff_skips_a_record_that_expired_since_the_last_expiry_tick(expired: bool) -> None:
+    """Expired records leave the index at the periodic expiry tick; a handoff scan running
+    between two ticks finds such a record still indexed but gone from the store: it is not
+    handed over (no token request, no STORE) and the scan ends."""
+    engine = lone_engine(99, KadConfig(sessions=False))
+    record = open_record(b"short-lived", b"v", ttl=1)
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(100)
+    known_by(engine, peer)
+    when = 2.0 if expired else 0.5
+    assert when < engine.config.expire_interval
+    engine.handle_timer(when)
+    assert engine.stats["store.expired"] == 0  # the tick has not run
+    assert record.key in engine.holdings.held  # still indexed
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert [type(m) for m in sent] == ([] if expired else [FindNode])
+    assert len(engine.scans) == 0
