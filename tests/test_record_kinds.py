@@ -596,3 +596,26 @@ def test_a_get_for_one_kind_ignores_a_value_of_another_kind() -> None:
     assert engine.stats["get.wrong_kind"] == 1
     assert engine.stats["get.invalid_value"] == 0
     assert peer.identity.node_id in engine.table
+
+
+@pytest.mark.parametrize("ours", [1, 3])
+def test_a_signed_get_ends_with_the_newest_copy_ours_or_the_answer(ours: int) -> None:
+    """A get of a SIGNED record we hold asks the network all the same and compares our copy
+    with the answers: an answer newer than our copy replaces it (and is the result); our
+    copy newer than every answer is the result (and stays)."""
+    owner = Identity.generate(random.Random(33))
+    mine = make_signed(owner, b"s", b"ours", ours, 3600)
+    theirs = make_signed(owner, b"s", b"theirs", 2, 3600)
+    engine = lone_engine(34, KadConfig(sessions=False))
+    assert engine.holdings.accept(mine, None, 0.0, validate=True)[0] is None
+    peer = Peer(35)
+    known_by(engine, peer)
+    engine.datagrams_to_send()
+    qid = engine.get(mine.key, 0.0, kind=RecordKind.SIGNED)
+    reply = lambda env: Value(addr(engine), b"t" * 8, theirs)  # noqa: E731
+    assert peer.answer(engine, reply, 0.01) == 1
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, GetDone)]
+    newest = max((mine, theirs), key=lambda r: r.seq)
+    assert [(d.query_id, d.record) for d in done] == [(qid, newest)]
+    stored = engine.store.get(mine.key, 0.01)
+    assert stored is not None and stored.record == newest
