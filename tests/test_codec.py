@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from nautilus_kad.core import codec
+from nautilus_kad.core import codec, fields
 from nautilus_kad.core.auth import Authenticator
 from nautilus_kad.core.codec import (
     MAX_CONTACTS,
@@ -28,6 +28,7 @@ from nautilus_kad.core.errors import DecodeError
 from nautilus_kad.core.fields import ContactMemo, pack_ip
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
+from nautilus_kad.core.limits import MAX_SALT_BYTES
 from nautilus_kad.core.messages import (
     Contact,
     Error,
@@ -671,3 +672,20 @@ def test_the_contact_memo_is_cleared_when_full() -> None:
     for _ in range(2):
         assert packer.pack(contacts) == msgpack.packb(codec._encode_contacts(contacts))
         assert len(packer) <= 2
+
+
+def test_a_signed_record_with_a_salt_too_long_or_not_bytes_is_a_schema_error() -> None:
+    """A SIGNED record's salt is bytes of at most MAX_SALT_BYTES: anything else is refused
+    at decoding (schema), before any signature check; the longest salt is accepted."""
+    wire = [2, NodeId(9).to_bytes32(), b"v", 60, b"\x01" * 32, b"", 1, b"\x02" * 64]
+    for salt, ok in ((b"s" * MAX_SALT_BYTES, True), (b"s" * (MAX_SALT_BYTES + 1), False)):
+        wire[5] = salt
+        if ok:
+            assert fields._decode_record(wire).salt == salt
+        else:
+            with pytest.raises(DecodeError, match="salt") as error:
+                fields._decode_record(wire)
+            assert error.value.reason == "schema"
+    wire[5] = "salt"
+    with pytest.raises(DecodeError, match="salt"):
+        fields._decode_record(wire)

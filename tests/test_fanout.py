@@ -295,3 +295,27 @@ def test_a_token_request_refused_by_a_full_request_table_ends_the_store() -> Non
     asks = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
     assert [type(m) for m in asks] == [FindNode]
     assert engine.stats["replicate.token_requests"] == 1
+
+
+def test_foreground_stores_parked_on_one_token_past_the_request_limit_are_done_unsent() -> None:
+    """Two foreground STOREs to one peer wait for the same token (one FIND_NODE). When it
+    arrives there is one free request slot: one STORE goes out, the other is done at once,
+    unsent (a foreground batch is never held back); the batch ends with the one answer."""
+    engine, peer = _alone(KadConfig(sessions=False, max_pending_requests=1))
+    records = [open_record(b"first parked", b"v"), open_record(b"second parked", b"v")]
+    contact = Contact(peer.identity.node_id, *peer.address)
+    engine.tokens.from_peers.pop(peer.identity.node_id, None)
+    batch, done = _batch(engine, background=False)
+    items = [StoreItem(contact, r.key, batch, r) for r in records]
+    engine.fanout.send_now(batch, items, 0.0)
+    (ask,) = [decode_datagram(d, peer.auth) for d, _ in engine.datagrams_to_send()]
+    assert isinstance(ask.message, FindNode)
+    answer = Nodes(addr(engine), _TOKEN, ())
+    engine.receive_datagram(encode_message(answer, ask.txid, peer.auth), peer.address, 0.01)
+    (store,) = _stores_to(engine, peer)
+    assert engine.stats["tx.refused.pending_limit"] == 1 and batch.sent == 1
+    assert done == []
+    engine.receive_datagram(
+        encode_message(Stored(addr(engine)), store.txid, peer.auth), peer.address, 0.02
+    )
+    assert done == [0.02] and batch.acks == 1

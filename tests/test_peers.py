@@ -242,3 +242,26 @@ def test_no_verification_ping_without_the_amplification_budget_for_it() -> None:
         assert engine.stats["tx.request.PING"] == (2 if pinged else 1)  # known_by's is one
         entry = engine.table.get(peer.identity.node_id)
         assert entry is not None and entry.contact.address == peer.address
+
+
+def test_a_repair_with_no_live_peer_left_stores_nothing() -> None:
+    """Our only peer, a co-holder of our record, dies: a repair is scheduled. When it comes
+    due no live peer is left to top the record up on: no STORE, no top-up counted, and the
+    repair is over (the record waits for its regular republish)."""
+    engine = lone_engine(66, KadConfig(max_failures=1))
+    peer = Peer(67)
+    known_by(engine, peer)
+    kept = open_record(b"kept alone", b"v", ttl=86_400)
+    assert engine.holdings.accept(kept, None, 0.0, validate=True) == (None, "")
+    engine.find_node(NodeId(5), 0.0)
+    engine.handle_timer(engine.config.request_timeout)
+    assert peer.identity.node_id not in engine.table
+    engine.handle_timer(engine.config.request_timeout + 1.0)  # the scans run
+    assert engine.stats["repair.scheduled"] == 1
+    state = engine.replicator.schedule.get(kept.key)
+    assert state is not None and state.repair_after is not None
+    engine.datagrams_to_send()
+    engine.handle_timer(state.due)
+    assert engine.stats["repair.topups"] == 0 and engine.stats["repair.stores"] == 0
+    assert state.repair_after is None
+    assert not [d for d, dst in engine.datagrams_to_send() if dst == peer.address]

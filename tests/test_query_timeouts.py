@@ -7,13 +7,13 @@ Driven by hand on the in-memory engine network (tests/enginenet.py): explicit ti
 
 from __future__ import annotations
 
-from enginenet import EngineNet, addr, bootstrapped, open_record
+from enginenet import EngineNet, Peer, addr, bootstrapped, known_by, lone_engine, open_record
 
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import KadEngine
 from nautilus_kad.core.events import GetDone, LookupDone, PutDone
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import Address
+from nautilus_kad.core.messages import Address, Nodes
 
 
 def _asked(net: EngineNet, engine: KadEngine, since: int, down: set[Address]) -> set[Address]:
@@ -114,3 +114,27 @@ def test_an_answer_after_the_soft_timeout_takes_the_timeout_back() -> None:
     assert isinstance(done, LookupDone)
     assert [c.node_id for c in done.contacts] == [slow.node_id]
     assert done.timeouts == 1
+
+
+def test_without_grace_a_lookup_gives_up_on_a_slow_peer_at_its_soft_timeout() -> None:
+    """With ``slow_grace = 0`` a lookup does not wait past a peer's soft timeout: the
+    request is re-sent once (for a late answer, if it comes) and the peer given up. One
+    peer answers, the other is silent: the lookup ends at the silent one's soft timeout,
+    with the one that answered (with grace it would still be waiting)."""
+    engine = lone_engine(51, KadConfig(sessions=False, slow_grace=0.0))
+    silent, answering = Peer(52, ("192.0.2.52", 5000)), Peer(53, ("192.0.2.53", 5000))
+    known_by(engine, silent)
+    known_by(engine, answering)
+    qid = engine.find_node(NodeId(77), 0.0)
+    reply = lambda env: Nodes(addr(engine), b"t" * 8, ())  # noqa: E731
+    assert answering.answer(engine, reply, 0.01) == 1
+    assert engine.next_event() is None  # still waiting for the silent one
+    soft = engine.get_timer()
+    assert soft < engine.config.request_timeout
+    engine.handle_timer(soft)
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, LookupDone)]
+    assert [d.query_id for d in done] == [qid]
+    assert [c.node_id for c in done[0].contacts] == [answering.identity.node_id]
+    assert done[0].timeouts == 1
+    resent = [d for d, dst in engine.datagrams_to_send() if dst == silent.address]
+    assert len(resent) == 1  # the one re-sent copy

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
-from enginenet import EngineNet
+from enginenet import EngineNet, Peer, addr, known_by, lone_engine, open_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -578,3 +578,21 @@ def test_node_signed_and_immutable_api() -> None:
                 await owner.put_signed(b"n" * 65, b"x")
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_get_for_one_kind_ignores_a_value_of_another_kind() -> None:
+    """A get restricted to IMMUTABLE records is answered with a (valid) OPEN record under
+    that key: counted as the wrong kind, not returned, and not held against the peer (it
+    may hold an honest record of another kind under a colliding key)."""
+    engine = lone_engine(31, KadConfig(sessions=False))
+    peer = Peer(32)
+    known_by(engine, peer)
+    record = open_record(b"an open value", b"v")
+    qid = engine.get(record.key, 0.0, kind=RecordKind.IMMUTABLE)
+    reply = lambda env: Value(addr(engine), b"t" * 8, record)  # noqa: E731
+    assert peer.answer(engine, reply, 0.01) == 1
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, GetDone)]
+    assert [(d.query_id, d.record) for d in done] == [(qid, None)]
+    assert engine.stats["get.wrong_kind"] == 1
+    assert engine.stats["get.invalid_value"] == 0
+    assert peer.identity.node_id in engine.table

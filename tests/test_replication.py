@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from enginenet import EngineNet, Peer, build, known_by, lone_engine, open_record
+from enginenet import EngineNet, Peer, addr, build, known_by, lone_engine, open_record
 
 from nautilus_kad.core.codec import decode_datagram
 from nautilus_kad.core.config import KadConfig
@@ -23,7 +23,18 @@ from nautilus_kad.core.errors import ValidationError
 from nautilus_kad.core.events import GetDone, LeaveDone, PeerRemoved, PutDone, QueryFailed
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import NodeId
-from nautilus_kad.core.messages import ErrorCode, FindNode, Ping
+from nautilus_kad.core.messages import (
+    Address,
+    Envelope,
+    Error,
+    ErrorCode,
+    FindNode,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Store,
+)
 from nautilus_kad.core.records import (
     Record,
     for_transfer,
@@ -469,4 +480,123 @@ def test_a_handoff_scan_for_a_newcomer_gone_before_its_turn_sends_nothing(leaves
     engine.handle_timer(0.01)
     sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
     assert [type(m) for m in sent] == ([] if leaves else [FindNode])
+    assert len(engine.scans) == 0
+
+
+def test_a_leave_counts_a_record_gone_meanwhile_as_handed_on_unsent() -> None:
+    """Leaving hands records on one lookup at a time here. A record dropped while its own
+    lookup runs gets no STORE when the lookup ends; one dropped while waiting for its turn
+    starts no lookup. Both still count as done: the leave ends, with no STORE sent."""
+    engine = lone_engine(91, KadConfig(sessions=False, max_concurrent_republish=1))
+    records = [open_record(b"gone during its lookup", b"v"), open_record(b"gone before", b"v")]
+    for record in records:
+        assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(92)
+    known_by(engine, peer)
+    engine.datagrams_to_send()  # the handoff scan's token request: not answered here
+    qid = engine.leave(0.0)
+    assert engine.stats["leave.lookups"] == 1
+    for record in records:
+        engine.holdings.remove(record.key)
+    token = b"t" * 8
+    assert peer.answer(engine, lambda env: Nodes(addr(engine), token, ()), 0.01) >= 1
+    done = [e for e in iter(engine.next_event, None) if isinstance(e, LeaveDone)]
+    assert done == [LeaveDone(qid, 2, 0, 0)]
+    assert engine.stats["leave.lookups"] == 1  # none for the record gone before its turn
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert not [m for m in sent if isinstance(m, Store)]
+
+
+def test_a_republish_of_a_record_gone_during_its_lookup_stores_nothing() -> None:
+    """The regular republish of a record starts a lookup; the record is dropped before the
+    lookup ends: no STORE goes out, and nothing is left waiting."""
+    engine = lone_engine(93, KadConfig(sessions=False))
+    record = open_record(b"gone during its republish", b"v", ttl=86_400)
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(94)
+    known_by(engine, peer)
+    engine.datagrams_to_send()  # the handoff scan's token request: not answered here
+    state = engine.replicator.schedule.get(record.key)
+    assert state is not None
+    engine.handle_timer(state.due)
+    assert engine.stats["republish.started"] == 1
+    engine.holdings.remove(record.key)
+    token = b"t" * 8
+    assert peer.answer(engine, lambda env: Nodes(addr(engine), token, ()), state.due) >= 1
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert not [m for m in sent if isinstance(m, Store)]
+    assert engine.replication_backlog == 0
+
+
+def test_a_republish_that_finds_no_node_keeps_the_record_for_the_next_interval() -> None:
+    """A node alone in the network republishes its record: the lookup finds nobody to store
+    on, so the republish ends at once with no STORE and no shortfall (fewer than k nodes are
+    known: nobody is missing), the record is kept and its next republish is a regular one."""
+    config = KadConfig(sessions=False, republish_jitter=0.0)
+    engine = lone_engine(95, config)
+    record = open_record(b"alone", b"v", ttl=86_400)
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    state = engine.replicator.schedule.get(record.key)
+    assert state is not None
+    due = state.due
+    engine.handle_timer(due)
+    assert engine.stats["republish.started"] == 1
+    assert engine.stats["republish.short"] == 0
+    assert engine.datagrams_to_send() == []
+    assert record.key in engine.holdings.held
+    again = engine.replicator.schedule.get(record.key)
+    assert again is not None and again.due == due + config.republish_interval
+    assert again.shortfalls == 0
+
+
+def test_a_short_republish_of_a_record_dropped_meanwhile_schedules_no_repair() -> None:
+    """A republish whose STORE is refused falls short of k and schedules a repair; if the
+    record was dropped while the STORE was out, its end schedules nothing (the record has
+    no timer any more)."""
+    config = KadConfig(sessions=False, k=2)
+    for dropped in (False, True):
+        engine = lone_engine(97, config)
+        record = open_record(b"short", b"v", ttl=86_400)
+        assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+        peer = Peer(98)
+        known_by(engine, peer)
+        engine.datagrams_to_send()  # the handoff scan's token request: not answered here
+        state = engine.replicator.schedule.get(record.key)
+        assert state is not None
+        now = state.due
+        observed = addr(engine)
+
+        def reply(env: Envelope, observed: Address = observed) -> Message | None:
+            if isinstance(env.message, Store):
+                return Error(observed, ErrorCode.STORE_FULL, "refused")
+            if isinstance(env.message, Ping):
+                return Pong(observed)
+            return Nodes(observed, b"t" * 8, ())
+
+        engine.handle_timer(now)
+        assert peer.answer(engine, reply, now) >= 1  # the lookup (and upkeep PINGs)
+        if dropped:
+            engine.holdings.remove(record.key)
+        assert peer.answer(engine, reply, now) >= 1  # the STORE (and whatever else)
+        assert engine.stats["republish.short"] == (0 if dropped else 1)
+        assert (engine.replicator.schedule.get(record.key) is None) is dropped
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_a_handoff_skips_a_record_that_expired_since_the_last_expiry_tick(expired: bool) -> None:
+    """Expired records leave the index at the periodic expiry tick; a handoff scan running
+    between two ticks finds such a record still indexed but gone from the store: it is not
+    handed over (no token request, no STORE) and the scan ends."""
+    engine = lone_engine(99, KadConfig(sessions=False))
+    record = open_record(b"short-lived", b"v", ttl=1)
+    assert engine.holdings.accept(record, None, 0.0, validate=False)[0] is None
+    peer = Peer(100)
+    known_by(engine, peer)
+    when = 2.0 if expired else 0.5
+    assert when < engine.config.expire_interval
+    engine.handle_timer(when)
+    assert engine.stats["store.expired"] == 0  # the tick has not run
+    assert record.key in engine.holdings.held  # still indexed
+    sent = [decode_datagram(d, peer.auth).message for d, _ in engine.datagrams_to_send()]
+    assert [type(m) for m in sent] == ([] if expired else [FindNode])
     assert len(engine.scans) == 0

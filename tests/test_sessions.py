@@ -916,3 +916,15 @@ def test_pending_offers_are_bounded_expire_and_a_dropped_one_completes_nothing()
         observed=("10.9.0.1", 9), auth=auth, now=3.0,
     )  # fmt: skip
     assert done is None and len(table) == 0
+
+
+def test_a_sessions_repr_names_its_peer_and_sid_and_no_key() -> None:
+    """For logs and debugging: a session shows the peer's short id, its address and our
+    session id, and nothing of its keys."""
+    net, a, b = pair()
+    mine, _ = establish(net, a, b)
+    text = repr(mine)
+    host, port = net.address_of(b)
+    assert b.node_id.short() in text and f"{host}:{port}" in text
+    assert f"{mine.local_sid:08x}" in text
+    assert len(text) < 80  # no key material (32 bytes would be 64 hex digits)

@@ -18,6 +18,7 @@ from nautilus_kad.core.messages import (
     Ping,
     Pong,
 )
+from nautilus_kad.core.session import unknown_session_notice
 from nautilus_kad.core.wire import _ANSWERED_PEERS
 
 
@@ -38,6 +39,7 @@ def test_garbage_is_counted_and_never_answered() -> None:
         "oversize": rng.randbytes(1201),
         "signature": bytes(flipped),
         "self": own,
+        "session.schema": unknown_session_notice(7, 1) + b"\x00",  # a notice is 14 bytes
     }
     for reason, data in samples.items():
         engine.receive_datagram(data, peer.address, 0.0)
@@ -46,9 +48,9 @@ def test_garbage_is_counted_and_never_answered() -> None:
     for _ in range(50):
         engine.receive_datagram(rng.randbytes(rng.randrange(100, 1200)), peer.address, 0.0)
         assert engine.datagrams_to_send() == []
-    assert engine.stats["rx.dropped"] == 54
-    assert _dropped_total(engine) == 54
-    assert engine.stats["rx.datagrams"] == 54
+    assert engine.stats["rx.dropped"] == 55
+    assert _dropped_total(engine) == 55
+    assert engine.stats["rx.datagrams"] == 55
     assert engine.next_event() is None
     assert len(engine.table) == 0
     # Still serving honest traffic.
