@@ -16,6 +16,7 @@ from nautilus_kad.core.context import FLAG_LEAVING
 from nautilus_kad.core.engine import TOKEN_BYTES, KadEngine
 from nautilus_kad.core.events import GetDone, PutDone
 from nautilus_kad.core.fanout import FANOUT_QID, StoreBatch, StoreItem
+from nautilus_kad.core.gets import _RECENT_SIGNED
 from nautilus_kad.core.identity import Identity
 from nautilus_kad.core.ids import key_id
 from nautilus_kad.core.messages import (
@@ -269,6 +270,48 @@ def test_a_late_older_signed_copy_is_corrected_through_the_fanout() -> None:
     assert engine.stats["get.repaired"] == 1
     owners = {p.query_id for p in engine.requests.pending.values() if isinstance(p.request, Store)}
     assert owners == {FANOUT_QID}
+
+
+@pytest.mark.parametrize("others", [_RECENT_SIGNED - 1, _RECENT_SIGNED])
+def test_a_late_older_copy_is_corrected_only_while_its_get_is_recent(others: int) -> None:
+    """The gets remember the newest record of the last 256 signed keys they found. A late
+    older answer to a get is corrected while its key is among them (255 gets of other keys
+    since); after 256 others its key is forgotten: the late answer is taken as it is, no
+    write-back goes out."""
+    engine = lone_engine(85, KadConfig(sessions=False, signed_get_quorum=1))
+    first, late = Peer(86, ("192.0.2.61", 5000)), Peer(87, ("192.0.2.62", 5000))
+    known_by(engine, first)
+    known_by(engine, late)
+    owner = Identity.generate(random.Random(88))
+
+    def signed_get(name: bytes, found: Record) -> Envelope:
+        """A get answered by ``first`` with ``found``; the request to ``late`` is left out."""
+        qid = engine.get(found.key, 0.0, kind=RecordKind.SIGNED)
+        asks = {dst: decode_datagram(d, first.auth) for d, dst in engine.datagrams_to_send()}
+        answer = Value(addr(engine), _TOKEN, found)
+        engine.receive_datagram(
+            encode_message(answer, asks[first.address].txid, first.auth), first.address, 0.01
+        )
+        done = [e for e in iter(engine.next_event, None) if isinstance(e, GetDone)]
+        assert [(d.query_id, d.record) for d in done] == [(qid, found)], name
+        engine.datagrams_to_send()
+        return asks[late.address]
+
+    old = make_signed(owner, b"s", b"old", 1, 3600)
+    new = make_signed(owner, b"s", b"new", 2, 3600)
+    ask = signed_get(b"s", new)
+    for i in range(others):
+        signed_get(b"o%d" % i, make_signed(owner, b"o%d" % i, b"v", 1, 3600))
+    repaired = engine.stats["get.repaired"]
+    answer = encode_message(Value(addr(engine), _TOKEN, old), ask.txid, late.auth)
+    engine.receive_datagram(answer, late.address, 0.02)
+    stores = _stores_to(engine, late)
+    if others < _RECENT_SIGNED:
+        assert [s.message.record for s in stores] == [new]  # type: ignore[attr-defined]
+        assert engine.stats["get.repaired"] == repaired + 1
+    else:
+        assert stores == []
+        assert engine.stats["get.repaired"] == repaired
 
 
 def test_a_token_request_refused_by_a_full_request_table_ends_the_store() -> None:
