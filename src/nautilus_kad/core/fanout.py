@@ -150,9 +150,10 @@ class _Sink:
         # on a loaded machine an answer 50 ms late is common, and a lost datagram should
         # cost a re-send, not a replica.
         owner = self.owner
-        item = owner.inflight.get(pending.txid)
-        if item is None:
-            return
+        # Always in flight here: an item leaves ``inflight`` only when its request is
+        # answered or hits its hard timeout (the request is forgotten: no timer of it fires
+        # again) or when its grace is over, which comes after its one soft timeout.
+        item = owner.inflight[pending.txid]
         owner.stats["fanout.slow"] += 1
         item.batch.timeouts += 1
         if not owner.requests.resend_and_wait(pending, now):
