@@ -257,6 +257,10 @@ class Lookups:
 
     def _finish(self, query: LookupQuery, now: float) -> None:
         qid = query.query_id
+        # Kept although no path reaches it today (advance runs only for a registered query:
+        # from start, or from an outcome the engine found in ``queries``): it makes "on_done
+        # at most once" hold even if an answer's handling some day re-enters advance for the
+        # same query (a peer penalised or removed failing its requests at once, say).
         if self.queries.get(qid) is not query:
             return
         del self.queries[qid]
