@@ -43,7 +43,8 @@ TESTS = (
     "test_fanout", "test_put_get", "test_peers", "test_rpc", "test_serve", "test_wire",
     "test_bootstrap", "test_query_timeouts", "test_replication", "test_record_kinds",
     "test_sessions", "test_abuse", "test_storage_limits", "test_persistence", "test_store_at",
-    "test_lookup", "test_lookup_disjoint", "test_lookup_addresses", "test_codec",
+    "test_lookup", "test_lookup_disjoint", "test_lookup_addresses", "test_lookup_corners",
+    "test_codec",
     "test_routing", "test_sim_leave", "test_fuzz", "test_engine_timers",
 )  # fmt: skip
 """The engine's sans-I/O tests (tests/<name>.py)."""
