@@ -133,6 +133,14 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two measurements of one cell with the same results (CPU and wall times aside)."""
+    skip = {"cpu_seconds", "wall_seconds"}
+    return {k: v for k, v in a.items() if k not in skip} == {
+        k: v for k, v in b.items() if k not in skip
+    }
+
+
 def render(out: Path) -> str:
     """Markdown tables of the cells in ``out`` (errors as rows of their own)."""
     head = json.loads((out / "grid.log").read_text(encoding="utf-8").splitlines()[0])
@@ -143,7 +151,16 @@ def render(out: Path) -> str:
     ]
     for path in sorted(out.glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        cells = sorted((r for r in rows if "level" in r), key=lambda r: (r["level"], r["paths"]))
+        # A cell measured again in a later run is shown once, from its first run; the repeats
+        # are listed under the table (a cell also depends on what the cells before it taught
+        # the tables, so a repeat may differ).
+        first: dict[tuple[float, int], dict[str, Any]] = {}
+        repeats: list[dict[str, Any]] = []
+        for r in rows:
+            if "level" in r:
+                (repeats if (r["level"], r["paths"]) in first else []).append(r)
+                first.setdefault((r["level"], r["paths"]), r)
+        cells = sorted(first.values(), key=lambda r: (r["level"], r["paths"]))
         if not cells:
             continue
         behaviour = cells[0]["behaviour"]
@@ -167,6 +184,18 @@ def render(out: Path) -> str:
                 f"| {r['get_messages']:.0f} | {1000 * r['lookup_latency_p50']:.0f} ms "
                 f"| {r['cpu_seconds']:.0f} s |"
             )
+        if repeats:
+            again = "; ".join(
+                f"{100 * r['level']:g} %, d = {r['paths']}: "
+                + (
+                    r["error"]
+                    if "error" in r
+                    else f"{_pct(r['lookup_success'])} / {_pct(r['get_success'])}"
+                    + (" (identical)" if _same(r, first[(r["level"], r["paths"])]) else "")
+                )
+                for r in repeats
+            )
+            lines += ["", f"Measured again in a later run (lookups / gets): {again}."]
         done = [r for r in rows if r.get("done")]
         if done:
             lines += ["", f"(digest `{done[0]['digest'][:16]}…`)"]
