@@ -34,11 +34,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the package importable from a checkout
+if __package__ in (None, ""):  # run as a script: make the packages importable from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.peer_worker import rss_bytes
 
 CIPHER_NATIVE_BYTES = 2300
 """Native memory of one ``ChaCha20Poly1305`` context (RSS growth over 20 000 of them)."""
@@ -51,15 +54,6 @@ _OPAQUE = (
     types.CodeType,
     types.MethodType,
 )
-
-
-def rss_bytes() -> int:
-    """This process's resident set size (Linux)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 class Walker:
