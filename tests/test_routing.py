@@ -229,6 +229,42 @@ def test_remove() -> None:
     assert len(table) == SMALL.k - 1
 
 
+def _room_by_scan(table: RoutingTable, node_id: NodeId) -> bool:
+    """The old ``has_room_for``: a free slot, or a scan of the full bucket for a stale one."""
+    entries = [e for e in table.entries() if table.bucket_of(e.contact.node_id) ==
+               table.bucket_of(node_id)]  # fmt: skip
+    return len(entries) < table.config.k or any(e.failures for e in entries)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_has_room_for_keeps_a_stale_count_equal_to_a_scan(seed: int) -> None:
+    """Random observes, failures, departures and removals in a few crowded buckets: after
+    every step each bucket's stale count is its number of failed entries, and
+    ``has_room_for`` answers what the scan of the bucket answered."""
+    rng = random.Random(seed)
+    config = KadConfig(k=4, replacement_cache_size=2, max_failures=3)
+    table = RoutingTable(OWN, config)
+    pool = [_id_in_bucket(OWN, rng.choice((0, 1, 2, 7)), rng) for _ in range(40)]
+    stale_seen = 0
+    for step in range(3000):
+        nid = rng.choice(pool)
+        action = rng.random()
+        if action < 0.5:
+            table.observe(_contact(nid, 4000 + rng.randrange(3)), float(step))
+        elif action < 0.85:
+            table.record_failure(nid)
+        elif action < 0.95:
+            table.depart(nid)
+        else:
+            table.remove(nid)
+        for index, bucket in table._buckets.items():
+            assert bucket.stale == sum(1 for e in bucket.entries.values() if e.failures), index
+            stale_seen += bucket.stale
+        probe = rng.choice(pool)
+        assert table.has_room_for(probe) == _room_by_scan(table, probe)
+    assert stale_seen  # the runs did go through stale entries
+
+
 # --- closest -----------------------------------------------------------------------------
 
 

@@ -84,14 +84,21 @@ class KBucket:
 
     Both are plain dicts, which keep insertion order (moving a key to the end is a pop and a
     re-insert): an ``OrderedDict`` costs about twice the memory per key, and a 10 000-node
-    simulation holds a few hundred thousand keys."""
+    simulation holds a few hundred thousand keys.
 
-    __slots__ = ("entries", "last_touched", "replacements")
+    :attr:`stale` counts the entries with a failure: a request from an unknown node asks
+    whether its bucket has a stale slot (:meth:`RoutingTable.has_room_for`), and a full
+    bucket would otherwise be scanned for one every time."""
+
+    __slots__ = ("entries", "last_touched", "replacements", "stale")
 
     def __init__(self, now: float) -> None:
         self.entries: dict[NodeId, Entry] = {}
         self.replacements: dict[NodeId, Contact] = {}
         self.last_touched = now
+        self.stale = 0
+        """Entries of :attr:`entries` whose ``failures`` is non-zero (kept by the table,
+        the only writer of ``failures``)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -170,7 +177,7 @@ class RoutingTable:
         bucket = self._buckets.get(self.bucket_of(node_id))
         if bucket is None or len(bucket.entries) < self.config.k:
             return True
-        return any(entry.failures for entry in bucket.entries.values())  # any stale entry
+        return bucket.stale > 0  # a stale entry would give way (see observe)
 
     def bucket_of(self, node_id: int) -> int:
         return ID_BITS - (self.own_id ^ node_id).bit_length()
@@ -209,7 +216,9 @@ class RoutingTable:
             self._count_subnet(contact.host, 1)
             entry.contact = contact
             entry.last_seen = now
-            entry.failures = 0
+            if entry.failures:
+                entry.failures = 0
+                bucket.stale -= 1
             entries = bucket.entries
             entries[node_id] = entries.pop(node_id)  # most recently seen last
             return False, None
@@ -219,12 +228,14 @@ class RoutingTable:
         if len(bucket.entries) < self.config.k:
             self._insert(bucket, index, contact, now)
             return True, None
-        # Full bucket: a stale entry gives way to a verified newcomer at once.
-        for stale_id, stale in bucket.entries.items():
-            if stale.failures:  # is_stale, without a property call per entry
-                self._evict(bucket, stale_id)
-                self._insert(bucket, index, contact, now)
-                return True, None
+        # Full bucket: a stale entry (the least recently seen) gives way to a verified
+        # newcomer at once.
+        if bucket.stale:
+            for stale_id, stale in bucket.entries.items():
+                if stale.failures:  # is_stale, without a property call per entry
+                    self._evict(bucket, stale_id)
+                    self._insert(bucket, index, contact, now)
+                    return True, None
         replacements = bucket.replacements
         replacements.pop(node_id, None)
         replacements[node_id] = contact  # freshest last
@@ -244,6 +255,8 @@ class RoutingTable:
     def _evict(self, bucket: KBucket, node_id: NodeId) -> None:
         entry = bucket.entries.pop(node_id)
         self._size -= 1
+        if entry.failures:
+            bucket.stale -= 1
         self._count_subnet(entry.contact.host, -1)
 
     # --- diversity ---------------------------------------------------------------------
@@ -284,6 +297,8 @@ class RoutingTable:
             return None
         bucket = self._buckets[index]
         entry = bucket.entries[node_id]
+        if not entry.failures:
+            bucket.stale += 1
         entry.failures += 1
         for spare_id in reversed(bucket.replacements):  # the freshest spare that fits
             spare = bucket.replacements[spare_id]
