@@ -310,8 +310,9 @@ class SimNode:
             endpoint = self.endpoint
             for data, destination in out:
                 send(endpoint, data, destination)
-        event = engine.next_event()
-        while event is not None:
+        events = engine.events
+        while events:
+            event = events.popleft()
             if type(event) is LeaveDone and event.query_id == self.leave_qid:
                 sim.scheduler.call_later(0.0, sim.crash, self)  # handed off: now go
             elif type(event) in _FINAL_EVENTS:
@@ -320,8 +321,14 @@ class SimNode:
                     sim._finish(op, event)
             elif sim.event_listener is not None:
                 sim.event_listener(self, event)
-            event = engine.next_event()
-        self._arm(self.scheduler.now)
+        # _arm(now), inlined: this runs after every datagram.
+        deadline = engine.get_timer()
+        if deadline < self.timer_at and self.up:
+            scheduler = self.scheduler
+            now = scheduler.now
+            self.timer_at = deadline
+            self.timer_gen += 1
+            scheduler.post(deadline if deadline > now else now, self.wake, self.timer_gen)
 
 
 _FINAL_EVENTS = frozenset({BootstrapDone, LookupDone, GetDone, PutDone, PingDone, QueryFailed})
