@@ -138,10 +138,6 @@ class KadEngine:
         self.stats: Counter[str] = ctx.stats
         self.rng = rng
         self._events: deque[Event] = ctx.events
-        self.events = ctx.events
-        """The events not taken yet, oldest first (:meth:`next_event` pops them one by one;
-        a driver may also pop this queue itself, as the simulator does after each datagram,
-        sparing a call when it is empty)."""
         # Looked up at each call, not bound now: the simulator's hostile nodes override
         # _closest_for on a subclass the engine's class is switched to at run time.
         closest_for = lambda t, r: self._closest_for(t, r)  # noqa: E731, PLW0108

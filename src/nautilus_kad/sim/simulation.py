@@ -310,9 +310,8 @@ class SimNode:
             endpoint = self.endpoint
             for data, destination in out:
                 send(endpoint, data, destination)
-        events = engine.events
-        while events:
-            event = events.popleft()
+        event = engine.next_event()  # (the fingerprint's recorder sees events through it)
+        while event is not None:
             if type(event) is LeaveDone and event.query_id == self.leave_qid:
                 sim.scheduler.call_later(0.0, sim.crash, self)  # handed off: now go
             elif type(event) in _FINAL_EVENTS:
@@ -321,6 +320,7 @@ class SimNode:
                     sim._finish(op, event)
             elif sim.event_listener is not None:
                 sim.event_listener(self, event)
+            event = engine.next_event()
         # _arm(now), inlined: this runs after every datagram.
         deadline = engine.get_timer()
         if deadline < self.timer_at and self.up:
