@@ -465,3 +465,31 @@ def test_rtt_observer_sees_every_sample_and_buckets_list_spares() -> None:
         (table.bucket_of(contacts[0].node_id), SMALL.k, 2)
     ]
     assert listed[0][1][0].rtt.srtt == 0.25
+
+
+def test_an_interner_changes_no_answer_and_shares_the_contacts() -> None:
+    """The simulator's tables keep the contact its memo interned (one object per peer for
+    all nodes): the same random run with and without an interner gives equal tables after
+    every step, and the interned table holds only interned objects."""
+    from nautilus_kad.core.fields import ContactMemo  # noqa: PLC0415
+
+    rng = random.Random(3)
+    config = KadConfig(k=4, replacement_cache_size=2, max_failures=2)
+    plain, shared = RoutingTable(OWN, config), RoutingTable(OWN, config)
+    memo = ContactMemo(size=64)
+    shared.interner = memo.intern
+    pool = [_id_in_bucket(OWN, rng.choice((0, 1, 3)), rng) for _ in range(30)]
+    for step in range(2000):
+        nid = rng.choice(pool)
+        if rng.random() < 0.6:
+            port = 4000 + rng.randrange(2)  # sometimes a move
+            assert plain.observe(_contact(nid, port), float(step)) == shared.observe(
+                _contact(nid, port), float(step)
+            )
+        else:
+            assert plain.record_failure(nid) == shared.record_failure(nid)
+        assert list(plain) == list(shared)
+        target = rng.choice(pool)
+        assert plain.closest(target, 5) == shared.closest(target, 5)
+    for contact in shared:
+        assert contact is memo.intern(Contact(contact.node_id, contact.host, contact.port))

@@ -121,6 +121,9 @@ class RoutingTable:
         """Entries per public /24 or /48 in the whole table."""
         self.refused_subnet = 0
         """Verified contacts refused by the subnet limits (a metric)."""
+        self.interner: Callable[[Contact], Contact] | None = None
+        """Set by a simulator: returns an equal contact that all its nodes share (contacts
+        are immutable); the table keeps that one. Real nodes keep their own."""
         self.rtt_observer: Callable[[float], None] | None = None
         """Called with every round-trip time sampled (a driver's RTT histogram); the table
         only calls it, so the core stays free of any metrics library."""
@@ -212,9 +215,11 @@ class RoutingTable:
             ):
                 self.refused_subnet += 1
                 return False, None
-            self._count_subnet(entry.contact.host, -1)
+            old = entry.contact
+            self._count_subnet(old.host, -1)
             self._count_subnet(contact.host, 1)
-            entry.contact = contact
+            if old.port != contact.port or old.host != contact.host:  # else keep the one
+                entry.contact = contact if self.interner is None else self.interner(contact)
             entry.last_seen = now
             if entry.failures:
                 entry.failures = 0
@@ -225,6 +230,8 @@ class RoutingTable:
         if not self._subnet_allows(bucket, contact.host):
             self.refused_subnet += 1
             return False, None
+        if self.interner is not None:
+            contact = self.interner(contact)
         if len(bucket.entries) < self.config.k:
             self._insert(bucket, index, contact, now)
             return True, None
