@@ -14,9 +14,13 @@ growth over N, and the peak RSS over N beside it (the issue's figure: 6 GiB / 10
 The breakdown walks each node's engine component by component and adds up
 ``sys.getsizeof`` of every object reachable from it that existed in no node before (each
 object counted once, for the first component that reaches it, in the order of the table):
-Python's own view. Native memory it cannot see is listed apart: live ChaCha20-Poly1305
-contexts (2.3 KiB of OpenSSL state each, measured) and the rest of the RSS (allocator
-slack, the event loop's native handles, key objects). Benchmarks report; they never assert.
+Python's own view (bound methods and closures made for a node included). Native memory
+it cannot see is listed apart: live ChaCha20-Poly1305 contexts (2.3 KiB of OpenSSL state
+each, measured), what rounding every object up to pymalloc's 16-byte blocks costs, and the
+rest of the RSS (free blocks, the event loop's native handles, key objects, process-wide
+caches). ``--detail`` splits a component into its attributes; ``--sample`` walks only
+some simulated nodes (a 100 000-node walk would hold tens of millions of ids).
+Benchmarks report; they never assert.
 """
 
 from __future__ import annotations
@@ -46,14 +50,11 @@ from benchmarks.peer_worker import rss_bytes
 CIPHER_NATIVE_BYTES = 2300
 """Native memory of one ``ChaCha20Poly1305`` context (RSS growth over 20 000 of them)."""
 
-_OPAQUE = (
-    type,
-    types.ModuleType,
-    types.FunctionType,
-    types.BuiltinFunctionType,
-    types.CodeType,
-    types.MethodType,
-)
+_OPAQUE = (type, types.ModuleType, types.CodeType)
+"""Never counted nor crossed (shared by everything)."""
+_LEAVES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+"""Counted when made for a node (a bound method, a closure), but only their bound object
+and closure cells are followed (never a module's globals)."""
 
 
 class Walker:
@@ -67,6 +68,8 @@ class Walker:
             for ref in gc.get_referents(obj):
                 self._old[id(ref)] = ref
         self._seen: dict[int, object] = {}  # holding them keeps ids unique
+        self.rounding = 0
+        """Bytes lost to rounding every counted object up to the allocator's block size."""
 
     def size(self, root: object, stops: Iterable[object]) -> tuple[int, int]:
         """Bytes and objects reachable from ``root`` not yet counted, not crossing into
@@ -81,9 +84,15 @@ class Walker:
             if key in seen or key in old or key in stop or isinstance(obj, _OPAQUE):
                 continue
             seen[key] = obj
-            total += sys.getsizeof(obj)
+            size = sys.getsizeof(obj)
+            total += size
+            self.rounding += -size % 16  # pymalloc hands out 16-byte multiples
             count += 1
-            stack.extend(gc.get_referents(obj))
+            if isinstance(obj, _LEAVES):
+                stack.append(getattr(obj, "__self__", None))
+                stack.extend(getattr(obj, "__closure__", None) or ())
+            else:
+                stack.extend(gc.get_referents(obj))
         return total, count
 
 
@@ -111,18 +120,66 @@ def components(engine: Any) -> list[tuple[str, object]]:
     ]
 
 
+def _children(obj: object) -> list[tuple[str, object]]:
+    """The attributes of ``obj`` (instance dict and slots), or the items of a plain tuple."""
+    if type(obj) is tuple:
+        return [(f"[{i}]", item) for i, item in enumerate(obj)]
+    out: list[tuple[str, object]] = []
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict):
+        out += [(name, value) for name, value in attrs.items()]
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+                out.append((name, getattr(obj, name)))
+    return out
+
+
+def expand(name: str, obj: object, depth: int, avoid: set[int]) -> list[tuple[str, object]]:
+    """``(name, obj)`` split into its attributes, ``depth`` levels down (the object's own
+    size and what only it reaches stay under ``name``); objects in ``avoid`` (other
+    components, the engine's hubs) are left to their own rows."""
+    children = _children(obj) if depth > 0 and not isinstance(obj, _OPAQUE) else []
+    out: list[tuple[str, object]] = []
+    for child_name, child in children:
+        if child is None or isinstance(child, (bool, int, float, str, bytes, _OPAQUE)):
+            continue  # scalars stay with their owner
+        if id(child) in avoid:
+            continue
+        out += expand(f"{name}.{child_name}", child, depth - 1, avoid)
+    return [*out, (name, obj)]
+
+
 def breakdown(
-    walker: Walker, nodes: list[Any], engine_of: Any, shared: Iterable[object] = ()
+    walker: Walker,
+    nodes: list[Any],
+    engine_of: Any,
+    shared: Iterable[object] = (),
+    detail: Iterable[str] = (),
 ) -> dict[str, list[int]]:
     """Bytes and objects per component, summed over ``nodes`` (not crossing into
-    ``shared``: objects of the whole run, such as the simulation)."""
+    ``shared``: objects of the whole run, such as the simulation). The components named
+    in ``detail`` are split into their attributes, two levels down."""
     shared = list(shared)
+    detail = set(detail)
     out: dict[str, list[int]] = {}
     for node in nodes:
         engine = engine_of(node)
         parts = [*components(engine), ("driver (node object, transport)", node)]
         stops = [engine, engine._ctx, engine.wire, engine._ctx.stats, engine._ctx.config]
         stops += shared
+        if detail:
+            avoid = {id(s) for s in stops} | {id(engine.requests), id(engine._queries)}
+            for _, obj in parts:
+                avoid.add(id(obj))
+                if isinstance(obj, tuple):
+                    avoid.update(id(item) for item in obj)
+            parts = [
+                sub
+                for name, obj in parts
+                for sub in (expand(name, obj, 2, avoid) if name in detail else [(name, obj)])
+            ]
         stops += [obj for _, obj in parts]
         for name, obj in parts:
             size, count = walker.size(obj, stops)
@@ -151,7 +208,7 @@ def counts(engines: list[Any]) -> dict[str, float]:
     }
 
 
-async def _real(nodes_wanted: int, seed: int) -> dict[str, Any]:
+async def _real(nodes_wanted: int, seed: int, detail: list[str]) -> dict[str, Any]:
     import nautilus_kad  # noqa: PLC0415
 
     rng = random.Random(seed)
@@ -169,9 +226,10 @@ async def _real(nodes_wanted: int, seed: int) -> dict[str, Any]:
         await asyncio.sleep(0.5)  # answers still in flight settle
         gc.collect()
         rss = rss_bytes() - base
-        parts = breakdown(walker, nodes, lambda node: node.engine)
+        parts = breakdown(walker, nodes, lambda node: node.engine, detail=detail)
         engines = [n.engine for n in nodes]
         return {
+            "rounding": walker.rounding,
             "kind": "real",
             "nodes": nodes_wanted,
             "rss_per_node": rss / nodes_wanted,
@@ -185,7 +243,9 @@ async def _real(nodes_wanted: int, seed: int) -> dict[str, Any]:
             await node.stop(handoff=False)
 
 
-def _sim(nodes_wanted: int, seed: int) -> dict[str, Any]:
+def _sim(
+    nodes_wanted: int, seed: int, lookups: int | None, sample: int | None, detail: list[str]
+) -> dict[str, Any]:
     from nautilus_kad.sim import ScenarioSpec  # noqa: PLC0415
     from nautilus_kad.sim.scenario import _Runner, collector_paused  # noqa: PLC0415
     from nautilus_kad.sim.simulation import default_sim_config  # noqa: PLC0415
@@ -194,7 +254,8 @@ def _sim(nodes_wanted: int, seed: int) -> dict[str, Any]:
     base = rss_bytes()
     cpu = time.process_time()
     started = time.perf_counter()
-    spec = ScenarioSpec(nodes=nodes_wanted, lookups=nodes_wanted, seed=seed,
+    lookups = nodes_wanted if lookups is None else lookups
+    spec = ScenarioSpec(nodes=nodes_wanted, lookups=lookups, seed=seed,
                         config=default_sim_config())  # fmt: skip
     runner = _Runner(spec, None)
     with collector_paused():
@@ -210,10 +271,19 @@ def _sim(nodes_wanted: int, seed: int) -> dict[str, Any]:
     whole = (sim.keyring, sim.network, sim.scheduler, sim.records, sim.live, sim.joined)
     shared, _ = walker.size(whole, [sim, *engines, *nodes])
     parts = {"simulator (shared: keyring, network, records)": [shared, 0]}
-    parts.update(breakdown(walker, nodes, lambda node: node.engine, [sim, *whole]))
+    walked = nodes
+    if sample is not None and sample < len(nodes):  # a random sample, scaled up to all
+        walked = random.Random(seed).sample(nodes, sample)
+    rounding = walker.rounding
+    per = breakdown(walker, walked, lambda node: node.engine, [sim, *whole], detail)
+    scale = len(nodes) / len(walked)
+    parts.update({name: [round(v * scale) for v in row] for name, row in per.items()})
     return {
+        "rounding": rounding + (walker.rounding - rounding) * scale,
         "kind": "sim",
         "nodes": nodes_wanted,
+        "lookups": lookups,
+        "walked": len(walked),
         "rss_per_node": rss / nodes_wanted,
         "peak_rss_per_node": peak / nodes_wanted,
         "wall_s": wall,
@@ -239,8 +309,10 @@ def show(console: Console, run: dict[str, Any]) -> None:
     table.add_row("= Python objects (getsizeof)", f"{python_total / n / 1024:.1f}", "")
     native = run["counts"]["live AEAD contexts"] * CIPHER_NATIVE_BYTES
     table.add_row("+ AEAD contexts (native)", f"{native / 1024:.1f}", "")
-    rest = run["rss_per_node"] - python_total / n - native
-    table.add_row("+ rest of the RSS (allocator, native handles)", f"{rest / 1024:.1f}", "")
+    rounding = run["rounding"] / n
+    table.add_row("+ allocator rounding (16-byte blocks)", f"{rounding / 1024:.1f}", "")
+    rest = run["rss_per_node"] - python_total / n - native - rounding
+    table.add_row("+ rest of the RSS (allocator, native, caches)", f"{rest / 1024:.1f}", "")
     table.add_row("= RSS growth / node", f"{run['rss_per_node'] / 1024:.1f}", "", style="bold")
     if "peak_rss_per_node" in run:
         table.add_row("peak RSS / node", f"{run['peak_rss_per_node'] / 1024:.1f}", "")
@@ -248,6 +320,12 @@ def show(console: Console, run: dict[str, Any]) -> None:
     facts = ", ".join(f"{k} {v:.1f}" for k, v in run["counts"].items())
     console.print(f"per node: {facts}", style="dim")
     console.print(f"wall {run['wall_s']:.0f} s, CPU {run['cpu_s']:.0f} s", style="dim")
+    if run["kind"] == "sim":
+        walked = "" if run["walked"] == n else f"; breakdown of {run['walked']} random nodes"
+        console.print(
+            f"{run['lookups']} lookups, {run['datagrams']} datagrams, digest {run['digest']}"
+            f"{walked}", style="dim",
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group()  # one per process: RSS growth is its own
     which.add_argument("--nodes", type=int, default=200, help="real nodes (default 200)")
     which.add_argument("--sim", type=int, default=None, help="simulated nodes instead")
+    parser.add_argument("--lookups", type=int, help="simulator: lookups after the joins (N)")
+    parser.add_argument(
+        "--sample", type=int, help="simulator: walk this many random nodes only, scaled to N"
+    )
+    parser.add_argument(
+        "--detail", action="append", default=[], metavar="COMPONENT",
+        help='split a component into its attributes (repeatable), e.g. "NAT state"',
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
@@ -262,13 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     runs = []
     if args.sim:
-        runs.append(_sim(args.sim, args.seed))
+        runs.append(_sim(args.sim, args.seed, args.lookups, args.sample, args.detail))
     elif args.loop == "uvloop":
         import uvloop  # noqa: PLC0415
 
-        runs.append(uvloop.run(_real(args.nodes, args.seed)))
+        runs.append(uvloop.run(_real(args.nodes, args.seed, args.detail)))
     else:
-        runs.append(asyncio.run(_real(args.nodes, args.seed)))
+        runs.append(asyncio.run(_real(args.nodes, args.seed, args.detail)))
     for run in runs:
         show(console, run)
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import random
@@ -689,3 +690,38 @@ def test_a_signed_record_with_a_salt_too_long_or_not_bytes_is_a_schema_error() -
     wire[5] = "salt"
     with pytest.raises(DecodeError, match="salt"):
         fields._decode_record(wire)
+
+
+def _unpack_outcome(fn: Any, data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", fn(data)
+    except Exception as exc:  # the outcome to compare is the exception's type
+        return "error", type(exc).__name__
+
+
+def test_unpack_applies_exactly_the_declared_limits() -> None:
+    """The decoder's msgpack call (literal keywords) behaves as ``unpackb`` with
+    ``_UNPACK_LIMITS``: the same objects, and the same failures at every limit."""
+    reference = functools.partial(msgpack.unpackb, **codec._UNPACK_LIMITS)
+    pack = msgpack.packb
+    cases = [
+        pack([1, 2, b"x" * 8, [b"a", 3, True, None, 1.5, "text"]]),
+        pack(list(range(codec.MAX_CONTACTS))),
+        pack(list(range(codec.MAX_CONTACTS + 1))),  # array over the limit
+        pack("s" * (codec.MAX_ERROR_TEXT * 4)),
+        pack("s" * (codec.MAX_ERROR_TEXT * 4 + 1)),  # str over the limit
+        pack(b"b" * MAX_DATAGRAM),
+        pack(b"b" * (MAX_DATAGRAM + 1)),  # bin over the limit
+        pack({}),
+        pack({1: 2}),  # maps are refused
+        pack(msgpack.ExtType(1, b"")),
+        pack(msgpack.ExtType(1, b"e")),  # ext is refused
+        pack([1, 2]) + b"\x00",  # trailing bytes
+        pack([1, 2])[:-1],  # truncated
+        b"\xc1",  # never used
+        b"",
+    ]
+    rng = random.Random(9)
+    cases += [rng.randbytes(rng.randrange(1, 60)) for _ in range(300)]
+    for data in cases:
+        assert _unpack_outcome(codec._unpack, data) == _unpack_outcome(reference, data), data

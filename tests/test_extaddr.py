@@ -193,3 +193,49 @@ def test_three_networks_never_move_an_adopted_address(
     for i, (liar, seen) in enumerate(lies):
         voter.vote(observer(liar), seen, 1.0 + i)
     assert voter.address == WAN
+
+
+def test_the_vote_book_keeps_what_an_ordered_dict_kept() -> None:
+    """The votes live in a plain dict (re-cast: pop and re-insert; full: the first key
+    goes); against the OrderedDict it replaced, kept here as the model, the live votes
+    (and their order) are the same after every vote, through repeats, replacements,
+    ageing and evictions past ``vote_max_observers``."""
+    import random  # noqa: PLC0415
+    from collections import OrderedDict  # noqa: PLC0415
+
+    cfg = NatConfig(vote_max_observers=8, vote_window=40.0)
+    rng = random.Random(7)
+    voter = ExternalAddressVoter(cfg, 4)
+    model: OrderedDict[str, tuple[tuple[str, int], float, str]] = OrderedDict()
+    seen_choices = [WAN, FAKE, (WAN[0], 40001)]
+    t = 0.0
+    for _ in range(4000):
+        t += rng.random() * 3
+        who = observer(rng.randrange(20))
+        seen = rng.choice(seen_choices) if rng.random() < 0.3 else WAN
+        voter.vote(who, (seen[0], seen[1]), t)  # a fresh tuple, as decoded from a datagram
+        group = network_of(who[0], cfg.vote_prefix_v4, cfg.vote_prefix_v6)
+        assert group is not None
+        previous = model.get(group)
+        if not (previous is not None and previous[0] == seen and t - previous[1] < 10.0):
+            model.pop(group, None)
+            model[group] = (seen, t, who[0])
+            if len(model) > cfg.vote_max_observers:
+                model.popitem(last=False)
+            for g in [g for g, (_, when, _) in model.items() if when < t - cfg.vote_window]:
+                del model[g]
+        else:
+            assert voter.stats["votes.repeated"]
+        assert voter.observations(t) == [(w, s) for s, when, w in model.values()
+                                         if when >= t - cfg.vote_window]  # fmt: skip
+        assert len(voter) == len(model)
+
+
+def test_votes_for_the_adopted_address_share_its_tuple() -> None:
+    voter = ExternalAddressVoter(CFG, 4)
+    for n in range(10):
+        voter.vote(observer(n), (WAN[0], WAN[1]), float(n))  # fresh tuples, as decoded
+    seen = [s for _, s in voter.observations(10.0)]
+    assert seen == [WAN] * 10
+    assert all(s is voter.address for s in seen[4:])  # cast after the adoption
+    assert len({id(s) for s in seen}) == 4

@@ -10,11 +10,13 @@ import pytest
 from nautilus_kad.core.fifo import Fifo
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_a_fifo_does_what_a_deque_does(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "maxlen"), [(0, None), (1, None), (2, None), (3, None),
+                                              (4, 5), (5, 1), (6, 64)])  # fmt: skip
+def test_a_fifo_does_what_a_deque_does(seed: int, maxlen: int | None) -> None:
+    """Bounded or not: with ``maxlen`` appends to a full queue drop the oldest."""
     rng = random.Random(seed)
-    fifo: Fifo[int] = Fifo()
-    model: deque[int] = deque()
+    fifo: Fifo[int] = Fifo(maxlen=maxlen)
+    model: deque[int] = deque(maxlen=maxlen)
     for step in range(5000):
         op = rng.randrange(7)
         if op == 0:

@@ -524,3 +524,33 @@ def test_closest_responded_with_count_zero_is_empty() -> None:
         lookup.on_response(c.node_id, [])
     assert len(lookup.closest_responded()) == 3
     assert lookup.closest_responded(0) == []
+
+
+def test_candidates_in_order_stay_aligned_with_their_distances() -> None:
+    """The scans walk ``_sorted``: it must hold exactly the candidates of ``_distances``,
+    in the same order, through additions past ``max_candidates`` (the farthest idle one
+    dropped), answers, failures and slow peers."""
+    rng = random.Random(11)
+    world = World(600, seed=4)
+    target = NodeId.random(rng)
+    lookup = Lookup(target, world.own, 8, 3, [], max_candidates=40)
+
+    def aligned() -> None:
+        assert [c.distance for c in lookup._sorted] == lookup._distances
+        assert all(lookup._by_distance[c.distance] is c for c in lookup._sorted)
+        assert len(lookup._by_distance) == len(lookup._distances)
+
+    for _ in range(60):
+        batch = rng.sample(world.ids, 20)
+        lookup.add_contacts([world.contacts[n] for n in batch], hop=2)
+        aligned()
+        for contact in lookup.next_queries():
+            outcome = rng.randrange(3)
+            if outcome == 0:
+                lookup.on_response(contact.node_id, [], address=contact.address)
+            elif outcome == 1:
+                lookup.on_failure(contact.node_id, contact.address)
+            else:
+                lookup.on_soft_timeout(contact.node_id, contact.address)
+        aligned()
+    assert len(lookup._distances) == 40

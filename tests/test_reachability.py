@@ -116,7 +116,7 @@ def test_inconclusive_and_unavailable_rounds_do_not_count() -> None:
     assert tracker.wanted(CFG.probe_timeout) == CFG.probe_window
     epoch = tracker.started(1, 10.0)
     tracker.inconclusive(epoch, 11.0)
-    assert tracker.results == type(tracker.results)([], maxlen=CFG.probe_window)
+    assert list(tracker.results) == []
     assert tracker.in_flight == 0
 
 

@@ -17,7 +17,6 @@ the engine. The only exception the decoders raise is :class:`DecodeError`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +124,26 @@ _UNPACK_LIMITS: dict[str, Any] = {
     "max_map_len": 0,
     "max_ext_len": 0,
 }
-_unpack = functools.partial(msgpack.unpackb, **_UNPACK_LIMITS)
+_unpackb = msgpack.unpackb
+
+
+def _unpack(data: bytes) -> Any:
+    """``msgpack.unpackb`` within :data:`_UNPACK_LIMITS`, passed as literal keywords: a
+    ``functools.partial`` holding them merges them into a new dict on every call, and this
+    runs once per datagram received."""
+    return _unpackb(
+        data,
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_str_len=MAX_ERROR_TEXT * 4,
+        max_bin_len=MAX_DATAGRAM,
+        max_array_len=MAX_CONTACTS,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+
+
 _pack = msgpack.Packer(use_bin_type=True).pack
 """One packer for every datagram: ``msgpack.packb`` builds a new one per call. Packing holds
 no state between calls (``autoreset``), and the core runs on one thread."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
@@ -119,8 +119,11 @@ class ExternalAddressVoter:
         self.version = 0
         """Bumped whenever the votes change (what :meth:`observations` shows then depends
         only on time): lets the NAT class be re-derived only when its inputs moved."""
-        self._votes: OrderedDict[str, tuple[Address, float, str]] = OrderedDict()
-        """Observer network -> (what it saw, when, the observer's IP), least recent first."""
+        self._votes: dict[str, tuple[Address, float, str]] = {}
+        """Observer network -> (what it saw, when, the observer's IP), least recent first
+        (a plain dict keeps insertion order, and a re-cast vote is popped and re-inserted:
+        an ``OrderedDict`` costs twice the memory per key, and every simulated node holds up
+        to ``vote_max_observers`` votes)."""
 
     # --- input ---------------------------------------------------------------------------
 
@@ -159,10 +162,12 @@ class ExternalAddressVoter:
         votes.pop(group, None)
         if previous is not None and previous[0] != observed:
             self.stats["votes.replaced"] += 1
+        if observed == self.address:
+            observed = self.address  # most votes agree: one tuple, not one per vote
         votes[group] = (observed, now, observer[0])
         self.version += 1
         if len(votes) > cfg.vote_max_observers:
-            votes.popitem(last=False)
+            del votes[next(iter(votes))]  # the least recent
         self.stats["votes.counted"] += 1
         return self.decide(now)
 

@@ -4,7 +4,8 @@
 empty queue. Every engine holds several queues that stay empty nearly all their life (the
 replication backlog, the handoff scans, the STOREs waiting for a window slot), so in a
 100 000-node simulation they were tens of megabytes of nothing. :class:`Fifo` keeps a deque
-only while it holds something, and drops it as soon as it is drained.
+only while it holds something, and drops it as soon as it is drained. With ``maxlen`` it
+is bounded as ``deque(maxlen=...)`` is: appending to a full queue drops the oldest item.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ T = TypeVar("T")
 class Fifo(Generic[T]):
     """The deque operations the engine's queues use, on a deque made on first use."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "maxlen")
 
-    def __init__(self, items: Iterable[T] = ()) -> None:
+    def __init__(self, items: Iterable[T] = (), maxlen: int | None = None) -> None:
         self._items: deque[T] | None = None
+        self.maxlen = maxlen
         self.extend(items)
 
     def __len__(self) -> int:
@@ -42,7 +44,7 @@ class Fifo(Generic[T]):
     def _deque(self) -> deque[T]:
         items = self._items
         if items is None:
-            items = self._items = deque()
+            items = self._items = deque(maxlen=self.maxlen)
         return items
 
     def append(self, item: T) -> None:

@@ -120,6 +120,9 @@ class Lookup:
         self.max_candidates = max_candidates or 8 * k
         self._distances: list[int] = []
         self._by_distance: dict[int, Candidate] = {}
+        self._sorted: list[Candidate] = []
+        """The candidates of ``_distances``, in the same order: the scans after every answer
+        walk this list instead of looking each distance (a 256-bit int to hash) up."""
         self.in_flight = 0
         self.slow = 0
         self.queries_sent = 0
@@ -142,6 +145,7 @@ class Lookup:
         own_id = self.own_id
         known = self._by_distance
         distances = self._distances
+        ordered = self._sorted
         limit = self.max_candidates
         for contact in contacts:
             node_id = contact.node_id
@@ -157,17 +161,21 @@ class Lookup:
                 continue
             if len(distances) >= limit and d > distances[-1]:
                 continue
-            bisect.insort(distances, d)
-            known[d] = Candidate(contact, d, hop)
+            i = bisect.bisect_right(distances, d)
+            distances.insert(i, d)
+            known[d] = cand = Candidate(contact, d, hop)
+            ordered.insert(i, cand)
             if len(distances) > limit:
                 self._drop_farthest_idle()
 
     def _drop_farthest_idle(self) -> None:
-        for i in range(len(self._distances) - 1, -1, -1):
-            cand = self._by_distance[self._distances[i]]
+        ordered = self._sorted
+        for i in range(len(ordered) - 1, -1, -1):
+            cand = ordered[i]
             if cand.state is _NEW or cand.state is _FAILED:
                 del self._by_distance[self._distances[i]]
                 del self._distances[i]
+                del ordered[i]
                 return
 
     def _get(self, node_id: NodeId) -> Candidate | None:
@@ -330,8 +338,7 @@ class Lookup:
         chosen: list[Contact] = []
         seen = 0
         shared = self._shared
-        for d in self._distances:
-            cand = self._by_distance[d]
+        for cand in self._sorted:
             state = cand.state
             if state is _FAILED or state is _SLOW:
                 continue
@@ -363,8 +370,7 @@ class Lookup:
         if self.finished:
             return True
         seen = 0
-        for d in self._distances:
-            cand = self._by_distance[d]
+        for cand in self._sorted:
             state = cand.state
             if state is _SLOW:
                 if cand.awaited:
@@ -391,8 +397,7 @@ class Lookup:
         result: list[Candidate] = []
         if limit <= 0:
             return result
-        for d in self._distances:
-            cand = self._by_distance[d]
+        for cand in self._sorted:
             if cand.state is _RESPONDED:
                 result.append(cand)
                 if len(result) >= limit:

@@ -14,7 +14,7 @@ votes of both families are kept and classified.
 from __future__ import annotations
 
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from .dialback import (
     Verdict,
 )
 from .extaddr import AddressChange, ExternalAddressVoter, ip_family
+from .fifo import Fifo
 from .messages import Address
 from .natclass import NatClass, classify
 from .natconfig import NatConfig
@@ -87,8 +88,9 @@ class NatState:
         """Per family: what the last classification read (votes version, external IP,
         bound address), when, and the cast time of its oldest live vote. Every answer is a
         vote, mostly a repeat: the class is derived again only when one of these moved."""
-        self.changes: deque[Change] = deque(maxlen=64)
-        """What changed, oldest first, for the driver to log (bounded)."""
+        self.changes: Fifo[Change] = Fifo(maxlen=64)
+        """What changed, oldest first, for the driver to log (bounded; no deque block
+        while empty, which it is between two datagrams)."""
         self._stats: Counter[str] = Counter()
 
     # --- state ---------------------------------------------------------------------------
