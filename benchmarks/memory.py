@@ -14,9 +14,13 @@ growth over N, and the peak RSS over N beside it (the issue's figure: 6 GiB / 10
 The breakdown walks each node's engine component by component and adds up
 ``sys.getsizeof`` of every object reachable from it that existed in no node before (each
 object counted once, for the first component that reaches it, in the order of the table):
-Python's own view. Native memory it cannot see is listed apart: live ChaCha20-Poly1305
-contexts (2.3 KiB of OpenSSL state each, measured) and the rest of the RSS (allocator
-slack, the event loop's native handles, key objects). Benchmarks report; they never assert.
+Python's own view (bound methods and closures made for a node included). Native memory
+it cannot see is listed apart: live ChaCha20-Poly1305 contexts (2.3 KiB of OpenSSL state
+each, measured), what rounding every object up to pymalloc's 16-byte blocks costs, and the
+rest of the RSS (free blocks, the event loop's native handles, key objects, process-wide
+caches). ``--detail`` splits a component into its attributes; ``--sample`` walks only
+some simulated nodes (a 100 000-node walk would hold tens of millions of ids).
+Benchmarks report; they never assert.
 """
 
 from __future__ import annotations
@@ -46,14 +50,11 @@ from benchmarks.peer_worker import rss_bytes
 CIPHER_NATIVE_BYTES = 2300
 """Native memory of one ``ChaCha20Poly1305`` context (RSS growth over 20 000 of them)."""
 
-_OPAQUE = (
-    type,
-    types.ModuleType,
-    types.FunctionType,
-    types.BuiltinFunctionType,
-    types.CodeType,
-    types.MethodType,
-)
+_OPAQUE = (type, types.ModuleType, types.CodeType)
+"""Never counted nor crossed (shared by everything)."""
+_LEAVES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+"""Counted when made for a node (a bound method, a closure), but only their bound object
+and closure cells are followed (never a module's globals)."""
 
 
 class Walker:
@@ -67,6 +68,8 @@ class Walker:
             for ref in gc.get_referents(obj):
                 self._old[id(ref)] = ref
         self._seen: dict[int, object] = {}  # holding them keeps ids unique
+        self.rounding = 0
+        """Bytes lost to rounding every counted object up to the allocator's block size."""
 
     def size(self, root: object, stops: Iterable[object]) -> tuple[int, int]:
         """Bytes and objects reachable from ``root`` not yet counted, not crossing into
@@ -81,9 +84,15 @@ class Walker:
             if key in seen or key in old or key in stop or isinstance(obj, _OPAQUE):
                 continue
             seen[key] = obj
-            total += sys.getsizeof(obj)
+            size = sys.getsizeof(obj)
+            total += size
+            self.rounding += -size % 16  # pymalloc hands out 16-byte multiples
             count += 1
-            stack.extend(gc.get_referents(obj))
+            if isinstance(obj, _LEAVES):
+                stack.append(getattr(obj, "__self__", None))
+                stack.extend(getattr(obj, "__closure__", None) or ())
+            else:
+                stack.extend(gc.get_referents(obj))
         return total, count
 
 
@@ -220,6 +229,7 @@ async def _real(nodes_wanted: int, seed: int, detail: list[str]) -> dict[str, An
         parts = breakdown(walker, nodes, lambda node: node.engine, detail=detail)
         engines = [n.engine for n in nodes]
         return {
+            "rounding": walker.rounding,
             "kind": "real",
             "nodes": nodes_wanted,
             "rss_per_node": rss / nodes_wanted,
@@ -264,10 +274,12 @@ def _sim(
     walked = nodes
     if sample is not None and sample < len(nodes):  # a random sample, scaled up to all
         walked = random.Random(seed).sample(nodes, sample)
+    rounding = walker.rounding
     per = breakdown(walker, walked, lambda node: node.engine, [sim, *whole], detail)
     scale = len(nodes) / len(walked)
     parts.update({name: [round(v * scale) for v in row] for name, row in per.items()})
     return {
+        "rounding": rounding + (walker.rounding - rounding) * scale,
         "kind": "sim",
         "nodes": nodes_wanted,
         "lookups": lookups,
@@ -297,8 +309,10 @@ def show(console: Console, run: dict[str, Any]) -> None:
     table.add_row("= Python objects (getsizeof)", f"{python_total / n / 1024:.1f}", "")
     native = run["counts"]["live AEAD contexts"] * CIPHER_NATIVE_BYTES
     table.add_row("+ AEAD contexts (native)", f"{native / 1024:.1f}", "")
-    rest = run["rss_per_node"] - python_total / n - native
-    table.add_row("+ rest of the RSS (allocator, native handles)", f"{rest / 1024:.1f}", "")
+    rounding = run["rounding"] / n
+    table.add_row("+ allocator rounding (16-byte blocks)", f"{rounding / 1024:.1f}", "")
+    rest = run["rss_per_node"] - python_total / n - native - rounding
+    table.add_row("+ rest of the RSS (allocator, native, caches)", f"{rest / 1024:.1f}", "")
     table.add_row("= RSS growth / node", f"{run['rss_per_node'] / 1024:.1f}", "", style="bold")
     if "peak_rss_per_node" in run:
         table.add_row("peak RSS / node", f"{run['peak_rss_per_node'] / 1024:.1f}", "")

@@ -465,3 +465,107 @@ def test_rtt_observer_sees_every_sample_and_buckets_list_spares() -> None:
         (table.bucket_of(contacts[0].node_id), SMALL.k, 2)
     ]
     assert listed[0][1][0].rtt.srtt == 0.25
+
+
+def test_an_interner_changes_no_answer_and_shares_the_contacts() -> None:
+    """The simulator's tables keep the contact its memo interned (one object per peer for
+    all nodes): the same random run with and without an interner gives equal tables after
+    every step, and the interned table holds only interned objects."""
+    from nautilus_kad.core.fields import ContactMemo  # noqa: PLC0415
+
+    rng = random.Random(3)
+    config = KadConfig(k=4, replacement_cache_size=2, max_failures=2)
+    plain, shared = RoutingTable(OWN, config), RoutingTable(OWN, config)
+    memo = ContactMemo(size=64)
+    shared.interner = memo.intern
+    pool = [_id_in_bucket(OWN, rng.choice((0, 1, 3)), rng) for _ in range(30)]
+    for step in range(2000):
+        nid = rng.choice(pool)
+        if rng.random() < 0.6:
+            port = 4000 + rng.randrange(2)  # sometimes a move
+            assert plain.observe(_contact(nid, port), float(step)) == shared.observe(
+                _contact(nid, port), float(step)
+            )
+        else:
+            assert plain.record_failure(nid) == shared.record_failure(nid)
+        assert list(plain) == list(shared)
+        target = rng.choice(pool)
+        assert plain.closest(target, 5) == shared.closest(target, 5)
+    for contact in shared:
+        assert contact is memo.intern(Contact(contact.node_id, contact.host, contact.port))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_entry_times_in_bucket_arrays_behave_as_float_attributes(seed: int) -> None:
+    """Each entry's last-seen time and RTT estimate live in its bucket's array of doubles,
+    in a slot reused once the entry leaves. Against a model of last-seen times kept as
+    plain floats, through observes, RTT samples, external writes of
+    ``last_seen``, failures, spare promotions, departures and removals: every live entry
+    reads what the model says, live entries of a bucket never share a slot, and an entry
+    that left keeps reading what it read when it left."""
+    rng = random.Random(seed)
+    config = KadConfig(k=3, replacement_cache_size=2, max_failures=2)
+    table = RoutingTable(OWN, config)
+    pool = [_id_in_bucket(OWN, rng.choice((0, 1, 5)), rng) for _ in range(24)]
+    model: dict[int, float] = {}  # id(entry) -> last seen
+    gone: list[tuple[object, tuple[float, float | None, float]]] = []
+    live: dict[int, object] = {}
+    for step in range(3000):
+        nid = rng.choice(pool)
+        now = step + rng.random()
+        action = rng.random()
+        if action < 0.4:
+            table.observe(_contact(nid), now)
+        elif action < 0.6:
+            table.record_rtt(nid, rng.random())
+        elif action < 0.7:
+            entry = table.get(nid)
+            if entry is not None:
+                entry.last_seen = now  # as peers.on_request does
+        elif action < 0.9:
+            table.record_failure(nid)
+        elif action < 0.95:
+            table.depart(nid)
+        else:
+            table.remove(nid)
+        entries = {id(e): e for e in table.entries()}
+        for key, old in list(live.items()):
+            if key not in entries:  # it left: frozen from now on
+                gone.append((old, (old.last_seen, old.srtt, old.rttvar)))  # type: ignore[attr-defined]
+                del live[key]
+                model.pop(key, None)
+        for key, entry in entries.items():
+            if key not in model:  # it entered now: its first reading is the model's
+                model[key] = entry.last_seen
+                live[key] = entry
+            touched = entry.contact.node_id == nid and (action < 0.4 or 0.6 <= action < 0.7)
+            if touched and entry.last_seen == now:
+                model[key] = now  # this step wrote it
+            assert entry.last_seen == model[key]
+        for index, bucket in table._buckets.items():
+            slots = [e._at for e in bucket.entries.values()]
+            assert len(set(slots)) == len(slots), index
+            assert all(e._times is bucket.times for e in bucket.entries.values())
+        for entry, frozen in gone:
+            assert (entry.last_seen, entry.srtt, entry.rttvar) == frozen  # type: ignore[attr-defined]
+    assert gone
+
+
+def test_entry_rtt_arithmetic_is_the_estimators() -> None:
+    rng = random.Random(5)
+    table = RoutingTable(OWN, SMALL)
+    contact = _bucket_contacts(1)[0]
+    table.observe(contact, 1.0)
+    entry = table.get(contact.node_id)
+    assert entry is not None and entry.srtt is None and entry.rttvar == 0.0
+    assert entry.timeout(0.1, 5.0) is None
+    est = RttEstimator()
+    for _ in range(200):
+        rtt = rng.expovariate(10)
+        table.record_rtt(contact.node_id, rtt)
+        est.sample(rtt)
+        assert (entry.srtt, entry.rttvar) == (est.srtt, est.rttvar)  # bit for bit
+        assert entry.timeout(0.1, 5.0) == est.timeout(0.1, 5.0)
+        assert table.soft_timeout(contact.node_id) == est.timeout(
+            SMALL.min_soft_timeout, SMALL.max_soft_timeout
+        )

@@ -176,14 +176,30 @@ class ContactMemo:
     process would be state separate processes could not share). The simulator gives one
     memo to all its nodes (:class:`~nautilus_kad.sim.auth.SimKeyring`), so that a large
     simulation runs fast; contacts are immutable and the memo only ever returns one equal
-    to what decoding would build, so this changes no behaviour."""
+    to what decoding would build, so this changes no behaviour. The simulator's routing
+    tables keep the contacts :meth:`intern` returns: one object per peer for the whole
+    simulation instead of one per table entry."""
 
-    __slots__ = ("_decoded", "_encoded", "size")
+    __slots__ = ("_decoded", "_encoded", "_interned", "size")
 
     def __init__(self, size: int = 65536) -> None:
         self.size = size
         self._encoded: dict[int, tuple[Contact, bytes]] = {}
         self._decoded: dict[bytes, tuple[bytes, int, Contact]] = {}
+        self._interned: dict[int, Contact] = {}
+
+    def intern(self, contact: Contact) -> Contact:
+        """The contact first interned with this id and address (equal to ``contact``), or
+        ``contact`` itself, remembered from now on (bounded: ``4 * size`` ids, enough for
+        every peer of a 100 000-node simulation; cleared when full)."""
+        interned = self._interned
+        known = interned.get(contact.node_id)
+        if known is not None and known.port == contact.port and known.host == contact.host:
+            return known
+        if len(interned) >= 4 * self.size:
+            interned.clear()
+        interned[contact.node_id] = contact
+        return contact
 
     def __len__(self) -> int:
         return len(self._encoded) + len(self._decoded)

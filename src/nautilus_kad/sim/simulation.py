@@ -534,6 +534,7 @@ class Simulation:
         )
         if not self.real_crypto:
             engine.auth = SimAuthenticator(identity, self.keyring)
+            engine.table.interner = self.keyring.contacts.intern  # one Contact per peer
         box = self.add_nat(nat) if isinstance(nat, NatType) else nat
         address = sim_address(index) if box is None else private_address(index)
         engine.address = address
