@@ -640,6 +640,14 @@ def test_memo_packed_nodes_are_the_bytes_msgpack_packs_in_every_framing() -> Non
         [b"\x01" * 32, b"\x01" * 4, 0],  # port 0
         [b"\x01" * 32, b"\x01" * 4, "5"],  # a port that is no int
         [b"\x01" * 32, b"\x01" * 4, 65536],
+        # what the memo's fast path must hand to the full checks
+        [[1, 2], b"\x01" * 4, 5],  # an id that cannot be a key (unhashable)
+        b"\x01\x01\x01",  # three items when unpacked, but no list
+        "abc",
+        None,
+        [b"\x01" * 32, b"\x01" * 4, 5.0],  # equal to the memoised port, but no int
+        [b"\x01" * 32, b"\x01" * 4, 5, 6],
+        [b"\x01" * 32, [1, 1, 1, 1], 5],
     ],
 )
 def test_the_contact_memo_refuses_what_the_plain_decoder_refuses(bad: Any) -> None:
@@ -725,3 +733,36 @@ def test_unpack_applies_exactly_the_declared_limits() -> None:
     cases += [rng.randbytes(rng.randrange(1, 60)) for _ in range(300)]
     for data in cases:
         assert _unpack_outcome(codec._unpack, data) == _unpack_outcome(reference, data), data
+
+
+def test_the_contact_memo_refuses_a_bool_port_equal_to_a_memoised_one() -> None:
+    """``True == 1``: a memoised contact at port 1 must not let ``True`` through."""
+    memo = ContactMemo(size=4)
+    good = [b"\x02" * 32, b"\x01" * 4, 1]
+    assert memo.decode([good]) == codec._decode_contacts([good])
+    for bad in ([b"\x02" * 32, b"\x01" * 4, True], [b"\x02" * 32, b"\x01" * 4, 1.0]):
+        with pytest.raises(DecodeError) as plain:
+            codec._decode_contacts([good, bad])
+        with pytest.raises(DecodeError) as memoised:
+            memo.decode([good, bad])
+        assert str(plain.value) == str(memoised.value)
+
+
+def test_the_contact_memo_decodes_as_the_plain_decoder_in_any_mix() -> None:
+    """Random lists mixing memoised contacts, new ones and the same ids at other addresses:
+    the memo returns what the plain decoder returns, the first time and the next."""
+    rng = random.Random(21)
+    memo = ContactMemo(size=64)
+    pool = [
+        [NodeId.random(rng).to_bytes32(), pack_ip(f"198.51.100.{i}"), 1000 + i] for i in range(100)
+    ]
+    for _ in range(300):
+        values = []
+        for _ in range(rng.randrange(0, 33)):
+            wire = list(rng.choice(pool))
+            if rng.random() < 0.1:
+                wire[2] = rng.randrange(1, 65536)  # the same id at another port
+            values.append(wire)
+        got = memo.decode(values)
+        assert got == codec._decode_contacts(values)
+        assert memo.decode(values) == got

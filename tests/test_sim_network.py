@@ -275,3 +275,21 @@ def test_sim_key_agreement_is_symmetric_and_sessions_form() -> None:
     established = sum(n.engine.stats["session.established"] for n in nodes)
     over_sessions = sum(n.engine.stats["rx.session"] for n in nodes)
     assert established > 0 and over_sessions > 0
+
+
+def test_a_datagram_takes_its_link_delay_without_jitter() -> None:
+    """send() computes the link's delay inline: the arrival time is link_delay's, both
+    ways, on every link."""
+    sched, net, inboxes = make_net(30, seed=8)
+    ends = [net.endpoint(addr(i)) for i in range(30)]
+    rng = random.Random(2)
+    for _ in range(200):
+        i, j = rng.sample(range(30), 2)
+        a, b = ends[i], ends[j]
+        assert a is not None and b is not None
+        start = sched.now
+        net.send(a, b"x", addr(j))
+        sched.run()
+        when, _, source = inboxes[j].got[-1]
+        assert source == addr(i)
+        assert when == start + net.link_delay(a, b)

@@ -1,5 +1,6 @@
 """The asyncio driver (aio/transport.py, aio/node.py): one flush per burst of datagrams,
-and addresses that are already numeric skip the resolver."""
+what is queued sent every few datagrams of a burst, and addresses that are already numeric
+skip the resolver."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from nautilus_kad import Node
 from nautilus_kad.aio import node as node_module
 from nautilus_kad.aio.runner import run
-from nautilus_kad.aio.transport import EngineProtocol
+from nautilus_kad.aio.transport import SEND_CHUNK, EngineProtocol
 
 
 @pytest.mark.integration
@@ -42,6 +43,47 @@ def test_a_burst_of_requests_is_answered_in_full_with_fewer_flushes_than_datagra
             arrived = server.engine.stats["rx.datagrams"] - received
             assert arrived >= 20
             assert flushes.get(id(protocol), 0) - before < arrived
+
+    run(asyncio.wait_for(main(), 20))  # uvloop: the loop the daemon and the CLI run
+
+
+@pytest.mark.integration
+def test_answers_leave_during_a_burst_every_few_datagrams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a burst the server does not hold its answers until the burst ends: whenever it
+    sends, it has handled at most SEND_CHUNK datagrams since it last sent (the client works
+    on the first answers meanwhile); its housekeeping still runs fewer times than datagrams
+    arrived. (Before, a burst of 20 was answered in one go after the 20th.)"""
+    handled: dict[int, int] = {}
+    worst: dict[int, int] = {}
+    receive = EngineProtocol.datagram_received
+    send = EngineProtocol._send
+
+    def counting_receive(self: EngineProtocol, data: bytes, addr: tuple[object, ...]) -> None:
+        handled[id(self)] = handled.get(id(self), 0) + 1
+        receive(self, data, addr)
+
+    def recording_send(self: EngineProtocol, out: list[tuple[bytes, tuple[str, int]]]) -> None:
+        if out:
+            worst[id(self)] = max(worst.get(id(self), 0), handled.get(id(self), 0))
+            handled[id(self)] = 0
+        send(self, out)
+
+    monkeypatch.setattr(EngineProtocol, "datagram_received", counting_receive)
+    monkeypatch.setattr(EngineProtocol, "_send", recording_send)
+
+    async def main() -> None:
+        async with await Node.start(port=0) as server, await Node.start(port=0) as client:
+            await client.ping(server.address)
+            protocol = server._protocol
+            assert protocol is not None
+            received = server.engine.stats["rx.datagrams"]
+            sent = server.engine.stats["tx.datagrams"]
+            worst.clear()
+            results = await asyncio.gather(*(client.ping(server.address) for _ in range(20)))
+            assert len(results) == 20
+            assert server.engine.stats["rx.datagrams"] - received >= 20
+            assert server.engine.stats["tx.datagrams"] - sent >= 20
+            assert 0 < worst[id(protocol)] <= SEND_CHUNK
 
     run(asyncio.wait_for(main(), 20))  # uvloop: the loop the daemon and the CLI run
 

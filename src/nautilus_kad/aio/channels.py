@@ -118,6 +118,10 @@ class Channel:
         return f"Channel({self.peer_id.hex()[:12]}…, {state})"
 
 
+HUB_EVENTS = frozenset({ChannelData, ChannelOpened, ChannelPath, ChannelClosed, ConnectFailed})
+"""The event classes :meth:`ChannelHub.on_event` handles (the node hands it no others)."""
+
+
 class ChannelHub:
     """The channels and connects of one node, fed by the engine's events."""
 

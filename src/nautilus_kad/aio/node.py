@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -64,7 +65,7 @@ from ..core.routing import RoutingTable
 from ..core.storage import RecordStore
 from ..persist import DataDir
 from .blobs import Progress, fetch_value, published_pieces, store_pieces
-from .channels import Channel, ChannelHub
+from .channels import HUB_EVENTS, Channel, ChannelHub
 from .transport import EngineProtocol, LoopClock, is_local_ip, open_endpoint
 
 AddressLike = str | tuple[str, int]
@@ -612,7 +613,7 @@ class Node:
     async def find_node_at(self, address: AddressLike, node_id: NodeId | int) -> list[Contact]:
         """Ask the node at ``address`` alone (one FIND_NODE, no lookup) for the contacts it
         knows closest to ``node_id``; raises :class:`QueryError` when nothing answers."""
-        where = await _resolve(address, self._family)
+        where = _numeric_address(address, self._family) or await _resolve(address, self._family)
         target = NodeId(int(node_id))
         event = await self._run(lambda now: self._engine.find_node_at(where, target, now))
         if isinstance(event, QueryFailed):
@@ -622,7 +623,7 @@ class Node:
 
     async def ping(self, address: AddressLike) -> PingResult:
         """PING an address; raises :class:`QueryError` when nothing answers in time."""
-        target = await _resolve(address, self._family)
+        target = _numeric_address(address, self._family) or await _resolve(address, self._family)
         event = await self._run(lambda now: self._engine.ping(target, now))
         if isinstance(event, QueryFailed):
             raise QueryError(event.reason)
@@ -792,13 +793,13 @@ class Node:
 
     async def _run(self, command: Any) -> Event:
         """Start an engine command and wait for the event that finishes it."""
-        if self._stopped or self._protocol is None:
+        protocol = self._protocol
+        if self._stopped or protocol is None:
             raise QueryError("node is stopped")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Event] = loop.create_future()
-        qid: int = command(self._now())
+        future: asyncio.Future[Event] = protocol.loop.create_future()
+        qid: int = command(protocol.now())
         self._futures[qid] = future
-        self._protocol.flush_soon()
+        protocol.flush_soon()
         return await future
 
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -817,11 +818,12 @@ class Node:
                 listener(event)
             except Exception:
                 _log.exception("event listener %r failed", listener)
-        if self._hub.on_event(event):
+        kind = type(event)  # events are final dataclasses: one set look-up per event
+        if kind in HUB_EVENTS and self._hub.on_event(event):
             return
-        if isinstance(event, PeerAdded | PeerRemoved):
+        if kind is PeerAdded or kind is PeerRemoved:
             self._table_changed = True
-            if isinstance(event, PeerRemoved) and not len(self._engine.table):
+            if kind is PeerRemoved and not len(self._engine.table):
                 self._start_rejoining()
             return
         if isinstance(event, LeaveDone):
@@ -853,6 +855,15 @@ _SEVERITY = (
 _CONFLICTS = frozenset({ErrorCode.CAS_MISMATCH, ErrorCode.STALE_SEQUENCE})
 
 
+def _numeric_address(address: AddressLike, family: int) -> Address | None:
+    """``address`` itself when it is a ``(host, port)`` pair :func:`_resolve` would return
+    unchanged (the common case: an address the node already holds), without the coroutine
+    :func:`_resolve` costs; None for anything else (then ask :func:`_resolve`)."""
+    if type(address) is not tuple or len(address) != 2:
+        return None
+    return _numeric(address[0], address[1], family)
+
+
 async def _resolve(address: AddressLike, family: int) -> Address:
     """Turn ``"host:port"`` or ``(host, port)`` into a numeric address of the socket's family
     (resolving names)."""
@@ -878,8 +889,15 @@ async def _resolve(address: AddressLike, family: int) -> Address:
 def _numeric(host: object, port: object, family: int) -> Address | None:
     """``(host, port)`` itself when it is already what the resolver would return: an IP
     literal of the socket's family in its canonical text form and a valid port."""
-    if not isinstance(host, str) or type(port) is not int or not 0 <= port <= 65535:
+    if type(host) is not str or type(port) is not int or not 0 <= port <= 65535:
         return None
+    return _canonical(host, port, family)
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical(host: str, port: int, family: int) -> Address | None:
+    """:func:`_numeric` for checked types, cached: a client asks the same few addresses
+    again and again, and the two conversions cost more than the look-up."""
     try:
         canonical = socket.inet_ntop(family, socket.inet_pton(family, host))
     except (OSError, ValueError):

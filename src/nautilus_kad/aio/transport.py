@@ -24,6 +24,15 @@ _log = logging.getLogger("nautilus_kad.transport")
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 """Large enough to absorb a burst (a flood, or 200 peers answering at once) without loss."""
 
+SEND_CHUNK = 8
+"""Within a burst, what the engine queued goes out after every this many inputs (datagrams
+handled, commands started), not only when the burst ends: the peer starts on the first
+answers while we handle the rest. Sent once per burst, a client and its server took turns,
+each idle while the other worked; sent at once, every datagram cost the receiver a wake-up.
+With a client and a server on two otherwise idle cores (benchmarks.peer), chunks of 8 gave
+1.3 times the PINGs and 1.5 times the FIND_NODEs per second of once per burst, for the same
+CPU per request; sending at once gave no more than once per burst, at 25 % more CPU."""
+
 
 class LoopClock:
     """The engine's clock: wall-clock aligned (record timestamps are compared between nodes)
@@ -61,6 +70,8 @@ class EngineProtocol(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._flush_due = False
+        self._inputs = 0
+        """Inputs (datagrams, commands) since what the engine queued last went out."""
         self._bursts = type(self.loop).__module__.startswith("uvloop")
         """uvloop hands over every datagram one readiness event brought (up to 32) before
         it runs what was scheduled, so one flush can serve them all; the standard loop reads
@@ -99,14 +110,19 @@ class EngineProtocol(asyncio.DatagramProtocol):
         """Flush once the loop has handed over the rest of this burst (uvloop), or now.
 
         Datagrams of one readiness event, and the requests that coroutines woken by their
-        answers start in the same pass, then share one flush: answers and requests go out,
-        events are handed out and the engine's timer is computed once per burst instead of
-        once per datagram."""
+        answers start in the same pass, then share one flush: events are handed out and the
+        engine's timer is computed once per burst instead of once per datagram. What is
+        queued goes out every :data:`SEND_CHUNK` inputs, and with the flush."""
         if not self._bursts:
             self.flush()
-        elif not self._flush_due:
+            return
+        if not self._flush_due:
             self._flush_due = True
             self.loop.call_soon(self._flush_burst)
+        self._inputs += 1
+        if self._inputs >= SEND_CHUNK:  # the burst goes on: let the first datagrams go
+            self._inputs = 0
+            self._send(self.engine.datagrams_to_send())
 
     def _flush_burst(self) -> None:
         self._flush_due = False
@@ -124,21 +140,24 @@ class EngineProtocol(asyncio.DatagramProtocol):
 
     def flush(self) -> None:
         """Send what the engine queued, hand out its events, re-arm its timer."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            for data, address in self.engine.datagrams_to_send():
-                try:
-                    transport.sendto(data, address)
-                except (OSError, ValueError) as exc:
-                    self.send_errors += 1
-                    _log.debug("send to %s failed: %s", address, exc)
-        else:
-            self.engine.datagrams_to_send()
+        self._inputs = 0
+        self._send(self.engine.datagrams_to_send())
         event = self.engine.next_event()
         while event is not None:
             self.on_event(event)
             event = self.engine.next_event()
         self._arm_timer()
+
+    def _send(self, out: list[tuple[bytes, Address]]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data, address in out:
+            try:
+                transport.sendto(data, address)
+            except (OSError, ValueError) as exc:
+                self.send_errors += 1
+                _log.debug("send to %s failed: %s", address, exc)
 
     def _arm_timer(self) -> None:
         deadline = self.engine.get_timer()

@@ -227,7 +227,34 @@ class ContactMemo:
         return b"".join(parts)
 
     def decode(self, values: list[Any]) -> tuple[Contact, ...]:
-        """:func:`_decode_contacts`, memoised: same checks in the same order, same errors."""
+        """:func:`_decode_contacts`, memoised: same checks in the same order, same errors.
+
+        The common case first: every contact is one decoded before, ``[id, ip, port]``
+        with the same id, address bytes and an int port (a memo key is always a valid id,
+        and a value is only kept for address bytes and a port that passed the checks).
+        Anything else (a new contact, or no list of 3: msgpack gives lists, bytes, str,
+        numbers, None, which unpack into three names only as a list or a 3-byte or
+        3-character string, and those never match a key) is decoded by :meth:`_decode`,
+        which runs every check in order and raises as :func:`_decode_contacts` does."""
+        get = self._decoded.get
+        contacts: list[Contact] = []
+        append = contacts.append
+        try:
+            for raw_id, host_raw, port in values:
+                known = get(raw_id)
+                if (
+                    known is None
+                    or known[0] != host_raw
+                    or known[1] != port
+                    or type(port) is not int
+                ):
+                    return self._decode(values)
+                append(known[2])
+        except (TypeError, ValueError):  # not three items, or an unhashable id
+            return self._decode(values)
+        return tuple(contacts)
+
+    def _decode(self, values: list[Any]) -> tuple[Contact, ...]:
         contacts: list[Contact] = []
         append = contacts.append
         cache = self._decoded

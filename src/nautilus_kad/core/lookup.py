@@ -154,8 +154,11 @@ class Lookup:
             d = node_id ^ target
             cand = known.get(d)
             if cand is not None:
-                if cand.state is not _RESPONDED and (
-                    cand.contact.port != contact.port or cand.contact.host != contact.host
+                held = cand.contact
+                if (
+                    held is not contact  # (contacts decoded through a memo are shared)
+                    and cand.state is not _RESPONDED
+                    and (held.port != contact.port or held.host != contact.host)
                 ):
                     self._other_address(cand, contact)
                 continue

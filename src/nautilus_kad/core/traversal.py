@@ -301,7 +301,10 @@ class Traversal:
 
     def timer(self) -> float:
         # Asked after every datagram: the connector is skipped while it has no attempt.
-        due = min(self.channels.timer(), self._next_check)
+        # (compared one by one: builtin min() costs more than the comparison)
+        due = self.channels.timer()
+        if (t := self._next_check) < due:
+            due = t
         if self.connector.attempts:
             due = min(due, self.connector.timer())
         if self.registrar.active:

@@ -359,7 +359,14 @@ class Network:
             stats.lost += 1
             fate = 2
         else:
-            delay = self.link_delay(source, target)
+            # link_delay(source, target), inlined: this runs for every datagram.
+            i = source.index
+            j = target.index
+            if i > j:
+                i, j = j, i
+            h = (((i << 32) | j) ^ self._seed) * 0x9E3779B97F4A7C15 & _MASK64
+            h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9 & _MASK64
+            delay = self._levels[(h ^ (h >> 32)) & _LEVEL_MASK]
             if self._jitter:
                 delay *= 1.0 + self._jitter * self.rng.random()
             scheduler = self.scheduler

@@ -310,7 +310,7 @@ class SimNode:
             endpoint = self.endpoint
             for data, destination in out:
                 send(endpoint, data, destination)
-        event = engine.next_event()
+        event = engine.next_event()  # (the fingerprint's recorder sees events through it)
         while event is not None:
             if type(event) is LeaveDone and event.query_id == self.leave_qid:
                 sim.scheduler.call_later(0.0, sim.crash, self)  # handed off: now go
@@ -321,7 +321,14 @@ class SimNode:
             elif sim.event_listener is not None:
                 sim.event_listener(self, event)
             event = engine.next_event()
-        self._arm(self.scheduler.now)
+        # _arm(now), inlined: this runs after every datagram.
+        deadline = engine.get_timer()
+        if deadline < self.timer_at and self.up:
+            scheduler = self.scheduler
+            now = scheduler.now
+            self.timer_at = deadline
+            self.timer_gen += 1
+            scheduler.post(deadline if deadline > now else now, self.wake, self.timer_gen)
 
 
 _FINAL_EVENTS = frozenset({BootstrapDone, LookupDone, GetDone, PutDone, PingDone, QueryFailed})
