@@ -257,7 +257,16 @@ def _sim(
     lookups = nodes_wanted if lookups is None else lookups
     spec = ScenarioSpec(nodes=nodes_wanted, lookups=lookups, seed=seed,
                         config=default_sim_config())  # fmt: skip
-    runner = _Runner(spec, None)
+    last = [0.0]
+
+    def progress(phase: str, done: int, total: int) -> None:  # to stderr, every 30 s
+        now = time.perf_counter()
+        if now - last[0] > 30 or done == total:
+            last[0] = now
+            rss = rss_bytes() >> 20
+            print(f"  {phase} {done}/{total}, RSS {rss} MiB", file=sys.stderr, flush=True)
+
+    runner = _Runner(spec, progress)
     with collector_paused():
         result = runner.run()
     wall = time.perf_counter() - started

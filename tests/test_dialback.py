@@ -368,3 +368,50 @@ def test_class_survives_votes_ageing_out() -> None:
     assert state.classes[4] is NatClass.ENDPOINT_INDEPENDENT
     assert not any(type(c).__name__ == "ClassChange" and c.new is NatClass.UNKNOWN
                    for c in state.changes)  # fmt: skip
+
+
+class _OrderedServeLimiter:
+    """The limiter as it was, on an OrderedDict: the model the plain-dict one must match."""
+
+    def __init__(self, per_key: int, total: int, period: float, capacity: int) -> None:
+        from collections import OrderedDict  # noqa: PLC0415
+
+        self.per_key, self.total, self.period, self.capacity = per_key, total, period, capacity
+        self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._window = (-math.inf, 0)
+
+    def allow(self, keys: tuple[str, ...], now: float) -> bool:
+        start, used = self._window
+        if now - start >= self.period:
+            start, used = now, 0
+        if used >= self.total:
+            self._window = (start, used)
+            return False
+        counts = []
+        for key in keys:
+            k_start, k_used = self._keys.get(key, (now, 0))
+            if now - k_start >= self.period:
+                k_start, k_used = now, 0
+            if k_used >= self.per_key:
+                return False
+            counts.append((key, k_start, k_used))
+        for key, k_start, k_used in counts:
+            self._keys.pop(key, None)
+            self._keys[key] = (k_start, k_used + 1)
+            if len(self._keys) > self.capacity:
+                self._keys.popitem(last=False)
+        self._window = (start, used + 1)
+        return True
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_serve_limiter_grants_what_the_ordered_dict_one_granted(seed: int) -> None:
+    rng = random.Random(seed)
+    limiter = ServeLimiter(per_key=2, total=6, period=10.0, capacity=5)
+    model = _OrderedServeLimiter(per_key=2, total=6, period=10.0, capacity=5)
+    now = 0.0
+    for _ in range(5000):
+        now += rng.random()
+        keys = tuple(f"10.0.0.{rng.randrange(12)}" for _ in range(rng.randrange(1, 3)))
+        assert limiter.allow(keys, now) == model.allow(keys, now)
+        assert list(limiter._keys.items()) == list(model._keys.items())

@@ -50,7 +50,11 @@ class ServeLimiter:
         self.total = total
         self.period = period
         self.capacity = capacity
-        self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._keys: dict[str, tuple[float, int]] = {}
+        """Key -> (window start, grants), least recently granted first (a plain dict keeps
+        insertion order: half an ``OrderedDict``'s size, and every node holds two; keys
+        are only added on a grant, at most ``total`` per period, so evicting the first key
+        never walks far)."""
         self._window = (-math.inf, 0)
 
     def allow(self, keys: Sequence[str], now: float) -> bool:
@@ -74,7 +78,7 @@ class ServeLimiter:
             self._keys.pop(key, None)
             self._keys[key] = (k_start, k_used + 1)
             if len(self._keys) > self.capacity:
-                self._keys.popitem(last=False)
+                del self._keys[next(iter(self._keys))]
         self._window = (start, used + 1)
         return True
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 
 from .auth import Authenticator
@@ -39,6 +39,7 @@ from .events import (
     LookupDone,
 )
 from .fanout import StoreFanout
+from .fifo import Fifo
 from .gets import Gets
 from .handoff import Scans
 from .holdings import Holdings
@@ -137,7 +138,7 @@ class KadEngine:
         ctx.auth.known = self.table.canonical
         self.stats: Counter[str] = ctx.stats
         self.rng = rng
-        self._events: deque[Event] = ctx.events
+        self._events: Fifo[Event] = ctx.events
         # Looked up at each call, not bound now: the simulator's hostile nodes override
         # _closest_for on a subclass the engine's class is switched to at run time.
         closest_for = lambda t, r: self._closest_for(t, r)  # noqa: E731, PLW0108
@@ -524,7 +525,11 @@ class KadEngine:
         if pending.offer is not None:
             self.wire.finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
-        contact = new_contact(envelope.sender_id, address[0], address[1])
+        memo = self._ctx.auth.contacts
+        if memo is None:
+            contact = new_contact(envelope.sender_id, address[0], address[1])
+        else:  # the simulator's nodes share one contact object per peer and address
+            contact = memo.contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         departing = self.peers.on_answer(contact, envelope.flags, rtt, now)
         observed = getattr(message, "observed", None)
