@@ -673,7 +673,9 @@ def test_the_contact_memo_is_cleared_when_full() -> None:
     wires = [[NodeId(n).to_bytes32(), pack_ip(f"203.0.113.{n}"), 1000 + n] for n in (1, 2, 3)]
     first = memo.decode(wires[:1])
     memo.decode(wires[1:])
-    assert len(memo) == 1  # cleared when the third arrived, then holding it alone
+    # Cleared when the third arrived, then holding it alone: in the decoded contacts, and
+    # in the contacts by id (a decoded contact is the memo's contact for its id too).
+    assert len(memo) == 2
     again = memo.decode(wires[:1])
     assert again == first and again[0] is not first[0]
     contacts = tuple(Contact(NodeId(n), f"203.0.113.{n}", 1000 + n) for n in (1, 2, 3))
@@ -766,3 +768,22 @@ def test_the_contact_memo_decodes_as_the_plain_decoder_in_any_mix() -> None:
         got = memo.decode(values)
         assert got == codec._decode_contacts(values)
         assert memo.decode(values) == got
+
+
+def test_the_memo_hands_out_one_contact_per_id_and_address() -> None:
+    """``ContactMemo.contact`` returns the memo's equal contact (the object decoding gave,
+    or the one packed), a new one for a new address; packing a list of the memo's own
+    contacts (the fast path) gives the bytes msgpack packs."""
+    rng = random.Random(31)
+    memo = ContactMemo(size=64)
+    ids = [NodeId.random(rng) for _ in range(10)]
+    wires = [[n.to_bytes32(), pack_ip(f"203.0.113.{i}"), 2000 + i] for i, n in enumerate(ids)]
+    decoded = memo.decode(wires)
+    for i, contact in enumerate(decoded):
+        assert memo.contact(ids[i], f"203.0.113.{i}", 2000 + i) is contact
+        moved = memo.contact(ids[i], f"203.0.113.{i}", 3000 + i)
+        assert moved == Contact(ids[i], f"203.0.113.{i}", 3000 + i) and moved is not contact
+        assert memo.contact(ids[i], f"203.0.113.{i}", 3000 + i) is moved
+    now = tuple(memo.contact(n, f"203.0.113.{i}", 3000 + i) for i, n in enumerate(ids))
+    for contacts in (now, now[:1], (), decoded, now[:5] + decoded[5:]):
+        assert memo.pack(contacts) == msgpack.packb(codec._encode_contacts(contacts))

@@ -124,10 +124,13 @@ def test_peer_benchmark_prints_one_table_with_both_libraries(tmp_path: Path) -> 
     for row in ("join p50, N = 10", "get p50, sequential", "right after 50% killed"):
         assert row in text, text
     assert "PING answered per second" in text and "FIND_NODE answered per second" in text
+    assert "server CPU per request" in text and "client CPU per request" in text
     data = json.loads(out.read_text())
     for lib in ("kademlia", "nautilus"):
         assert data["network-10"][lib]["phases"]["get_seq"]["success"] == 1.0
         for kind in ("PING", "FIND_NODE"):
-            assert data[f"rpc-{kind}"][lib]["answered"] > 0, (kind, lib)
+            rpc = data[f"rpc-{kind}"][lib]
+            assert rpc["answered"] > 0, (kind, lib)
+            assert 0 < rpc["client_cpu_per_request_us"] < 1e6, (kind, lib)
     assert data["rpc-FIND_NODE"]["nautilus"]["mean_contacts"] >= 3
     assert data["rpc-FIND_NODE"]["kademlia"]["mean_contacts"] >= 3

@@ -4,6 +4,7 @@ token, conflicts and expiry follow the record rules, a full store refuses."""
 from __future__ import annotations
 
 import logging
+import random
 
 import pytest
 from enginenet import (
@@ -16,8 +17,9 @@ from enginenet import (
 
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.engine import TOKEN_BYTES
-from nautilus_kad.core.ids import key_id
+from nautilus_kad.core.ids import NodeId, key_id
 from nautilus_kad.core.messages import (
+    Contact,
     Error,
     ErrorCode,
     FindValue,
@@ -192,3 +194,27 @@ def test_served_requests_and_new_peers_are_logged_at_info(caplog: pytest.LogCapt
     short = peer.identity.node_id.short()
     assert f"FIND_VALUE from {short} at {peer.address[0]}:{peer.address[1]}" in messages
     assert any(m.startswith("peer ") and "joined the routing table" in m for m in messages)
+
+
+def test_the_closest_named_are_the_k_nearest_usable_never_the_requester() -> None:
+    """``_closest_for`` (what a NODES answer names): the k nearest non-stale entries of the
+    table, the requester left out wherever it stands, nearest first."""
+    rng = random.Random(17)
+    engine = lone_engine(seed=23, config=KadConfig(subnet_limits=False))
+    k = engine.config.k
+    contacts = [
+        Contact(NodeId.random(rng), f"10.9.{i // 250}.{i % 250 + 1}", 5000 + i) for i in range(300)
+    ]
+    for contact in contacts:
+        engine.table.observe(contact, 1.0)
+    held = list(engine.table)
+    for contact in rng.sample(held, 30):
+        engine.table.record_failure(contact.node_id)  # stale (or replaced by a spare)
+    usable = [e.contact for e in engine.table.entries() if not e.failures]
+    for _ in range(200):
+        target = NodeId.random(rng)
+        requester = rng.choice(usable).node_id if rng.random() < 0.7 else NodeId.random(rng)
+        expected = sorted(
+            (c for c in usable if c.node_id != requester), key=lambda c: c.node_id ^ target
+        )[:k]
+        assert list(engine._closest_for(target, requester)) == expected

@@ -429,9 +429,10 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
     never any other exception. Session datagrams go through
     :func:`decode_session_datagram` instead.
     """
-    if len(data) > MAX_DATAGRAM:
+    size = len(data)
+    if size > MAX_DATAGRAM:
         raise DecodeError("oversize")
-    if len(data) < _MIN_DATAGRAM:
+    if size < _MIN_DATAGRAM:
         raise DecodeError("undersize")
     payload = data[:-SIGNATURE_BYTES]
     signature = data[-SIGNATURE_BYTES:]
@@ -439,9 +440,15 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
         envelope = _unpack(payload)
     except Exception as exc:  # the C parser raises several unrelated types on garbage
         raise DecodeError("msgpack", type(exc).__name__) from None
-    if type(envelope) is not list or len(envelope) not in (6, 8):
+    if type(envelope) is not list:
         raise DecodeError("schema", "envelope must be a list of 6 or 8")
-    version, raw_type, txid, sender_key, flags, body = envelope[:6]
+    items = len(envelope)
+    if items == 6:
+        version, raw_type, txid, sender_key, flags, body = envelope
+    elif items == 8:
+        version, raw_type, txid, sender_key, flags, body = envelope[:6]
+    else:
+        raise DecodeError("schema", "envelope must be a list of 6 or 8")
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise DecodeError("version")
     msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
@@ -460,7 +467,7 @@ def decode_datagram(data: bytes, auth: Authenticator) -> Envelope:
         _int(flags, 0, 255, "flags")
     message = _decode_body(msg_type, body, auth.contacts)
     handshake = None
-    if len(envelope) == 8:
+    if items == 8:
         handshake = _decode_handshake(envelope[6], msg_type.is_request)
         if type(envelope[7]) is not bytes:
             raise DecodeError("schema", "padding must be bytes")

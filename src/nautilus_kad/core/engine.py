@@ -175,6 +175,10 @@ class KadEngine:
         self.publisher = Publisher(ctx)
         self.puts = Puts(ctx, self.lookups, self.fanout, self.holdings, self.publisher.superseded)
         self.publisher.attach(self.puts)
+        # The heaps behind two of get_timer's deadlines (lists never replaced): an empty one
+        # (no record held, none published: most nodes of a simulation) costs no call.
+        self._republish_heap = schedule._heap
+        self._publish_heap = self.publisher._heap
         self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
         self.scans = Scans(ctx, self._held, schedule, self.fanout, lambda: self.peers.since)
         self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.fanout)
@@ -229,7 +233,7 @@ class KadEngine:
             due = t
         if (t := self._next_expiry) < due:
             due = t
-        if (t := self.replicator.schedule.next_deadline()) < due:
+        if self._republish_heap and (t := self.replicator.schedule.next_deadline()) < due:
             due = t
         if (t := self.scans.wakeup) < due:
             due = t
@@ -241,7 +245,7 @@ class KadEngine:
             due = t
         if (t := self.traversal.timer()) < due:
             due = t
-        if (t := self.publisher.next_deadline()) < due:
+        if self._publish_heap and (t := self.publisher.next_deadline()) < due:
             due = t
         return due
 
@@ -525,7 +529,11 @@ class KadEngine:
         if pending.offer is not None:
             self.wire.finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
-        contact = new_contact(envelope.sender_id, address[0], address[1])
+        memo = self._ctx.auth.contacts
+        if memo is None:
+            contact = new_contact(envelope.sender_id, address[0], address[1])
+        else:  # the simulator's nodes share one contact object per peer and address
+            contact = memo.contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         departing = self.peers.on_answer(contact, envelope.flags, rtt, now)
         observed = getattr(message, "observed", None)

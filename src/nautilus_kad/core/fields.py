@@ -219,12 +219,33 @@ class ContactMemo:
                 if known is c or (known.port == c.port and known.host == c.host):
                     append(hit[1])
                     continue
-            wire = _pack([c.node_id.to_bytes(ID_BYTES, "big"), pack_ip(c.host), c.port])
-            if len(cache) >= self.size:
-                cache.clear()
-            cache[c.node_id] = (c, wire)
-            append(wire)
+            append(self._remember(c))
         return b"".join(parts)
+
+    def contact(self, node_id: NodeId, host: str, port: int) -> Contact:
+        """``new_contact(node_id, host, port)``, or the equal contact the memo holds: the
+        engine takes its peers' contacts from here when it has a memo, so the simulator's
+        nodes share one object per peer and address (contacts are immutable values; only
+        their identity changes), and :meth:`pack` finds that very object."""
+        hit = self._encoded.get(node_id)
+        if hit is not None:
+            known = hit[0]
+            if known.port == port and known.host == host:
+                return known
+        contact = new_contact(node_id, host, port)
+        self._remember(contact)
+        return contact
+
+    def _remember(self, contact: Contact) -> bytes:
+        """Pack ``contact`` and keep it (with its wire form) as the memo's for its id."""
+        wire: bytes = _pack(
+            [contact.node_id.to_bytes(ID_BYTES, "big"), pack_ip(contact.host), contact.port]
+        )
+        cache = self._encoded
+        if len(cache) >= self.size:
+            cache.clear()
+        cache[contact.node_id] = (contact, wire)
+        return wire
 
     def decode(self, values: list[Any]) -> tuple[Contact, ...]:
         """:func:`_decode_contacts`, memoised: same checks in the same order, same errors.
@@ -283,7 +304,7 @@ class ContactMemo:
                 raise DecodeError("schema", "address must be 4 or 16 bytes") from exc
             if type(port) is not int or not 1 <= port <= 65535:
                 raise DecodeError("schema", "contact port out of range")
-            contact = new_contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port)
+            contact = self.contact(_id_from_int(NodeId, int.from_bytes(raw_id, "big")), host, port)
             if len(cache) >= self.size:
                 cache.clear()
             cache[raw_id] = (host_raw, port, contact)

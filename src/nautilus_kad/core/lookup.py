@@ -340,6 +340,7 @@ class Lookup:
             return []
         chosen: list[Contact] = []
         seen = 0
+        k = self.k
         shared = self._shared
         for cand in self._sorted:
             state = cand.state
@@ -360,7 +361,7 @@ class Lookup:
                 if len(chosen) == free:
                     break
             seen += 1
-            if seen >= self.k:
+            if seen >= k:
                 break
         self.in_flight += len(chosen)
         self.queries_sent += len(chosen)
@@ -373,6 +374,7 @@ class Lookup:
         if self.finished:
             return True
         seen = 0
+        k = self.k
         for cand in self._sorted:
             state = cand.state
             if state is _SLOW:
@@ -384,7 +386,7 @@ class Lookup:
             if state is not _RESPONDED:
                 return False
             seen += 1
-            if seen >= self.k:
+            if seen >= k:
                 return True
         # Nobody answered yet: rather than give up, wait for the slow ones to answer or fail.
         return seen > 0 or self.slow == 0

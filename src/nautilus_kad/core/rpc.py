@@ -157,8 +157,12 @@ class Requests:
             soft = ctx.table.soft_timeout(node_id)
         else:
             soft = ctx.config.max_soft_timeout
-        self._push(now + soft, txid, SOFT)
-        self._push(now + ctx.config.request_timeout, txid, HARD)
+        # _push twice, inlined (this runs for every request)
+        timers = self._timers
+        seq = self._seq
+        heapq.heappush(timers, (now + soft, seq + 1, txid, SOFT))
+        heapq.heappush(timers, (now + ctx.config.request_timeout, seq + 2, txid, HARD))
+        self._seq = seq + 2
         return txid
 
     def _push(self, deadline: float, txid: bytes, kind: int) -> None:
