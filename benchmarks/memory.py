@@ -75,6 +75,8 @@ class Walker:
         """Bytes and objects reachable from ``root`` not yet counted, not crossing into
         ``stops`` (the other components)."""
         stop = {id(s) for s in stops} - {id(root)}
+        if type(root) is tuple:  # a group of objects: its members are not stops either
+            stop -= {id(member) for member in root}
         old, seen = self._old, self._seen
         total = count = 0
         stack = [root]
