@@ -529,11 +529,7 @@ class KadEngine:
         if pending.offer is not None:
             self.wire.finish_handshake(pending.offer, envelope, address, now)
         self.stats[_RX_RESPONSE_KEY[message.TYPE]] += 1
-        memo = self._ctx.auth.contacts
-        if memo is None:
-            contact = new_contact(envelope.sender_id, address[0], address[1])
-        else:  # the simulator's nodes share one contact object per peer and address
-            contact = memo.contact(envelope.sender_id, address[0], address[1])
+        contact = new_contact(envelope.sender_id, address[0], address[1])
         rtt = max(0.0, now - pending.sent_at)
         departing = self.peers.on_answer(contact, envelope.flags, rtt, now)
         observed = getattr(message, "observed", None)

@@ -223,10 +223,12 @@ class ContactMemo:
         return b"".join(parts)
 
     def contact(self, node_id: NodeId, host: str, port: int) -> Contact:
-        """``new_contact(node_id, host, port)``, or the equal contact the memo holds: the
-        engine takes its peers' contacts from here when it has a memo, so the simulator's
-        nodes share one object per peer and address (contacts are immutable values; only
-        their identity changes), and :meth:`pack` finds that very object."""
+        """``new_contact(node_id, host, port)``, or the equal contact the memo holds: a
+        contact decoded afresh is the one packed before for that id and address when there
+        is one (contacts are immutable values; only their identity changes), so
+        :meth:`pack` finds that very object. (Taking every answering peer's contact from
+        here too cut instructions but cost CPU time at 2 000 and 10 000 nodes: a look-up
+        in a large shared dict per answer, where a fresh contact is in cache.)"""
         hit = self._encoded.get(node_id)
         if hit is not None:
             known = hit[0]

@@ -38,7 +38,7 @@ class SimKeyring:
     key, and decoding and encoding every contact, again. Real nodes share nothing.
     """
 
-    __slots__ = ("contacts", "ids", "key", "tagger", "tags")
+    __slots__ = ("contacts", "ids", "key", "tagger")
 
     def __init__(self, key: bytes) -> None:
         if not 16 <= len(key) <= 64:
@@ -49,11 +49,6 @@ class SimKeyring:
         costs half of building a keyed BLAKE2b afresh (same bytes out)."""
         self.ids: dict[bytes, NodeId] = {}
         self.contacts = ContactMemo()
-        self.tags: dict[bytes, tuple[bytes, bytes]] = {}
-        """Tags made and not yet checked, each with the key and payload it was made of (at
-        most :data:`TAGS_KEPT`; cleared when full): a datagram's receiver finds its tag here
-        and compares the bytes instead of hashing them again. The tag is a pure function of
-        those bytes, so the answer is the same; anything else is hashed."""
 
 
 class SimAuthenticator(Authenticator):
@@ -73,25 +68,13 @@ class SimAuthenticator(Authenticator):
         keyring.ids.setdefault(identity.public_key, identity.node_id)
 
     def sign(self, payload: bytes) -> bytes:
-        keyring = self._keyring
-        tag = keyring.tagger.copy()
+        tag = self._keyring.tagger.copy()
         tag.update(self._prefix)
         tag.update(payload)
-        digest = tag.digest()
-        tags = keyring.tags
-        if len(tags) >= TAGS_KEPT:
-            tags.clear()  # datagrams lost on the way, mostly (their receivers pop the rest)
-        tags[digest] = (self._prefix, payload)
-        return digest
+        return tag.digest()
 
     def verify(self, public_key: bytes, payload: bytes, signature: bytes) -> NodeId | None:
         keyring = self._keyring
-        made = keyring.tags.pop(signature, None)
-        if made is not None and made[1] == payload and made[0] == public_key:
-            # This tag was made of these very bytes: hashing them again gives the same tag.
-            node_id = keyring.ids.get(public_key)
-            if node_id is not None:
-                return node_id
         tag = keyring.tagger.copy()
         tag.update(public_key)
         tag.update(payload)
@@ -127,6 +110,3 @@ class SimAuthenticator(Authenticator):
 
 
 _EPHEMERAL_BYTES = 32
-TAGS_KEPT = 4096
-"""Tags remembered for their receivers (about the datagrams in flight in a large
-simulation; a tag forgotten, or checked twice, is simply hashed)."""
