@@ -569,3 +569,46 @@ def test_entry_rtt_arithmetic_is_the_estimators() -> None:
         assert table.soft_timeout(contact.node_id) == est.timeout(
             SMALL.min_soft_timeout, SMALL.max_soft_timeout
         )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_join_times_keep_the_semantics_of_the_dict_they_replace(seed: int) -> None:
+    """``Peers.since`` was a dict: set when a peer is added, popped when a removal is
+    reported, untouched by silent evictions (a stale entry giving way) and spare
+    promotions, pruned to the table's peers once larger than the table. The join times
+    now live in the entries' slots and a side dict; driven as Peers drives them, they
+    answer what the dict answered after every step."""
+    from nautilus_kad.core.routing import JoinTimes  # noqa: PLC0415
+
+    rng = random.Random(seed)
+    config = KadConfig(k=3, replacement_cache_size=2, max_failures=2)
+    table = RoutingTable(OWN, config)
+    times = JoinTimes(table)
+    model: dict[NodeId, float] = {}
+    pool = [_id_in_bucket(OWN, rng.choice((0, 1, 4)), rng) for _ in range(20)]
+    inf = float("inf")
+    for step in range(4000):
+        nid = rng.choice(pool)
+        now = float(step)
+        action = rng.random()
+        removed = None
+        if action < 0.5:
+            added, _ = table.observe(_contact(nid), now)
+            if added:  # Peers._added
+                times[nid] = now
+                model[nid] = now
+        elif action < 0.8:
+            removed = table.record_failure(nid)
+        elif action < 0.9:
+            removed = table.depart(nid)
+        else:  # Peers.prune
+            times.prune()
+            if len(model) > len(table):
+                model = {n: t for n, t in model.items() if n in table}
+        if removed is not None:  # Peers._gone
+            assert times.pop(removed.node_id, None) == model.pop(removed.node_id, None)
+        for other in pool:
+            assert times.get(other, inf) == model.get(other, inf)
+            assert (other in times) == (other in model)
+        assert len(times) == len(model)
+    assert table._left or any(e.joined is None for e in table.entries())  # both paths ran

@@ -180,7 +180,7 @@ class KadEngine:
         self._republish_heap = schedule._heap
         self._publish_heap = self.publisher._heap
         self.bootstrapper = Bootstrap(ctx, self._queries, self.requests, self.lookups)
-        self.scans = Scans(ctx, self._held, schedule, self.fanout, lambda: self.peers.since)
+        self.scans = Scans(ctx, self._held, schedule, self.fanout)
         self.replicator = Replicator(ctx, schedule, self.holdings, self.lookups, self.fanout)
         self.responder = Responder(
             ctx, self.wire, self.tokens, self.holdings, self.peers, closest_for

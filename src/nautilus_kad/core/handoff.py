@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .context import NodeContext
@@ -81,7 +80,7 @@ class _Ranker:
 class Scans:
     """The scans waiting to run, resumed in chunks."""
 
-    __slots__ = ("_ctx", "_fanout", "_held", "_schedule", "_since", "scans", "wakeup")
+    __slots__ = ("_ctx", "_fanout", "_held", "_schedule", "scans", "wakeup")
 
     def __init__(
         self,
@@ -89,14 +88,11 @@ class Scans:
         held: HeldKeys,
         schedule: RepublishSchedule,
         fanout: StoreFanout,
-        since: Callable[[], dict[NodeId, float]],
     ) -> None:
         self._ctx = ctx
         self._held = held
         self._schedule = schedule
         self._fanout = fanout
-        self._since = since
-        """When each routing-table peer entered the table (handoff ranks holders by it)."""
         self.scans: Fifo[_Scan] = Fifo()
         self.wakeup = math.inf
 
@@ -152,7 +148,6 @@ class Scans:
         own = self._ctx.node_id
         by_peer: dict[int, int] = {(own ^ peer).bit_length(): 1}  # ourselves
         by_own: dict[int, list[float]] = {}
-        since = self._since()
         inf = math.inf
         for entry in self._ctx.table.entries():
             node_id = entry.contact.node_id
@@ -162,7 +157,9 @@ class Scans:
             by_peer[bits] = by_peer.get(bits, 0) + 1
             if not entry.failures:
                 bits = (node_id ^ own).bit_length()
-                joined = since.get(node_id, inf)
+                joined = entry.joined  # when it entered the table (Peers.since)
+                if joined is None:
+                    joined = inf
                 group = by_own.get(bits)
                 if group is None:
                     by_own[bits] = [joined]

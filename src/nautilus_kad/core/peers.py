@@ -26,6 +26,7 @@ from .limits import MAX_PING_BYTES
 from .messages import Address, Contact, Ping
 from .pending import Pending
 from .replication import HeldKeys
+from .routing import JoinTimes
 from .rpc import Requests
 from .tokens import WriteTokens
 
@@ -60,7 +61,7 @@ class Peers:
         self._joined = joined
         self._died = died
         self.verifying: set[NodeId] = set()
-        self.since: dict[NodeId, float] = {}
+        self.since = JoinTimes(ctx.table)
         """When each routing-table peer entered the table (handoff ranks holders by it)."""
         self.strikes: OrderedDict[NodeId, int] = OrderedDict()
         """Invalid values (bad signature, wrong key hash …) each peer served us, for the
@@ -181,9 +182,7 @@ class Peers:
 
     def prune(self) -> None:
         """Forget join times of peers no longer in the table."""
-        table = self._ctx.table
-        if len(self.since) > len(table):
-            self.since = {n: t for n, t in self.since.items() if n in table}
+        self.since.prune()
 
     # --- arrivals and departures -------------------------------------------------------
 

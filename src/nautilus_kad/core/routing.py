@@ -58,20 +58,21 @@ class RttEstimator:
 
 _NAN = math.nan
 _isnan = math.isnan
-_BLANK = (0.0, _NAN, 0.0)
-"""A slot's three doubles before its entry is filled in: last seen, SRTT (NaN: none yet),
-RTTVAR."""
+_BLANK = (0.0, _NAN, 0.0, _NAN)
+"""A slot's four doubles before its entry is filled in: last seen, SRTT (NaN: none yet),
+RTTVAR, join time (NaN: none)."""
+_WIDTH = len(_BLANK)
 
 
 class Entry:
     """One routing-table entry, with its peer's round-trip estimate (:attr:`rtt`: the entry
     itself, with the :class:`RttEstimator` interface and arithmetic).
 
-    Its three times (last seen, SRTT, RTTVAR) are doubles in its bucket's ``array('d')``,
-    at offset ``_at``, not float objects: three floats are 96 bytes of pymalloc blocks, and
-    a 100 000-node simulation holds ten million entries. An entry that leaves its bucket
-    takes a copy of its times with it (:meth:`detach`), so a caller still holding it reads
-    what it read before, and its slot can be given to another entry."""
+    Its four times (last seen, SRTT, RTTVAR, join time) are doubles in its bucket's
+    ``array('d')``, at offset ``_at``, not float objects: four floats are 128 bytes of
+    pymalloc blocks, and a 100 000-node simulation holds ten million entries. An entry that
+    leaves its bucket takes a copy of its times with it (:meth:`detach`), so a caller still
+    holding it reads what it read before, and its slot can be given to another entry."""
 
     __slots__ = ("_at", "_times", "contact", "failures")
 
@@ -84,6 +85,7 @@ class Entry:
         times[at] = now
         times[at + 1] = _NAN
         times[at + 2] = 0.0
+        times[at + 3] = _NAN
         self._times = times
         self._at = at
 
@@ -113,6 +115,12 @@ class Entry:
     def rttvar(self) -> float:
         return self._times[self._at + 2]
 
+    @property
+    def joined(self) -> float | None:
+        """When the peer joined the table (see :class:`JoinTimes`; None: not recorded)."""
+        joined = self._times[self._at + 3]
+        return None if _isnan(joined) else joined
+
     def sample(self, rtt: float) -> None:
         """:meth:`RttEstimator.sample`, on the bucket's doubles."""
         times, at = self._times, self._at
@@ -133,7 +141,7 @@ class Entry:
     def detach(self) -> None:
         """Keep a copy of the times in the entry itself (it is leaving its bucket)."""
         at = self._at
-        self._times = self._times[at : at + 3]
+        self._times = self._times[at : at + _WIDTH]
         self._at = 0
 
 
@@ -158,9 +166,9 @@ class KBucket:
         """Entries of :attr:`entries` whose ``failures`` is non-zero (kept by the table,
         the only writer of ``failures``)."""
         self.times: array[float] = array("d")
-        """Three doubles per entry slot (see :class:`Entry`)."""
+        """Four doubles per entry slot (see :class:`Entry`)."""
         self.free = 0
-        """The free slots of :attr:`times`, as a bit mask (bit ``i``: offset ``3 * i``)."""
+        """The free slots of :attr:`times`, as a bit mask (bit ``i``: offset ``4 * i``)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -171,7 +179,7 @@ class KBucket:
         if free:
             low = free & -free
             self.free = free ^ low
-            return 3 * (low.bit_length() - 1)
+            return _WIDTH * (low.bit_length() - 1)
         at = len(self.times)
         self.times.extend(_BLANK)
         return at
@@ -181,7 +189,7 @@ class KBucket:
         at, times = entry._at, entry._times
         entry.detach()
         if times is self.times:  # (an entry made elsewhere, as tests do, has its own)
-            self.free |= 1 << (at // 3)
+            self.free |= 1 << (at // _WIDTH)
 
 
 class RoutingTable:
@@ -196,6 +204,10 @@ class RoutingTable:
         """The keys of ``_buckets``, sorted (buckets are only ever added)."""
         self._size = 0
         """Entries in the table (a node id's bucket follows from the id: no index is kept)."""
+        self._left: dict[NodeId, float] = {}
+        """Join times of peers that left the table unreported (see :class:`JoinTimes`)."""
+        self._joined = 0
+        """Entries holding a join time."""
         self._global_rtt = RttEstimator()
         self._subnets: Counter[str] = Counter()
         """Entries per public /24 or /48 in the whole table."""
@@ -334,13 +346,23 @@ class RoutingTable:
         return False, None
 
     def _insert(self, bucket: KBucket, index: int, contact: Contact, now: float) -> None:
-        bucket.entries[contact.node_id] = Entry(contact, now, bucket.times, bucket.slot())
+        entry = Entry(contact, now, bucket.times, bucket.slot())
+        bucket.entries[contact.node_id] = entry
+        if self._left:  # a peer back in the table finds the join time it left with
+            joined = self._left.pop(contact.node_id, None)
+            if joined is not None:
+                entry._times[entry._at + 3] = joined
+                self._joined += 1
         bucket.replacements.pop(contact.node_id, None)
         self._size += 1
         self._count_subnet(contact.host, 1)
 
     def _evict(self, bucket: KBucket, node_id: NodeId) -> None:
         entry = bucket.entries.pop(node_id)
+        joined = entry._times[entry._at + 3]
+        if not _isnan(joined):  # kept until reported gone (see JoinTimes)
+            self._joined -= 1
+            self._left[node_id] = joined
         bucket.release(entry)
         self._size -= 1
         if entry.failures:
@@ -536,3 +558,63 @@ class RoutingTable:
             if now - touched >= self.config.refresh_interval:
                 due.append(index)
         return due
+
+
+class JoinTimes:
+    """When each peer joined the routing table (handoff ranks holders by it), with the
+    semantics of the ``dict`` it replaces: a time is set when a peer is added
+    (``times[id] = now``), forgotten when the peer is reported gone (:meth:`pop`), and kept
+    when the table drops an entry silently (a stale entry giving way to a newcomer) or
+    promotes a spare (which gets no time of its own, but finds the one it left with);
+    :meth:`prune` forgets the times of peers out of the table once they outnumber it.
+
+    The times of peers in the table are the fourth double of their entry's slot (a dict
+    key and a float object are about 70 bytes per entry); the others wait in the table's
+    small side dict."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: RoutingTable) -> None:
+        self._table = table
+
+    def get(self, node_id: NodeId, default: float) -> float:
+        entry = self._table.get(node_id)
+        if entry is not None:
+            joined = entry._times[entry._at + 3]
+            return default if _isnan(joined) else joined
+        return self._table._left.get(node_id, default)
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, int) and not _isnan(self.get(node_id, _NAN))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self._table._joined + len(self._table._left)
+
+    def __setitem__(self, node_id: NodeId, now: float) -> None:
+        table = self._table
+        entry = table.get(node_id)
+        if entry is None:
+            table._left[node_id] = now
+            return
+        if _isnan(entry._times[entry._at + 3]):
+            table._joined += 1
+        entry._times[entry._at + 3] = now
+
+    def pop(self, node_id: NodeId, default: float | None = None) -> float | None:
+        table = self._table
+        entry = table.get(node_id)
+        if entry is None:
+            return table._left.pop(node_id, default)
+        joined = entry._times[entry._at + 3]
+        if _isnan(joined):
+            return default
+        entry._times[entry._at + 3] = _NAN
+        table._joined -= 1
+        return joined
+
+    def prune(self) -> None:
+        """Forget the times of peers out of the table, once there are more times than
+        entries (the side dict holds no peer of the table: an entry coming back takes its
+        time out of it)."""
+        if len(self) > len(self._table):
+            self._table._left.clear()
