@@ -109,7 +109,7 @@ def test_engine_target_catches_broken_invariants() -> None:
     target.check()
     own = target.engine.node_id
     bucket = target.engine.table._bucket(0, target.now)
-    from nautilus_kad.core.routing import Entry  # noqa: PLC0415 - only this test pokes inside
+    from nautilus_kad.core.buckets import Entry  # noqa: PLC0415 - only this test pokes inside
 
     bucket.entries[own] = Entry(Contact(own, "10.0.0.9", 9), target.now)
     with pytest.raises(FindingError, match="itself"):

@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nautilus_kad.core.buckets import RttEstimator
 from nautilus_kad.core.config import KadConfig
 from nautilus_kad.core.ids import ID_BITS, NodeId, bucket_index, random_id_in_bucket
 from nautilus_kad.core.messages import Contact
-from nautilus_kad.core.routing import RoutingTable, RttEstimator
+from nautilus_kad.core.routing import RoutingTable
 
 OWN = NodeId(0x5A << 248)
 SMALL = KadConfig(k=4, replacement_cache_size=3)
@@ -578,7 +579,7 @@ def test_join_times_keep_the_semantics_of_the_dict_they_replace(seed: int) -> No
     promotions, pruned to the table's peers once larger than the table. The join times
     now live in the entries' slots and a side dict; driven as Peers drives them, they
     answer what the dict answered after every step."""
-    from nautilus_kad.core.routing import JoinTimes  # noqa: PLC0415
+    from nautilus_kad.core.jointimes import JoinTimes  # noqa: PLC0415
 
     rng = random.Random(seed)
     config = KadConfig(k=3, replacement_cache_size=2, max_failures=2)

@@ -22,11 +22,11 @@ from .amplification import AmplificationBudget
 from .context import FLAG_CLIENT, FLAG_LEAVING, NodeContext
 from .events import PeerAdded, PeerRemoved
 from .ids import NodeId
+from .jointimes import JoinTimes
 from .limits import MAX_PING_BYTES
 from .messages import Address, Contact, Ping
 from .pending import Pending
 from .replication import HeldKeys
-from .routing import JoinTimes
 from .rpc import Requests
 from .tokens import WriteTokens
 

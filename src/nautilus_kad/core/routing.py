@@ -16,180 +16,21 @@ and the engine decides whether to ping it. Rules (DESIGN §5):
   as spares, so no failure can promote them later.
 
 Buckets are created on first use: a 10 000-node simulation holds 10 000 tables, and most of the
-256 possible buckets of each stay empty forever.
+256 possible buckets of each stay empty forever. A bucket and its entries are stored compactly
+by core/buckets.py; the join times handoff ranks holders by, by core/jointimes.py.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
-from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 from .addresses import subnet_of
+from .buckets import Entry, KBucket, RttEstimator, _isnan
 from .config import KadConfig
 from .ids import ID_BITS, NodeId
 from .messages import Contact
-
-
-class RttEstimator:
-    """Smoothed round-trip time and its variation, as TCP keeps them (RFC 6298)."""
-
-    __slots__ = ("rttvar", "srtt")
-
-    def __init__(self) -> None:
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-
-    def sample(self, rtt: float) -> None:
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-
-    def timeout(self, floor: float, ceiling: float) -> float | None:
-        if self.srtt is None:
-            return None
-        return min(ceiling, max(floor, self.srtt + 4 * self.rttvar))
-
-
-_NAN = math.nan
-_isnan = math.isnan
-_BLANK = (0.0, _NAN, 0.0, _NAN)
-"""A slot's four doubles before its entry is filled in: last seen, SRTT (NaN: none yet),
-RTTVAR, join time (NaN: none)."""
-_WIDTH = len(_BLANK)
-
-
-class Entry:
-    """One routing-table entry, with its peer's round-trip estimate (:attr:`rtt`: the entry
-    itself, with the :class:`RttEstimator` interface and arithmetic).
-
-    Its four times (last seen, SRTT, RTTVAR, join time) are doubles in its bucket's
-    ``array('d')``, at offset ``_at``, not float objects: four floats are 128 bytes of
-    pymalloc blocks, and a 100 000-node simulation holds ten million entries. An entry that
-    leaves its bucket takes a copy of its times with it (:meth:`detach`), so a caller still
-    holding it reads what it read before, and its slot can be given to another entry."""
-
-    __slots__ = ("_at", "_times", "contact", "failures")
-
-    def __init__(self, contact: Contact, now: float, times: array[float] | None = None,
-                 at: int = 0) -> None:  # fmt: skip
-        self.contact = contact
-        self.failures = 0
-        if times is None:
-            times, at = array("d", _BLANK), 0
-        times[at] = now
-        times[at + 1] = _NAN
-        times[at + 2] = 0.0
-        times[at + 3] = _NAN
-        self._times = times
-        self._at = at
-
-    @property
-    def rtt(self) -> Entry:
-        """This entry's smoothed round-trip time and variation (RFC 6298)."""
-        return self
-
-    @property
-    def is_stale(self) -> bool:
-        return self.failures > 0
-
-    @property
-    def last_seen(self) -> float:
-        return self._times[self._at]
-
-    @last_seen.setter
-    def last_seen(self, now: float) -> None:
-        self._times[self._at] = now
-
-    @property
-    def srtt(self) -> float | None:
-        srtt = self._times[self._at + 1]
-        return None if _isnan(srtt) else srtt
-
-    @property
-    def rttvar(self) -> float:
-        return self._times[self._at + 2]
-
-    @property
-    def joined(self) -> float | None:
-        """When the peer joined the table (see :class:`JoinTimes`; None: not recorded)."""
-        joined = self._times[self._at + 3]
-        return None if _isnan(joined) else joined
-
-    def sample(self, rtt: float) -> None:
-        """:meth:`RttEstimator.sample`, on the bucket's doubles."""
-        times, at = self._times, self._at
-        srtt = times[at + 1]
-        if _isnan(srtt):
-            times[at + 1] = rtt
-            times[at + 2] = rtt / 2
-        else:
-            times[at + 2] = 0.75 * times[at + 2] + 0.25 * abs(srtt - rtt)
-            times[at + 1] = 0.875 * srtt + 0.125 * rtt
-
-    def timeout(self, floor: float, ceiling: float) -> float | None:
-        srtt = self._times[self._at + 1]
-        if _isnan(srtt):
-            return None
-        return min(ceiling, max(floor, srtt + 4 * self._times[self._at + 2]))
-
-    def detach(self) -> None:
-        """Keep a copy of the times in the entry itself (it is leaving its bucket)."""
-        at = self._at
-        self._times = self._times[at : at + _WIDTH]
-        self._at = 0
-
-
-class KBucket:
-    """Up to k entries ordered least- to most-recently seen, plus a replacement cache.
-
-    Both are plain dicts, which keep insertion order (moving a key to the end is a pop and a
-    re-insert): an ``OrderedDict`` costs about twice the memory per key, and a 10 000-node
-    simulation holds a few hundred thousand keys.
-
-    :attr:`stale` counts the entries with a failure: a request from an unknown node asks
-    whether its bucket has a stale slot (:meth:`RoutingTable.has_room_for`), and a full
-    bucket would otherwise be scanned for one every time."""
-
-    __slots__ = ("entries", "free", "last_touched", "replacements", "stale", "times")
-
-    def __init__(self, now: float) -> None:
-        self.entries: dict[NodeId, Entry] = {}
-        self.replacements: dict[NodeId, Contact] = {}
-        self.last_touched = now
-        self.stale = 0
-        """Entries of :attr:`entries` whose ``failures`` is non-zero (kept by the table,
-        the only writer of ``failures``)."""
-        self.times: array[float] = array("d")
-        """Four doubles per entry slot (see :class:`Entry`)."""
-        self.free = 0
-        """The free slots of :attr:`times`, as a bit mask (bit ``i``: offset ``4 * i``)."""
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def slot(self) -> int:
-        """The offset in :attr:`times` of a free slot (the lowest; a new one if none)."""
-        free = self.free
-        if free:
-            low = free & -free
-            self.free = free ^ low
-            return _WIDTH * (low.bit_length() - 1)
-        at = len(self.times)
-        self.times.extend(_BLANK)
-        return at
-
-    def release(self, entry: Entry) -> None:
-        """``entry`` left this bucket: it keeps its times, and its slot is free."""
-        at, times = entry._at, entry._times
-        entry.detach()
-        if times is self.times:  # (an entry made elsewhere, as tests do, has its own)
-            self.free |= 1 << (at // _WIDTH)
 
 
 class RoutingTable:
@@ -558,63 +399,3 @@ class RoutingTable:
             if now - touched >= self.config.refresh_interval:
                 due.append(index)
         return due
-
-
-class JoinTimes:
-    """When each peer joined the routing table (handoff ranks holders by it), with the
-    semantics of the ``dict`` it replaces: a time is set when a peer is added
-    (``times[id] = now``), forgotten when the peer is reported gone (:meth:`pop`), and kept
-    when the table drops an entry silently (a stale entry giving way to a newcomer) or
-    promotes a spare (which gets no time of its own, but finds the one it left with);
-    :meth:`prune` forgets the times of peers out of the table once they outnumber it.
-
-    The times of peers in the table are the fourth double of their entry's slot (a dict
-    key and a float object are about 70 bytes per entry); the others wait in the table's
-    small side dict."""
-
-    __slots__ = ("_table",)
-
-    def __init__(self, table: RoutingTable) -> None:
-        self._table = table
-
-    def get(self, node_id: NodeId, default: float) -> float:
-        entry = self._table.get(node_id)
-        if entry is not None:
-            joined = entry._times[entry._at + 3]
-            return default if _isnan(joined) else joined
-        return self._table._left.get(node_id, default)
-
-    def __contains__(self, node_id: object) -> bool:
-        return isinstance(node_id, int) and not _isnan(self.get(node_id, _NAN))  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return self._table._joined + len(self._table._left)
-
-    def __setitem__(self, node_id: NodeId, now: float) -> None:
-        table = self._table
-        entry = table.get(node_id)
-        if entry is None:
-            table._left[node_id] = now
-            return
-        if _isnan(entry._times[entry._at + 3]):
-            table._joined += 1
-        entry._times[entry._at + 3] = now
-
-    def pop(self, node_id: NodeId, default: float | None = None) -> float | None:
-        table = self._table
-        entry = table.get(node_id)
-        if entry is None:
-            return table._left.pop(node_id, default)
-        joined = entry._times[entry._at + 3]
-        if _isnan(joined):
-            return default
-        entry._times[entry._at + 3] = _NAN
-        table._joined -= 1
-        return joined
-
-    def prune(self) -> None:
-        """Forget the times of peers out of the table, once there are more times than
-        entries (the side dict holds no peer of the table: an entry coming back takes its
-        time out of it)."""
-        if len(self) > len(self._table):
-            self._table._left.clear()
