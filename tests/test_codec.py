@@ -623,7 +623,7 @@ def test_memo_packed_nodes_are_the_bytes_msgpack_packs_in_every_framing() -> Non
                 got = encode_message(message, TXID, signer, 3, **framing)
                 assert got == encode_message(message, TXID, plain, 3, **framing)
         head = [0x82, TXID, 3]
-        body = [[pack_ip("203.0.113.9"), 4000], b"\x02" * 8, codec._encode_contacts(contacts)]
+        body = [[pack_ip("203.0.113.9"), 4000], b"\x02" * 8, fields._encode_contacts(contacts)]
         expected = msgpack.packb([*head, body], use_bin_type=True)
         assert codec._pack_nodes_memo(list(head), message, memo) == expected
 
@@ -656,9 +656,9 @@ def test_the_contact_memo_refuses_what_the_plain_decoder_refuses(bad: Any) -> No
     one reuses a memoised id (so the memo's fast path must not accept it)."""
     memo = ContactMemo(size=4)
     good = [b"\x01" * 32, b"\x01" * 4, 5]
-    assert memo.decode([good]) == codec._decode_contacts([good])  # now memoised
+    assert memo.decode([good]) == fields._decode_contacts([good])  # now memoised
     with pytest.raises(DecodeError) as plain:
-        codec._decode_contacts([good, bad])
+        fields._decode_contacts([good, bad])
     with pytest.raises(DecodeError) as memoised:
         memo.decode([good, bad])
     assert plain.value.reason == memoised.value.reason == "schema"
@@ -681,7 +681,7 @@ def test_the_contact_memo_is_cleared_when_full() -> None:
     contacts = tuple(Contact(NodeId(n), f"203.0.113.{n}", 1000 + n) for n in (1, 2, 3))
     packer = ContactMemo(size=2)
     for _ in range(2):
-        assert packer.pack(contacts) == msgpack.packb(codec._encode_contacts(contacts))
+        assert packer.pack(contacts) == msgpack.packb(fields._encode_contacts(contacts))
         assert len(packer) <= 2
 
 
@@ -741,10 +741,10 @@ def test_the_contact_memo_refuses_a_bool_port_equal_to_a_memoised_one() -> None:
     """``True == 1``: a memoised contact at port 1 must not let ``True`` through."""
     memo = ContactMemo(size=4)
     good = [b"\x02" * 32, b"\x01" * 4, 1]
-    assert memo.decode([good]) == codec._decode_contacts([good])
+    assert memo.decode([good]) == fields._decode_contacts([good])
     for bad in ([b"\x02" * 32, b"\x01" * 4, True], [b"\x02" * 32, b"\x01" * 4, 1.0]):
         with pytest.raises(DecodeError) as plain:
-            codec._decode_contacts([good, bad])
+            fields._decode_contacts([good, bad])
         with pytest.raises(DecodeError) as memoised:
             memo.decode([good, bad])
         assert str(plain.value) == str(memoised.value)
@@ -766,7 +766,7 @@ def test_the_contact_memo_decodes_as_the_plain_decoder_in_any_mix() -> None:
                 wire[2] = rng.randrange(1, 65536)  # the same id at another port
             values.append(wire)
         got = memo.decode(values)
-        assert got == codec._decode_contacts(values)
+        assert got == fields._decode_contacts(values)
         assert memo.decode(values) == got
 
 
@@ -786,4 +786,4 @@ def test_the_memo_hands_out_one_contact_per_id_and_address() -> None:
         assert memo.contact(ids[i], f"203.0.113.{i}", 3000 + i) is moved
     now = tuple(memo.contact(n, f"203.0.113.{i}", 3000 + i) for i, n in enumerate(ids))
     for contacts in (now, now[:1], (), decoded, now[:5] + decoded[5:]):
-        assert memo.pack(contacts) == msgpack.packb(codec._encode_contacts(contacts))
+        assert memo.pack(contacts) == msgpack.packb(fields._encode_contacts(contacts))
