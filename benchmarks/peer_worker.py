@@ -17,6 +17,11 @@ Scenarios (``--scenario``):
   with ``--window`` requests in flight for ``--duration`` seconds, and counts the answers.
 
 The result is one JSON object on the last line of standard output.
+
+``--unsigned-experiment`` (nautilus-kad only) replaces Ed25519 in this worker's process with a
+keyed BLAKE2b tag (about 2 µs), as the simulator does: it measures what a join or a get would
+cost if signatures were free. It is an experiment on the benchmark, not a mode of the product,
+which signs or seals every datagram it sends.
 """
 
 from __future__ import annotations
@@ -413,13 +418,50 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kind", choices=("PING", "FIND_NODE"), default="PING")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--unsigned-experiment",
+        action="store_true",
+        help="nautilus-kad only: Ed25519 replaced by a keyed hash in this process",
+    )
+    args = parser.parse_args(argv)
+    if args.unsigned_experiment and args.lib != "nautilus":
+        parser.error("--unsigned-experiment applies to --lib nautilus only")
+    return args
+
+
+def free_signatures() -> None:
+    """Replace Ed25519 in nautilus-kad's authenticator, for this process only, by a keyed
+    BLAKE2b tag of the sender's public key and the payload (the simulator's stand-in): the
+    framing, the checks and the id derivation stay; only the signature's cost goes."""
+    import hashlib  # noqa: PLC0415
+
+    from nautilus_kad.core import auth  # noqa: PLC0415
+    from nautilus_kad.core.identity import node_id_for  # noqa: PLC0415
+
+    base = hashlib.blake2b(digest_size=64, key=os.urandom(32))
+
+    def sign(self: Any, payload: bytes) -> bytes:
+        tag = base.copy()
+        tag.update(self.identity.public_key)
+        tag.update(payload)
+        return tag.digest()
+
+    def verify(self: Any, public_key: bytes, payload: bytes, signature: bytes) -> Any:
+        tag = base.copy()
+        tag.update(public_key)
+        tag.update(payload)
+        return node_id_for(public_key) if tag.digest() == signature else None
+
+    auth.Authenticator.sign = sign  # type: ignore[method-assign]
+    auth.Authenticator.verify = verify  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.disable(logging.CRITICAL)  # the peer logs every timeout at WARNING: not measured
     lib = LIBRARIES[args.lib]()
+    if args.unsigned_experiment:
+        free_signatures()
     random.seed(args.seed)  # the peer draws its node ids from the global generator
     factory = None
     if args.loop == "uvloop":

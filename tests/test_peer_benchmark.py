@@ -86,6 +86,41 @@ def test_network_worker_measures_every_phase() -> None:
         assert phases[name]["success"] == 1.0, (name, phases[name])
 
 
+def test_unsigned_experiment_runs_and_is_for_nautilus_only() -> None:
+    result = _worker(
+        "--scenario", "network", "--nodes", "8", "--puts", "2", "--gets", "4",
+        "--window", "2", "--kill-gets", "2", "--kill-window", "2", "--unsigned-experiment",
+    )  # fmt: skip
+    assert result["phases"]["get_seq"]["success"] == 1.0
+    refused = subprocess.run(
+        [sys.executable, str(WORKER), "--lib", "kademlia", "--scenario", "network",
+         "--unsigned-experiment"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "nautilus only" in refused.stderr
+
+
+def test_free_signatures_still_refuse_a_forged_tag() -> None:
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from benchmarks.peer_worker import free_signatures\n"
+        "from nautilus_kad.core.auth import Authenticator\n"
+        "from nautilus_kad.core.identity import Identity\n"
+        "free_signatures()\n"
+        "a = Authenticator(Identity.generate())\n"
+        "tag = a.sign(b'payload')\n"
+        "key = a.identity.public_key\n"
+        "assert a.verify(key, b'payload', tag) == a.identity.node_id\n"
+        "assert a.verify(key, b'payloaD', tag) is None\n"
+        "assert a.verify(key, b'payload', bytes(64)) is None\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 def _peer_python(tmp: Path) -> Path:
     """A venv with kademlia 2.2.3 from PyPI, made the way the benchmark makes it."""
     from rich.console import Console  # noqa: PLC0415
