@@ -104,6 +104,10 @@ class Entry:
         joined = self._times[self._at + 3]
         return None if _isnan(joined) else joined
 
+    @joined.setter
+    def joined(self, when: float | None) -> None:
+        self._times[self._at + 3] = _NAN if when is None else when
+
     def sample(self, rtt: float) -> None:
         """:meth:`RttEstimator.sample`, on the bucket's doubles."""
         times, at = self._times, self._at

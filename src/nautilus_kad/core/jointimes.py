@@ -37,8 +37,8 @@ class JoinTimes:
     def get(self, node_id: NodeId, default: float) -> float:
         entry = self._table.get(node_id)
         if entry is not None:
-            joined = entry._times[entry._at + 3]
-            return default if _isnan(joined) else joined
+            joined = entry.joined
+            return default if joined is None else joined
         return self._table._left.get(node_id, default)
 
     def __contains__(self, node_id: object) -> bool:
@@ -53,19 +53,19 @@ class JoinTimes:
         if entry is None:
             table._left[node_id] = now
             return
-        if _isnan(entry._times[entry._at + 3]):
+        if entry.joined is None:
             table._joined += 1
-        entry._times[entry._at + 3] = now
+        entry.joined = now
 
     def pop(self, node_id: NodeId, default: float | None = None) -> float | None:
         table = self._table
         entry = table.get(node_id)
         if entry is None:
             return table._left.pop(node_id, default)
-        joined = entry._times[entry._at + 3]
-        if _isnan(joined):
+        joined = entry.joined
+        if joined is None:
             return default
-        entry._times[entry._at + 3] = _NAN
+        entry.joined = None
         table._joined -= 1
         return joined
 

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from .addresses import subnet_of
-from .buckets import Entry, KBucket, RttEstimator, _isnan
+from .buckets import Entry, KBucket, RttEstimator
 from .config import KadConfig
 from .ids import ID_BITS, NodeId
 from .messages import Contact
@@ -192,7 +192,7 @@ class RoutingTable:
         if self._left:  # a peer back in the table finds the join time it left with
             joined = self._left.pop(contact.node_id, None)
             if joined is not None:
-                entry._times[entry._at + 3] = joined
+                entry.joined = joined
                 self._joined += 1
         bucket.replacements.pop(contact.node_id, None)
         self._size += 1
@@ -200,8 +200,8 @@ class RoutingTable:
 
     def _evict(self, bucket: KBucket, node_id: NodeId) -> None:
         entry = bucket.entries.pop(node_id)
-        joined = entry._times[entry._at + 3]
-        if not _isnan(joined):  # kept until reported gone (see JoinTimes)
+        joined = entry.joined
+        if joined is not None:  # kept until reported gone (see JoinTimes)
             self._joined -= 1
             self._left[node_id] = joined
         bucket.release(entry)
